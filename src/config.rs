@@ -1,0 +1,666 @@
+//! The TOML configuration: schema, defaults and validation.
+//!
+//! Parsing happens in two steps. serde reads the file into `raw` structs whose fields are plain
+//! strings and numbers (unknown keys are an error); [`Config::from_toml`] then checks every value and
+//! builds typed settings, so each error can name the file, the key and the offending value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+
+/// A configuration problem, always naming where it is and what was wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("{file}:{line}: {key}: {message}")]
+    Syntax {
+        /// The config file.
+        file: PathBuf,
+        /// 1-based line of the problem, 0 when unknown.
+        line: usize,
+        /// Dotted key path (`routing.mode`), or `(top level)`.
+        key: String,
+        /// What the parser said, on one line.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{file}: {key} = {value}: {problem}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// Dotted key path.
+        key: String,
+        /// The value as written (quoted if a string).
+        value: String,
+        /// Why it was rejected.
+        problem: String,
+    },
+}
+
+/// How the router answers requests for a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Stream requests to the room's node.
+    Proxy,
+    /// Answer `307` pointing to the room's node's public URL.
+    Redirect,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Proxy => "proxy",
+            Mode::Redirect => "redirect",
+        })
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config was read from (for messages); `None` when built in code.
+    pub source: Option<PathBuf>,
+    /// Listeners.
+    pub server: Server,
+    /// Certificate and key paths, resolved against the config file's folder.
+    pub tls: Tls,
+    /// Routing behaviour.
+    pub routing: Routing,
+    /// How the router talks to nodes.
+    pub upstream: Upstream,
+    /// Limits on what clients may send.
+    pub limits: Limits,
+    /// Where node CPU comes from; `None` means all nodes count as equally loaded.
+    pub prometheus: Option<Prometheus>,
+    /// The fleet.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// HTTPS listeners (`listen`, a string or a list).
+    pub listen: Vec<SocketAddr>,
+    /// Plain-HTTP listener that redirects to HTTPS.
+    pub http_listen: Option<SocketAddr>,
+    /// The HTTPS port used in those redirects (default: the first `listen` port).
+    pub public_https_port: u16,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[routing]`
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// Proxy or redirect.
+    pub mode: Mode,
+    /// A pin with no request for this long is forgotten.
+    pub pin_idle_timeout: Duration,
+    /// Name of the cookie that keeps a browser's assets on its room's node.
+    pub affinity_cookie: String,
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Time allowed to open a connection to a node.
+    pub connect_timeout: Duration,
+    /// Time allowed for a node to start its response (BOSH holds requests for 60 s).
+    pub response_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections kept per node.
+    pub pool_max_idle_per_node: usize,
+    /// Extra CA certificates (PEM) trusted for `https://` upstreams, besides the system's.
+    pub ca: Option<PathBuf>,
+    /// Keep the client's `Host` header (true) or send the upstream's authority (false).
+    pub preserve_host: bool,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (request line and headers), in bytes; larger gets `431`.
+    pub max_request_head: usize,
+    /// Longest room key, in characters; longer gets `400`.
+    pub max_room_chars: usize,
+    /// Time allowed for a client's TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Seconds announced in `Retry-After` when no node can take a room.
+    pub retry_after: Duration,
+}
+
+/// `[prometheus]`
+#[derive(Debug, Clone)]
+pub struct Prometheus {
+    /// Base URL of the Prometheus server.
+    pub url: String,
+    /// PromQL returning each node's busy CPU fraction (0..1).
+    pub query: String,
+    /// The result label matched against each node's `instance`.
+    pub label: String,
+    /// How often to query.
+    pub interval: Duration,
+    /// Time allowed for one query.
+    pub timeout: Duration,
+    /// Past this age the CPU data are ignored and hashing decides.
+    pub max_staleness: Duration,
+}
+
+/// One `[[nodes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Unique name, sent as `X-Jitsi-Shard`.
+    pub name: String,
+    /// Proxy target (`http://` or `https://`, no path).
+    pub upstream: Uri,
+    /// Redirect-mode target.
+    pub public_url: Option<String>,
+    /// This node's value of the Prometheus label.
+    pub instance: String,
+    /// colibri-ws server ids served by this node.
+    pub jvb_server_ids: Vec<String>,
+}
+
+/// The default PromQL: busy CPU fraction per instance, from node_exporter.
+pub const DEFAULT_QUERY: &str =
+    r#"1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[1m]))"#;
+
+mod raw {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        pub server: Server,
+        pub tls: Tls,
+        #[serde(default)]
+        pub routing: Routing,
+        #[serde(default)]
+        pub upstream: Upstream,
+        #[serde(default)]
+        pub limits: Limits,
+        pub prometheus: Option<Prometheus>,
+        #[serde(default)]
+        pub nodes: Vec<Node>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Server {
+        pub listen: OneOrMany,
+        pub http_listen: Option<String>,
+        pub public_https_port: Option<u16>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tls {
+        pub cert: String,
+        pub key: String,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Routing {
+        pub mode: Option<String>,
+        pub pin_idle_timeout: Option<String>,
+        pub affinity_cookie: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Upstream {
+        pub connect_timeout: Option<String>,
+        pub response_timeout: Option<String>,
+        pub pool_idle_timeout: Option<String>,
+        pub pool_max_idle_per_node: Option<usize>,
+        pub ca: Option<String>,
+        pub preserve_host: Option<bool>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Limits {
+        pub max_request_head: Option<usize>,
+        pub max_room_chars: Option<usize>,
+        pub tls_handshake_timeout: Option<String>,
+        pub retry_after: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Prometheus {
+        pub url: String,
+        pub query: Option<String>,
+        pub label: Option<String>,
+        pub interval: Option<String>,
+        pub timeout: Option<String>,
+        pub max_staleness: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Node {
+        pub name: String,
+        pub upstream: String,
+        pub public_url: Option<String>,
+        pub instance: Option<String>,
+        pub jvb_server_ids: Option<Vec<String>>,
+    }
+}
+
+/// Validation context: the file name plus helpers that build precise errors.
+struct Check<'a> {
+    file: &'a Path,
+}
+
+impl Check<'_> {
+    fn invalid(&self, key: &str, value: impl fmt::Debug, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            key: key.to_owned(),
+            value: format!("{value:?}"),
+            problem: problem.into(),
+        }
+    }
+
+    fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(text) = value else { return Ok(default) };
+        let parsed = humantime::parse_duration(text)
+            .map_err(|e| self.invalid(key, text, format!("not a duration like \"500ms\", \"30s\" or \"10m\" ({e})")))?;
+        if parsed.is_zero() {
+            return Err(self.invalid(key, text, "must be greater than zero"));
+        }
+        Ok(parsed)
+    }
+
+    fn addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse()
+            .map_err(|_| self.invalid(key, text, "not an IP address with a port, like \"0.0.0.0:443\" or \"[::]:443\""))
+    }
+
+    fn path(&self, key: &str, text: &str) -> Result<PathBuf, ConfigError> {
+        if text.is_empty() {
+            return Err(self.invalid(key, text, "must name a file"));
+        }
+        let path = Path::new(text);
+        Ok(if path.is_relative() {
+            self.file.parent().unwrap_or(Path::new(".")).join(path)
+        } else {
+            path.to_path_buf()
+        })
+    }
+
+    fn http_url(&self, key: &str, text: &str, allow_path: bool) -> Result<Uri, ConfigError> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| self.invalid(key, text, format!("not a URL ({e})")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err(self.invalid(key, text, "must start with http:// or https://")),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(self.invalid(key, text, "has no host"));
+        }
+        if uri.query().is_some() {
+            return Err(self.invalid(key, text, "must not have a query"));
+        }
+        if !allow_path && !matches!(uri.path(), "" | "/") {
+            return Err(self.invalid(key, text, "must not have a path: requests keep their own path"));
+        }
+        Ok(uri)
+    }
+}
+
+/// A node name travels in a header and a cookie, so it keeps to a safe alphabet.
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Validates config text; `file` names it in errors and anchors relative paths.
+    pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(file, text, "(top level)".into(), &e))?;
+        let raw: raw::File = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_owned() } else { key };
+            syntax_error(file, text, key, e.inner())
+        })?;
+        Config::from_raw(raw, file)
+    }
+
+    fn from_raw(raw: raw::File, file: &Path) -> Result<Config, ConfigError> {
+        let check = Check { file };
+        let server = server(&check, raw.server)?;
+        let tls = Tls {
+            cert: check.path("tls.cert", &raw.tls.cert)?,
+            key: check.path("tls.key", &raw.tls.key)?,
+        };
+        let routing = routing(&check, raw.routing)?;
+        let upstream = upstream(&check, raw.upstream)?;
+        let limits = limits(&check, raw.limits)?;
+        let prometheus = raw.prometheus.map(|p| prometheus(&check, p)).transpose()?;
+        let nodes = nodes(&check, raw.nodes, routing.mode)?;
+        Ok(Config {
+            source: Some(file.to_path_buf()),
+            server,
+            tls,
+            routing,
+            upstream,
+            limits,
+            prometheus,
+            nodes,
+        })
+    }
+}
+
+fn syntax_error(file: &Path, text: &str, key: String, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map_or(0, |span| text[..span.start.min(text.len())].lines().count().max(1));
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    ConfigError::Syntax {
+        file: file.to_path_buf(),
+        line,
+        key,
+        message,
+    }
+}
+
+fn server(check: &Check, raw: raw::Server) -> Result<Server, ConfigError> {
+    let texts = match raw.listen {
+        raw::OneOrMany::One(one) => vec![one],
+        raw::OneOrMany::Many(many) => many,
+    };
+    if texts.is_empty() {
+        return Err(check.invalid("server.listen", "[]", "needs at least one address"));
+    }
+    let listen = texts
+        .iter()
+        .map(|t| check.addr("server.listen", t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let http_listen = raw
+        .http_listen
+        .as_deref()
+        .map(|t| check.addr("server.http_listen", t))
+        .transpose()?;
+    Ok(Server {
+        public_https_port: raw.public_https_port.unwrap_or(listen[0].port()),
+        listen,
+        http_listen,
+    })
+}
+
+fn routing(check: &Check, raw: raw::Routing) -> Result<Routing, ConfigError> {
+    let mode = match raw.mode.as_deref() {
+        None | Some("proxy") => Mode::Proxy,
+        Some("redirect") => Mode::Redirect,
+        Some(other) => return Err(check.invalid("routing.mode", other, "must be \"proxy\" or \"redirect\"")),
+    };
+    let affinity_cookie = raw.affinity_cookie.unwrap_or_else(|| "jitsi_router_node".into());
+    let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if affinity_cookie.is_empty() || !affinity_cookie.bytes().all(token_char) {
+        return Err(check.invalid("routing.affinity_cookie", &affinity_cookie, "not a valid cookie name"));
+    }
+    Ok(Routing {
+        mode,
+        pin_idle_timeout: check.duration("routing.pin_idle_timeout", raw.pin_idle_timeout.as_deref(), Duration::from_secs(600))?,
+        affinity_cookie,
+    })
+}
+
+fn upstream(check: &Check, raw: raw::Upstream) -> Result<Upstream, ConfigError> {
+    Ok(Upstream {
+        connect_timeout: check.duration("upstream.connect_timeout", raw.connect_timeout.as_deref(), Duration::from_secs(5))?,
+        response_timeout: check.duration("upstream.response_timeout", raw.response_timeout.as_deref(), Duration::from_secs(90))?,
+        pool_idle_timeout: check.duration("upstream.pool_idle_timeout", raw.pool_idle_timeout.as_deref(), Duration::from_secs(90))?,
+        pool_max_idle_per_node: raw.pool_max_idle_per_node.unwrap_or(256),
+        ca: raw.ca.as_deref().map(|p| check.path("upstream.ca", p)).transpose()?,
+        preserve_host: raw.preserve_host.unwrap_or(true),
+    })
+}
+
+fn limits(check: &Check, raw: raw::Limits) -> Result<Limits, ConfigError> {
+    let max_request_head = raw.max_request_head.unwrap_or(16 * 1024);
+    if !(1024..=1024 * 1024).contains(&max_request_head) {
+        return Err(check.invalid("limits.max_request_head", max_request_head, "must be between 1024 and 1048576 bytes"));
+    }
+    let max_room_chars = raw.max_room_chars.unwrap_or(200);
+    if !(1..=4096).contains(&max_room_chars) {
+        return Err(check.invalid("limits.max_room_chars", max_room_chars, "must be between 1 and 4096"));
+    }
+    Ok(Limits {
+        max_request_head,
+        max_room_chars,
+        tls_handshake_timeout: check.duration("limits.tls_handshake_timeout", raw.tls_handshake_timeout.as_deref(), Duration::from_secs(10))?,
+        retry_after: check.duration("limits.retry_after", raw.retry_after.as_deref(), Duration::from_secs(5))?,
+    })
+}
+
+fn prometheus(check: &Check, raw: raw::Prometheus) -> Result<Prometheus, ConfigError> {
+    let url = check.http_url("prometheus.url", &raw.url, true)?;
+    let interval = check.duration("prometheus.interval", raw.interval.as_deref(), Duration::from_secs(30))?;
+    let query = raw.query.unwrap_or_else(|| DEFAULT_QUERY.to_owned());
+    if query.trim().is_empty() {
+        return Err(check.invalid("prometheus.query", &query, "must not be empty"));
+    }
+    let label = raw.label.unwrap_or_else(|| "instance".to_owned());
+    if label.is_empty() {
+        return Err(check.invalid("prometheus.label", &label, "must not be empty"));
+    }
+    Ok(Prometheus {
+        url: url.to_string().trim_end_matches('/').to_owned(),
+        query,
+        label,
+        timeout: check.duration("prometheus.timeout", raw.timeout.as_deref(), Duration::from_secs(5).min(interval))?,
+        max_staleness: check.duration("prometheus.max_staleness", raw.max_staleness.as_deref(), interval * 3)?,
+        interval,
+    })
+}
+
+fn nodes(check: &Check, raw: Vec<raw::Node>, mode: Mode) -> Result<Vec<NodeSpec>, ConfigError> {
+    let mut nodes: Vec<NodeSpec> = Vec::with_capacity(raw.len());
+    for (i, node) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("nodes[{i}].{field}");
+        if !valid_node_name(&node.name) {
+            return Err(check.invalid(&key("name"), &node.name, "use 1-64 letters, digits, '-', '_' or '.'"));
+        }
+        if nodes.iter().any(|n| n.name == node.name) {
+            return Err(check.invalid(&key("name"), &node.name, "another node already has this name"));
+        }
+        let upstream = check.http_url(&key("upstream"), &node.upstream, false)?;
+        let public_url = node
+            .public_url
+            .map(|u| check.http_url(&key("public_url"), &u, true).map(|_| u.trim_end_matches('/').to_owned()))
+            .transpose()?;
+        if mode == Mode::Redirect && public_url.is_none() {
+            return Err(check.invalid(&key("public_url"), "", "required when routing.mode = \"redirect\""));
+        }
+        let jvb_server_ids = node.jvb_server_ids.unwrap_or_else(|| vec![node.name.clone()]);
+        for id in &jvb_server_ids {
+            if id.is_empty() || id.contains('/') {
+                return Err(check.invalid(&key("jvb_server_ids"), id, "must be non-empty and without '/'"));
+            }
+            if let Some(other) = nodes.iter().find(|n| n.jvb_server_ids.contains(id)) {
+                return Err(check.invalid(&key("jvb_server_ids"), id, format!("already served by node {:?}", other.name)));
+            }
+        }
+        let instance = node
+            .instance
+            .unwrap_or_else(|| upstream.authority().map(|a| a.to_string()).unwrap_or_default());
+        nodes.push(NodeSpec {
+            name: node.name,
+            upstream,
+            public_url,
+            instance,
+            jvb_server_ids,
+        });
+    }
+    Ok(nodes)
+}
+
+impl Config {
+    /// A config built in code (for `demo` and tests) with every default applied.
+    pub fn with_defaults(listen: Vec<SocketAddr>, cert: PathBuf, key: PathBuf, nodes: Vec<NodeSpec>) -> Config {
+        let file = Path::new("(built-in)");
+        let check = Check { file };
+        let raw_server = raw::Server {
+            listen: raw::OneOrMany::Many(listen.iter().map(ToString::to_string).collect()),
+            http_listen: None,
+            public_https_port: None,
+        };
+        Config {
+            source: None,
+            server: server(&check, raw_server).expect("listen addresses are valid"),
+            tls: Tls { cert, key },
+            routing: routing(&check, raw::Routing::default()).expect("defaults are valid"),
+            upstream: upstream(&check, raw::Upstream::default()).expect("defaults are valid"),
+            limits: limits(&check, raw::Limits::default()).expect("defaults are valid"),
+            prometheus: None,
+            nodes,
+        }
+    }
+}
+
+impl NodeSpec {
+    /// A node spec for code that builds fleets (demo, tests): instance defaults to the upstream's authority.
+    pub fn new(name: &str, upstream: &str) -> Result<NodeSpec, ConfigError> {
+        let check = Check { file: Path::new("(built-in)") };
+        let upstream = check.http_url("nodes.upstream", upstream, false)?;
+        Ok(NodeSpec {
+            name: name.to_owned(),
+            instance: upstream.authority().map(|a| a.to_string()).unwrap_or_default(),
+            upstream,
+            public_url: None,
+            jvb_server_ids: vec![name.to_owned()],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8443"
+[tls]
+cert = "../certs/fullchain.pem"
+key = "/etc/key.pem"
+[[nodes]]
+name = "jitsi-1"
+upstream = "http://10.0.0.11:80"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/jitsi-router/router.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.tls.cert, Path::new("/etc/jitsi-router/../certs/fullchain.pem"));
+        assert_eq!(c.tls.key, Path::new("/etc/key.pem"));
+        assert_eq!(c.routing.mode, Mode::Proxy);
+        assert_eq!(c.routing.pin_idle_timeout, Duration::from_secs(600));
+        assert!(c.upstream.response_timeout >= Duration::from_secs(90));
+        assert_eq!(c.limits.max_request_head, 16384);
+        assert_eq!(c.nodes[0].jvb_server_ids, ["jitsi-1"]);
+        assert_eq!(c.nodes[0].instance, "10.0.0.11:80");
+        assert!(c.prometheus.is_none());
+    }
+
+    #[test]
+    fn errors_name_file_key_and_value() {
+        let e = error(&MINIMAL.replace("[tls]", "[routing]\nmode = \"fast\"\n[tls]"));
+        assert_eq!(e, r#"/etc/jitsi-router/router.toml: routing.mode = "fast": must be "proxy" or "redirect""#);
+        let e = error(&MINIMAL.replace("[tls]", "[routing]\npin_idle_timeout = \"10 parsecs\"\n[tls]"));
+        assert!(e.contains("routing.pin_idle_timeout = \"10 parsecs\": not a duration"), "{e}");
+        let e = error(&MINIMAL.replace("127.0.0.1:8443", "localhost"));
+        assert!(e.contains("server.listen = \"localhost\""), "{e}");
+        let e = error(&MINIMAL.replace("http://10.0.0.11:80", "ftp://x"));
+        assert!(e.contains("nodes[0].upstream = \"ftp://x\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let e = error(&MINIMAL.replace("[tls]", "[routing]\nmoed = \"proxy\"\n[tls]"));
+        assert!(e.starts_with("/etc/jitsi-router/router.toml:"), "{e}");
+        assert!(e.contains("unknown field `moed`"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = error(&MINIMAL.replace("name = \"jitsi-1\"", "name = 5"));
+        assert!(e.contains("nodes[0].name"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_server_ids_are_rejected() {
+        let twice = format!("{MINIMAL}\n[[nodes]]\nname = \"jitsi-1\"\nupstream = \"http://10.0.0.12\"\n");
+        assert!(error(&twice).contains("nodes[1].name = \"jitsi-1\": another node"));
+        let ids = format!("{MINIMAL}\n[[nodes]]\nname = \"jitsi-2\"\nupstream = \"http://10.0.0.12\"\njvb_server_ids = [\"jitsi-1\"]\n");
+        assert!(error(&ids).contains("already served by node \"jitsi-1\""));
+    }
+
+    #[test]
+    fn redirect_mode_needs_public_urls() {
+        let e = error(&MINIMAL.replace("[tls]", "[routing]\nmode = \"redirect\"\n[tls]"));
+        assert!(e.contains("nodes[0].public_url"), "{e}");
+    }
+
+    #[test]
+    fn prometheus_defaults() {
+        let c = parse(&format!("{MINIMAL}\n[prometheus]\nurl = \"http://127.0.0.1:9090/\"\n")).unwrap();
+        let p = c.prometheus.unwrap();
+        assert_eq!(p.url, "http://127.0.0.1:9090");
+        assert_eq!(p.query, DEFAULT_QUERY);
+        assert_eq!(p.interval, Duration::from_secs(30));
+        assert_eq!(p.max_staleness, Duration::from_secs(90));
+    }
+}

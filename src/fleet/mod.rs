@@ -1,0 +1,238 @@
+//! The fleet: which nodes exist and how busy each one is.
+//!
+//! Two inputs change the fleet — the node list (config) and CPU readings (Prometheus). Each change
+//! builds a new immutable [`FleetState`] and publishes it through `arc-swap`; the request path only
+//! ever loads the current state, so it takes no lock. Writers serialise on a mutex of their own.
+//! This module knows nothing of requests.
+
+pub mod prometheus;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use foldhash::fast::RandomState;
+
+use crate::config::NodeSpec;
+use crate::placement::rendezvous;
+
+/// A node's name: its identity in pins, cookies and `X-Jitsi-Shard`. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    /// Wraps a node name.
+    pub fn new(name: &str) -> NodeId {
+        NodeId(Arc::from(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// One Jitsi node as the router sees it.
+#[derive(Debug)]
+pub struct Node {
+    /// Its identity.
+    pub id: NodeId,
+    /// What the config said about it.
+    pub spec: NodeSpec,
+    /// The node's rendezvous-hash seed, computed once from its name.
+    pub seed: u64,
+}
+
+/// An immutable view of the fleet, published whole.
+#[derive(Debug)]
+pub struct FleetState {
+    nodes: Vec<Arc<Node>>,
+    cpu: Vec<Option<f64>>,
+    cpu_read_at: Option<Instant>,
+    max_staleness: Duration,
+    by_name: HashMap<NodeId, usize, RandomState>,
+    by_server_id: HashMap<String, usize, RandomState>,
+}
+
+impl FleetState {
+    /// All nodes, in config order.
+    pub fn nodes(&self) -> &[Arc<Node>] {
+        &self.nodes
+    }
+
+    /// The node with this name.
+    pub fn node(&self, id: &NodeId) -> Option<&Arc<Node>> {
+        self.by_name.get(id).map(|&i| &self.nodes[i])
+    }
+
+    /// The node with this name, by string (cookies, admin input).
+    pub fn node_named(&self, name: &str) -> Option<&Arc<Node>> {
+        self.nodes.iter().find(|n| n.id.as_str() == name)
+    }
+
+    /// The node that declared this videobridge server id.
+    pub fn node_for_server_id(&self, server_id: &str) -> Option<&Arc<Node>> {
+        self.by_server_id.get(server_id).map(|&i| &self.nodes[i])
+    }
+
+    /// Busy-CPU fractions aligned with [`nodes`](Self::nodes); all `None` when there is no reading
+    /// or the last reading is older than `max_staleness` at `now`.
+    pub fn cpu(&self, now: Instant) -> &[Option<f64>] {
+        match self.cpu_read_at {
+            Some(at) if now.saturating_duration_since(at) <= self.max_staleness => &self.cpu,
+            _ => &[],
+        }
+    }
+
+    /// When CPU was last read successfully.
+    pub fn cpu_read_at(&self) -> Option<Instant> {
+        self.cpu_read_at
+    }
+}
+
+/// The inputs a [`FleetState`] is built from; only writers touch them.
+struct Inputs {
+    specs: Vec<NodeSpec>,
+    cpu_by_instance: HashMap<String, f64>,
+    cpu_read_at: Option<Instant>,
+    max_staleness: Duration,
+}
+
+/// The published fleet state plus the inputs it is rebuilt from.
+pub struct Fleet {
+    state: ArcSwap<FleetState>,
+    inputs: Mutex<Inputs>,
+}
+
+impl Fleet {
+    /// A fleet of these nodes with no CPU reading yet.
+    pub fn new(specs: Vec<NodeSpec>, max_staleness: Duration) -> Fleet {
+        let inputs = Inputs {
+            specs,
+            cpu_by_instance: HashMap::new(),
+            cpu_read_at: None,
+            max_staleness,
+        };
+        Fleet {
+            state: ArcSwap::from_pointee(build(&inputs)),
+            inputs: Mutex::new(inputs),
+        }
+    }
+
+    /// The current state; lock-free.
+    pub fn load(&self) -> arc_swap::Guard<Arc<FleetState>> {
+        self.state.load()
+    }
+
+    /// Replaces the node list (config reload, admin API).
+    pub fn set_nodes(&self, specs: Vec<NodeSpec>) {
+        self.update(|inputs| inputs.specs = specs);
+    }
+
+    /// Records a CPU reading: busy fraction by Prometheus label value.
+    pub fn set_cpu(&self, cpu_by_instance: HashMap<String, f64>, read_at: Instant) {
+        self.update(|inputs| {
+            inputs.cpu_by_instance = cpu_by_instance;
+            inputs.cpu_read_at = Some(read_at);
+        });
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Inputs)) {
+        // A poisoned lock only means a writer panicked mid-change; the inputs are still whole.
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut inputs);
+        self.state.store(Arc::new(build(&inputs)));
+    }
+}
+
+fn build(inputs: &Inputs) -> FleetState {
+    let nodes: Vec<Arc<Node>> = inputs
+        .specs
+        .iter()
+        .map(|spec| {
+            Arc::new(Node {
+                id: NodeId::new(&spec.name),
+                seed: rendezvous::seed(spec.name.as_bytes()),
+                spec: spec.clone(),
+            })
+        })
+        .collect();
+    let cpu = nodes
+        .iter()
+        .map(|n| inputs.cpu_by_instance.get(&n.spec.instance).copied())
+        .collect();
+    let by_name = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+    let by_server_id = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.spec.jvb_server_ids.iter().map(move |id| (id.clone(), i)))
+        .collect();
+    FleetState {
+        nodes,
+        cpu,
+        cpu_read_at: inputs.cpu_read_at,
+        max_staleness: inputs.max_staleness,
+        by_name,
+        by_server_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet() -> Fleet {
+        let mut b = NodeSpec::new("b", "http://10.0.0.2:80").unwrap();
+        b.jvb_server_ids = vec!["jvb-b".into()];
+        Fleet::new(
+            vec![NodeSpec::new("a", "http://10.0.0.1:80").unwrap(), b],
+            Duration::from_secs(90),
+        )
+    }
+
+    #[test]
+    fn cpu_is_aligned_with_nodes_by_instance() {
+        let fleet = fleet();
+        let now = Instant::now();
+        assert!(fleet.load().cpu(now).is_empty());
+        fleet.set_cpu(HashMap::from([("10.0.0.2:80".to_owned(), 0.3)]), now);
+        assert_eq!(fleet.load().cpu(now), &[None, Some(0.3)]);
+    }
+
+    #[test]
+    fn stale_cpu_is_ignored() {
+        let fleet = fleet();
+        let then = Instant::now();
+        fleet.set_cpu(HashMap::from([("10.0.0.1:80".to_owned(), 0.3)]), then);
+        assert!(fleet.load().cpu(then + Duration::from_secs(91)).is_empty());
+    }
+
+    #[test]
+    fn lookups_by_name_and_server_id() {
+        let state = fleet().load_full();
+        assert_eq!(state.node(&NodeId::new("a")).unwrap().id.as_str(), "a");
+        assert_eq!(state.node_for_server_id("jvb-b").unwrap().id.as_str(), "b");
+        assert!(state.node_for_server_id("b").is_none());
+        assert!(state.node_named("zzz").is_none());
+    }
+
+    impl Fleet {
+        fn load_full(&self) -> Arc<FleetState> {
+            self.state.load_full()
+        }
+    }
+}

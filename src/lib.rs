@@ -1,0 +1,42 @@
+//! # jitsi-router
+//!
+//! One HTTPS hostname in front of a fleet of independent Jitsi Meet nodes. The first request for a
+//! room places it on the least-busy node; the room is then pinned, and every later request of that
+//! room — page, `config.js`, BOSH, WebSockets — goes to the same node, by proxy or by `307`.
+//!
+//! ## Map
+//! - [`room`]: request path and query → [`room::Target`] (a room key, a bridge server id, or
+//!   nothing). Pure and property-tested: the same room in every URL form gives one key.
+//! - [`fleet`]: nodes from the config and their CPU from Prometheus, published as an immutable
+//!   [`fleet::FleetState`] through `arc-swap`; knows nothing of requests.
+//! - [`placement`]: the pin table ([`placement::pins`]), the placement rule
+//!   ([`placement::policy`]) and rendezvous hashing; knows nothing of hyper.
+//! - [`proxy`]: the hyper service — forwarding with header hygiene, WebSocket tunnels, redirects
+//!   and error answers.
+//! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
+//! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener.
+//! - [`config`]: the TOML schema and its validation; [`demo`]: simulated Jitsi nodes for `demo`
+//!   and tests.
+//!
+//! Data flows one way: server → proxy → (room, placement ← fleet) → upstream.
+//!
+//! ## Decisions worth knowing
+//! - A room's pin lives while the room gets requests (`pin_idle_timeout`, default 10 minutes).
+//!   Jitsi clients keep signalling connections busy, so a live conference never expires.
+//! - A pinned room always goes to its node while that node is in the fleet; only a node leaving
+//!   moves its rooms (on their next request).
+//! - Requests with no room (assets, `/`) follow the affinity cookie set on room pages, so a page and
+//!   its assets come from one node and one jitsi-meet version; without the cookie they go to the
+//!   least-loaded node, ties spread by a hash of the client address.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod demo;
+pub mod fleet;
+pub mod placement;
+pub mod proxy;
+pub mod room;
+pub mod server;
+pub mod tls;

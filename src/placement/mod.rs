@@ -1,0 +1,245 @@
+//! Routing decisions: which node serves a room, a bridge channel, or a request with no room.
+//!
+//! ```text
+//! room key ──► pin table ──hit──► node (still in the fleet?) ──yes──► Pinned
+//!                 │miss                      │no
+//!                 ▼                          ▼
+//!           policy::choose ──► pin_if_absent / repin ──► Placed / Replaced
+//! ```
+//! Nothing here knows hyper: the proxy hands in a [`RoomKey`] and gets a node back.
+
+pub mod pins;
+pub mod policy;
+pub mod rendezvous;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::broadcast;
+
+use crate::fleet::{Fleet, Node, NodeId};
+use crate::room::RoomKey;
+use pins::{PinStore, Pinned};
+
+/// How a room's node was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The room was already pinned to a node that is still in the fleet.
+    Pinned,
+    /// First visit: the room was placed (or another request placed it a moment earlier).
+    Placed,
+    /// The room's node left the fleet; the room moved.
+    Replaced {
+        /// The node it was pinned to.
+        from: NodeId,
+    },
+}
+
+/// A room's node and how it was chosen.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// The node.
+    pub node: Arc<Node>,
+    /// How it was chosen.
+    pub decision: Decision,
+}
+
+/// An event for observers (the demo's console, later the admin API): a room got a node.
+#[derive(Debug, Clone)]
+pub struct PinEvent {
+    /// The room.
+    pub room: String,
+    /// Its node.
+    pub node: NodeId,
+    /// The node it left, for a re-placement.
+    pub from: Option<NodeId>,
+}
+
+/// The routing core: fleet state plus pin table.
+pub struct Router {
+    fleet: Arc<Fleet>,
+    pins: Arc<dyn PinStore>,
+    events: broadcast::Sender<PinEvent>,
+}
+
+impl Router {
+    /// A router over this fleet and pin table.
+    pub fn new(fleet: Arc<Fleet>, pins: Arc<dyn PinStore>) -> Router {
+        Router {
+            fleet,
+            pins,
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    /// The fleet this router reads.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    /// The pin table.
+    pub fn pins(&self) -> &Arc<dyn PinStore> {
+        &self.pins
+    }
+
+    /// Pin and re-pin events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<PinEvent> {
+        self.events.subscribe()
+    }
+
+    /// The node for a room; `None` when the fleet is empty.
+    pub fn route_room(&self, key: &RoomKey<'_>) -> Option<Routed> {
+        let state = self.fleet.load();
+        let room = key.as_str();
+        let stale = match self.pins.lookup(room) {
+            Some(id) => match state.node(&id) {
+                Some(node) => {
+                    return Some(Routed {
+                        node: node.clone(),
+                        decision: Decision::Pinned,
+                    })
+                }
+                None => Some(id),
+            },
+            None => None,
+        };
+        let index = policy::choose(&state, rendezvous::seed(room.as_bytes()), Instant::now())?;
+        let chosen = state.nodes()[index].id.clone();
+        let held = match &stale {
+            Some(old) => self.pins.repin(room, old, chosen),
+            None => self.pins.pin_if_absent(room, chosen),
+        };
+        // A concurrent request may have pinned a node this (older) state does not know; use the
+        // newest state to resolve it, and if even that lacks it, the pin is stale: move it.
+        let node = match state.node(&held.node) {
+            Some(node) => node.clone(),
+            None => self.resolve_unknown(room, &held)?,
+        };
+        let decision = match stale {
+            Some(from) if held.created => Decision::Replaced { from },
+            _ if held.created => Decision::Placed,
+            _ => Decision::Pinned,
+        };
+        if held.created {
+            self.announce(room, &node.id, &decision);
+        }
+        Some(Routed { node, decision })
+    }
+
+    fn resolve_unknown(&self, room: &str, held: &Pinned) -> Option<Arc<Node>> {
+        let state = self.fleet.load();
+        if let Some(node) = state.node(&held.node) {
+            return Some(node.clone());
+        }
+        let index = policy::choose(&state, rendezvous::seed(room.as_bytes()), Instant::now())?;
+        let moved = self.pins.repin(room, &held.node, state.nodes()[index].id.clone());
+        state.node(&moved.node).cloned()
+    }
+
+    fn announce(&self, room: &str, node: &NodeId, decision: &Decision) {
+        let from = match decision {
+            Decision::Replaced { from } => Some(from.clone()),
+            _ => None,
+        };
+        match &from {
+            Some(old) => tracing::info!(room, node = %node, from = %old, "room re-placed"),
+            None => tracing::info!(room, node = %node, "room pinned"),
+        }
+        let _no_listener_is_fine = self.events.send(PinEvent {
+            room: room.to_owned(),
+            node: node.clone(),
+            from,
+        });
+    }
+
+    /// The node that declared a videobridge server id.
+    pub fn route_bridge(&self, server_id: &str) -> Option<Arc<Node>> {
+        self.fleet.load().node_for_server_id(server_id).cloned()
+    }
+
+    /// A node for a request without a room: the named node if it exists (affinity cookie),
+    /// else the least-loaded node, ties spread by `spread` (a hash of the client).
+    pub fn route_unrouted(&self, preferred: Option<&str>, spread: u64) -> Option<Arc<Node>> {
+        let state = self.fleet.load();
+        if let Some(node) = preferred.and_then(|name| state.node_named(name)) {
+            return Some(node.clone());
+        }
+        let index = policy::choose(&state, spread, Instant::now())?;
+        Some(state.nodes()[index].clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeSpec;
+    use crate::room::RoomLimits;
+    use std::time::Duration;
+
+    fn specs(names: &[&str]) -> Vec<NodeSpec> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeSpec::new(n, &format!("http://10.0.0.{i}:80")).unwrap())
+            .collect()
+    }
+
+    fn router(names: &[&str]) -> Router {
+        let fleet = Arc::new(Fleet::new(specs(names), Duration::from_secs(90)));
+        Router::new(fleet, Arc::new(pins::MemoryPins::new(Duration::from_secs(600))))
+    }
+
+    fn key(text: &str) -> RoomKey<'static> {
+        RoomKey::parse(text, &RoomLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn a_room_stays_on_its_node() {
+        let router = router(&["a", "b", "c"]);
+        let first = router.route_room(&key("standup")).unwrap();
+        assert_eq!(first.decision, Decision::Placed);
+        for _ in 0..100 {
+            let again = router.route_room(&key("standup")).unwrap();
+            assert_eq!((again.node.id.clone(), again.decision), (first.node.id.clone(), Decision::Pinned));
+        }
+    }
+
+    #[test]
+    fn adding_a_node_moves_no_pinned_room() {
+        let router = router(&["a", "b"]);
+        let before: Vec<_> = (0..200).map(|i| router.route_room(&key(&format!("r{i}"))).unwrap().node.id.clone()).collect();
+        router.fleet().set_nodes(specs(&["a", "b", "c"]));
+        for (i, node) in before.iter().enumerate() {
+            assert_eq!(&router.route_room(&key(&format!("r{i}"))).unwrap().node.id, node);
+        }
+    }
+
+    #[test]
+    fn a_removed_node_s_rooms_are_replaced() {
+        let router = router(&["a", "b"]);
+        let rooms: Vec<_> = (0..50).map(|i| key(&format!("r{i}"))).collect();
+        for room in &rooms {
+            router.route_room(room);
+        }
+        router.fleet().set_nodes(specs(&["a"]));
+        for room in &rooms {
+            let routed = router.route_room(room).unwrap();
+            assert_eq!(routed.node.id.as_str(), "a");
+            assert!(matches!(routed.decision, Decision::Pinned | Decision::Replaced { .. }));
+        }
+    }
+
+    #[test]
+    fn empty_fleet_routes_nothing() {
+        let router = router(&[]);
+        assert!(router.route_room(&key("x")).is_none());
+        assert!(router.route_unrouted(None, 7).is_none());
+    }
+
+    #[test]
+    fn unrouted_prefers_the_cookie_node() {
+        let router = router(&["a", "b", "c"]);
+        assert_eq!(router.route_unrouted(Some("b"), 1).unwrap().id.as_str(), "b");
+        assert!(router.route_unrouted(Some("gone"), 1).is_some());
+    }
+}

@@ -1,0 +1,214 @@
+//! The pin table: room key → node, with idle expiry.
+//!
+//! [`PinStore`] is the small interface routing needs; [`MemoryPins`] backs it with a sharded
+//! concurrent map (`dashmap`), so a lookup takes one shard's read lock, never a global one, and
+//! refreshes the pin's idle timer with an atomic store. A shared store (Redis, for replicas) will sit
+//! behind the same trait with this table as its local cache.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use foldhash::fast::RandomState;
+
+use crate::fleet::NodeId;
+
+/// What became of an insert-if-absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    /// The node the room is pinned to now.
+    pub node: NodeId,
+    /// True when this call created the pin; false when another request had pinned it first.
+    pub created: bool,
+}
+
+/// A pin table.
+pub trait PinStore: Send + Sync {
+    /// The room's node, refreshing its idle timer; `None` if unpinned or expired.
+    fn lookup(&self, room: &str) -> Option<NodeId>;
+    /// Pins the room to `node` unless a live pin exists; returns the pin that holds.
+    fn pin_if_absent(&self, room: &str, node: NodeId) -> Pinned;
+    /// Moves the room from `stale` to `node`, unless someone already moved it; returns the pin that holds.
+    fn repin(&self, room: &str, stale: &NodeId, node: NodeId) -> Pinned;
+    /// Forgets a room's pin.
+    fn unpin(&self, room: &str) -> Option<NodeId>;
+    /// Drops pins idle longer than the timeout; returns how many.
+    fn sweep(&self) -> usize;
+    /// Live pins (approximate while sweeping).
+    fn len(&self) -> usize;
+    /// Whether no room is pinned.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Pin {
+    node: NodeId,
+    last_seen_ms: AtomicU64,
+}
+
+/// The in-memory pin table.
+pub struct MemoryPins {
+    map: DashMap<Box<str>, Pin, RandomState>,
+    idle_ms: u64,
+    epoch: Instant,
+}
+
+impl MemoryPins {
+    /// An empty table whose pins expire after `idle` without a request.
+    pub fn new(idle: Duration) -> MemoryPins {
+        MemoryPins {
+            map: DashMap::with_hasher(RandomState::default()),
+            idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn expired(&self, pin: &Pin, now_ms: u64) -> bool {
+        now_ms.saturating_sub(pin.last_seen_ms.load(Ordering::Relaxed)) > self.idle_ms
+    }
+
+    fn fresh(&self, node: NodeId, now_ms: u64) -> Pin {
+        Pin {
+            node,
+            last_seen_ms: AtomicU64::new(now_ms),
+        }
+    }
+}
+
+impl PinStore for MemoryPins {
+    fn lookup(&self, room: &str) -> Option<NodeId> {
+        let pin = self.map.get(room)?;
+        let now = self.now_ms();
+        if self.expired(&pin, now) {
+            return None;
+        }
+        pin.last_seen_ms.store(now, Ordering::Relaxed);
+        Some(pin.node.clone())
+    }
+
+    fn pin_if_absent(&self, room: &str, node: NodeId) -> Pinned {
+        let now = self.now_ms();
+        match self.map.entry(room.into()) {
+            Entry::Occupied(mut held) if self.expired(held.get(), now) => {
+                held.insert(self.fresh(node.clone(), now));
+                Pinned { node, created: true }
+            }
+            Entry::Occupied(held) => {
+                held.get().last_seen_ms.store(now, Ordering::Relaxed);
+                Pinned {
+                    node: held.get().node.clone(),
+                    created: false,
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(self.fresh(node.clone(), now));
+                Pinned { node, created: true }
+            }
+        }
+    }
+
+    fn repin(&self, room: &str, stale: &NodeId, node: NodeId) -> Pinned {
+        let now = self.now_ms();
+        match self.map.entry(room.into()) {
+            Entry::Occupied(held) if held.get().node != *stale && !self.expired(held.get(), now) => {
+                Pinned {
+                    node: held.get().node.clone(),
+                    created: false,
+                }
+            }
+            Entry::Occupied(mut held) => {
+                held.insert(self.fresh(node.clone(), now));
+                Pinned { node, created: true }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(self.fresh(node.clone(), now));
+                Pinned { node, created: true }
+            }
+        }
+    }
+
+    fn unpin(&self, room: &str) -> Option<NodeId> {
+        self.map.remove(room).map(|(_, pin)| pin.node)
+    }
+
+    fn sweep(&self) -> usize {
+        let now = self.now_ms();
+        let before = self.map.len();
+        self.map.retain(|_, pin| !self.expired(pin, now));
+        before.saturating_sub(self.map.len())
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn insert_if_absent_keeps_the_first() {
+        let pins = MemoryPins::new(Duration::from_secs(60));
+        let a = NodeId::new("a");
+        assert!(pins.pin_if_absent("r", a.clone()).created);
+        let second = pins.pin_if_absent("r", NodeId::new("b"));
+        assert_eq!(second, Pinned { node: a.clone(), created: false });
+        assert_eq!(pins.lookup("r"), Some(a));
+    }
+
+    #[test]
+    fn racing_first_visits_agree() {
+        let pins = Arc::new(MemoryPins::new(Duration::from_secs(60)));
+        let winners: Vec<NodeId> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let pins = pins.clone();
+                    s.spawn(move || pins.pin_if_absent("room", NodeId::new(&format!("n{i}"))).node)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(winners.windows(2).all(|w| w[0] == w[1]), "{winners:?}");
+    }
+
+    #[test]
+    fn idle_pins_expire() {
+        let pins = MemoryPins::new(Duration::from_millis(30));
+        pins.pin_if_absent("r", NodeId::new("a"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(pins.lookup("r"), None);
+        assert!(pins.pin_if_absent("r", NodeId::new("b")).created);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(pins.sweep(), 1);
+        assert!(pins.is_empty());
+    }
+
+    #[test]
+    fn lookups_keep_a_pin_alive() {
+        let pins = MemoryPins::new(Duration::from_millis(80));
+        pins.pin_if_absent("r", NodeId::new("a"));
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(pins.lookup("r").is_some());
+        }
+    }
+
+    #[test]
+    fn repin_moves_only_from_the_stale_node() {
+        let pins = MemoryPins::new(Duration::from_secs(60));
+        let (a, b, c) = (NodeId::new("a"), NodeId::new("b"), NodeId::new("c"));
+        pins.pin_if_absent("r", a.clone());
+        assert_eq!(pins.repin("r", &a, b.clone()).node, b);
+        // A second request that also saw `a` must not move the room again.
+        assert_eq!(pins.repin("r", &a, c), Pinned { node: b, created: false });
+        assert_eq!(pins.unpin("r").map(|n| n.to_string()), Some("b".into()));
+    }
+}

@@ -1,0 +1,127 @@
+//! Forwarding to a node over pooled keep-alive HTTP/1.1 (`http://` or `https://`), streaming
+//! bodies both ways.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Uri};
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::headers::{self, Forwarded};
+use super::{errors, tunnel, Body};
+use crate::config::Upstream;
+use crate::fleet::Node;
+use crate::tls::TlsError;
+
+/// The pooled client all nodes share.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
+/// Builds the upstream client from `[upstream]`.
+pub fn client(cfg: &Upstream) -> Result<UpstreamClient, TlsError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    let tls = crate::tls::upstream_client_config(cfg.ca.as_deref())?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_node)
+        .build(connector))
+}
+
+/// Settings the forwarder needs per request.
+pub struct ForwardSettings {
+    /// Time allowed for the node to start answering.
+    pub response_timeout: Duration,
+    /// Keep the client's `Host`.
+    pub preserve_host: bool,
+}
+
+/// Sends the request to `node` and returns its response (or a 502/504 of ours).
+pub async fn forward(
+    client: &UpstreamClient,
+    settings: &ForwardSettings,
+    mut req: Request<Incoming>,
+    node: &Node,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let upgrade = headers::is_websocket_upgrade(&req);
+    let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let Some(uri) = upstream_uri(&node.spec.upstream, parts.uri.path_and_query()) else {
+        return errors::plain(StatusCode::BAD_REQUEST, "request target cannot be forwarded");
+    };
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| a.as_str().parse().ok()));
+    let upstream_host = node.spec.upstream.authority().map_or("", |a| a.as_str());
+    headers::prepare_request(
+        &mut parts.headers,
+        &Forwarded {
+            client: peer.ip(),
+            host: host.as_ref(),
+            preserve_host: settings.preserve_host,
+            upstream_host,
+            upgrade,
+        },
+    );
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let sent = client.request(Request::from_parts(parts, body));
+    let mut response = match tokio::time::timeout(settings.response_timeout, sent).await {
+        Err(_) => {
+            tracing::warn!(node = %node.id, timeout = ?settings.response_timeout, "node did not answer in time");
+            return errors::plain(StatusCode::GATEWAY_TIMEOUT, &format!("node {} did not answer in time", node.id));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(node = %node.id, error = %error_chain(&e), "node unreachable");
+            return errors::plain(StatusCode::BAD_GATEWAY, &format!("node {} is unreachable", node.id));
+        }
+        Ok(Ok(response)) => response,
+    };
+    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if upgraded {
+        match downstream {
+            Some(downstream) => tunnel::splice(downstream, hyper::upgrade::on(&mut response), node.id.clone()),
+            None => {
+                return errors::plain(StatusCode::BAD_GATEWAY, "node switched protocols without being asked");
+            }
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::prepare_response(&mut parts.headers, upgraded);
+    Response::from_parts(parts, Either::Left(body))
+}
+
+fn upstream_uri(base: &Uri, path: Option<&PathAndQuery>) -> Option<Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    parts.path_and_query = Some(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).ok()
+}
+
+/// The error and its causes on one line (hyper's top-level messages are terse).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

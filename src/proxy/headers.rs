@@ -1,0 +1,230 @@
+//! Header hygiene between client and node (RFC 9110 §7.6.1) and the router's own headers.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Real-IP`.
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// `X-Jitsi-Shard`: the node that answered.
+pub const X_JITSI_SHARD: HeaderName = HeaderName::from_static("x-jitsi-shard");
+
+/// Whether a request asks for a WebSocket upgrade (HTTP/1.1 `Upgrade: websocket`).
+pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && has_token(req.headers(), &header::CONNECTION, "upgrade")
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn keep_upgrade(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// What the forwarded request should say about the client.
+pub struct Forwarded<'a> {
+    /// The client's address.
+    pub client: IpAddr,
+    /// The host the client asked for (`Host` or the h2 `:authority`).
+    pub host: Option<&'a HeaderValue>,
+    /// Keep the client's `Host` (true) or use the node's authority.
+    pub preserve_host: bool,
+    /// The node's authority, used as `Host` when not preserving.
+    pub upstream_host: &'a str,
+    /// Whether this is a WebSocket upgrade to carry through.
+    pub upgrade: bool,
+}
+
+/// Prepares request headers for the node.
+pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    strip_hop_by_hop(headers);
+    if fwd.upgrade {
+        keep_upgrade(headers);
+    }
+    join_cookies(headers);
+    let client = fwd.client.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {client}"),
+        None => client.clone(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&client) {
+        headers.insert(X_REAL_IP, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if let Some(host) = fwd.host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    let host = match (fwd.preserve_host, fwd.host) {
+        (true, Some(host)) => Some(host.clone()),
+        _ => HeaderValue::from_str(fwd.upstream_host).ok(),
+    };
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    }
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Prepares response headers for the client.
+pub fn prepare_response(headers: &mut HeaderMap, upgraded: bool) {
+    strip_hop_by_hop(headers);
+    if upgraded {
+        keep_upgrade(headers);
+    }
+}
+
+/// Marks a response with the node that served it, unless the node already did.
+pub fn mark_shard(headers: &mut HeaderMap, node: &str) {
+    if !headers.contains_key(&X_JITSI_SHARD) {
+        if let Ok(value) = HeaderValue::from_str(node) {
+            headers.insert(X_JITSI_SHARD, value);
+        }
+    }
+}
+
+/// The value of cookie `name`, if the request carries it.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v.trim_matches('"'))
+        })
+}
+
+/// `Set-Cookie` for the affinity cookie naming `node`.
+pub fn affinity_cookie(name: &str, node: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("{name}={node}; Path=/; Secure; HttpOnly; SameSite=Lax")).ok()
+}
+
+/// Approximate size of a request head: request target plus header fields.
+pub fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    req.method().as_str().len() + target + 12 + fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let host = HeaderValue::from_static("meet.example.com");
+        let fwd = Forwarded {
+            client: "10.1.2.3".parse().unwrap(),
+            host: Some(&host),
+            preserve_host: true,
+            upstream_host: "10.0.0.1:80",
+            upgrade: false,
+        };
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
+        prepare_request(&mut h, &fwd);
+        for gone in ["connection", "x-secret", "keep-alive", "te"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["x-kept"], "1");
+        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1, 10.1.2.3");
+        assert_eq!(h[X_REAL_IP], "10.1.2.3");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "meet.example.com");
+        assert_eq!(h[header::HOST], "meet.example.com");
+    }
+
+    #[test]
+    fn cookies_are_found_and_joined() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("jitsi_router_node=n2; b=2"));
+        assert_eq!(cookie(&h, "jitsi_router_node"), Some("n2"));
+        assert_eq!(cookie(&h, "c"), None);
+        join_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1; jitsi_router_node=n2; b=2");
+    }
+
+    #[test]
+    fn the_node_s_own_shard_header_wins() {
+        let mut h = HeaderMap::new();
+        mark_shard(&mut h, "a");
+        assert_eq!(h[X_JITSI_SHARD], "a");
+        mark_shard(&mut h, "b");
+        assert_eq!(h[X_JITSI_SHARD], "a");
+    }
+}

@@ -1,0 +1,125 @@
+//! The request handler: classify the request, ask placement for a node, then forward (proxy mode)
+//! or redirect (redirect mode), and mark the answer with the node's name.
+
+pub mod errors;
+pub mod forward;
+pub mod headers;
+pub mod redirect;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::config::{Config, Mode};
+use crate::fleet::Node;
+use crate::placement::{rendezvous, Router};
+use crate::room::{self, RoomLimits, Target};
+use crate::tls::TlsError;
+use forward::{ForwardSettings, UpstreamClient};
+
+/// Response body: a node's streamed body, or a small body of the router's own.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Everything the handler needs, shared by all connections.
+pub struct Proxy {
+    router: Arc<Router>,
+    client: UpstreamClient,
+    mode: Mode,
+    forward: ForwardSettings,
+    room_limits: RoomLimits,
+    max_request_head: usize,
+    retry_after: Duration,
+    affinity_cookie: String,
+}
+
+/// What routing settled on for one request.
+struct Choice {
+    node: Arc<Node>,
+    /// Set the affinity cookie on the answer (room pages).
+    page: bool,
+}
+
+impl Proxy {
+    /// A handler over this router, configured by `config`.
+    pub fn new(router: Arc<Router>, config: &Config) -> Result<Proxy, TlsError> {
+        Ok(Proxy {
+            router,
+            client: forward::client(&config.upstream)?,
+            mode: config.routing.mode,
+            forward: ForwardSettings {
+                response_timeout: config.upstream.response_timeout,
+                preserve_host: config.upstream.preserve_host,
+            },
+            room_limits: RoomLimits {
+                max_chars: config.limits.max_room_chars,
+            },
+            max_request_head: config.limits.max_request_head,
+            retry_after: config.limits.retry_after,
+            affinity_cookie: config.routing.affinity_cookie.clone(),
+        })
+    }
+
+    /// The routing core behind this handler.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Handles one request from `peer`.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if headers::head_size(&req) > self.max_request_head {
+            let reason = format!("request head larger than {} bytes", self.max_request_head);
+            return errors::plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
+        }
+        let choice = match self.choose(&req, peer) {
+            Ok(choice) => choice,
+            Err(response) => return response,
+        };
+        let method = req.method().clone();
+        let path_for_log = req.uri().path().to_owned();
+        let mut response = match self.mode {
+            Mode::Redirect => redirect::to_node(&choice.node, req.uri()),
+            Mode::Proxy => forward::forward(&self.client, &self.forward, req, &choice.node, peer).await,
+        };
+        headers::mark_shard(response.headers_mut(), choice.node.id.as_str());
+        if choice.page && self.mode == Mode::Proxy && method == Method::GET {
+            if let Some(cookie) = headers::affinity_cookie(&self.affinity_cookie, choice.node.id.as_str()) {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+        }
+        tracing::debug!(%method, path = %path_for_log, node = %choice.node.id, status = response.status().as_u16(), "request");
+        response
+    }
+
+    fn choose(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<Choice, Response<Body>> {
+        let uri = req.uri();
+        let target = room::classify(uri.path(), uri.query(), &self.room_limits)
+            .map_err(|e| errors::plain(StatusCode::BAD_REQUEST, &e.to_string()))?;
+        match target {
+            Target::Room { key, page } => match self.router.route_room(&key) {
+                Some(routed) => Ok(Choice { node: routed.node, page }),
+                None => Err(errors::unavailable("no node can take this room now", self.retry_after)),
+            },
+            Target::Bridge { server_id } => match self.router.route_bridge(server_id) {
+                Some(node) => Ok(Choice { node, page: false }),
+                None => Err(errors::plain(StatusCode::NOT_FOUND, "unknown videobridge server id")),
+            },
+            Target::Unrouted => {
+                let preferred = headers::cookie(req.headers(), &self.affinity_cookie);
+                let spread = match peer.ip() {
+                    std::net::IpAddr::V4(ip) => rendezvous::seed(&ip.octets()),
+                    std::net::IpAddr::V6(ip) => rendezvous::seed(&ip.octets()),
+                };
+                match self.router.route_unrouted(preferred, spread) {
+                    Some(node) => Ok(Choice { node, page: false }),
+                    None => Err(errors::unavailable("no node is available now", self.retry_after)),
+                }
+            }
+        }
+    }
+}
