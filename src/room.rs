@@ -456,7 +456,8 @@ mod tests {
         #[test]
         fn path_and_query_forms_agree(room in "[^/%?#&\\x00-\\x1f\\x7f.]{1,40}") {
             let encoded = encode_all(&room);
-            let from_path = classify(&format!("/{encoded}"), None, &RoomLimits::default());
+            let path = format!("/{encoded}");
+            let from_path = classify(&path, None, &RoomLimits::default());
             let query = format!("room={encoded}");
             let from_query = classify("/http-bind", Some(&query), &RoomLimits::default());
             match (from_path, from_query) {

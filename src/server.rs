@@ -110,6 +110,8 @@ impl Server {
             tasks.spawn(prometheus::poll(fleet, cfg));
         }
         tasks.spawn(sweep_pins(self.proxy.router().clone(), self.config.routing.pin_idle_timeout));
+        // With `listen = "...:0"` the configured port says nothing; use the bound one.
+        let https_port = self.https_addrs().first().map_or(443, |a| a.port());
         let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(self.certs.clone())));
         let builder = Arc::new(connection_builder(&self.config));
         for listener in self.https {
@@ -124,7 +126,11 @@ impl Server {
         }
         if let Some(listener) = self.http {
             log_listening("http", &listener);
-            tasks.spawn(accept_http(listener, self.config.server.public_https_port));
+            let port = match self.config.server.public_https_port {
+                0 => https_port,
+                port => port,
+            };
+            tasks.spawn(accept_http(listener, port));
         }
         shutdown.await;
         tracing::info!("shutting down");

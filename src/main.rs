@@ -1,0 +1,160 @@
+//! The `jitsi-router` command: `serve`, `check` and `demo`.
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use jitsi_router::config::Config;
+use jitsi_router::server::Server;
+
+/// One HTTPS hostname in front of a fleet of Jitsi Meet nodes: every room pinned to one node.
+#[derive(Parser)]
+#[command(name = "jitsi-router", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router with a config file.
+    Serve {
+        /// Path to the TOML config.
+        #[arg(long, short, value_name = "PATH")]
+        config: PathBuf,
+    },
+    /// Validate a config (and its certificate and key), print what was understood, and exit.
+    Check {
+        /// Path to the TOML config.
+        #[arg(long, short, value_name = "PATH")]
+        config: PathBuf,
+    },
+    /// Try it with no setup: three simulated Jitsi nodes behind https://localhost:8443.
+    Demo {
+        /// Addresses to serve HTTPS on.
+        #[arg(long, value_name = "ADDR", default_values = ["127.0.0.1:8443", "[::1]:8443"])]
+        listen: Vec<SocketAddr>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(&config))),
+        Command::Demo { listen } => runtime().and_then(|rt| rt.block_on(demo(listen))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("jitsi-router: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+async fn serve(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    if config.nodes.is_empty() {
+        tracing::warn!("no [[nodes]] configured: every room will get 503 until nodes are added");
+    }
+    let server = Server::bind(config).await.map_err(|e| e.to_string())?;
+    server.run(jitsi_router::server_shutdown_signal()).await;
+    Ok(())
+}
+
+async fn demo(listen: Vec<SocketAddr>) -> Result<(), String> {
+    // The ::1 default is a convenience: skip it quietly where IPv6 loopback is missing.
+    let listen: Vec<SocketAddr> = listen
+        .into_iter()
+        .filter(|a| a.is_ipv4() || std::net::TcpListener::bind((a.ip(), 0)).is_ok())
+        .collect();
+    jitsi_router::demo::run(listen).await.map_err(|e| e.to_string())
+}
+
+fn check(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    jitsi_router::tls::load_certified_key(&config.tls.cert, &config.tls.key).map_err(|e| e.to_string())?;
+    if let Some(ca) = &config.upstream.ca {
+        jitsi_router::tls::upstream_client_config(Some(ca)).map_err(|e| e.to_string())?;
+    }
+    print!("{}", describe(&config, path));
+    Ok(())
+}
+
+fn describe(c: &Config, path: &Path) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: OK", path.display());
+    let listen: Vec<String> = c.server.listen.iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "listen:      https on {}", listen.join(", "));
+    if let Some(http) = c.server.http_listen {
+        let _ = writeln!(out, "             http on {http} (308 to https, port {})", c.server.public_https_port);
+    }
+    let _ = writeln!(out, "tls:         cert {}, key {} (they match)", c.tls.cert.display(), c.tls.key.display());
+    let _ = writeln!(
+        out,
+        "mode:        {} (pins forgotten after {} idle, affinity cookie {:?})",
+        c.routing.mode,
+        humantime::format_duration(c.routing.pin_idle_timeout),
+        c.routing.affinity_cookie
+    );
+    let _ = writeln!(
+        out,
+        "upstream:    connect timeout {}, response timeout {}, host header {}",
+        humantime::format_duration(c.upstream.connect_timeout),
+        humantime::format_duration(c.upstream.response_timeout),
+        if c.upstream.preserve_host { "kept" } else { "set to the node's" }
+    );
+    match &c.prometheus {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "prometheus:  {} every {} (label {:?}, stale after {})\n             query {}",
+                p.url,
+                humantime::format_duration(p.interval),
+                p.label,
+                humantime::format_duration(p.max_staleness),
+                p.query
+            );
+        }
+        None => {
+            let _ = writeln!(out, "prometheus:  none (all nodes count as equally loaded; rooms spread by hashing)");
+        }
+    }
+    let _ = writeln!(out, "nodes:       {}", c.nodes.len());
+    for n in &c.nodes {
+        let _ = writeln!(
+            out,
+            "  {:<16} upstream {}  public {}  instance {}  bridges {}",
+            n.name,
+            n.upstream,
+            n.public_url.as_deref().unwrap_or("-"),
+            n.instance,
+            n.jvb_server_ids.join(",")
+        );
+    }
+    out
+}

@@ -1,0 +1,215 @@
+//! Every error of issue 2 §7, seen from a client and from the command line.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_rooms_get_400_with_a_reason() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes)));
+    let client = router.client();
+    let long = "a".repeat(201);
+    for (path, reason) in [
+        (format!("/{long}"), "too long"),
+        ("/bad%0Aroom".to_owned(), "control character"),
+        ("/a%2Fb".to_owned(), "'/'"),
+        ("/bad%FFname".to_owned(), "UTF-8"),
+        ("/http-bind?room=x%00y".to_owned(), "control character"),
+    ] {
+        let response = client.get(router.url(&path)).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(reason) && body.lines().count() == 1, "{path}: {body:?}");
+    }
+    assert_eq!(client.get(router.url(&format!("/{}", "a".repeat(200)))).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_request_head_gets_431() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes)));
+    for client in [router.client_h1(), router.client()] {
+        let response = client.get(router.url("/room")).header("x-big", "x".repeat(17 * 1024)).send().await.unwrap();
+        assert_eq!(response.status(), 431);
+        assert!(response.text().await.unwrap().contains("16384"));
+        let fine = client.get(router.url("/room")).header("x-big", "x".repeat(8 * 1024)).send().await.unwrap();
+        assert_eq!(fine.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_upstream_gets_502_and_the_router_carries_on() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let dead = format!("http://127.0.0.1:{}", closed_port());
+    let mut text = config(&certs, "", &[("dead", dead)]);
+    text = text.replace("name = \"dead\"", "name = \"dead\"\njvb_server_ids = [\"jvb-dead\"]");
+    text.push_str(&format!("\n[[nodes]]\nname = \"alive\"\nupstream = {:?}\njvb_server_ids = [\"jvb-alive\"]\n", nodes[0].url()));
+    let mut router = Router::start(&certs, &text);
+    let client = router.client();
+    for _ in 0..3 {
+        let response = client.get(router.url("/colibri-ws/jvb-dead/c/e")).send().await.unwrap();
+        assert_eq!(response.status(), 502);
+        assert!(response.text().await.unwrap().contains("node dead is unreachable"));
+        let ok = client.get(router.url("/colibri-ws/jvb-alive/c/e")).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    assert!(router.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_gets_504_and_the_next_request_succeeds() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(&certs, &config(&certs, "[upstream]\nresponse_timeout = \"1s\"\n", &node_entries(&nodes)));
+    let client = router.client();
+    let slow = client.get(router.url("/slowroom")).header("x-sim-delay-ms", "3000").send().await.unwrap();
+    assert_eq!(slow.status(), 504);
+    assert!(slow.text().await.unwrap().contains("did not answer in time"));
+    let next = client.get(router.url("/slowroom")).send().await.unwrap();
+    assert_eq!(next.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_node_gets_503_with_retry_after() {
+    let certs = Certs::new();
+    let router = Router::start(&certs, &config(&certs, "[limits]\nretry_after = \"7s\"\n", &[]));
+    let client = router.client();
+    for path in ["/someroom", "/", "/http-bind?room=x"] {
+        let response = client.get(router.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        assert_eq!(response.headers()["retry-after"], "7");
+        assert!(!response.text().await.unwrap().is_empty());
+    }
+}
+
+fn assert_one_line_failure(args: &[&str], expect: &[&str]) {
+    let (code, _, stderr) = run_router(args);
+    assert_eq!(code, Some(1), "{args:?}: {stderr}");
+    let stderr = stderr.trim();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for part in expect {
+        assert!(stderr.contains(part), "{stderr:?} should contain {part:?}");
+    }
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("router.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn startup_failures_are_one_clear_line_and_exit_1() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = [("n1", "http://127.0.0.1:9".to_owned())];
+    let good = config(&certs, "", &nodes);
+
+    let missing = write_config(dir.path(), &good.replace("fullchain.pem", "nope.pem"));
+    assert_one_line_failure(&["serve", "--config", &missing], &["nope.pem", "certificate"]);
+
+    std::fs::write(dir.path().join("garbage.pem"), "not a key").unwrap();
+    let garbage = write_config(dir.path(), &good.replace(certs.key.to_str().unwrap(), dir.path().join("garbage.pem").to_str().unwrap()));
+    assert_one_line_failure(&["serve", "--config", &garbage], &["garbage.pem", "private key"]);
+
+    let other = Certs::new();
+    let mismatched = write_config(dir.path(), &good.replace(certs.key.to_str().unwrap(), other.key.to_str().unwrap()));
+    assert_one_line_failure(&["serve", "--config", &mismatched], &["does not match"]);
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let in_use = write_config(dir.path(), &good.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")));
+    assert_one_line_failure(&["serve", "--config", &in_use], &[&format!("127.0.0.1:{port}"), "cannot listen"]);
+
+    let bad = write_config(dir.path(), &good.replace("[tls]", "[routing]\nmode = \"fast\"\n\n[tls]"));
+    assert_one_line_failure(&["serve", "--config", &bad], &["router.toml", "routing.mode", "\"fast\""]);
+    assert_one_line_failure(&["check", "--config", &bad], &["router.toml", "routing.mode", "\"fast\""]);
+
+    let unknown = write_config(dir.path(), &good.replace("[tls]", "[routing]\nmodee = \"proxy\"\n\n[tls]"));
+    assert_one_line_failure(&["serve", "--config", &unknown], &["router.toml", "modee"]);
+
+    let nowhere = dir.path().join("absent.toml");
+    assert_one_line_failure(&["serve", "--config", nowhere.to_str().unwrap()], &["absent.toml", "cannot read"]);
+}
+
+#[test]
+fn check_prints_what_it_understood() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &certs,
+        "[routing]\nmode = \"redirect\"\n\n[prometheus]\nurl = \"http://127.0.0.1:9090\"\ninterval = \"15s\"\n",
+        &[],
+    ) + "\n[[nodes]]\nname = \"jitsi-1\"\nupstream = \"http://10.0.0.11:80\"\npublic_url = \"https://jitsi-1.example.com\"\ninstance = \"10.0.0.11:9100\"\n";
+    let path = write_config(dir.path(), &text);
+    let (code, stdout, stderr) = run_router(&["check", "--config", &path]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for part in ["OK", "127.0.0.1:0", "redirect", "http://127.0.0.1:9090", "15s", "jitsi-1", "10.0.0.11:9100", "https://jitsi-1.example.com"] {
+        assert!(stdout.contains(part), "{part} missing from:\n{stdout}");
+    }
+}
+
+#[test]
+fn help_works_on_every_subcommand() {
+    for args in [&["--help"][..], &["serve", "--help"], &["check", "--help"], &["demo", "--help"]] {
+        let (code, stdout, _) = run_router(args);
+        assert_eq!(code, Some(0), "{args:?}");
+        assert!(stdout.contains("Usage"), "{args:?}: {stdout}");
+    }
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/router.toml");
+    let config = jitsi_router::config::Config::load(&path).unwrap();
+    assert!(!config.nodes.is_empty());
+    assert!(config.prometheus.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_three_nodes_and_reports_rooms() {
+    use std::io::{BufRead, BufReader};
+    let port = closed_port();
+    let mut child = std::process::Command::new(ROUTER)
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    while !seen.contains("Ctrl-C") {
+        seen.push_str(&rx.recv_timeout(Duration::from_secs(20)).unwrap());
+        seen.push('\n');
+    }
+    assert!(seen.contains("jitsi-a") && seen.contains("jitsi-b") && seen.contains("jitsi-c"), "{seen}");
+    assert!(seen.contains(&format!("https://localhost:{port}/")), "{seen}");
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap();
+    let page = client.get(format!("https://localhost:{port}/DemoRoom")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let node = shard(&page);
+    assert!(page.text().await.unwrap().contains(&format!("is on node <code>{node}</code>")));
+    let bosh = client.post(format!("https://localhost:{port}/http-bind?room=demoroom")).body("<body/>").send().await.unwrap();
+    assert_eq!(shard(&bosh), node);
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(line.trim(), format!("room \"demoroom\" → {node}"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

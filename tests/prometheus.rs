@@ -1,0 +1,93 @@
+//! A real Prometheus server scraping the simulated nodes' CPU counters steers new rooms to the
+//! least-busy node; the router keeps routing when Prometheus goes away.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const QUERY: &str = r#"1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[5s]))"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_steers_new_rooms_to_the_least_busy_node() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(3).await;
+    for (node, busy) in nodes.iter().zip([0.9, 0.2, 0.6]) {
+        node.set_busy(busy);
+    }
+    let mut prometheus = Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
+    let mut text = config(
+        &certs,
+        &format!("[prometheus]\nurl = {:?}\nquery = '{QUERY}'\ninterval = \"1s\"\n", prometheus.url),
+        &[],
+    );
+    for node in &nodes {
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = {:?}\nupstream = {:?}\ninstance = \"{}\"\n",
+            node.name(),
+            node.url(),
+            node.addr()
+        ));
+    }
+    let mut router = Router::start(&certs, &text);
+    let client = router.client();
+
+    let addr = |i: usize| nodes[i].addr().to_string();
+    eventually(Duration::from_secs(30), "prometheus to see all three nodes", || async {
+        let cpu = prometheus.query(QUERY).await;
+        cpu.len() == 3 && cpu[&addr(1)] < cpu[&addr(2)] && cpu[&addr(2)] < cpu[&addr(0)]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // two router polls
+    for room in ["steer-1", "steer-2", "steer-3"] {
+        let response = client.get(router.url(&format!("/{room}"))).send().await.unwrap();
+        assert_eq!(shard(&response), "jitsi-b", "{room} should go to the least-busy node");
+    }
+
+    // The load shifts: jitsi-c is now the least busy; new rooms follow, old rooms stay.
+    nodes[1].set_busy(0.95);
+    nodes[2].set_busy(0.05);
+    eventually(Duration::from_secs(30), "prometheus to see the shift", || async {
+        let cpu = prometheus.query(QUERY).await;
+        cpu.len() == 3 && cpu[&addr(2)] < cpu[&addr(0)] && cpu[&addr(2)] < cpu[&addr(1)]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for room in ["shift-1", "shift-2", "shift-3"] {
+        let response = client.get(router.url(&format!("/{room}"))).send().await.unwrap();
+        assert_eq!(shard(&response), "jitsi-c", "{room} should follow the new least-busy node");
+    }
+    let old = client.get(router.url("/http-bind?room=steer-1")).send().await.unwrap();
+    assert_eq!(shard(&old), "jitsi-b", "a pinned room never moves while its node is there");
+
+    // Prometheus goes away: the router warns, keeps its last snapshot and keeps routing.
+    prometheus.stop();
+    eventually(Duration::from_secs(10), "the router to notice prometheus is gone", || async {
+        router.logs().contains("prometheus query failed")
+    })
+    .await;
+    for i in 0..10 {
+        let response = client.get(router.url(&format!("/after-{i}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let old = client.get(router.url("/steer-2")).send().await.unwrap();
+    assert_eq!(shard(&old), "jitsi-b");
+    assert!(router.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_prometheus_answer_keeps_routing_alive() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    // A node's /metrics endpoint is not a Prometheus API: every query answer is garbage.
+    let sections = format!("[prometheus]\nurl = {:?}\ninterval = \"200ms\"\n", nodes[0].url());
+    let mut router = Router::start(&certs, &config(&certs, &sections, &node_entries(&nodes)));
+    eventually(Duration::from_secs(10), "a logged query failure", || async {
+        router.logs().contains("prometheus query failed")
+    })
+    .await;
+    let response = router.client().get(router.url("/garbage-room")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(router.is_running());
+}

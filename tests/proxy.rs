@@ -1,0 +1,346 @@
+//! The router binary in proxy and redirect mode against simulated Jitsi nodes.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
+
+async fn fleet(n: usize, sections: &str) -> (Certs, Vec<SimNode>, Router) {
+    let certs = Certs::new();
+    let nodes = sim_nodes(n).await;
+    let router = Router::start(&certs, &config(&certs, sections, &node_entries(&nodes)));
+    (certs, nodes, router)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_room_one_node_over_every_url_form() {
+    let (_certs, _nodes, router) = fleet(3, "").await;
+    let client = router.client();
+    let forms = [
+        "/TeamSync",
+        "/teamsync",
+        "/team%53ync",
+        "/TEAMSYNC/",
+        "/http-bind?room=teamsync",
+        "/http-bind?room=TeamSync&sid=1",
+        "/xmpp-websocket?room=teamsync",
+        "/config.js?room=team%73ync",
+        "/conference-request/v1?room=teamsync",
+        "/room-size?room=teamsync&domain=meet.example.com",
+    ];
+    let mut seen = HashSet::new();
+    for round in 0..5 {
+        for form in forms {
+            let (report, shard) = report(&client, &router.url(form)).await;
+            assert_eq!(report["node"], shard.as_str(), "{form}: shard header names the node that answered");
+            seen.insert(shard);
+            assert!(seen.len() == 1, "round {round}, {form}: room split over {seen:?}");
+        }
+    }
+    let posted = client
+        .post(router.url("/http-bind?room=TeamSync"))
+        .body("<body rid='1'/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shard(&posted), *seen.iter().next().unwrap());
+    assert!(posted.text().await.unwrap().contains("received='15'"), "the body streamed to the node");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_rooms_spread_over_nodes() {
+    let (_certs, _nodes, router) = fleet(3, "").await;
+    let client = router.client();
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    let mut first = HashMap::new();
+    for i in 0..90 {
+        let response = client.get(router.url(&format!("/room-{i}"))).send().await.unwrap();
+        let node = shard(&response);
+        first.insert(i, node.clone());
+        *per_node.entry(node).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(per_node.values().all(|&n| n >= 15), "uneven spread: {per_node:?}");
+    for (i, node) in first {
+        let again = client.get(router.url(&format!("/http-bind?room=ROOM-{i}"))).send().await.unwrap();
+        assert_eq!(shard(&again), node, "room-{i} moved");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_are_part_of_the_key_and_paths_pass_untouched() {
+    let (_certs, _nodes, router) = fleet(3, "").await;
+    let client = router.client();
+    let (page, node) = report(&client, &router.url("/Acme/Standup")).await;
+    assert_eq!(page["path"], "/Acme/Standup");
+    let (bosh, bosh_node) = report(&client, &router.url("/acme/http-bind?room=standup")).await;
+    assert_eq!(bosh["path"], "/acme/http-bind");
+    assert_eq!(bosh["query"], "room=standup");
+    assert_eq!(bosh_node, node);
+    report(&client, &router.url("/standup")).await;
+    let logs = router.logs();
+    assert!(logs.contains("room=\"acme/standup\""), "{logs}");
+    assert!(logs.contains("room=\"standup\""), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
+    let (_certs, _nodes, router) = fleet(3, "").await;
+    let client = router.client_h1();
+    let page = client.get(router.url("/Daily")).send().await.unwrap();
+    let node = shard(&page);
+    let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with(&format!("jitsi_router_node={node};")), "{cookie}");
+    assert!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    let reserved = [
+        "/", "/config.js", "/interface_config.js", "/external_api.js", "/external_api.min.js",
+        "/favicon.ico", "/manifest.json", "/pwa-worker.js", "/http-bind", "/http-pre-bind",
+        "/xmpp-websocket", "/conference-request/v1", "/about/health", "/room", "/room-size",
+        "/room-password", "/_unlock", "/static/close.html", "/libs/app.bundle.min.js",
+        "/css/all.css", "/images/logo.svg", "/fonts/x.woff2", "/sounds/ring.mp3",
+        "/lang/main-fr.json", "/.well-known/security.txt",
+    ];
+    for other in ["jitsi-a", "jitsi-b", "jitsi-c"] {
+        for path in reserved {
+            let response = client
+                .get(router.url(path))
+                .header("cookie", format!("theme=dark; jitsi_router_node={other}"))
+                .header("x-sim-report", "1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(shard(&response), other, "{path} with cookie for {other}");
+            assert!(response.headers().get("set-cookie").is_none(), "{path} sets no cookie");
+        }
+    }
+    let without = client.get(router.url("/libs/app.js")).send().await.unwrap();
+    assert_eq!(without.status(), 200, "no cookie: any node serves assets");
+    let stale = client.get(router.url("/libs/app.js")).header("cookie", "jitsi_router_node=gone").send().await.unwrap();
+    assert_eq!(stale.status(), 200, "a cookie naming no node is ignored");
+    let pinned = router.logs().matches("room pinned").count();
+    assert_eq!(pinned, 1, "only /Daily was pinned:\n{}", router.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_hygiene_and_shard_marking() {
+    let (_certs, _nodes, router) = fleet(2, "").await;
+    let client = router.client_h1();
+    let response = client
+        .get(router.url("/hygiene"))
+        .header("x-sim-report", "1")
+        .header("connection", "keep-alive, x-drop-me")
+        .header("x-drop-me", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "192.0.2.7")
+        .header("x-custom", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("x-jitsi-shard"));
+    let seen: serde_json::Value = response.json().await.unwrap();
+    let headers = &seen["headers"];
+    for gone in ["connection", "x-drop-me", "keep-alive", "te"] {
+        assert!(headers.get(gone).is_none(), "{gone} reached the node: {headers}");
+    }
+    assert_eq!(headers["x-custom"][0], "kept");
+    assert_eq!(headers["x-forwarded-for"][0], "192.0.2.7, 127.0.0.1");
+    assert_eq!(headers["x-real-ip"][0], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"][0], "https");
+    let host = format!("localhost:{}", router.https.port());
+    assert_eq!(headers["x-forwarded-host"][0], host.as_str());
+    assert_eq!(headers["host"][0], host.as_str(), "the client's Host is kept");
+
+    let own = client.get(router.url("/hygiene")).header("x-sim-shard", "node-says-so").send().await.unwrap();
+    assert_eq!(shard(&own), "node-says-so", "a node's own X-Jitsi-Shard wins");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_downstream_http1_upstream() {
+    let (_certs, _nodes, router) = fleet(2, "").await;
+    let response = router.client().get(router.url("/h2room")).header("x-sim-report", "1").send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["version"], "HTTP/1.1");
+    assert_eq!(seen["headers"]["host"][0], format!("localhost:{}", router.https.port()).as_str());
+    let h1 = router.client_h1().get(router.url("/h2room")).send().await.unwrap();
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+}
+
+async fn websocket(
+    certs: &Certs,
+    router: &Router,
+    path: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+) {
+    let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
+    let request = format!("wss://localhost:{}{path}", router.https.port()).into_client_request().unwrap();
+    let (ws, response) = tokio_tungstenite::client_async_tls_with_config(
+        request,
+        tcp,
+        None,
+        Some(Connector::Rustls(certs.client_config())),
+    )
+    .await
+    .unwrap();
+    let shard = response.headers().get("x-jitsi-shard").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (ws, shard)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_echo_through_the_router() {
+    let (certs, _nodes, router) = fleet(3, "").await;
+    let (_, node) = report(&router.client(), &router.url("/wsroom")).await;
+    let (mut ws, shard) = websocket(&certs, &router, "/xmpp-websocket?room=WsRoom").await;
+    assert_eq!(shard, node, "the WebSocket joined the room's node");
+    for text in ["<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>", "second"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    let big = vec![7u8; 200_000];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_data(), big);
+    // Client closes: the node's close comes back and the stream ends.
+    ws.close(None).await.unwrap();
+    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(5), ws.collect::<Vec<_>>()).await.unwrap();
+    assert!(rest.iter().all(|m| matches!(m, Ok(Message::Close(_)))), "{rest:?}");
+
+    // Node closes: the client sees the end.
+    let (mut ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=wsroom").await;
+    ws.send(Message::text("sim:close")).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the node's close did not reach the client");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn colibri_websockets_route_by_server_id() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(3).await;
+    let mut text = config(&certs, "", &[]);
+    for (i, node) in nodes.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = {:?}\nupstream = {:?}\njvb_server_ids = [\"jvb-{i}\", \"jvb-{i}-old\"]\n",
+            node.name(),
+            node.url()
+        ));
+    }
+    let router = Router::start(&certs, &text);
+    for (i, node) in nodes.iter().enumerate() {
+        for id in [format!("jvb-{i}"), format!("jvb-{i}-old")] {
+            let (mut ws, shard) = websocket(&certs, &router, &format!("/colibri-ws/{id}/conf42/ep7?pwd=secret")).await;
+            assert_eq!(shard, node.name());
+            ws.send(Message::text("{\"colibriClass\":\"EndpointMessage\"}")).await.unwrap();
+            assert!(ws.next().await.unwrap().unwrap().is_text());
+        }
+    }
+    let unknown = router.client().get(router.url("/colibri-ws/jvb-9/c/e?pwd=x")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.text().await.unwrap().contains("unknown videobridge server id"));
+    assert!(!router.logs().contains("secret"), "pwd= values never reach the logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bosh_long_poll_held_20_seconds_passes() {
+    let (_certs, _nodes, router) = fleet(2, "").await;
+    let client = router.client_h1();
+    let (_, node) = report(&client, &router.url("/http-bind?room=longpoll")).await;
+    let started = Instant::now();
+    let response = client
+        .post(router.url("/http-bind?room=longpoll"))
+        .header("x-sim-delay-ms", "20000")
+        .body("<body rid='2' wait='60'/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(shard(&response), node);
+    assert!(started.elapsed() >= Duration::from_secs(20));
+    assert!(response.text().await.unwrap().contains("received='25'"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstreams_are_pooled_and_verified() {
+    let certs = Certs::new();
+    let node = SimNode::start_tls("secure-1", "127.0.0.1:0".parse().unwrap(), certs.server_config()).await.unwrap();
+    let upstream = format!("https://localhost:{}", node.addr().port());
+    let sections = format!("[upstream]\nca = {:?}\n", certs.ca);
+    let router = Router::start(&certs, &config(&certs, &sections, &[("secure-1", upstream)]));
+    let client = router.client();
+    for i in 0..5 {
+        let response = client.get(router.url(&format!("/tls-room-{i}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(shard(&response), "secure-1");
+    }
+    // Without the CA the router must refuse to talk to the node: 502, not a silent downgrade.
+    let untrusted = Router::start(&certs, &config(&certs, "", &[("secure-1", format!("https://localhost:{}", node.addr().port()))]));
+    let response = untrusted.client().get(untrusted.url("/tls-room")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirect_mode_sends_307_to_the_pinned_node() {
+    let certs = Certs::new();
+    let mut text = config(&certs, "[routing]\nmode = \"redirect\"\n", &[]);
+    for name in ["jitsi-a", "jitsi-b", "jitsi-c"] {
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = \"{name}\"\nupstream = \"http://127.0.0.1:1\"\npublic_url = \"https://{name}.meet.example.com/\"\n"
+        ));
+    }
+    let router = Router::start(&certs, &text);
+    let client = router.client();
+    let first = client.get(router.url("/MyRoom?lang=de")).send().await.unwrap();
+    assert_eq!(first.status(), 307);
+    assert_eq!(first.headers()["cache-control"], "no-store");
+    let location = first.headers()["location"].to_str().unwrap().to_owned();
+    let node = shard(&first);
+    assert_eq!(location, format!("https://{node}.meet.example.com/MyRoom?lang=de"));
+    for form in ["/myroom", "/http-bind?room=myroom", "/xmpp-websocket?room=MYROOM"] {
+        let again = client.get(router.url(form)).send().await.unwrap();
+        assert_eq!(again.status(), 307);
+        assert_eq!(again.headers()["location"], format!("https://{node}.meet.example.com{form}").as_str());
+    }
+    let root = client.get(router.url("/")).send().await.unwrap();
+    assert_eq!(root.status(), 307);
+    assert!(root.headers()["location"].to_str().unwrap().ends_with(".meet.example.com/"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_listener_redirects_to_https() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let text = config(&certs, "", &node_entries(&nodes)).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
+    );
+    let router = Router::start(&certs, &text);
+    let http = router.http.expect("http listener");
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://localhost:{}/MyRoom?x=1", http.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 308);
+    assert_eq!(
+        response.headers()["location"],
+        format!("https://localhost:{}/MyRoom?x=1", router.https.port()).as_str()
+    );
+}

@@ -1,0 +1,368 @@
+//! Test support: certificates (rcgen), the real router binary on random loopback ports,
+//! simulated Jitsi nodes, a real Prometheus server, and HTTPS/WebSocket clients that trust the
+//! test CA. Everything runs on loopback, in temporary folders, and stops when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use jitsi_router::demo::SimNode;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The router binary under test.
+pub const ROUTER: &str = env!("CARGO_BIN_EXE_jitsi-router");
+
+/// A test CA and a `localhost` leaf it signed, written as PEM files.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    ca_pem: String,
+}
+
+impl Certs {
+    pub fn new() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca_pem = ca.pem();
+        Certs {
+            ca: write("ca.pem", &ca_pem),
+            cert: write("fullchain.pem", &leaf.pem()),
+            key: write("privkey.pem", &leaf_key.serialize_pem()),
+            ca_pem,
+            dir,
+        }
+    }
+
+    /// A rustls server config with the leaf (for HTTPS simulated nodes).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&self.key).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// A rustls client config trusting the test CA (for WebSocket clients).
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    fn reqwest_ca(&self) -> reqwest::Certificate {
+        reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()
+    }
+}
+
+/// A loopback port nobody listens on.
+pub fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `n` simulated nodes named `jitsi-a`, `jitsi-b`, …
+pub async fn sim_nodes(n: usize) -> Vec<SimNode> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let name = format!("jitsi-{}", (b'a' + i as u8) as char);
+        nodes.push(SimNode::start(&name, "127.0.0.1:0".parse().unwrap()).await.unwrap());
+    }
+    nodes
+}
+
+/// A router config text: listeners on port 0, the test certificate, `sections` verbatim, then nodes.
+pub fn config(certs: &Certs, sections: &str, nodes: &[(&str, String)]) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[tls]\ncert = {:?}\nkey = {:?}\n\n{sections}\n",
+        certs.cert, certs.key
+    );
+    for (name, upstream) in nodes {
+        text.push_str(&format!("\n[[nodes]]\nname = {name:?}\nupstream = {upstream:?}\n"));
+    }
+    text
+}
+
+/// Node entries for simulated nodes.
+pub fn node_entries(nodes: &[SimNode]) -> Vec<(&str, String)> {
+    nodes.iter().map(|n| (n.name(), n.url())).collect()
+}
+
+/// The real router binary, running `serve` on a config in a temporary folder.
+pub struct Router {
+    child: Child,
+    pub https: SocketAddr,
+    pub http: Option<SocketAddr>,
+    logs: Arc<Mutex<String>>,
+    pub dir: tempfile::TempDir,
+    ca: reqwest::Certificate,
+}
+
+/// A process that exited before it was ready: its status and what it printed.
+#[derive(Debug)]
+pub struct Failed {
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+impl Router {
+    pub fn start(certs: &Certs, config: &str) -> Router {
+        Router::try_start(certs, config).unwrap_or_else(|f| panic!("router did not start: {f:?}"))
+    }
+
+    pub fn try_start(certs: &Certs, config: &str) -> Result<Router, Failed> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(ROUTER)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,jitsi_router=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the router binary");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let wants_http = config.contains("http_listen");
+        let (mut https, mut http) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while https.is_none() || (wants_http && http.is_none()) {
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(Failed { code: status.code(), stderr: logs.lock().unwrap().clone() });
+            }
+            assert!(Instant::now() < deadline, "router not listening after 20 s:\n{}", logs.lock().unwrap());
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+                let addr: SocketAddr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+                if line.contains("kind=\"https\"") {
+                    https = Some(addr);
+                } else {
+                    http = Some(addr);
+                }
+            }
+        }
+        Ok(Router { child, https: https.unwrap(), http, logs, dir, ca: certs.reqwest_ca() })
+    }
+
+    /// `https://localhost:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https.port())
+    }
+
+    /// A client trusting the test CA, resolving `localhost` to the router; HTTP/2 when offered.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build().unwrap()
+    }
+
+    /// Same, HTTP/1.1 only.
+    pub fn client_h1(&self) -> reqwest::Client {
+        self.client_builder().http1_only().build().unwrap()
+    }
+
+    fn client_builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .add_root_certificate(self.ca.clone())
+            .resolve("localhost", self.https)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the router binary to completion with these arguments.
+pub fn run_router(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(ROUTER)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A real Prometheus server (Debian package `prometheus`) scraping `targets` every second.
+pub struct Prometheus {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn prometheus_binary() -> PathBuf {
+    for candidate in ["/usr/bin/prometheus", "/usr/local/bin/prometheus"] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    panic!("the prometheus binary is missing: run the README's test command, which installs it");
+}
+
+impl Prometheus {
+    pub async fn start(targets: &[SocketAddr]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let yml = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: nodes\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, yml).unwrap();
+        let port = closed_port();
+        let child = Command::new(prometheus_binary())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = client.get(format!("{}/-/ready", prometheus.url)).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return prometheus;
+            }
+            assert!(Instant::now() < deadline, "prometheus not ready after 30 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Runs an instant query and returns value by `instance`.
+    pub async fn query(&self, promql: &str) -> std::collections::HashMap<String, f64> {
+        let answer: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["data"]["result"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|row| {
+                        let instance = row["metric"]["instance"].as_str()?.to_owned();
+                        let value = row["value"][1].as_str()?.parse().ok()?;
+                        Some((instance, value))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// GET with `x-sim-report` and return the node's JSON report plus the response's shard header.
+pub async fn report(client: &reqwest::Client, url: &str) -> (serde_json::Value, String) {
+    let response = client.get(url).header("x-sim-report", "1").send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    let shard = shard(&response);
+    (response.json().await.unwrap(), shard)
+}
+
+/// The `X-Jitsi-Shard` of a response.
+pub fn shard(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-jitsi-shard")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
