@@ -282,7 +282,12 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
-    fn invalid(&self, key: &str, value: impl fmt::Debug, problem: impl Into<String>) -> ConfigError {
+    fn invalid(
+        &self,
+        key: &str,
+        value: impl fmt::Debug,
+        problem: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_path_buf(),
             key: key.to_owned(),
@@ -291,10 +296,22 @@ impl Check<'_> {
         }
     }
 
-    fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
-        let Some(text) = value else { return Ok(default) };
-        let parsed = humantime::parse_duration(text)
-            .map_err(|e| self.invalid(key, text, format!("not a duration like \"500ms\", \"30s\" or \"10m\" ({e})")))?;
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(text) = value else {
+            return Ok(default);
+        };
+        let parsed = humantime::parse_duration(text).map_err(|e| {
+            self.invalid(
+                key,
+                text,
+                format!("not a duration like \"500ms\", \"30s\" or \"10m\" ({e})"),
+            )
+        })?;
         if parsed.is_zero() {
             return Err(self.invalid(key, text, "must be greater than zero"));
         }
@@ -302,8 +319,13 @@ impl Check<'_> {
     }
 
     fn addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-        text.parse()
-            .map_err(|_| self.invalid(key, text, "not an IP address with a port, like \"0.0.0.0:443\" or \"[::]:443\""))
+        text.parse().map_err(|_| {
+            self.invalid(
+                key,
+                text,
+                "not an IP address with a port, like \"0.0.0.0:443\" or \"[::]:443\"",
+            )
+        })
     }
 
     fn path(&self, key: &str, text: &str) -> Result<PathBuf, ConfigError> {
@@ -333,7 +355,11 @@ impl Check<'_> {
             return Err(self.invalid(key, text, "must not have a query"));
         }
         if !allow_path && !matches!(uri.path(), "" | "/") {
-            return Err(self.invalid(key, text, "must not have a path: requests keep their own path"));
+            return Err(self.invalid(
+                key,
+                text,
+                "must not have a path: requests keep their own path",
+            ));
         }
         Ok(uri)
     }
@@ -360,10 +386,15 @@ impl Config {
 
     /// Validates config text; `file` names it in errors and anchors relative paths.
     pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(file, text, "(top level)".into(), &e))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| syntax_error(file, text, "(top level)".into(), &e))?;
         let raw: raw::File = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(top level)".to_owned() } else { key };
+            let key = if key == "." {
+                "(top level)".to_owned()
+            } else {
+                key
+            };
             syntax_error(file, text, key, e.inner())
         })?;
         Config::from_raw(raw, file)
@@ -395,9 +426,9 @@ impl Config {
 }
 
 fn syntax_error(file: &Path, text: &str, key: String, e: &toml::de::Error) -> ConfigError {
-    let line = e
-        .span()
-        .map_or(0, |span| text[..span.start.min(text.len())].lines().count().max(1));
+    let line = e.span().map_or(0, |span| {
+        text[..span.start.min(text.len())].lines().count().max(1)
+    });
     let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
     ConfigError::Syntax {
         file: file.to_path_buf(),
@@ -435,27 +466,55 @@ fn routing(check: &Check, raw: raw::Routing) -> Result<Routing, ConfigError> {
     let mode = match raw.mode.as_deref() {
         None | Some("proxy") => Mode::Proxy,
         Some("redirect") => Mode::Redirect,
-        Some(other) => return Err(check.invalid("routing.mode", other, "must be \"proxy\" or \"redirect\"")),
+        Some(other) => {
+            return Err(check.invalid("routing.mode", other, "must be \"proxy\" or \"redirect\""))
+        }
     };
-    let affinity_cookie = raw.affinity_cookie.unwrap_or_else(|| "jitsi_router_node".into());
+    let affinity_cookie = raw
+        .affinity_cookie
+        .unwrap_or_else(|| "jitsi_router_node".into());
     let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if affinity_cookie.is_empty() || !affinity_cookie.bytes().all(token_char) {
-        return Err(check.invalid("routing.affinity_cookie", &affinity_cookie, "not a valid cookie name"));
+        return Err(check.invalid(
+            "routing.affinity_cookie",
+            &affinity_cookie,
+            "not a valid cookie name",
+        ));
     }
     Ok(Routing {
         mode,
-        pin_idle_timeout: check.duration("routing.pin_idle_timeout", raw.pin_idle_timeout.as_deref(), Duration::from_secs(600))?,
+        pin_idle_timeout: check.duration(
+            "routing.pin_idle_timeout",
+            raw.pin_idle_timeout.as_deref(),
+            Duration::from_secs(600),
+        )?,
         affinity_cookie,
     })
 }
 
 fn upstream(check: &Check, raw: raw::Upstream) -> Result<Upstream, ConfigError> {
     Ok(Upstream {
-        connect_timeout: check.duration("upstream.connect_timeout", raw.connect_timeout.as_deref(), Duration::from_secs(5))?,
-        response_timeout: check.duration("upstream.response_timeout", raw.response_timeout.as_deref(), Duration::from_secs(90))?,
-        pool_idle_timeout: check.duration("upstream.pool_idle_timeout", raw.pool_idle_timeout.as_deref(), Duration::from_secs(90))?,
+        connect_timeout: check.duration(
+            "upstream.connect_timeout",
+            raw.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        )?,
+        response_timeout: check.duration(
+            "upstream.response_timeout",
+            raw.response_timeout.as_deref(),
+            Duration::from_secs(90),
+        )?,
+        pool_idle_timeout: check.duration(
+            "upstream.pool_idle_timeout",
+            raw.pool_idle_timeout.as_deref(),
+            Duration::from_secs(90),
+        )?,
         pool_max_idle_per_node: raw.pool_max_idle_per_node.unwrap_or(256),
-        ca: raw.ca.as_deref().map(|p| check.path("upstream.ca", p)).transpose()?,
+        ca: raw
+            .ca
+            .as_deref()
+            .map(|p| check.path("upstream.ca", p))
+            .transpose()?,
         preserve_host: raw.preserve_host.unwrap_or(true),
     })
 }
@@ -463,23 +522,43 @@ fn upstream(check: &Check, raw: raw::Upstream) -> Result<Upstream, ConfigError> 
 fn limits(check: &Check, raw: raw::Limits) -> Result<Limits, ConfigError> {
     let max_request_head = raw.max_request_head.unwrap_or(16 * 1024);
     if !(1024..=1024 * 1024).contains(&max_request_head) {
-        return Err(check.invalid("limits.max_request_head", max_request_head, "must be between 1024 and 1048576 bytes"));
+        return Err(check.invalid(
+            "limits.max_request_head",
+            max_request_head,
+            "must be between 1024 and 1048576 bytes",
+        ));
     }
     let max_room_chars = raw.max_room_chars.unwrap_or(200);
     if !(1..=4096).contains(&max_room_chars) {
-        return Err(check.invalid("limits.max_room_chars", max_room_chars, "must be between 1 and 4096"));
+        return Err(check.invalid(
+            "limits.max_room_chars",
+            max_room_chars,
+            "must be between 1 and 4096",
+        ));
     }
     Ok(Limits {
         max_request_head,
         max_room_chars,
-        tls_handshake_timeout: check.duration("limits.tls_handshake_timeout", raw.tls_handshake_timeout.as_deref(), Duration::from_secs(10))?,
-        retry_after: check.duration("limits.retry_after", raw.retry_after.as_deref(), Duration::from_secs(5))?,
+        tls_handshake_timeout: check.duration(
+            "limits.tls_handshake_timeout",
+            raw.tls_handshake_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?,
+        retry_after: check.duration(
+            "limits.retry_after",
+            raw.retry_after.as_deref(),
+            Duration::from_secs(5),
+        )?,
     })
 }
 
 fn prometheus(check: &Check, raw: raw::Prometheus) -> Result<Prometheus, ConfigError> {
     let url = check.http_url("prometheus.url", &raw.url, true)?;
-    let interval = check.duration("prometheus.interval", raw.interval.as_deref(), Duration::from_secs(30))?;
+    let interval = check.duration(
+        "prometheus.interval",
+        raw.interval.as_deref(),
+        Duration::from_secs(30),
+    )?;
     let query = raw.query.unwrap_or_else(|| DEFAULT_QUERY.to_owned());
     if query.trim().is_empty() {
         return Err(check.invalid("prometheus.query", &query, "must not be empty"));
@@ -492,8 +571,16 @@ fn prometheus(check: &Check, raw: raw::Prometheus) -> Result<Prometheus, ConfigE
         url: url.to_string().trim_end_matches('/').to_owned(),
         query,
         label,
-        timeout: check.duration("prometheus.timeout", raw.timeout.as_deref(), Duration::from_secs(5).min(interval))?,
-        max_staleness: check.duration("prometheus.max_staleness", raw.max_staleness.as_deref(), interval * 3)?,
+        timeout: check.duration(
+            "prometheus.timeout",
+            raw.timeout.as_deref(),
+            Duration::from_secs(5).min(interval),
+        )?,
+        max_staleness: check.duration(
+            "prometheus.max_staleness",
+            raw.max_staleness.as_deref(),
+            interval * 3,
+        )?,
         interval,
     })
 }
@@ -503,31 +590,60 @@ fn nodes(check: &Check, raw: Vec<raw::Node>, mode: Mode) -> Result<Vec<NodeSpec>
     for (i, node) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("nodes[{i}].{field}");
         if !valid_node_name(&node.name) {
-            return Err(check.invalid(&key("name"), &node.name, "use 1-64 letters, digits, '-', '_' or '.'"));
+            return Err(check.invalid(
+                &key("name"),
+                &node.name,
+                "use 1-64 letters, digits, '-', '_' or '.'",
+            ));
         }
         if nodes.iter().any(|n| n.name == node.name) {
-            return Err(check.invalid(&key("name"), &node.name, "another node already has this name"));
+            return Err(check.invalid(
+                &key("name"),
+                &node.name,
+                "another node already has this name",
+            ));
         }
         let upstream = check.http_url(&key("upstream"), &node.upstream, false)?;
         let public_url = node
             .public_url
-            .map(|u| check.http_url(&key("public_url"), &u, true).map(|_| u.trim_end_matches('/').to_owned()))
+            .map(|u| {
+                check
+                    .http_url(&key("public_url"), &u, true)
+                    .map(|_| u.trim_end_matches('/').to_owned())
+            })
             .transpose()?;
         if mode == Mode::Redirect && public_url.is_none() {
-            return Err(check.invalid(&key("public_url"), "", "required when routing.mode = \"redirect\""));
+            return Err(check.invalid(
+                &key("public_url"),
+                "",
+                "required when routing.mode = \"redirect\"",
+            ));
         }
-        let jvb_server_ids = node.jvb_server_ids.unwrap_or_else(|| vec![node.name.clone()]);
+        let jvb_server_ids = node
+            .jvb_server_ids
+            .unwrap_or_else(|| vec![node.name.clone()]);
         for id in &jvb_server_ids {
             if id.is_empty() || id.contains('/') {
-                return Err(check.invalid(&key("jvb_server_ids"), id, "must be non-empty and without '/'"));
+                return Err(check.invalid(
+                    &key("jvb_server_ids"),
+                    id,
+                    "must be non-empty and without '/'",
+                ));
             }
             if let Some(other) = nodes.iter().find(|n| n.jvb_server_ids.contains(id)) {
-                return Err(check.invalid(&key("jvb_server_ids"), id, format!("already served by node {:?}", other.name)));
+                return Err(check.invalid(
+                    &key("jvb_server_ids"),
+                    id,
+                    format!("already served by node {:?}", other.name),
+                ));
             }
         }
-        let instance = node
-            .instance
-            .unwrap_or_else(|| upstream.authority().map(|a| a.to_string()).unwrap_or_default());
+        let instance = node.instance.unwrap_or_else(|| {
+            upstream
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        });
         nodes.push(NodeSpec {
             name: node.name,
             upstream,
@@ -541,7 +657,12 @@ fn nodes(check: &Check, raw: Vec<raw::Node>, mode: Mode) -> Result<Vec<NodeSpec>
 
 impl Config {
     /// A config built in code (for `demo` and tests) with every default applied.
-    pub fn with_defaults(listen: Vec<SocketAddr>, cert: PathBuf, key: PathBuf, nodes: Vec<NodeSpec>) -> Config {
+    pub fn with_defaults(
+        listen: Vec<SocketAddr>,
+        cert: PathBuf,
+        key: PathBuf,
+        nodes: Vec<NodeSpec>,
+    ) -> Config {
         let file = Path::new("(built-in)");
         let check = Check { file };
         let raw_server = raw::Server {
@@ -565,11 +686,16 @@ impl Config {
 impl NodeSpec {
     /// A node spec for code that builds fleets (demo, tests): instance defaults to the upstream's authority.
     pub fn new(name: &str, upstream: &str) -> Result<NodeSpec, ConfigError> {
-        let check = Check { file: Path::new("(built-in)") };
+        let check = Check {
+            file: Path::new("(built-in)"),
+        };
         let upstream = check.http_url("nodes.upstream", upstream, false)?;
         Ok(NodeSpec {
             name: name.to_owned(),
-            instance: upstream.authority().map(|a| a.to_string()).unwrap_or_default(),
+            instance: upstream
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             upstream,
             public_url: None,
             jvb_server_ids: vec![name.to_owned()],
@@ -603,7 +729,10 @@ upstream = "http://10.0.0.11:80"
     #[test]
     fn defaults_and_relative_paths() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.tls.cert, Path::new("/etc/jitsi-router/../certs/fullchain.pem"));
+        assert_eq!(
+            c.tls.cert,
+            Path::new("/etc/jitsi-router/../certs/fullchain.pem")
+        );
         assert_eq!(c.tls.key, Path::new("/etc/key.pem"));
         assert_eq!(c.routing.mode, Mode::Proxy);
         assert_eq!(c.routing.pin_idle_timeout, Duration::from_secs(600));
@@ -617,9 +746,18 @@ upstream = "http://10.0.0.11:80"
     #[test]
     fn errors_name_file_key_and_value() {
         let e = error(&MINIMAL.replace("[tls]", "[routing]\nmode = \"fast\"\n[tls]"));
-        assert_eq!(e, r#"/etc/jitsi-router/router.toml: routing.mode = "fast": must be "proxy" or "redirect""#);
-        let e = error(&MINIMAL.replace("[tls]", "[routing]\npin_idle_timeout = \"10 parsecs\"\n[tls]"));
-        assert!(e.contains("routing.pin_idle_timeout = \"10 parsecs\": not a duration"), "{e}");
+        assert_eq!(
+            e,
+            r#"/etc/jitsi-router/router.toml: routing.mode = "fast": must be "proxy" or "redirect""#
+        );
+        let e = error(&MINIMAL.replace(
+            "[tls]",
+            "[routing]\npin_idle_timeout = \"10 parsecs\"\n[tls]",
+        ));
+        assert!(
+            e.contains("routing.pin_idle_timeout = \"10 parsecs\": not a duration"),
+            "{e}"
+        );
         let e = error(&MINIMAL.replace("127.0.0.1:8443", "localhost"));
         assert!(e.contains("server.listen = \"localhost\""), "{e}");
         let e = error(&MINIMAL.replace("http://10.0.0.11:80", "ftp://x"));
@@ -642,7 +780,8 @@ upstream = "http://10.0.0.11:80"
 
     #[test]
     fn duplicate_names_and_server_ids_are_rejected() {
-        let twice = format!("{MINIMAL}\n[[nodes]]\nname = \"jitsi-1\"\nupstream = \"http://10.0.0.12\"\n");
+        let twice =
+            format!("{MINIMAL}\n[[nodes]]\nname = \"jitsi-1\"\nupstream = \"http://10.0.0.12\"\n");
         assert!(error(&twice).contains("nodes[1].name = \"jitsi-1\": another node"));
         let ids = format!("{MINIMAL}\n[[nodes]]\nname = \"jitsi-2\"\nupstream = \"http://10.0.0.12\"\njvb_server_ids = [\"jitsi-1\"]\n");
         assert!(error(&ids).contains("already served by node \"jitsi-1\""));
@@ -656,7 +795,10 @@ upstream = "http://10.0.0.11:80"
 
     #[test]
     fn prometheus_defaults() {
-        let c = parse(&format!("{MINIMAL}\n[prometheus]\nurl = \"http://127.0.0.1:9090/\"\n")).unwrap();
+        let c = parse(&format!(
+            "{MINIMAL}\n[prometheus]\nurl = \"http://127.0.0.1:9090/\"\n"
+        ))
+        .unwrap();
         let p = c.prometheus.unwrap();
         assert_eq!(p.url, "http://127.0.0.1:9090");
         assert_eq!(p.query, DEFAULT_QUERY);

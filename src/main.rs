@@ -91,12 +91,15 @@ async fn demo(listen: Vec<SocketAddr>) -> Result<(), String> {
         .into_iter()
         .filter(|a| a.is_ipv4() || std::net::TcpListener::bind((a.ip(), 0)).is_ok())
         .collect();
-    jitsi_router::demo::run(listen).await.map_err(|e| e.to_string())
+    jitsi_router::demo::run(listen)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn check(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    jitsi_router::tls::load_certified_key(&config.tls.cert, &config.tls.key).map_err(|e| e.to_string())?;
+    jitsi_router::tls::load_certified_key(&config.tls.cert, &config.tls.key)
+        .map_err(|e| e.to_string())?;
     if let Some(ca) = &config.upstream.ca {
         jitsi_router::tls::upstream_client_config(Some(ca)).map_err(|e| e.to_string())?;
     }
@@ -111,9 +114,18 @@ fn describe(c: &Config, path: &Path) -> String {
     let listen: Vec<String> = c.server.listen.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "listen:      https on {}", listen.join(", "));
     if let Some(http) = c.server.http_listen {
-        let _ = writeln!(out, "             http on {http} (308 to https, port {})", c.server.public_https_port);
+        let _ = writeln!(
+            out,
+            "             http on {http} (308 to https, port {})",
+            c.server.public_https_port
+        );
     }
-    let _ = writeln!(out, "tls:         cert {}, key {} (they match)", c.tls.cert.display(), c.tls.key.display());
+    let _ = writeln!(
+        out,
+        "tls:         cert {}, key {} (they match)",
+        c.tls.cert.display(),
+        c.tls.key.display()
+    );
     let _ = writeln!(
         out,
         "mode:        {} (pins forgotten after {} idle, affinity cookie {:?})",
@@ -126,7 +138,11 @@ fn describe(c: &Config, path: &Path) -> String {
         "upstream:    connect timeout {}, response timeout {}, host header {}",
         humantime::format_duration(c.upstream.connect_timeout),
         humantime::format_duration(c.upstream.response_timeout),
-        if c.upstream.preserve_host { "kept" } else { "set to the node's" }
+        if c.upstream.preserve_host {
+            "kept"
+        } else {
+            "set to the node's"
+        }
     );
     match &c.prometheus {
         Some(p) => {
@@ -141,7 +157,10 @@ fn describe(c: &Config, path: &Path) -> String {
             );
         }
         None => {
-            let _ = writeln!(out, "prometheus:  none (all nodes count as equally loaded; rooms spread by hashing)");
+            let _ = writeln!(
+                out,
+                "prometheus:  none (all nodes count as equally loaded; rooms spread by hashing)"
+            );
         }
     }
     let _ = writeln!(out, "nodes:       {}", c.nodes.len());

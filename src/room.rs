@@ -56,8 +56,31 @@ const BRIDGE_DIRS: &[&str] = &["colibri-ws", "colibri-relay-ws"];
 
 /// Extensions of files a jitsi-meet web root serves; a segment ending in one is an asset.
 const STATIC_EXTENSIONS: &[&str] = &[
-    "js", "mjs", "css", "html", "htm", "ico", "json", "png", "svg", "jpg", "jpeg", "gif", "webp",
-    "txt", "xml", "map", "wasm", "woff", "woff2", "ttf", "mp3", "wav", "opus", "ogg", "webmanifest",
+    "js",
+    "mjs",
+    "css",
+    "html",
+    "htm",
+    "ico",
+    "json",
+    "png",
+    "svg",
+    "jpg",
+    "jpeg",
+    "gif",
+    "webp",
+    "txt",
+    "xml",
+    "map",
+    "wasm",
+    "woff",
+    "woff2",
+    "ttf",
+    "mp3",
+    "wav",
+    "opus",
+    "ogg",
+    "webmanifest",
 ];
 
 /// Limits applied while parsing; from the `[limits]` section of the config.
@@ -240,9 +263,7 @@ fn from_query<'a>(
 
 /// The raw value of the first `room=` parameter of a query string.
 fn room_param(query: &str) -> Option<&str> {
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("room="))
+    query.split('&').find_map(|pair| pair.strip_prefix("room="))
 }
 
 /// Builds the key from raw tenant and room segments; `None` when the room is empty.
@@ -339,7 +360,10 @@ mod tests {
 
     #[test]
     fn page_is_flagged_only_for_the_room_page() {
-        assert!(matches!(target("/a", None), Ok(Target::Room { page: true, .. })));
+        assert!(matches!(
+            target("/a", None),
+            Ok(Target::Room { page: true, .. })
+        ));
         assert!(matches!(
             target("/http-bind", Some("room=a")),
             Ok(Target::Room { page: false, .. })
@@ -349,8 +373,14 @@ mod tests {
     #[test]
     fn tenant_prefixes_the_key() {
         assert_eq!(key_of("/Acme/Standup", None), "acme/standup");
-        assert_eq!(key_of("/acme/http-bind", Some("room=standup")), "acme/standup");
-        assert_eq!(key_of("/acme/xmpp-websocket", Some("room=standup")), "acme/standup");
+        assert_eq!(
+            key_of("/acme/http-bind", Some("room=standup")),
+            "acme/standup"
+        );
+        assert_eq!(
+            key_of("/acme/xmpp-websocket", Some("room=standup")),
+            "acme/standup"
+        );
         assert_ne!(key_of("/acme/standup", None), key_of("/standup", None));
         let key = RoomKey::parse("acme/standup", &RoomLimits::default()).unwrap();
         assert_eq!((key.tenant(), key.room()), (Some("acme"), "standup"));
@@ -425,10 +455,16 @@ mod tests {
         let long = "a".repeat(201);
         assert_eq!(
             target(&format!("/{long}"), None),
-            Err(RoomError::TooLong { chars: 201, max: 200 })
+            Err(RoomError::TooLong {
+                chars: 201,
+                max: 200
+            })
         );
         assert!(target(&format!("/{}", "a".repeat(200)), None).is_ok());
-        assert_eq!(target("/bad%0Aroom", None), Err(RoomError::ControlCharacter));
+        assert_eq!(
+            target("/bad%0Aroom", None),
+            Err(RoomError::ControlCharacter)
+        );
         assert_eq!(target("/a%2Fb", None), Err(RoomError::Slash));
         assert_eq!(target("/bad%FFroom", None), Err(RoomError::InvalidUtf8));
         assert_eq!(

@@ -83,7 +83,10 @@ impl Server {
 
     /// The bound HTTPS addresses (useful with port 0).
     pub fn https_addrs(&self) -> Vec<SocketAddr> {
-        self.https.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.https
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The bound plain-HTTP address, if any.
@@ -109,7 +112,10 @@ impl Server {
             tracing::info!(url = %cfg.url, interval = ?cfg.interval, "reading node CPU from prometheus");
             tasks.spawn(prometheus::poll(fleet, cfg));
         }
-        tasks.spawn(sweep_pins(self.proxy.router().clone(), self.config.routing.pin_idle_timeout));
+        tasks.spawn(sweep_pins(
+            self.proxy.router().clone(),
+            self.config.routing.pin_idle_timeout,
+        ));
         // With `listen = "...:0"` the configured port says nothing; use the bound one.
         let https_port = self.https_addrs().first().map_or(443, |a| a.port());
         let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(self.certs.clone())));
@@ -209,7 +215,10 @@ async fn accept_https(
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
             });
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -250,14 +259,30 @@ fn to_https(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<http::uri::Authority>().ok());
     let Some(host) = host else {
-        return answer(StatusCode::BAD_REQUEST, "missing or invalid Host header\n".into(), None);
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Host header\n".into(),
+            None,
+        );
     };
-    let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = format!("https://{}{port}{target}", host.host());
     match HeaderValue::from_str(&location) {
-        Ok(value) => answer(StatusCode::PERMANENT_REDIRECT, format!("use {location}\n"), Some(value)),
-        Err(_) => answer(StatusCode::BAD_REQUEST, "request target cannot be redirected\n".into(), None),
+        Ok(value) => answer(
+            StatusCode::PERMANENT_REDIRECT,
+            format!("use {location}\n"),
+            Some(value),
+        ),
+        Err(_) => answer(
+            StatusCode::BAD_REQUEST,
+            "request target cannot be redirected\n".into(),
+            None,
+        ),
     }
 }
 
@@ -268,7 +293,11 @@ async fn sweep_pins(router: Arc<Router>, idle: Duration) {
         tick.tick().await;
         let dropped = router.pins().sweep();
         if dropped > 0 {
-            tracing::debug!(dropped, remaining = router.pins().len(), "idle pins forgotten");
+            tracing::debug!(
+                dropped,
+                remaining = router.pins().len(),
+                "idle pins forgotten"
+            );
         }
     }
 }

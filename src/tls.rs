@@ -60,14 +60,19 @@ fn provider() -> Arc<CryptoProvider> {
 fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
     match e {
         rustls::pki_types::pem::Error::Io(io) => io.to_string(),
-        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind found".into(),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            "no PEM item of the expected kind found".into()
+        }
         other => format!("invalid PEM ({other})"),
     }
 }
 
 /// Loads a PEM chain and a PEM key (PKCS#8, PKCS#1 RSA or SEC1 EC) and checks that they match.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let cert_err = |reason: String| TlsError::Cert { path: cert.to_path_buf(), reason };
+    let cert_err = |reason: String| TlsError::Cert {
+        path: cert.to_path_buf(),
+        reason,
+    };
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| cert_err(pem_reason(e)))?
         .collect::<Result<Vec<_>, _>>()
@@ -75,7 +80,10 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
     if chain.is_empty() {
         return Err(cert_err("no CERTIFICATE block found".into()));
     }
-    let key_err = |reason: String| TlsError::Key { path: key.to_path_buf(), reason };
+    let key_err = |reason: String| TlsError::Key {
+        path: key.to_path_buf(),
+        reason,
+    };
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(pem_reason(e)))?;
     let signing = provider()
         .key_provider
@@ -83,7 +91,9 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
         .map_err(|e| key_err(e.to_string()))?;
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(certified),
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
         Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::Mismatch {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
@@ -140,7 +150,10 @@ pub fn upstream_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig,
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca {
-        let ca_err = |reason: String| TlsError::UpstreamCa { path: path.to_path_buf(), reason };
+        let ca_err = |reason: String| TlsError::UpstreamCa {
+            path: path.to_path_buf(),
+            reason,
+        };
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| ca_err(pem_reason(e)))?
             .collect::<Result<Vec<_>, _>>()
@@ -162,7 +175,11 @@ pub fn upstream_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig,
 /// Writes a self-signed certificate and key for `localhost` (and 127.0.0.1, ::1) into `dir`,
 /// returning their paths. Used by `demo` and tests.
 pub fn write_self_signed(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     let generated = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
     let cert = dir.join("localhost.crt");
     let key = dir.join("localhost.key");
@@ -196,6 +213,9 @@ mod tests {
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "hello").unwrap();
         let e = load_certified_key(&cert, &garbage).unwrap_err().to_string();
-        assert!(e.contains("garbage.pem") && e.contains("private key"), "{e}");
+        assert!(
+            e.contains("garbage.pem") && e.contains("private key"),
+            "{e}"
+        );
     }
 }

@@ -23,9 +23,53 @@ async fn invalid_rooms_get_400_with_a_reason() {
         let response = client.get(router.url(&path)).send().await.unwrap();
         assert_eq!(response.status(), 400, "{path}");
         let body = response.text().await.unwrap();
-        assert!(body.contains(reason) && body.lines().count() == 1, "{path}: {body:?}");
+        assert!(
+            body.contains(reason) && body.lines().count() == 1,
+            "{path}: {body:?}"
+        );
     }
-    assert_eq!(client.get(router.url(&format!("/{}", "a".repeat(200)))).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(router.url(&format!("/{}", "a".repeat(200))))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_cannot_steer_the_router_elsewhere() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    // Only jitsi-a is configured; jitsi-b is alive but must never be reached.
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes[..1])));
+    let connect = router
+        .client_h1()
+        .request(reqwest::Method::CONNECT, router.url("/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(connect.status(), 405);
+
+    let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(certs.client_config());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tls.connect(name, tcp).await.unwrap();
+    let request = format!(
+        "GET http://{}/steer?x=1 HTTP/1.1\r\nHost: {}\r\nx-sim-report: 1\r\nConnection: close\r\n\r\n",
+        nodes[1].addr(),
+        nodes[1].addr()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("x-sim-node: jitsi-a"), "{answer}");
+    assert!(answer.contains("\"path\":\"/steer\""), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -34,10 +78,20 @@ async fn oversized_request_head_gets_431() {
     let nodes = sim_nodes(1).await;
     let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes)));
     for client in [router.client_h1(), router.client()] {
-        let response = client.get(router.url("/room")).header("x-big", "x".repeat(17 * 1024)).send().await.unwrap();
+        let response = client
+            .get(router.url("/room"))
+            .header("x-big", "x".repeat(17 * 1024))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 431);
         assert!(response.text().await.unwrap().contains("16384"));
-        let fine = client.get(router.url("/room")).header("x-big", "x".repeat(8 * 1024)).send().await.unwrap();
+        let fine = client
+            .get(router.url("/room"))
+            .header("x-big", "x".repeat(8 * 1024))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(fine.status(), 200);
     }
 }
@@ -48,15 +102,33 @@ async fn refused_upstream_gets_502_and_the_router_carries_on() {
     let nodes = sim_nodes(1).await;
     let dead = format!("http://127.0.0.1:{}", closed_port());
     let mut text = config(&certs, "", &[("dead", dead)]);
-    text = text.replace("name = \"dead\"", "name = \"dead\"\njvb_server_ids = [\"jvb-dead\"]");
-    text.push_str(&format!("\n[[nodes]]\nname = \"alive\"\nupstream = {:?}\njvb_server_ids = [\"jvb-alive\"]\n", nodes[0].url()));
+    text = text.replace(
+        "name = \"dead\"",
+        "name = \"dead\"\njvb_server_ids = [\"jvb-dead\"]",
+    );
+    text.push_str(&format!(
+        "\n[[nodes]]\nname = \"alive\"\nupstream = {:?}\njvb_server_ids = [\"jvb-alive\"]\n",
+        nodes[0].url()
+    ));
     let mut router = Router::start(&certs, &text);
     let client = router.client();
     for _ in 0..3 {
-        let response = client.get(router.url("/colibri-ws/jvb-dead/c/e")).send().await.unwrap();
+        let response = client
+            .get(router.url("/colibri-ws/jvb-dead/c/e"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 502);
-        assert!(response.text().await.unwrap().contains("node dead is unreachable"));
-        let ok = client.get(router.url("/colibri-ws/jvb-alive/c/e")).send().await.unwrap();
+        assert!(response
+            .text()
+            .await
+            .unwrap()
+            .contains("node dead is unreachable"));
+        let ok = client
+            .get(router.url("/colibri-ws/jvb-alive/c/e"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(ok.status(), 200);
     }
     assert!(router.is_running());
@@ -66,11 +138,27 @@ async fn refused_upstream_gets_502_and_the_router_carries_on() {
 async fn slow_upstream_gets_504_and_the_next_request_succeeds() {
     let certs = Certs::new();
     let nodes = sim_nodes(1).await;
-    let router = Router::start(&certs, &config(&certs, "[upstream]\nresponse_timeout = \"1s\"\n", &node_entries(&nodes)));
+    let router = Router::start(
+        &certs,
+        &config(
+            &certs,
+            "[upstream]\nresponse_timeout = \"1s\"\n",
+            &node_entries(&nodes),
+        ),
+    );
     let client = router.client();
-    let slow = client.get(router.url("/slowroom")).header("x-sim-delay-ms", "3000").send().await.unwrap();
+    let slow = client
+        .get(router.url("/slowroom"))
+        .header("x-sim-delay-ms", "3000")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(slow.status(), 504);
-    assert!(slow.text().await.unwrap().contains("did not answer in time"));
+    assert!(slow
+        .text()
+        .await
+        .unwrap()
+        .contains("did not answer in time"));
     let next = client.get(router.url("/slowroom")).send().await.unwrap();
     assert_eq!(next.status(), 200);
 }
@@ -78,7 +166,10 @@ async fn slow_upstream_gets_504_and_the_next_request_succeeds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_node_gets_503_with_retry_after() {
     let certs = Certs::new();
-    let router = Router::start(&certs, &config(&certs, "[limits]\nretry_after = \"7s\"\n", &[]));
+    let router = Router::start(
+        &certs,
+        &config(&certs, "[limits]\nretry_after = \"7s\"\n", &[]),
+    );
     let client = router.client();
     for path in ["/someroom", "/", "/http-bind?room=x"] {
         let response = client.get(router.url(path)).send().await.unwrap();
@@ -113,30 +204,66 @@ fn startup_failures_are_one_clear_line_and_exit_1() {
     let good = config(&certs, "", &nodes);
 
     let missing = write_config(dir.path(), &good.replace("fullchain.pem", "nope.pem"));
-    assert_one_line_failure(&["serve", "--config", &missing], &["nope.pem", "certificate"]);
+    assert_one_line_failure(
+        &["serve", "--config", &missing],
+        &["nope.pem", "certificate"],
+    );
 
     std::fs::write(dir.path().join("garbage.pem"), "not a key").unwrap();
-    let garbage = write_config(dir.path(), &good.replace(certs.key.to_str().unwrap(), dir.path().join("garbage.pem").to_str().unwrap()));
-    assert_one_line_failure(&["serve", "--config", &garbage], &["garbage.pem", "private key"]);
+    let garbage = write_config(
+        dir.path(),
+        &good.replace(
+            certs.key.to_str().unwrap(),
+            dir.path().join("garbage.pem").to_str().unwrap(),
+        ),
+    );
+    assert_one_line_failure(
+        &["serve", "--config", &garbage],
+        &["garbage.pem", "private key"],
+    );
 
     let other = Certs::new();
-    let mismatched = write_config(dir.path(), &good.replace(certs.key.to_str().unwrap(), other.key.to_str().unwrap()));
+    let mismatched = write_config(
+        dir.path(),
+        &good.replace(certs.key.to_str().unwrap(), other.key.to_str().unwrap()),
+    );
     assert_one_line_failure(&["serve", "--config", &mismatched], &["does not match"]);
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
-    let in_use = write_config(dir.path(), &good.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")));
-    assert_one_line_failure(&["serve", "--config", &in_use], &[&format!("127.0.0.1:{port}"), "cannot listen"]);
+    let in_use = write_config(
+        dir.path(),
+        &good.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    );
+    assert_one_line_failure(
+        &["serve", "--config", &in_use],
+        &[&format!("127.0.0.1:{port}"), "cannot listen"],
+    );
 
-    let bad = write_config(dir.path(), &good.replace("[tls]", "[routing]\nmode = \"fast\"\n\n[tls]"));
-    assert_one_line_failure(&["serve", "--config", &bad], &["router.toml", "routing.mode", "\"fast\""]);
-    assert_one_line_failure(&["check", "--config", &bad], &["router.toml", "routing.mode", "\"fast\""]);
+    let bad = write_config(
+        dir.path(),
+        &good.replace("[tls]", "[routing]\nmode = \"fast\"\n\n[tls]"),
+    );
+    assert_one_line_failure(
+        &["serve", "--config", &bad],
+        &["router.toml", "routing.mode", "\"fast\""],
+    );
+    assert_one_line_failure(
+        &["check", "--config", &bad],
+        &["router.toml", "routing.mode", "\"fast\""],
+    );
 
-    let unknown = write_config(dir.path(), &good.replace("[tls]", "[routing]\nmodee = \"proxy\"\n\n[tls]"));
+    let unknown = write_config(
+        dir.path(),
+        &good.replace("[tls]", "[routing]\nmodee = \"proxy\"\n\n[tls]"),
+    );
     assert_one_line_failure(&["serve", "--config", &unknown], &["router.toml", "modee"]);
 
     let nowhere = dir.path().join("absent.toml");
-    assert_one_line_failure(&["serve", "--config", nowhere.to_str().unwrap()], &["absent.toml", "cannot read"]);
+    assert_one_line_failure(
+        &["serve", "--config", nowhere.to_str().unwrap()],
+        &["absent.toml", "cannot read"],
+    );
 }
 
 #[test]
@@ -151,14 +278,28 @@ fn check_prints_what_it_understood() {
     let path = write_config(dir.path(), &text);
     let (code, stdout, stderr) = run_router(&["check", "--config", &path]);
     assert_eq!(code, Some(0), "{stderr}");
-    for part in ["OK", "127.0.0.1:0", "redirect", "http://127.0.0.1:9090", "15s", "jitsi-1", "10.0.0.11:9100", "https://jitsi-1.example.com"] {
+    for part in [
+        "OK",
+        "127.0.0.1:0",
+        "redirect",
+        "http://127.0.0.1:9090",
+        "15s",
+        "jitsi-1",
+        "10.0.0.11:9100",
+        "https://jitsi-1.example.com",
+    ] {
         assert!(stdout.contains(part), "{part} missing from:\n{stdout}");
     }
 }
 
 #[test]
 fn help_works_on_every_subcommand() {
-    for args in [&["--help"][..], &["serve", "--help"], &["check", "--help"], &["demo", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["check", "--help"],
+        &["demo", "--help"],
+    ] {
         let (code, stdout, _) = run_router(args);
         assert_eq!(code, Some(0), "{args:?}");
         assert!(stdout.contains("Usage"), "{args:?}: {stdout}");
@@ -195,18 +336,37 @@ async fn demo_serves_three_nodes_and_reports_rooms() {
         seen.push_str(&rx.recv_timeout(Duration::from_secs(20)).unwrap());
         seen.push('\n');
     }
-    assert!(seen.contains("jitsi-a") && seen.contains("jitsi-b") && seen.contains("jitsi-c"), "{seen}");
-    assert!(seen.contains(&format!("https://localhost:{port}/")), "{seen}");
+    assert!(
+        seen.contains("jitsi-a") && seen.contains("jitsi-b") && seen.contains("jitsi-c"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("https://localhost:{port}/")),
+        "{seen}"
+    );
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .resolve("localhost", ([127, 0, 0, 1], port).into())
         .build()
         .unwrap();
-    let page = client.get(format!("https://localhost:{port}/DemoRoom")).send().await.unwrap();
+    let page = client
+        .get(format!("https://localhost:{port}/DemoRoom"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     let node = shard(&page);
-    assert!(page.text().await.unwrap().contains(&format!("is on node <code>{node}</code>")));
-    let bosh = client.post(format!("https://localhost:{port}/http-bind?room=demoroom")).body("<body/>").send().await.unwrap();
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains(&format!("is on node <code>{node}</code>")));
+    let bosh = client
+        .post(format!("https://localhost:{port}/http-bind?room=demoroom"))
+        .body("<body/>")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(shard(&bosh), node);
     let line = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(line.trim(), format!("room \"demoroom\" → {node}"));

@@ -16,10 +16,14 @@ async fn prometheus_steers_new_rooms_to_the_least_busy_node() {
     for (node, busy) in nodes.iter().zip([0.9, 0.2, 0.6]) {
         node.set_busy(busy);
     }
-    let mut prometheus = Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
+    let mut prometheus =
+        Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
     let mut text = config(
         &certs,
-        &format!("[prometheus]\nurl = {:?}\nquery = '{QUERY}'\ninterval = \"1s\"\n", prometheus.url),
+        &format!(
+            "[prometheus]\nurl = {:?}\nquery = '{QUERY}'\ninterval = \"1s\"\n",
+            prometheus.url
+        ),
         &[],
     );
     for node in &nodes {
@@ -34,41 +38,79 @@ async fn prometheus_steers_new_rooms_to_the_least_busy_node() {
     let client = router.client();
 
     let addr = |i: usize| nodes[i].addr().to_string();
-    eventually(Duration::from_secs(30), "prometheus to see all three nodes", || async {
-        let cpu = prometheus.query(QUERY).await;
-        cpu.len() == 3 && cpu[&addr(1)] < cpu[&addr(2)] && cpu[&addr(2)] < cpu[&addr(0)]
-    })
+    eventually(
+        Duration::from_secs(30),
+        "prometheus to see all three nodes",
+        || async {
+            let cpu = prometheus.query(QUERY).await;
+            cpu.len() == 3 && cpu[&addr(1)] < cpu[&addr(2)] && cpu[&addr(2)] < cpu[&addr(0)]
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(2500)).await; // two router polls
     for room in ["steer-1", "steer-2", "steer-3"] {
-        let response = client.get(router.url(&format!("/{room}"))).send().await.unwrap();
-        assert_eq!(shard(&response), "jitsi-b", "{room} should go to the least-busy node");
+        let response = client
+            .get(router.url(&format!("/{room}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            shard(&response),
+            "jitsi-b",
+            "{room} should go to the least-busy node"
+        );
     }
 
     // The load shifts: jitsi-c is now the least busy; new rooms follow, old rooms stay.
     nodes[1].set_busy(0.95);
     nodes[2].set_busy(0.05);
-    eventually(Duration::from_secs(30), "prometheus to see the shift", || async {
-        let cpu = prometheus.query(QUERY).await;
-        cpu.len() == 3 && cpu[&addr(2)] < cpu[&addr(0)] && cpu[&addr(2)] < cpu[&addr(1)]
-    })
+    eventually(
+        Duration::from_secs(30),
+        "prometheus to see the shift",
+        || async {
+            let cpu = prometheus.query(QUERY).await;
+            cpu.len() == 3 && cpu[&addr(2)] < cpu[&addr(0)] && cpu[&addr(2)] < cpu[&addr(1)]
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     for room in ["shift-1", "shift-2", "shift-3"] {
-        let response = client.get(router.url(&format!("/{room}"))).send().await.unwrap();
-        assert_eq!(shard(&response), "jitsi-c", "{room} should follow the new least-busy node");
+        let response = client
+            .get(router.url(&format!("/{room}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            shard(&response),
+            "jitsi-c",
+            "{room} should follow the new least-busy node"
+        );
     }
-    let old = client.get(router.url("/http-bind?room=steer-1")).send().await.unwrap();
-    assert_eq!(shard(&old), "jitsi-b", "a pinned room never moves while its node is there");
+    let old = client
+        .get(router.url("/http-bind?room=steer-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        shard(&old),
+        "jitsi-b",
+        "a pinned room never moves while its node is there"
+    );
 
     // Prometheus goes away: the router warns, keeps its last snapshot and keeps routing.
     prometheus.stop();
-    eventually(Duration::from_secs(10), "the router to notice prometheus is gone", || async {
-        router.logs().contains("prometheus query failed")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the router to notice prometheus is gone",
+        || async { router.logs().contains("prometheus query failed") },
+    )
     .await;
     for i in 0..10 {
-        let response = client.get(router.url(&format!("/after-{i}"))).send().await.unwrap();
+        let response = client
+            .get(router.url(&format!("/after-{i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
     }
     let old = client.get(router.url("/steer-2")).send().await.unwrap();
@@ -81,13 +123,23 @@ async fn a_bad_prometheus_answer_keeps_routing_alive() {
     let certs = Certs::new();
     let nodes = sim_nodes(2).await;
     // A node's /metrics endpoint is not a Prometheus API: every query answer is garbage.
-    let sections = format!("[prometheus]\nurl = {:?}\ninterval = \"200ms\"\n", nodes[0].url());
+    let sections = format!(
+        "[prometheus]\nurl = {:?}\ninterval = \"200ms\"\n",
+        nodes[0].url()
+    );
     let mut router = Router::start(&certs, &config(&certs, &sections, &node_entries(&nodes)));
-    eventually(Duration::from_secs(10), "a logged query failure", || async {
-        router.logs().contains("prometheus query failed")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a logged query failure",
+        || async { router.logs().contains("prometheus query failed") },
+    )
     .await;
-    let response = router.client().get(router.url("/garbage-room")).send().await.unwrap();
+    let response = router
+        .client()
+        .get(router.url("/garbage-room"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(router.is_running());
 }

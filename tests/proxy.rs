@@ -38,9 +38,16 @@ async fn one_room_one_node_over_every_url_form() {
     for round in 0..5 {
         for form in forms {
             let (report, shard) = report(&client, &router.url(form)).await;
-            assert_eq!(report["node"], shard.as_str(), "{form}: shard header names the node that answered");
+            assert_eq!(
+                report["node"],
+                shard.as_str(),
+                "{form}: shard header names the node that answered"
+            );
             seen.insert(shard);
-            assert!(seen.len() == 1, "round {round}, {form}: room split over {seen:?}");
+            assert!(
+                seen.len() == 1,
+                "round {round}, {form}: room split over {seen:?}"
+            );
         }
     }
     let posted = client
@@ -50,7 +57,10 @@ async fn one_room_one_node_over_every_url_form() {
         .await
         .unwrap();
     assert_eq!(shard(&posted), *seen.iter().next().unwrap());
-    assert!(posted.text().await.unwrap().contains("received='15'"), "the body streamed to the node");
+    assert!(
+        posted.text().await.unwrap().contains("received='15'"),
+        "the body streamed to the node"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,15 +70,26 @@ async fn many_rooms_spread_over_nodes() {
     let mut per_node: HashMap<String, usize> = HashMap::new();
     let mut first = HashMap::new();
     for i in 0..90 {
-        let response = client.get(router.url(&format!("/room-{i}"))).send().await.unwrap();
+        let response = client
+            .get(router.url(&format!("/room-{i}")))
+            .send()
+            .await
+            .unwrap();
         let node = shard(&response);
         first.insert(i, node.clone());
         *per_node.entry(node).or_default() += 1;
     }
     assert_eq!(per_node.len(), 3, "{per_node:?}");
-    assert!(per_node.values().all(|&n| n >= 15), "uneven spread: {per_node:?}");
+    assert!(
+        per_node.values().all(|&n| n >= 15),
+        "uneven spread: {per_node:?}"
+    );
     for (i, node) in first {
-        let again = client.get(router.url(&format!("/http-bind?room=ROOM-{i}"))).send().await.unwrap();
+        let again = client
+            .get(router.url(&format!("/http-bind?room=ROOM-{i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(shard(&again), node, "room-{i} moved");
     }
 }
@@ -96,15 +117,40 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
     let page = client.get(router.url("/Daily")).send().await.unwrap();
     let node = shard(&page);
     let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.starts_with(&format!("jitsi_router_node={node};")), "{cookie}");
-    assert!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    assert!(
+        cookie.starts_with(&format!("jitsi_router_node={node};")),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     let reserved = [
-        "/", "/config.js", "/interface_config.js", "/external_api.js", "/external_api.min.js",
-        "/favicon.ico", "/manifest.json", "/pwa-worker.js", "/http-bind", "/http-pre-bind",
-        "/xmpp-websocket", "/conference-request/v1", "/about/health", "/room", "/room-size",
-        "/room-password", "/_unlock", "/static/close.html", "/libs/app.bundle.min.js",
-        "/css/all.css", "/images/logo.svg", "/fonts/x.woff2", "/sounds/ring.mp3",
-        "/lang/main-fr.json", "/.well-known/security.txt",
+        "/",
+        "/config.js",
+        "/interface_config.js",
+        "/external_api.js",
+        "/external_api.min.js",
+        "/favicon.ico",
+        "/manifest.json",
+        "/pwa-worker.js",
+        "/http-bind",
+        "/http-pre-bind",
+        "/xmpp-websocket",
+        "/conference-request/v1",
+        "/about/health",
+        "/room",
+        "/room-size",
+        "/room-password",
+        "/_unlock",
+        "/static/close.html",
+        "/libs/app.bundle.min.js",
+        "/css/all.css",
+        "/images/logo.svg",
+        "/fonts/x.woff2",
+        "/sounds/ring.mp3",
+        "/lang/main-fr.json",
+        "/.well-known/security.txt",
     ];
     for other in ["jitsi-a", "jitsi-b", "jitsi-c"] {
         for path in reserved {
@@ -116,12 +162,20 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
                 .await
                 .unwrap();
             assert_eq!(shard(&response), other, "{path} with cookie for {other}");
-            assert!(response.headers().get("set-cookie").is_none(), "{path} sets no cookie");
+            assert!(
+                response.headers().get("set-cookie").is_none(),
+                "{path} sets no cookie"
+            );
         }
     }
     let without = client.get(router.url("/libs/app.js")).send().await.unwrap();
     assert_eq!(without.status(), 200, "no cookie: any node serves assets");
-    let stale = client.get(router.url("/libs/app.js")).header("cookie", "jitsi_router_node=gone").send().await.unwrap();
+    let stale = client
+        .get(router.url("/libs/app.js"))
+        .header("cookie", "jitsi_router_node=gone")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stale.status(), 200, "a cookie naming no node is ignored");
     let pinned = router.logs().matches("room pinned").count();
     assert_eq!(pinned, 1, "only /Daily was pinned:\n{}", router.logs());
@@ -146,7 +200,10 @@ async fn header_hygiene_and_shard_marking() {
     let seen: serde_json::Value = response.json().await.unwrap();
     let headers = &seen["headers"];
     for gone in ["connection", "x-drop-me", "keep-alive", "te"] {
-        assert!(headers.get(gone).is_none(), "{gone} reached the node: {headers}");
+        assert!(
+            headers.get(gone).is_none(),
+            "{gone} reached the node: {headers}"
+        );
     }
     assert_eq!(headers["x-custom"][0], "kept");
     assert_eq!(headers["x-forwarded-for"][0], "192.0.2.7, 127.0.0.1");
@@ -154,21 +211,48 @@ async fn header_hygiene_and_shard_marking() {
     assert_eq!(headers["x-forwarded-proto"][0], "https");
     let host = format!("localhost:{}", router.https.port());
     assert_eq!(headers["x-forwarded-host"][0], host.as_str());
-    assert_eq!(headers["host"][0], host.as_str(), "the client's Host is kept");
+    assert_eq!(
+        headers["host"][0],
+        host.as_str(),
+        "the client's Host is kept"
+    );
 
-    let own = client.get(router.url("/hygiene")).header("x-sim-shard", "node-says-so").send().await.unwrap();
-    assert_eq!(shard(&own), "node-says-so", "a node's own X-Jitsi-Shard wins");
+    let own = client
+        .get(router.url("/hygiene"))
+        .header("x-sim-shard", "node-says-so")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        shard(&own),
+        "node-says-so",
+        "a node's own X-Jitsi-Shard wins"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_downstream_http1_upstream() {
     let (_certs, _nodes, router) = fleet(2, "").await;
-    let response = router.client().get(router.url("/h2room")).header("x-sim-report", "1").send().await.unwrap();
+    let response = router
+        .client()
+        .get(router.url("/h2room"))
+        .header("x-sim-report", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     let seen: serde_json::Value = response.json().await.unwrap();
     assert_eq!(seen["version"], "HTTP/1.1");
-    assert_eq!(seen["headers"]["host"][0], format!("localhost:{}", router.https.port()).as_str());
-    let h1 = router.client_h1().get(router.url("/h2room")).send().await.unwrap();
+    assert_eq!(
+        seen["headers"]["host"][0],
+        format!("localhost:{}", router.https.port()).as_str()
+    );
+    let h1 = router
+        .client_h1()
+        .get(router.url("/h2room"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h1.version(), reqwest::Version::HTTP_11);
 }
 
@@ -181,7 +265,9 @@ async fn websocket(
     String,
 ) {
     let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
-    let request = format!("wss://localhost:{}{path}", router.https.port()).into_client_request().unwrap();
+    let request = format!("wss://localhost:{}{path}", router.https.port())
+        .into_client_request()
+        .unwrap();
     let (ws, response) = tokio_tungstenite::client_async_tls_with_config(
         request,
         tcp,
@@ -190,7 +276,11 @@ async fn websocket(
     )
     .await
     .unwrap();
-    let shard = response.headers().get("x-jitsi-shard").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let shard = response
+        .headers()
+        .get("x-jitsi-shard")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
     (ws, shard)
 }
 
@@ -200,7 +290,10 @@ async fn websocket_echo_through_the_router() {
     let (_, node) = report(&router.client(), &router.url("/wsroom")).await;
     let (mut ws, shard) = websocket(&certs, &router, "/xmpp-websocket?room=WsRoom").await;
     assert_eq!(shard, node, "the WebSocket joined the room's node");
-    for text in ["<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>", "second"] {
+    for text in [
+        "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+        "second",
+    ] {
         ws.send(Message::text(text)).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
     }
@@ -209,8 +302,13 @@ async fn websocket_echo_through_the_router() {
     assert_eq!(ws.next().await.unwrap().unwrap().into_data(), big);
     // Client closes: the node's close comes back and the stream ends.
     ws.close(None).await.unwrap();
-    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(5), ws.collect::<Vec<_>>()).await.unwrap();
-    assert!(rest.iter().all(|m| matches!(m, Ok(Message::Close(_)))), "{rest:?}");
+    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(5), ws.collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(
+        rest.iter().all(|m| matches!(m, Ok(Message::Close(_)))),
+        "{rest:?}"
+    );
 
     // Node closes: the client sees the end.
     let (mut ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=wsroom").await;
@@ -242,16 +340,35 @@ async fn colibri_websockets_route_by_server_id() {
     let router = Router::start(&certs, &text);
     for (i, node) in nodes.iter().enumerate() {
         for id in [format!("jvb-{i}"), format!("jvb-{i}-old")] {
-            let (mut ws, shard) = websocket(&certs, &router, &format!("/colibri-ws/{id}/conf42/ep7?pwd=secret")).await;
+            let (mut ws, shard) = websocket(
+                &certs,
+                &router,
+                &format!("/colibri-ws/{id}/conf42/ep7?pwd=secret"),
+            )
+            .await;
             assert_eq!(shard, node.name());
-            ws.send(Message::text("{\"colibriClass\":\"EndpointMessage\"}")).await.unwrap();
+            ws.send(Message::text("{\"colibriClass\":\"EndpointMessage\"}"))
+                .await
+                .unwrap();
             assert!(ws.next().await.unwrap().unwrap().is_text());
         }
     }
-    let unknown = router.client().get(router.url("/colibri-ws/jvb-9/c/e?pwd=x")).send().await.unwrap();
+    let unknown = router
+        .client()
+        .get(router.url("/colibri-ws/jvb-9/c/e?pwd=x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
-    assert!(unknown.text().await.unwrap().contains("unknown videobridge server id"));
-    assert!(!router.logs().contains("secret"), "pwd= values never reach the logs");
+    assert!(unknown
+        .text()
+        .await
+        .unwrap()
+        .contains("unknown videobridge server id"));
+    assert!(
+        !router.logs().contains("secret"),
+        "pwd= values never reach the logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -276,19 +393,47 @@ async fn bosh_long_poll_held_20_seconds_passes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn https_upstreams_are_pooled_and_verified() {
     let certs = Certs::new();
-    let node = SimNode::start_tls("secure-1", "127.0.0.1:0".parse().unwrap(), certs.server_config()).await.unwrap();
+    let node = SimNode::start_tls(
+        "secure-1",
+        "127.0.0.1:0".parse().unwrap(),
+        certs.server_config(),
+    )
+    .await
+    .unwrap();
     let upstream = format!("https://localhost:{}", node.addr().port());
     let sections = format!("[upstream]\nca = {:?}\n", certs.ca);
-    let router = Router::start(&certs, &config(&certs, &sections, &[("secure-1", upstream)]));
+    let router = Router::start(
+        &certs,
+        &config(&certs, &sections, &[("secure-1", upstream)]),
+    );
     let client = router.client();
     for i in 0..5 {
-        let response = client.get(router.url(&format!("/tls-room-{i}"))).send().await.unwrap();
+        let response = client
+            .get(router.url(&format!("/tls-room-{i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(shard(&response), "secure-1");
     }
     // Without the CA the router must refuse to talk to the node: 502, not a silent downgrade.
-    let untrusted = Router::start(&certs, &config(&certs, "", &[("secure-1", format!("https://localhost:{}", node.addr().port()))]));
-    let response = untrusted.client().get(untrusted.url("/tls-room")).send().await.unwrap();
+    let untrusted = Router::start(
+        &certs,
+        &config(
+            &certs,
+            "",
+            &[(
+                "secure-1",
+                format!("https://localhost:{}", node.addr().port()),
+            )],
+        ),
+    );
+    let response = untrusted
+        .client()
+        .get(untrusted.url("/tls-room"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 502);
 }
 
@@ -303,20 +448,37 @@ async fn redirect_mode_sends_307_to_the_pinned_node() {
     }
     let router = Router::start(&certs, &text);
     let client = router.client();
-    let first = client.get(router.url("/MyRoom?lang=de")).send().await.unwrap();
+    let first = client
+        .get(router.url("/MyRoom?lang=de"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status(), 307);
     assert_eq!(first.headers()["cache-control"], "no-store");
     let location = first.headers()["location"].to_str().unwrap().to_owned();
     let node = shard(&first);
-    assert_eq!(location, format!("https://{node}.meet.example.com/MyRoom?lang=de"));
-    for form in ["/myroom", "/http-bind?room=myroom", "/xmpp-websocket?room=MYROOM"] {
+    assert_eq!(
+        location,
+        format!("https://{node}.meet.example.com/MyRoom?lang=de")
+    );
+    for form in [
+        "/myroom",
+        "/http-bind?room=myroom",
+        "/xmpp-websocket?room=MYROOM",
+    ] {
         let again = client.get(router.url(form)).send().await.unwrap();
         assert_eq!(again.status(), 307);
-        assert_eq!(again.headers()["location"], format!("https://{node}.meet.example.com{form}").as_str());
+        assert_eq!(
+            again.headers()["location"],
+            format!("https://{node}.meet.example.com{form}").as_str()
+        );
     }
     let root = client.get(router.url("/")).send().await.unwrap();
     assert_eq!(root.status(), 307);
-    assert!(root.headers()["location"].to_str().unwrap().ends_with(".meet.example.com/"));
+    assert!(root.headers()["location"]
+        .to_str()
+        .unwrap()
+        .ends_with(".meet.example.com/"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,7 +32,9 @@ pub async fn run(listen: Vec<SocketAddr>) -> Result<(), DemoError> {
     for name in NODE_NAMES {
         nodes.push(SimNode::start(name, loopback).await?);
     }
-    let dir = tempfile::Builder::new().prefix("jitsi-router-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("jitsi-router-demo-")
+        .tempdir()?;
     let (cert, key) = crate::tls::write_self_signed(dir.path())?;
     let specs = nodes
         .iter()
@@ -46,7 +48,10 @@ pub async fn run(listen: Vec<SocketAddr>) -> Result<(), DemoError> {
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
             match event.from {
-                Some(from) => println!("  room {:?} → {} (moved from {from})", event.room, event.node),
+                Some(from) => println!(
+                    "  room {:?} → {} (moved from {from})",
+                    event.room, event.node
+                ),
                 None => println!("  room {:?} → {}", event.room, event.node),
             }
         }
@@ -58,11 +63,17 @@ pub async fn run(listen: Vec<SocketAddr>) -> Result<(), DemoError> {
 
 fn print_welcome(nodes: &[SimNode], port: u16, cert: &std::path::Path) {
     let base = format!("https://localhost:{port}");
-    println!("jitsi-router demo: {} simulated Jitsi nodes behind {base}", nodes.len());
+    println!(
+        "jitsi-router demo: {} simulated Jitsi nodes behind {base}",
+        nodes.len()
+    );
     for node in nodes {
         println!("  node {:<8} {}", node.name(), node.url());
     }
-    println!("Self-signed certificate for localhost: {} (browsers will warn; curl needs -k)", cert.display());
+    println!(
+        "Self-signed certificate for localhost: {} (browsers will warn; curl needs -k)",
+        cert.display()
+    );
     println!();
     println!("Try:");
     println!("  {base}/MyRoom                                    (in a browser: the room page and its signalling)");

@@ -46,7 +46,12 @@ struct CpuState {
 impl Cpu {
     fn new(fraction: f64) -> Cpu {
         Cpu {
-            state: Mutex::new(CpuState { since: Instant::now(), idle: 0.0, busy: 0.0, fraction }),
+            state: Mutex::new(CpuState {
+                since: Instant::now(),
+                idle: 0.0,
+                busy: 0.0,
+                fraction,
+            }),
         }
     }
 
@@ -90,17 +95,33 @@ impl SimNode {
     }
 
     /// Starts an HTTPS node with this server config.
-    pub async fn start_tls(name: &str, bind: SocketAddr, tls: Arc<rustls::ServerConfig>) -> std::io::Result<SimNode> {
+    pub async fn start_tls(
+        name: &str,
+        bind: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<SimNode> {
         SimNode::launch(name, bind, Some(TlsAcceptor::from(tls))).await
     }
 
-    async fn launch(name: &str, bind: SocketAddr, tls: Option<TlsAcceptor>) -> std::io::Result<SimNode> {
+    async fn launch(
+        name: &str,
+        bind: SocketAddr,
+        tls: Option<TlsAcceptor>,
+    ) -> std::io::Result<SimNode> {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { name: name.to_owned(), cpu: Cpu::new(0.1) });
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            cpu: Cpu::new(0.1),
+        });
         let is_tls = tls.is_some();
         let task = tokio::spawn(serve(listener, tls, shared.clone()));
-        Ok(SimNode { shared, addr, tls: is_tls, task })
+        Ok(SimNode {
+            shared,
+            addr,
+            tls: is_tls,
+            task,
+        })
     }
 
     /// The node's name.
@@ -135,7 +156,9 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shar
     // Connections live in this set so that stopping the node closes them too.
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         while connections.try_join_next().is_some() {}
         let shared = shared.clone();
         let tls = tls.clone();
@@ -147,10 +170,18 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shar
             let builder = auto::Builder::new(TokioExecutor::new());
             let _ = match tls {
                 Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                    Ok(stream) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
                     Err(_) => return,
                 },
-                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                        .await
+                }
             };
         });
     }
@@ -188,7 +219,11 @@ fn is_websocket<B>(req: &Request<B>) -> bool {
     header_value(req, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<SimBody> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<SimBody> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response
@@ -199,16 +234,29 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
 
 async fn read_body(req: Request<Incoming>) -> (http::request::Parts, Bytes) {
     let (parts, body) = req.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     (parts, bytes)
 }
 
 async fn report(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
     let (parts, body) = read_body(req).await;
-    let headers: BTreeMap<&str, Vec<&str>> = parts.headers.keys().map(|k| {
-        let values = parts.headers.get_all(k).iter().filter_map(|v| v.to_str().ok()).collect();
-        (k.as_str(), values)
-    }).collect();
+    let headers: BTreeMap<&str, Vec<&str>> = parts
+        .headers
+        .keys()
+        .map(|k| {
+            let values = parts
+                .headers
+                .get_all(k)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (k.as_str(), values)
+        })
+        .collect();
     let report = serde_json::json!({
         "node": shared.name,
         "method": parts.method.as_str(),
@@ -223,15 +271,27 @@ async fn report(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
 
 async fn content(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
     let path = req.uri().path().to_owned();
-    let room = req.uri().query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("room="))).unwrap_or("").to_owned();
+    let room = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("room=")))
+        .unwrap_or("")
+        .to_owned();
     let name = &shared.name;
     match path.as_str() {
         "/about/health" => reply(StatusCode::OK, "text/plain", "ok\n"),
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(&shared.cpu)),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics(&shared.cpu),
+        ),
         p if p.ends_with("/config.js") || p == "/config.js" => reply(
             StatusCode::OK,
             "application/javascript",
-            format!("var config = {{ simulatedNode: {name:?}, room: {:?} }};\n", escape_html(&room)),
+            format!(
+                "var config = {{ simulatedNode: {name:?}, room: {:?} }};\n",
+                escape_html(&room)
+            ),
         ),
         p if p.ends_with("/http-bind") => {
             let (_, body) = read_body(req).await;
@@ -241,7 +301,11 @@ async fn content(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
                 format!("<body xmlns='http://jabber.org/protocol/httpbind' node='{name}' received='{}'/>", body.len()),
             )
         }
-        _ => reply(StatusCode::OK, "text/html; charset=utf-8", room_page(name, &path)),
+        _ => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            room_page(name, &path),
+        ),
     }
 }
 
@@ -256,17 +320,18 @@ fn metrics(cpu: &Cpu) -> String {
 }
 
 fn escape_html(text: &str) -> String {
-    text.chars().fold(String::with_capacity(text.len()), |mut out, c| {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-        out
-    })
+    text.chars()
+        .fold(String::with_capacity(text.len()), |mut out, c| {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#39;"),
+                c => out.push(c),
+            }
+            out
+        })
 }
 
 fn room_page(node: &str, path: &str) -> String {
@@ -298,13 +363,22 @@ ws.onerror = () => log('xmpp-websocket → failed');
 }
 
 fn websocket_echo(req: &mut Request<Incoming>) -> Response<SimBody> {
-    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
-        return reply(StatusCode::BAD_REQUEST, "text/plain", "missing Sec-WebSocket-Key\n");
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "missing Sec-WebSocket-Key\n",
+        );
     };
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         // Keep reading after the peer's Close: tungstenite sends the Close reply on the next read.
         while let Some(Ok(message)) = ws.next().await {
             if message.to_text().is_ok_and(|t| t == "sim:close") {

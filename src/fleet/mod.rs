@@ -138,6 +138,11 @@ impl Fleet {
         self.state.load()
     }
 
+    /// The current state as an owned handle, for readers that keep it across awaits or loops.
+    pub fn snapshot(&self) -> Arc<FleetState> {
+        self.state.load_full()
+    }
+
     /// Replaces the node list (config reload, admin API).
     pub fn set_nodes(&self, specs: Vec<NodeSpec>) {
         self.update(|inputs| inputs.specs = specs);
@@ -175,7 +180,11 @@ fn build(inputs: &Inputs) -> FleetState {
         .iter()
         .map(|n| inputs.cpu_by_instance.get(&n.spec.instance).copied())
         .collect();
-    let by_name = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+    let by_name = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), i))
+        .collect();
     let by_server_id = nodes
         .iter()
         .enumerate()
@@ -223,16 +232,10 @@ mod tests {
 
     #[test]
     fn lookups_by_name_and_server_id() {
-        let state = fleet().load_full();
+        let state = fleet().snapshot();
         assert_eq!(state.node(&NodeId::new("a")).unwrap().id.as_str(), "a");
         assert_eq!(state.node_for_server_id("jvb-b").unwrap().id.as_str(), "b");
         assert!(state.node_for_server_id("b").is_none());
         assert!(state.node_named("zzz").is_none());
-    }
-
-    impl Fleet {
-        fn load_full(&self) -> Arc<FleetState> {
-            self.state.load_full()
-        }
     }
 }

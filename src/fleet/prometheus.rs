@@ -53,7 +53,10 @@ struct Sample {
 }
 
 /// Runs one instant query and returns busy CPU by label value.
-pub async fn query(client: &reqwest::Client, cfg: &Prometheus) -> Result<HashMap<String, f64>, QueryError> {
+pub async fn query(
+    client: &reqwest::Client,
+    cfg: &Prometheus,
+) -> Result<HashMap<String, f64>, QueryError> {
     let response = client
         .get(format!("{}/api/v1/query", cfg.url))
         .query(&[("query", cfg.query.as_str())])
@@ -70,7 +73,9 @@ pub async fn query(client: &reqwest::Client, cfg: &Prometheus) -> Result<HashMap
     if answer.status != "success" {
         return Err(QueryError::Api(answer.error.unwrap_or(answer.status)));
     }
-    let data = answer.data.ok_or_else(|| QueryError::Api("no data in answer".into()))?;
+    let data = answer
+        .data
+        .ok_or_else(|| QueryError::Api("no data in answer".into()))?;
     if data.result_type != "vector" {
         return Err(QueryError::ResultType(data.result_type));
     }

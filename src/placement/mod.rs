@@ -132,7 +132,9 @@ impl Router {
             return Some(node.clone());
         }
         let index = policy::choose(&state, rendezvous::seed(room.as_bytes()), Instant::now())?;
-        let moved = self.pins.repin(room, &held.node, state.nodes()[index].id.clone());
+        let moved = self
+            .pins
+            .repin(room, &held.node, state.nodes()[index].id.clone());
         state.node(&moved.node).cloned()
     }
 
@@ -186,7 +188,10 @@ mod tests {
 
     fn router(names: &[&str]) -> Router {
         let fleet = Arc::new(Fleet::new(specs(names), Duration::from_secs(90)));
-        Router::new(fleet, Arc::new(pins::MemoryPins::new(Duration::from_secs(600))))
+        Router::new(
+            fleet,
+            Arc::new(pins::MemoryPins::new(Duration::from_secs(600))),
+        )
     }
 
     fn key(text: &str) -> RoomKey<'static> {
@@ -200,17 +205,32 @@ mod tests {
         assert_eq!(first.decision, Decision::Placed);
         for _ in 0..100 {
             let again = router.route_room(&key("standup")).unwrap();
-            assert_eq!((again.node.id.clone(), again.decision), (first.node.id.clone(), Decision::Pinned));
+            assert_eq!(
+                (again.node.id.clone(), again.decision),
+                (first.node.id.clone(), Decision::Pinned)
+            );
         }
     }
 
     #[test]
     fn adding_a_node_moves_no_pinned_room() {
         let router = router(&["a", "b"]);
-        let before: Vec<_> = (0..200).map(|i| router.route_room(&key(&format!("r{i}"))).unwrap().node.id.clone()).collect();
+        let before: Vec<_> = (0..200)
+            .map(|i| {
+                router
+                    .route_room(&key(&format!("r{i}")))
+                    .unwrap()
+                    .node
+                    .id
+                    .clone()
+            })
+            .collect();
         router.fleet().set_nodes(specs(&["a", "b", "c"]));
         for (i, node) in before.iter().enumerate() {
-            assert_eq!(&router.route_room(&key(&format!("r{i}"))).unwrap().node.id, node);
+            assert_eq!(
+                &router.route_room(&key(&format!("r{i}"))).unwrap().node.id,
+                node
+            );
         }
     }
 
@@ -225,7 +245,10 @@ mod tests {
         for room in &rooms {
             let routed = router.route_room(room).unwrap();
             assert_eq!(routed.node.id.as_str(), "a");
-            assert!(matches!(routed.decision, Decision::Pinned | Decision::Replaced { .. }));
+            assert!(matches!(
+                routed.decision,
+                Decision::Pinned | Decision::Replaced { .. }
+            ));
         }
     }
 
@@ -239,7 +262,10 @@ mod tests {
     #[test]
     fn unrouted_prefers_the_cookie_node() {
         let router = router(&["a", "b", "c"]);
-        assert_eq!(router.route_unrouted(Some("b"), 1).unwrap().id.as_str(), "b");
+        assert_eq!(
+            router.route_unrouted(Some("b"), 1).unwrap().id.as_str(),
+            "b"
+        );
         assert!(router.route_unrouted(Some("gone"), 1).is_some());
     }
 }

@@ -97,7 +97,10 @@ impl PinStore for MemoryPins {
         match self.map.entry(room.into()) {
             Entry::Occupied(mut held) if self.expired(held.get(), now) => {
                 held.insert(self.fresh(node.clone(), now));
-                Pinned { node, created: true }
+                Pinned {
+                    node,
+                    created: true,
+                }
             }
             Entry::Occupied(held) => {
                 held.get().last_seen_ms.store(now, Ordering::Relaxed);
@@ -108,7 +111,10 @@ impl PinStore for MemoryPins {
             }
             Entry::Vacant(slot) => {
                 slot.insert(self.fresh(node.clone(), now));
-                Pinned { node, created: true }
+                Pinned {
+                    node,
+                    created: true,
+                }
             }
         }
     }
@@ -116,7 +122,9 @@ impl PinStore for MemoryPins {
     fn repin(&self, room: &str, stale: &NodeId, node: NodeId) -> Pinned {
         let now = self.now_ms();
         match self.map.entry(room.into()) {
-            Entry::Occupied(held) if held.get().node != *stale && !self.expired(held.get(), now) => {
+            Entry::Occupied(held)
+                if held.get().node != *stale && !self.expired(held.get(), now) =>
+            {
                 Pinned {
                     node: held.get().node.clone(),
                     created: false,
@@ -124,11 +132,17 @@ impl PinStore for MemoryPins {
             }
             Entry::Occupied(mut held) => {
                 held.insert(self.fresh(node.clone(), now));
-                Pinned { node, created: true }
+                Pinned {
+                    node,
+                    created: true,
+                }
             }
             Entry::Vacant(slot) => {
                 slot.insert(self.fresh(node.clone(), now));
-                Pinned { node, created: true }
+                Pinned {
+                    node,
+                    created: true,
+                }
             }
         }
     }
@@ -160,7 +174,13 @@ mod tests {
         let a = NodeId::new("a");
         assert!(pins.pin_if_absent("r", a.clone()).created);
         let second = pins.pin_if_absent("r", NodeId::new("b"));
-        assert_eq!(second, Pinned { node: a.clone(), created: false });
+        assert_eq!(
+            second,
+            Pinned {
+                node: a.clone(),
+                created: false
+            }
+        );
         assert_eq!(pins.lookup("r"), Some(a));
     }
 
@@ -171,7 +191,10 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|i| {
                     let pins = pins.clone();
-                    s.spawn(move || pins.pin_if_absent("room", NodeId::new(&format!("n{i}"))).node)
+                    s.spawn(move || {
+                        pins.pin_if_absent("room", NodeId::new(&format!("n{i}")))
+                            .node
+                    })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -208,7 +231,13 @@ mod tests {
         pins.pin_if_absent("r", a.clone());
         assert_eq!(pins.repin("r", &a, b.clone()).node, b);
         // A second request that also saw `a` must not move the room again.
-        assert_eq!(pins.repin("r", &a, c), Pinned { node: b, created: false });
+        assert_eq!(
+            pins.repin("r", &a, c),
+            Pinned {
+                node: b,
+                created: false
+            }
+        );
         assert_eq!(pins.unpin("r").map(|n| n.to_string()), Some("b".into()));
     }
 }

@@ -60,7 +60,10 @@ mod tests {
         ]);
         fleet.set_cpu(cpu, now);
         for room in 0..50u64 {
-            assert_eq!(choose(&fleet.load(), rendezvous::seed(&room.to_le_bytes()), now), Some(1));
+            assert_eq!(
+                choose(&fleet.load(), rendezvous::seed(&room.to_le_bytes()), now),
+                Some(1)
+            );
         }
     }
 
@@ -70,7 +73,10 @@ mod tests {
         let now = Instant::now();
         fleet.set_cpu(HashMap::from([("10.0.0.2:80".to_owned(), 0.95)]), now);
         for room in 0..50u64 {
-            assert_eq!(choose(&fleet.load(), rendezvous::seed(&room.to_le_bytes()), now), Some(2));
+            assert_eq!(
+                choose(&fleet.load(), rendezvous::seed(&room.to_le_bytes()), now),
+                Some(2)
+            );
         }
     }
 

@@ -19,9 +19,9 @@ fn mix(mut z: u64) -> u64 {
 
 /// A stable 64-bit hash of a room key or node name.
 pub fn seed(bytes: &[u8]) -> u64 {
-    let fnv = bytes
-        .iter()
-        .fold(FNV_OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME));
+    let fnv = bytes.iter().fold(FNV_OFFSET, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+    });
     mix(fnv)
 }
 

@@ -13,7 +13,10 @@ pub fn plain(status: StatusCode, reason: &str) -> Response<Body> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!("{reason}\n")))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -21,8 +24,9 @@ pub fn plain(status: StatusCode, reason: &str) -> Response<Body> {
 /// `503` with `Retry-After`: no node can take the request now.
 pub fn unavailable(reason: &str, retry_after: Duration) -> Response<Body> {
     let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, reason);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after.as_secs().max(1)),
+    );
     response
 }

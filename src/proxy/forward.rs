@@ -60,7 +60,10 @@ pub async fn forward(
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let Some(uri) = upstream_uri(&node.spec.upstream, parts.uri.path_and_query()) else {
-        return errors::plain(StatusCode::BAD_REQUEST, "request target cannot be forwarded");
+        return errors::plain(
+            StatusCode::BAD_REQUEST,
+            "request target cannot be forwarded",
+        );
     };
     let host = parts
         .headers
@@ -84,20 +87,33 @@ pub async fn forward(
     let mut response = match tokio::time::timeout(settings.response_timeout, sent).await {
         Err(_) => {
             tracing::warn!(node = %node.id, timeout = ?settings.response_timeout, "node did not answer in time");
-            return errors::plain(StatusCode::GATEWAY_TIMEOUT, &format!("node {} did not answer in time", node.id));
+            return errors::plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("node {} did not answer in time", node.id),
+            );
         }
         Ok(Err(e)) => {
             tracing::warn!(node = %node.id, error = %error_chain(&e), "node unreachable");
-            return errors::plain(StatusCode::BAD_GATEWAY, &format!("node {} is unreachable", node.id));
+            return errors::plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("node {} is unreachable", node.id),
+            );
         }
         Ok(Ok(response)) => response,
     };
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {
         match downstream {
-            Some(downstream) => tunnel::splice(downstream, hyper::upgrade::on(&mut response), node.id.clone()),
+            Some(downstream) => tunnel::splice(
+                downstream,
+                hyper::upgrade::on(&mut response),
+                node.id.clone(),
+            ),
             None => {
-                return errors::plain(StatusCode::BAD_GATEWAY, "node switched protocols without being asked");
+                return errors::plain(
+                    StatusCode::BAD_GATEWAY,
+                    "node switched protocols without being asked",
+                );
             }
         }
     }
@@ -110,7 +126,10 @@ fn upstream_uri(base: &Uri, path: Option<&PathAndQuery>) -> Option<Uri> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = base.scheme().cloned();
     parts.authority = base.authority().cloned();
-    parts.path_and_query = Some(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    parts.path_and_query = Some(
+        path.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     Uri::from_parts(parts).ok()
 }
 

@@ -161,7 +161,10 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// `Set-Cookie` for the affinity cookie naming `node`.
 pub fn affinity_cookie(name: &str, node: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("{name}={node}; Path=/; Secure; HttpOnly; SameSite=Lax")).ok()
+    HeaderValue::from_str(&format!(
+        "{name}={node}; Path=/; Secure; HttpOnly; SameSite=Lax"
+    ))
+    .ok()
 }
 
 /// Approximate size of a request head: request target plus header fields.
@@ -182,7 +185,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -212,7 +218,10 @@ mod tests {
     fn cookies_are_found_and_joined() {
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("a=1"));
-        h.append(header::COOKIE, HeaderValue::from_static("jitsi_router_node=n2; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("jitsi_router_node=n2; b=2"),
+        );
         assert_eq!(cookie(&h, "jitsi_router_node"), Some("n2"));
         assert_eq!(cookie(&h, "c"), None);
         join_cookies(&mut h);

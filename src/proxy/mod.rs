@@ -76,19 +76,26 @@ impl Proxy {
             let reason = format!("request head larger than {} bytes", self.max_request_head);
             return errors::plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
         }
+        if req.method() == Method::CONNECT {
+            return errors::plain(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+        }
         let choice = match self.choose(&req, peer) {
             Ok(choice) => choice,
-            Err(response) => return response,
+            Err(refusal) => return refusal.response(self.retry_after),
         };
         let method = req.method().clone();
         let path_for_log = req.uri().path().to_owned();
         let mut response = match self.mode {
             Mode::Redirect => redirect::to_node(&choice.node, req.uri()),
-            Mode::Proxy => forward::forward(&self.client, &self.forward, req, &choice.node, peer).await,
+            Mode::Proxy => {
+                forward::forward(&self.client, &self.forward, req, &choice.node, peer).await
+            }
         };
         headers::mark_shard(response.headers_mut(), choice.node.id.as_str());
         if choice.page && self.mode == Mode::Proxy && method == Method::GET {
-            if let Some(cookie) = headers::affinity_cookie(&self.affinity_cookie, choice.node.id.as_str()) {
+            if let Some(cookie) =
+                headers::affinity_cookie(&self.affinity_cookie, choice.node.id.as_str())
+            {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
         }
@@ -96,30 +103,64 @@ impl Proxy {
         response
     }
 
-    fn choose(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<Choice, Response<Body>> {
+    fn choose(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<Choice, Refusal> {
         let uri = req.uri();
-        let target = room::classify(uri.path(), uri.query(), &self.room_limits)
-            .map_err(|e| errors::plain(StatusCode::BAD_REQUEST, &e.to_string()))?;
-        match target {
-            Target::Room { key, page } => match self.router.route_room(&key) {
-                Some(routed) => Ok(Choice { node: routed.node, page }),
-                None => Err(errors::unavailable("no node can take this room now", self.retry_after)),
-            },
-            Target::Bridge { server_id } => match self.router.route_bridge(server_id) {
-                Some(node) => Ok(Choice { node, page: false }),
-                None => Err(errors::plain(StatusCode::NOT_FOUND, "unknown videobridge server id")),
-            },
+        match room::classify(uri.path(), uri.query(), &self.room_limits)? {
+            Target::Room { key, page } => {
+                let routed = self.router.route_room(&key).ok_or(Refusal::NoNodeForRoom)?;
+                Ok(Choice {
+                    node: routed.node,
+                    page,
+                })
+            }
+            Target::Bridge { server_id } => {
+                let node = self
+                    .router
+                    .route_bridge(server_id)
+                    .ok_or(Refusal::UnknownBridge)?;
+                Ok(Choice { node, page: false })
+            }
             Target::Unrouted => {
                 let preferred = headers::cookie(req.headers(), &self.affinity_cookie);
                 let spread = match peer.ip() {
                     std::net::IpAddr::V4(ip) => rendezvous::seed(&ip.octets()),
                     std::net::IpAddr::V6(ip) => rendezvous::seed(&ip.octets()),
                 };
-                match self.router.route_unrouted(preferred, spread) {
-                    Some(node) => Ok(Choice { node, page: false }),
-                    None => Err(errors::unavailable("no node is available now", self.retry_after)),
-                }
+                let node = self
+                    .router
+                    .route_unrouted(preferred, spread)
+                    .ok_or(Refusal::NoNode)?;
+                Ok(Choice { node, page: false })
             }
+        }
+    }
+}
+
+/// Why a request gets no node; each maps to one status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The room key is invalid: 400.
+    #[error(transparent)]
+    BadRoom(#[from] room::RoomError),
+    /// No node can take a room: 503.
+    #[error("no node can take this room now")]
+    NoNodeForRoom,
+    /// No node at all for a request without a room: 503.
+    #[error("no node is available now")]
+    NoNode,
+    /// A colibri-ws path names a server id no node declared: 404.
+    #[error("unknown videobridge server id")]
+    UnknownBridge,
+}
+
+impl Refusal {
+    fn response(&self, retry_after: Duration) -> Response<Body> {
+        let reason = self.to_string();
+        match self {
+            Refusal::BadRoom(_) => errors::plain(StatusCode::BAD_REQUEST, &reason),
+            Refusal::NoNodeForRoom | Refusal::NoNode => errors::unavailable(&reason, retry_after),
+            Refusal::UnknownBridge => errors::plain(StatusCode::NOT_FOUND, &reason),
         }
     }
 }

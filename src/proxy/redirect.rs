@@ -18,7 +18,10 @@ pub fn to_node(node: &Node, uri: &Uri) -> Response<Body> {
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let location = format!("{base}{target}");
     let Ok(value) = HeaderValue::from_str(&location) else {
-        return errors::plain(StatusCode::BAD_REQUEST, "request target cannot be redirected");
+        return errors::plain(
+            StatusCode::BAD_REQUEST,
+            "request target cannot be redirected",
+        );
     };
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!(
         "this room is served by {location}\n"
@@ -27,6 +30,9 @@ pub fn to_node(node: &Node, uri: &Uri) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, value);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

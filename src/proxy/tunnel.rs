@@ -21,8 +21,12 @@ pub fn splice(client: OnUpgrade, node: OnUpgrade, id: NodeId) {
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER).await {
-            Ok((up, down)) => tracing::debug!(node = %id, bytes_up = up, bytes_down = down, "websocket closed"),
+        match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER)
+            .await
+        {
+            Ok((up, down)) => {
+                tracing::debug!(node = %id, bytes_up = up, bytes_down = down, "websocket closed")
+            }
             Err(e) => tracing::debug!(node = %id, error = %e, "websocket ended"),
         }
     });

@@ -96,7 +96,11 @@ impl Certs {
 
 /// A loopback port nobody listens on.
 pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts `n` simulated nodes named `jitsi-a`, `jitsi-b`, …
@@ -104,7 +108,11 @@ pub async fn sim_nodes(n: usize) -> Vec<SimNode> {
     let mut nodes = Vec::new();
     for i in 0..n {
         let name = format!("jitsi-{}", (b'a' + i as u8) as char);
-        nodes.push(SimNode::start(&name, "127.0.0.1:0".parse().unwrap()).await.unwrap());
+        nodes.push(
+            SimNode::start(&name, "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap(),
+        );
     }
     nodes
 }
@@ -116,7 +124,9 @@ pub fn config(certs: &Certs, sections: &str, nodes: &[(&str, String)]) -> String
         certs.cert, certs.key
     );
     for (name, upstream) in nodes {
-        text.push_str(&format!("\n[[nodes]]\nname = {name:?}\nupstream = {upstream:?}\n"));
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = {name:?}\nupstream = {upstream:?}\n"
+        ));
     }
     text
 }
@@ -181,11 +191,26 @@ impl Router {
         while https.is_none() || (wants_http && http.is_none()) {
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                return Err(Failed { code: status.code(), stderr: logs.lock().unwrap().clone() });
+                return Err(Failed {
+                    code: status.code(),
+                    stderr: logs.lock().unwrap().clone(),
+                });
             }
-            assert!(Instant::now() < deadline, "router not listening after 20 s:\n{}", logs.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "router not listening after 20 s:\n{}",
+                logs.lock().unwrap()
+            );
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                let addr: SocketAddr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+                let addr: SocketAddr = line
+                    .split("addr=")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 if line.contains("kind=\"https\"") {
                     https = Some(addr);
                 } else {
@@ -193,7 +218,14 @@ impl Router {
                 }
             }
         }
-        Ok(Router { child, https: https.unwrap(), http, logs, dir, ca: certs.reqwest_ca() })
+        Ok(Router {
+            child,
+            https: https.unwrap(),
+            http,
+            logs,
+            dir,
+            ca: certs.reqwest_ca(),
+        })
     }
 
     /// `https://localhost:<port><path>`.
@@ -280,18 +312,28 @@ impl Prometheus {
         let port = closed_port();
         let child = Command::new(prometheus_binary())
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start prometheus");
-        let prometheus = Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let prometheus = Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = client.get(format!("{}/-/ready", prometheus.url)).send().await;
+            let ready = client
+                .get(format!("{}/-/ready", prometheus.url))
+                .send()
+                .await;
             if ready.is_ok_and(|r| r.status().is_success()) {
                 return prometheus;
             }
@@ -352,7 +394,12 @@ where
 
 /// GET with `x-sim-report` and return the node's JSON report plus the response's shard header.
 pub async fn report(client: &reqwest::Client, url: &str) -> (serde_json::Value, String) {
-    let response = client.get(url).header("x-sim-report", "1").send().await.unwrap();
+    let response = client
+        .get(url)
+        .header("x-sim-report", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200, "{url}");
     let shard = shard(&response);
     (response.json().await.unwrap(), shard)
