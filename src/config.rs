@@ -662,24 +662,25 @@ impl Config {
         cert: PathBuf,
         key: PathBuf,
         nodes: Vec<NodeSpec>,
-    ) -> Config {
-        let file = Path::new("(built-in)");
-        let check = Check { file };
+    ) -> Result<Config, ConfigError> {
+        let check = Check {
+            file: Path::new("(built-in)"),
+        };
         let raw_server = raw::Server {
             listen: raw::OneOrMany::Many(listen.iter().map(ToString::to_string).collect()),
             http_listen: None,
             public_https_port: None,
         };
-        Config {
+        Ok(Config {
             source: None,
-            server: server(&check, raw_server).expect("listen addresses are valid"),
+            server: server(&check, raw_server)?,
             tls: Tls { cert, key },
-            routing: routing(&check, raw::Routing::default()).expect("defaults are valid"),
-            upstream: upstream(&check, raw::Upstream::default()).expect("defaults are valid"),
-            limits: limits(&check, raw::Limits::default()).expect("defaults are valid"),
+            routing: routing(&check, raw::Routing::default())?,
+            upstream: upstream(&check, raw::Upstream::default())?,
+            limits: limits(&check, raw::Limits::default())?,
             prometheus: None,
             nodes,
-        }
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
 use support::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -228,6 +229,47 @@ async fn header_hygiene_and_shard_marking() {
         "node-says-so",
         "a node's own X-Jitsi-Shard wins"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (_certs, _nodes, router) = fleet(1, "").await;
+    let client = router.client_h1();
+    let mut peers = HashSet::new();
+    for i in 0..20 {
+        let (seen, _) = report(&client, &router.url(&format!("/pool-{}", i % 4))).await;
+        peers.insert(seen["peer"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        peers.len() <= 2,
+        "20 sequential requests opened {} upstream connections",
+        peers.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_1_2_and_1_3_are_both_served() {
+    let (certs, _nodes, router) = fleet(1, "").await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(&certs.ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await;
+        let stream = stream.unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,6 +20,9 @@ pub enum DemoError {
     /// A simulated node or the temporary folder could not be set up.
     #[error("demo setup failed: {0}")]
     Setup(#[from] std::io::Error),
+    /// The built-in config was rejected (for example no usable listen address).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The router itself could not start.
     #[error(transparent)]
     Start(#[from] StartError),
@@ -40,7 +43,7 @@ pub async fn run(listen: Vec<SocketAddr>) -> Result<(), DemoError> {
         .iter()
         .map(|n| NodeSpec::new(n.name(), &n.url()).expect("a sim node's URL is valid"))
         .collect();
-    let config = Config::with_defaults(listen, cert.clone(), key, specs);
+    let config = Config::with_defaults(listen, cert.clone(), key, specs)?;
     let server = Server::bind(config).await?;
     let port = server.https_addrs().first().map_or(8443, |a| a.port());
     print_welcome(&nodes, port, &cert);

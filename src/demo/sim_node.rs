@@ -5,7 +5,8 @@
 //! (`/http-bind`), WebSocket echo (`/xmpp-websocket`, `/colibri-ws/...`), `/about/health`, and
 //! node_exporter-style `/metrics` whose CPU counters advance at a settable busy fraction, so a real
 //! Prometheus can scrape it. Test controls, all request headers:
-//! - `x-sim-report: 1` — answer with JSON describing what the node saw (method, path, query, headers, body);
+//! - `x-sim-report: 1` — answer with JSON describing what the node saw (peer address, method, path,
+//!   query, headers, body);
 //! - `x-sim-delay-ms: N` — wait N ms before answering (long-polls, timeouts);
 //! - `x-sim-shard: V` — answer with the node's own `X-Jitsi-Shard: V`;
 //! - the WebSocket text message `sim:close` — the node closes the WebSocket.
@@ -156,7 +157,7 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shar
     // Connections live in this set so that stopping the node closes them too.
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
         while connections.try_join_next().is_some() {}
@@ -165,7 +166,7 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shar
         connections.spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(req, &shared).await) }
+                async move { Ok::<_, Infallible>(answer(req, &shared, peer).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let _ = match tls {
@@ -189,7 +190,11 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shar
 
 type SimBody = Full<Bytes>;
 
-async fn answer(mut req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
+async fn answer(
+    mut req: Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Response<SimBody> {
     if let Some(ms) = header_value(&req, "x-sim-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -197,7 +202,7 @@ async fn answer(mut req: Request<Incoming>, shared: &Shared) -> Response<SimBody
     let mut response = if is_websocket(&req) {
         websocket_echo(&mut req)
     } else if header_value(&req, "x-sim-report").is_some() {
-        report(req, shared).await
+        report(req, shared, peer).await
     } else {
         content(req, shared).await
     };
@@ -242,7 +247,7 @@ async fn read_body(req: Request<Incoming>) -> (http::request::Parts, Bytes) {
     (parts, bytes)
 }
 
-async fn report(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
+async fn report(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Response<SimBody> {
     let (parts, body) = read_body(req).await;
     let headers: BTreeMap<&str, Vec<&str>> = parts
         .headers
@@ -259,6 +264,7 @@ async fn report(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
         .collect();
     let report = serde_json::json!({
         "node": shared.name,
+        "peer": peer.to_string(),
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),

@@ -34,6 +34,14 @@ impl NodeId {
     }
 }
 
+/// Lets the name index be searched with a plain `&str` (cookies, admin input); sound because
+/// `NodeId` hashes and compares exactly as its `str`.
+impl std::borrow::Borrow<str> for NodeId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -75,13 +83,8 @@ impl FleetState {
     }
 
     /// The node with this name.
-    pub fn node(&self, id: &NodeId) -> Option<&Arc<Node>> {
-        self.by_name.get(id).map(|&i| &self.nodes[i])
-    }
-
-    /// The node with this name, by string (cookies, admin input).
-    pub fn node_named(&self, name: &str) -> Option<&Arc<Node>> {
-        self.nodes.iter().find(|n| n.id.as_str() == name)
+    pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
+        self.by_name.get(name).map(|&i| &self.nodes[i])
     }
 
     /// The node that declared this videobridge server id.
@@ -233,9 +236,9 @@ mod tests {
     #[test]
     fn lookups_by_name_and_server_id() {
         let state = fleet().snapshot();
-        assert_eq!(state.node(&NodeId::new("a")).unwrap().id.as_str(), "a");
+        assert_eq!(state.node("a").unwrap().id, NodeId::new("a"));
         assert_eq!(state.node_for_server_id("jvb-b").unwrap().id.as_str(), "b");
         assert!(state.node_for_server_id("b").is_none());
-        assert!(state.node_named("zzz").is_none());
+        assert!(state.node("zzz").is_none());
     }
 }

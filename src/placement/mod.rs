@@ -92,7 +92,7 @@ impl Router {
         let state = self.fleet.load();
         let room = key.as_str();
         let stale = match self.pins.lookup(room) {
-            Some(id) => match state.node(&id) {
+            Some(id) => match state.node(id.as_str()) {
                 Some(node) => {
                     return Some(Routed {
                         node: node.clone(),
@@ -111,7 +111,7 @@ impl Router {
         };
         // A concurrent request may have pinned a node this (older) state does not know; use the
         // newest state to resolve it, and if even that lacks it, the pin is stale: move it.
-        let node = match state.node(&held.node) {
+        let node = match state.node(held.node.as_str()) {
             Some(node) => node.clone(),
             None => self.resolve_unknown(room, &held)?,
         };
@@ -128,14 +128,14 @@ impl Router {
 
     fn resolve_unknown(&self, room: &str, held: &Pinned) -> Option<Arc<Node>> {
         let state = self.fleet.load();
-        if let Some(node) = state.node(&held.node) {
+        if let Some(node) = state.node(held.node.as_str()) {
             return Some(node.clone());
         }
         let index = policy::choose(&state, rendezvous::seed(room.as_bytes()), Instant::now())?;
         let moved = self
             .pins
             .repin(room, &held.node, state.nodes()[index].id.clone());
-        state.node(&moved.node).cloned()
+        state.node(moved.node.as_str()).cloned()
     }
 
     fn announce(&self, room: &str, node: &NodeId, decision: &Decision) {
@@ -163,7 +163,7 @@ impl Router {
     /// else the least-loaded node, ties spread by `spread` (a hash of the client).
     pub fn route_unrouted(&self, preferred: Option<&str>, spread: u64) -> Option<Arc<Node>> {
         let state = self.fleet.load();
-        if let Some(node) = preferred.and_then(|name| state.node_named(name)) {
+        if let Some(node) = preferred.and_then(|name| state.node(name)) {
             return Some(node.clone());
         }
         let index = policy::choose(&state, spread, Instant::now())?;

@@ -84,7 +84,8 @@ impl Proxy {
             Err(refusal) => return refusal.response(self.retry_after),
         };
         let method = req.method().clone();
-        let path_for_log = req.uri().path().to_owned();
+        let log_path =
+            tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
         let mut response = match self.mode {
             Mode::Redirect => redirect::to_node(&choice.node, req.uri()),
             Mode::Proxy => {
@@ -99,7 +100,10 @@ impl Proxy {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
         }
-        tracing::debug!(%method, path = %path_for_log, node = %choice.node.id, status = response.status().as_u16(), "request");
+        if let Some(path) = log_path {
+            let status = response.status().as_u16();
+            tracing::debug!(%method, %path, node = %choice.node.id, status, "request");
+        }
         response
     }
 
