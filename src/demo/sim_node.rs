@@ -350,7 +350,7 @@ fn room_page(node: &str, path: &str) -> String {
 <h1>Room <code>{room}</code> is on node <code>{node}</code></h1>
 <p>This page comes from a simulated Jitsi node behind jitsi-router. Open the same room in another
 tab or browser: it lands on the same node. Below, this page's signalling requests go through the router
-too; each line names the node that answered.</p>
+too: <code>config.js</code> and BOSH name the node that answered, and the XMPP WebSocket echoes a message.</p>
 <pre id="log"></pre>
 <script>
 const room = location.pathname.split('/').filter(Boolean).pop() || '';
