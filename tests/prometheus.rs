@@ -37,55 +37,15 @@ async fn prometheus_steers_new_rooms_to_the_least_busy_node() {
     let mut router = Router::start(&certs, &text);
     let client = router.client();
 
-    let addr = |i: usize| nodes[i].addr().to_string();
-    eventually(
-        Duration::from_secs(30),
-        "prometheus to see all three nodes",
-        || async {
-            let cpu = prometheus.query(QUERY).await;
-            cpu.len() == 3 && cpu[&addr(1)] < cpu[&addr(2)] && cpu[&addr(2)] < cpu[&addr(0)]
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await; // two router polls
-    for room in ["steer-1", "steer-2", "steer-3"] {
-        let response = client
-            .get(router.url(&format!("/{room}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            shard(&response),
-            "jitsi-b",
-            "{room} should go to the least-busy node"
-        );
-    }
+    // jitsi-b is the least busy: new rooms go there.
+    wait_until_least_busy(&prometheus, &nodes, 1).await;
+    new_rooms_land_on(&router, &["steer-1", "steer-2", "steer-3"], "jitsi-b").await;
 
     // The load shifts: jitsi-c is now the least busy; new rooms follow, old rooms stay.
     nodes[1].set_busy(0.95);
     nodes[2].set_busy(0.05);
-    eventually(
-        Duration::from_secs(30),
-        "prometheus to see the shift",
-        || async {
-            let cpu = prometheus.query(QUERY).await;
-            cpu.len() == 3 && cpu[&addr(2)] < cpu[&addr(0)] && cpu[&addr(2)] < cpu[&addr(1)]
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    for room in ["shift-1", "shift-2", "shift-3"] {
-        let response = client
-            .get(router.url(&format!("/{room}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            shard(&response),
-            "jitsi-c",
-            "{room} should follow the new least-busy node"
-        );
-    }
+    wait_until_least_busy(&prometheus, &nodes, 2).await;
+    new_rooms_land_on(&router, &["shift-1", "shift-2", "shift-3"], "jitsi-c").await;
     let old = client
         .get(router.url("/http-bind?room=steer-1"))
         .send()
@@ -116,6 +76,38 @@ async fn prometheus_steers_new_rooms_to_the_least_busy_node() {
     let old = client.get(router.url("/steer-2")).send().await.unwrap();
     assert_eq!(shard(&old), "jitsi-b");
     assert!(router.is_running());
+}
+
+/// Waits until Prometheus ranks `nodes[least]` strictly least busy, then for two router polls.
+async fn wait_until_least_busy(prometheus: &Prometheus, nodes: &[SimNode], least: usize) {
+    let addr = |i: usize| nodes[i].addr().to_string();
+    eventually(
+        Duration::from_secs(30),
+        "prometheus to rank the nodes",
+        || async {
+            let cpu = prometheus.query(QUERY).await;
+            cpu.len() == nodes.len()
+                && (0..nodes.len()).all(|i| i == least || cpu[&addr(least)] < cpu[&addr(i)])
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+}
+
+async fn new_rooms_land_on(router: &Router, rooms: &[&str], node: &str) {
+    let client = router.client();
+    for room in rooms {
+        let response = client
+            .get(router.url(&format!("/{room}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            shard(&response),
+            node,
+            "{room} should go to the least-busy node"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
