@@ -1,28 +1,66 @@
-//! Routing-decision cost: room parsing, a pinned room's lookup, and a new room's placement, at
-//! several fleet sizes. Run with `cargo bench --bench routing`.
+//! Routing-decision cost: room parsing, a pinned room's decision and a new room's placement at
+//! 10, 100 and 1,000 nodes with 10 k, 100 k and 1 M pins, measured with two threads working the
+//! same table at once (each reported time is one thread's time per decision; a new room's time
+//! includes unpinning it again so that every operation is a real placement).
+//! Run with `cargo bench --bench routing`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jitsi_router::config::NodeSpec;
 use jitsi_router::fleet::Fleet;
 use jitsi_router::placement::pins::MemoryPins;
-use jitsi_router::placement::{policy, rendezvous, Router};
-use jitsi_router::room::{classify, RoomKey, RoomLimits, Target};
+use jitsi_router::placement::{Router, Settings};
+use jitsi_router::room::{classify, RoomKey, RoomLimits};
+
+const THREADS: u64 = 2;
 
 fn router(nodes: usize) -> Router {
     let specs = (0..nodes)
         .map(|i| {
-            NodeSpec::new(
-                &format!("jitsi-{i}"),
-                &format!("http://10.{}.{}.{}:80", i / 65536, (i / 256) % 256, i % 256),
-            )
-            .unwrap()
+            let upstream = format!("http://10.{}.{}.{}:80", i / 65536, (i / 256) % 256, i % 256);
+            NodeSpec::new(&format!("jitsi-{i}"), &upstream).unwrap()
         })
         .collect();
     let fleet = Arc::new(Fleet::new(specs, Duration::from_secs(90)));
-    Router::new(fleet, Arc::new(MemoryPins::new(Duration::from_secs(600))))
+    let cpu = (0..nodes)
+        .map(|i| {
+            (
+                format!("10.{}.{}.{}:80", i / 65536, (i / 256) % 256, i % 256),
+                0.2 + (i % 50) as f64 / 100.0,
+            )
+        })
+        .collect();
+    fleet.set_cpu(cpu, Instant::now());
+    let pins = Arc::new(MemoryPins::new(Duration::from_secs(3600)));
+    Router::new(fleet, pins, Settings::default())
+}
+
+fn key(text: &str) -> RoomKey<'static> {
+    RoomKey::parse(text, &RoomLimits::default()).unwrap()
+}
+
+/// Runs `op(thread, i)` `iters` times on each of two threads at once; returns one thread's time.
+fn hammer(iters: u64, op: &(dyn Fn(u64, u64) + Sync)) -> Duration {
+    let barrier = Barrier::new(THREADS as usize);
+    let times: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        op(t, i);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    times.into_iter().max().unwrap_or_default()
 }
 
 fn parse(c: &mut Criterion) {
@@ -52,65 +90,50 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
-fn pinned(c: &mut Criterion) {
-    let mut group = c.benchmark_group("pinned_room");
-    for (nodes, pins) in [(10, 10_000), (100, 100_000), (1_000, 100_000)] {
-        let router = router(nodes);
-        let keys: Vec<RoomKey<'static>> = (0..pins)
-            .map(|i| RoomKey::parse(&format!("room-{i}"), &RoomLimits::default()).unwrap())
-            .collect();
-        for key in &keys {
-            router.route_room(key);
-        }
-        let mut i = 0;
-        group.bench_with_input(
-            BenchmarkId::new(format!("{nodes}_nodes"), pins),
-            &keys,
-            |b, keys| {
-                b.iter(|| {
-                    i = (i + 7919) % keys.len();
-                    router.route_room(&keys[i])
-                })
-            },
-        );
-    }
-    group.finish();
-}
-
-fn placement(c: &mut Criterion) {
-    let mut group = c.benchmark_group("new_room_placement");
+fn decisions(c: &mut Criterion) {
     for nodes in [10, 100, 1_000] {
-        let router = router(nodes);
-        let state = router.fleet().snapshot();
-        let mut n = 0u64;
-        group.bench_function(BenchmarkId::from_parameter(nodes), |b| {
-            b.iter(|| {
-                n += 1;
-                policy::choose(
-                    &state,
-                    rendezvous::seed(&n.to_le_bytes()),
-                    std::time::Instant::now(),
-                )
-            })
-        });
-    }
-    group.finish();
-}
-
-fn end_to_end_new_room(c: &mut Criterion) {
-    let limits = RoomLimits::default();
-    let router = router(100);
-    let mut n = 0u64;
-    c.bench_function("route_new_room_100_nodes", |b| {
-        b.iter(|| {
-            n += 1;
-            let path = format!("/fresh-{n}");
-            if let Ok(Target::Room { key, .. }) = classify(&path, None, &limits) {
-                router.route_room(&key);
+        for pins in [10_000usize, 100_000, 1_000_000] {
+            let router = router(nodes);
+            let keys: Vec<RoomKey<'static>> =
+                (0..pins).map(|i| key(&format!("room-{i}"))).collect();
+            for key in &keys {
+                router.route_room(key);
             }
-        })
-    });
+            let mut pinned = c.benchmark_group("pinned_room_2_threads");
+            pinned.bench_function(BenchmarkId::new(format!("{nodes}_nodes"), pins), |b| {
+                b.iter_custom(|iters| {
+                    hammer(iters, &|t, i| {
+                        let k = &keys[((i * 7919 + t * 104_729) % pins as u64) as usize];
+                        std::hint::black_box(router.route_room(k));
+                    })
+                })
+            });
+            pinned.finish();
+
+            let fresh: Vec<RoomKey<'static>> =
+                (0..200_000).map(|i| key(&format!("fresh-{i}"))).collect();
+            let counter = std::sync::atomic::AtomicUsize::new(0);
+            let mut placed = c.benchmark_group("new_room_2_threads");
+            placed.bench_function(BenchmarkId::new(format!("{nodes}_nodes"), pins), |b| {
+                b.iter_custom(|iters| {
+                    hammer(iters, &|_, _| {
+                        // Each op places a room no one has pinned, then unpins it so the key is
+                        // fresh again later: the time includes one unpin (a shard write).
+                        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let room = &fresh[n % fresh.len()];
+                        std::hint::black_box(router.route_room(room));
+                        router.unpin(room.as_str());
+                    })
+                })
+            });
+            placed.finish();
+        }
+    }
 }
 
-criterion_group!(benches, parse, pinned, placement, end_to_end_new_room);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = parse, decisions
+}
 criterion_main!(benches);

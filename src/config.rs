@@ -82,6 +82,10 @@ pub struct Config {
     pub upstream: Upstream,
     /// Limits on what clients may send.
     pub limits: Limits,
+    /// How new rooms are placed.
+    pub placement: crate::placement::Settings,
+    /// Active health checks of nodes.
+    pub health: Health,
     /// Where node CPU comes from; `None` means all nodes count as equally loaded.
     pub prometheus: Option<Prometheus>,
     /// The fleet.
@@ -149,6 +153,28 @@ pub struct Limits {
     pub retry_after: Duration,
 }
 
+/// `[health]`
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Path requested on each node's upstream.
+    pub path: String,
+    /// Time between checks of one node.
+    pub interval: Duration,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+    /// Failures to go unhealthy and successes to come back.
+    pub thresholds: crate::fleet::Thresholds,
+}
+
+/// How Prometheus expresses the busy value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// 0..1
+    Fraction,
+    /// 0..100
+    Percent,
+}
+
 /// `[prometheus]`
 #[derive(Debug, Clone)]
 pub struct Prometheus {
@@ -164,6 +190,8 @@ pub struct Prometheus {
     pub timeout: Duration,
     /// Past this age the CPU data are ignored and hashing decides.
     pub max_staleness: Duration,
+    /// Whether the query answers fractions or percentages.
+    pub scale: Scale,
 }
 
 /// One `[[nodes]]` entry.
@@ -179,6 +207,8 @@ pub struct NodeSpec {
     pub instance: String,
     /// colibri-ws server ids served by this node.
     pub jvb_server_ids: Vec<String>,
+    /// Keep this node's rooms but give it no new ones.
+    pub drain: bool,
 }
 
 /// The default PromQL: busy CPU fraction per instance, from node_exporter.
@@ -199,6 +229,10 @@ mod raw {
         pub upstream: Upstream,
         #[serde(default)]
         pub limits: Limits,
+        #[serde(default)]
+        pub placement: Placement,
+        #[serde(default)]
+        pub health: Health,
         pub prometheus: Option<Prometheus>,
         #[serde(default)]
         pub nodes: Vec<Node>,
@@ -254,9 +288,28 @@ mod raw {
         pub retry_after: Option<String>,
     }
 
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Placement {
+        pub max_cpu: Option<f64>,
+        pub balance_factor: Option<f64>,
+        pub room_cost: Option<f64>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Health {
+        pub path: Option<String>,
+        pub interval: Option<String>,
+        pub timeout: Option<String>,
+        pub fall: Option<u32>,
+        pub rise: Option<u32>,
+    }
+
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Prometheus {
+        pub scale: Option<String>,
         pub url: String,
         pub query: Option<String>,
         pub label: Option<String>,
@@ -273,6 +326,7 @@ mod raw {
         pub public_url: Option<String>,
         pub instance: Option<String>,
         pub jvb_server_ids: Option<Vec<String>>,
+        pub drain: Option<bool>,
     }
 }
 
@@ -410,6 +464,8 @@ impl Config {
         let routing = routing(&check, raw.routing)?;
         let upstream = upstream(&check, raw.upstream)?;
         let limits = limits(&check, raw.limits)?;
+        let placement = placement(&check, raw.placement)?;
+        let health = health(&check, raw.health)?;
         let prometheus = raw.prometheus.map(|p| prometheus(&check, p)).transpose()?;
         let nodes = nodes(&check, raw.nodes, routing.mode)?;
         Ok(Config {
@@ -419,6 +475,8 @@ impl Config {
             routing,
             upstream,
             limits,
+            placement,
+            health,
             prometheus,
             nodes,
         })
@@ -552,7 +610,85 @@ fn limits(check: &Check, raw: raw::Limits) -> Result<Limits, ConfigError> {
     })
 }
 
+fn placement(
+    check: &Check,
+    raw: raw::Placement,
+) -> Result<crate::placement::Settings, ConfigError> {
+    let defaults = crate::placement::Settings::default();
+    let max_cpu = raw.max_cpu.unwrap_or(defaults.max_cpu);
+    if !(max_cpu > 0.0 && max_cpu <= 1.0) {
+        return Err(check.invalid(
+            "placement.max_cpu",
+            max_cpu,
+            "must be a busy fraction in (0, 1]",
+        ));
+    }
+    let balance_factor = raw.balance_factor.unwrap_or(defaults.balance_factor);
+    if !(1.0..=100.0).contains(&balance_factor) {
+        return Err(check.invalid(
+            "placement.balance_factor",
+            balance_factor,
+            "must be between 1.0 and 100",
+        ));
+    }
+    if let Some(cost) = raw.room_cost {
+        if !(0.0..=1.0).contains(&cost) {
+            return Err(check.invalid(
+                "placement.room_cost",
+                cost,
+                "must be a busy fraction per room in [0, 1]",
+            ));
+        }
+    }
+    Ok(crate::placement::Settings {
+        max_cpu,
+        balance_factor,
+        room_cost: raw.room_cost,
+    })
+}
+
+fn health(check: &Check, raw: raw::Health) -> Result<Health, ConfigError> {
+    let path = raw.path.unwrap_or_else(|| "/about/health".to_owned());
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(check.invalid("health.path", &path, "must be a path starting with '/'"));
+    }
+    let defaults = crate::fleet::Thresholds::default();
+    let fall = raw.fall.unwrap_or(defaults.fall);
+    let rise = raw.rise.unwrap_or(defaults.rise);
+    for (key, value) in [("health.fall", fall), ("health.rise", rise)] {
+        if value == 0 {
+            return Err(check.invalid(key, value, "must be at least 1"));
+        }
+    }
+    let interval = check.duration(
+        "health.interval",
+        raw.interval.as_deref(),
+        Duration::from_secs(5),
+    )?;
+    Ok(Health {
+        path,
+        timeout: check.duration(
+            "health.timeout",
+            raw.timeout.as_deref(),
+            Duration::from_secs(2).min(interval),
+        )?,
+        interval,
+        thresholds: crate::fleet::Thresholds { fall, rise },
+    })
+}
+
 fn prometheus(check: &Check, raw: raw::Prometheus) -> Result<Prometheus, ConfigError> {
+    let scale = match raw.scale.as_deref() {
+        None | Some("fraction") => Scale::Fraction,
+        Some("percent") => Scale::Percent,
+        Some(other) => {
+            return Err(check.invalid(
+                "prometheus.scale",
+                other,
+                "must be \"fraction\" or \"percent\"",
+            ))
+        }
+    };
     let url = check.http_url("prometheus.url", &raw.url, true)?;
     let interval = check.duration(
         "prometheus.interval",
@@ -571,6 +707,7 @@ fn prometheus(check: &Check, raw: raw::Prometheus) -> Result<Prometheus, ConfigE
         url: url.to_string().trim_end_matches('/').to_owned(),
         query,
         label,
+        scale,
         timeout: check.duration(
             "prometheus.timeout",
             raw.timeout.as_deref(),
@@ -650,6 +787,7 @@ fn nodes(check: &Check, raw: Vec<raw::Node>, mode: Mode) -> Result<Vec<NodeSpec>
             public_url,
             instance,
             jvb_server_ids,
+            drain: node.drain.unwrap_or(false),
         });
     }
     Ok(nodes)
@@ -678,6 +816,8 @@ impl Config {
             routing: routing(&check, raw::Routing::default())?,
             upstream: upstream(&check, raw::Upstream::default())?,
             limits: limits(&check, raw::Limits::default())?,
+            placement: placement(&check, raw::Placement::default())?,
+            health: health(&check, raw::Health::default())?,
             prometheus: None,
             nodes,
         })
@@ -700,6 +840,7 @@ impl NodeSpec {
             upstream,
             public_url: None,
             jvb_server_ids: vec![name.to_owned()],
+            drain: false,
         })
     }
 }

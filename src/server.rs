@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::fleet::{prometheus, Fleet};
+use crate::fleet::{health, prometheus, Fleet};
 use crate::placement::pins::MemoryPins;
 use crate::placement::Router;
 use crate::proxy::Proxy;
@@ -32,6 +32,9 @@ pub enum StartError {
     /// Certificate, key or upstream CA trouble.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The health checker's client could not be built.
+    #[error(transparent)]
+    HealthClient(#[from] health::ClientError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -48,6 +51,7 @@ pub struct Server {
     http: Option<TcpListener>,
     proxy: Arc<Proxy>,
     certs: Arc<CertStore>,
+    health_client: reqwest::Client,
     config: Config,
 }
 
@@ -62,8 +66,9 @@ impl Server {
             .map_or(Duration::MAX, |p| p.max_staleness);
         let fleet = Arc::new(Fleet::new(config.nodes.clone(), staleness));
         let pins = Arc::new(MemoryPins::new(config.routing.pin_idle_timeout));
-        let router = Arc::new(Router::new(fleet, pins));
+        let router = Arc::new(Router::new(fleet, pins, config.placement));
         let proxy = Arc::new(Proxy::new(router, &config)?);
+        let health_client = health::client(&config.health, config.upstream.ca.as_deref())?;
         let mut https = Vec::with_capacity(config.server.listen.len());
         for &addr in &config.server.listen {
             https.push(listen(addr).await?);
@@ -77,6 +82,7 @@ impl Server {
             http,
             proxy,
             certs,
+            health_client,
             config,
         })
     }
@@ -107,11 +113,16 @@ impl Server {
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut tasks = tokio::task::JoinSet::new();
-        let fleet = self.proxy.router().fleet().clone();
         if let Some(cfg) = self.config.prometheus.clone() {
             tracing::info!(url = %cfg.url, interval = ?cfg.interval, "reading node CPU from prometheus");
-            tasks.spawn(prometheus::poll(fleet, cfg));
+            tasks.spawn(prometheus::poll(self.proxy.router().fleet().clone(), cfg));
         }
+        let fleet = self.proxy.router().fleet().clone();
+        tasks.spawn(health::run(
+            fleet,
+            self.health_client.clone(),
+            self.config.health.clone(),
+        ));
         tasks.spawn(sweep_pins(
             self.proxy.router().clone(),
             self.config.routing.pin_idle_timeout,
@@ -291,7 +302,7 @@ async fn sweep_pins(router: Arc<Router>, idle: Duration) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let dropped = router.pins().sweep();
+        let dropped = router.sweep();
         if dropped > 0 {
             tracing::debug!(
                 dropped,

@@ -20,8 +20,9 @@ async fn prometheus_steers_new_rooms_to_the_least_busy_node() {
         Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
     let mut text = config(
         &certs,
+        // CPU steering alone: a loose bound, so bounded load (tested on its own) stays out of it.
         &format!(
-            "[prometheus]\nurl = {:?}\nquery = '{QUERY}'\ninterval = \"1s\"\n",
+            "[placement]\nbalance_factor = 100.0\n\n[prometheus]\nurl = {:?}\nquery = '{QUERY}'\ninterval = \"1s\"\n",
             prometheus.url
         ),
         &[],

@@ -79,6 +79,7 @@ impl Cpu {
 struct Shared {
     name: String,
     cpu: Cpu,
+    healthy: std::sync::atomic::AtomicBool,
 }
 
 /// A running simulated node; stops when dropped.
@@ -114,6 +115,7 @@ impl SimNode {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             cpu: Cpu::new(0.1),
+            healthy: std::sync::atomic::AtomicBool::new(true),
         });
         let is_tls = tls.is_some();
         let task = tokio::spawn(serve(listener, tls, shared.clone()));
@@ -139,6 +141,13 @@ impl SimNode {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// Makes `/about/health` answer 200 (`true`) or 503 (`false`).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.shared
+            .healthy
+            .store(healthy, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sets the busy CPU fraction its `/metrics` counters report from now on.
@@ -285,7 +294,10 @@ async fn content(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
         .to_owned();
     let name = &shared.name;
     match path.as_str() {
-        "/about/health" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/about/health" if shared.healthy.load(std::sync::atomic::Ordering::Relaxed) => {
+            reply(StatusCode::OK, "text/plain", "ok\n")
+        }
+        "/about/health" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "unhealthy\n"),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",

@@ -5,6 +5,8 @@
 //! ever loads the current state, so it takes no lock. Writers serialise on a mutex of their own.
 //! This module knows nothing of requests.
 
+pub mod health;
+pub mod live;
 pub mod prometheus;
 
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use foldhash::fast::RandomState;
 
 use crate::config::NodeSpec;
 use crate::placement::rendezvous;
+pub use live::{NodeLive, Thresholds};
 
 /// A node's name: its identity in pins, cookies and `X-Jitsi-Shard`. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,6 +66,8 @@ pub struct Node {
     pub spec: NodeSpec,
     /// The node's rendezvous-hash seed, computed once from its name.
     pub seed: u64,
+    /// Rooms, health and drain; shared by every state that includes this node.
+    pub live: Arc<NodeLive>,
 }
 
 /// An immutable view of the fleet, published whole.
@@ -74,6 +79,8 @@ pub struct FleetState {
     max_staleness: Duration,
     by_name: HashMap<NodeId, usize, RandomState>,
     by_server_id: HashMap<String, usize, RandomState>,
+    lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
+    learned_room_cost: Option<f64>,
 }
 
 impl FleetState {
@@ -105,7 +112,22 @@ impl FleetState {
     pub fn cpu_read_at(&self) -> Option<Instant> {
         self.cpu_read_at
     }
+
+    /// Live state of a node known now or earlier (removed nodes keep theirs, so their rooms can
+    /// still be counted out as they move).
+    pub fn live(&self, name: &str) -> Option<&Arc<NodeLive>> {
+        self.lives.get(name)
+    }
+
+    /// Busy CPU per active pinned room, learned at the last reading; `None` until enough rooms
+    /// ran on nodes with CPU data.
+    pub fn learned_room_cost(&self) -> Option<f64> {
+        self.learned_room_cost
+    }
 }
+
+/// Rooms needed on nodes with CPU data before the per-room cost is learned from them.
+const ROOMS_TO_LEARN_COST: u32 = 20;
 
 /// The inputs a [`FleetState`] is built from; only writers touch them.
 struct Inputs {
@@ -113,6 +135,8 @@ struct Inputs {
     cpu_by_instance: HashMap<String, f64>,
     cpu_read_at: Option<Instant>,
     max_staleness: Duration,
+    lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
+    learned_room_cost: Option<f64>,
 }
 
 /// The published fleet state plus the inputs it is rebuilt from.
@@ -124,12 +148,15 @@ pub struct Fleet {
 impl Fleet {
     /// A fleet of these nodes with no CPU reading yet.
     pub fn new(specs: Vec<NodeSpec>, max_staleness: Duration) -> Fleet {
-        let inputs = Inputs {
-            specs,
+        let mut inputs = Inputs {
+            specs: Vec::new(),
             cpu_by_instance: HashMap::new(),
             cpu_read_at: None,
             max_staleness,
+            lives: HashMap::default(),
+            learned_room_cost: None,
         };
+        apply_specs(&mut inputs, specs);
         Fleet {
             state: ArcSwap::from_pointee(build(&inputs)),
             inputs: Mutex::new(inputs),
@@ -146,17 +173,40 @@ impl Fleet {
         self.state.load_full()
     }
 
-    /// Replaces the node list (config reload, admin API).
+    /// Replaces the node list (config reload, admin API). A node whose `drain` setting changed
+    /// takes the new setting; other runtime drain switches stay as they are.
     pub fn set_nodes(&self, specs: Vec<NodeSpec>) {
-        self.update(|inputs| inputs.specs = specs);
+        self.update(|inputs| apply_specs(inputs, specs));
     }
 
-    /// Records a CPU reading: busy fraction by Prometheus label value.
+    /// Records a CPU reading: busy fraction by Prometheus label value. Rooms placed before it
+    /// count as included in it from now on.
     pub fn set_cpu(&self, cpu_by_instance: HashMap<String, f64>, read_at: Instant) {
         self.update(|inputs| {
+            inputs.learned_room_cost =
+                learn_room_cost(inputs, &cpu_by_instance).or(inputs.learned_room_cost);
             inputs.cpu_by_instance = cpu_by_instance;
             inputs.cpu_read_at = Some(read_at);
+            for live in inputs.lives.values() {
+                live.reading_taken();
+            }
         });
+    }
+
+    /// Drains (`true`) or undrains a node at runtime; returns the previous setting, or `None`
+    /// for an unknown node. A draining node keeps its rooms and takes no new ones.
+    pub fn set_draining(&self, name: &str, draining: bool) -> Option<bool> {
+        let live = self.state.load().node(name)?.live.clone();
+        let before = live.set_draining(draining);
+        if before != draining {
+            tracing::info!(node = name, draining, "node drain changed");
+        }
+        Some(before)
+    }
+
+    /// Time since the last good CPU reading.
+    pub fn snapshot_age(&self) -> Option<Duration> {
+        self.state.load().cpu_read_at.map(|at| at.elapsed())
     }
 
     fn update(&self, change: impl FnOnce(&mut Inputs)) {
@@ -167,14 +217,41 @@ impl Fleet {
     }
 }
 
+fn apply_specs(inputs: &mut Inputs, specs: Vec<NodeSpec>) {
+    for spec in &specs {
+        let previous = inputs.specs.iter().find(|old| old.name == spec.name);
+        let live = inputs.lives.entry(NodeId::new(&spec.name)).or_default();
+        if previous.is_none_or(|old| old.drain != spec.drain) {
+            live.set_draining(spec.drain);
+        }
+    }
+    inputs.specs = specs;
+}
+
+/// CPU per active pinned room over nodes with data, bounded to 0.1 %..5 % per room.
+fn learn_room_cost(inputs: &Inputs, cpu_by_instance: &HashMap<String, f64>) -> Option<f64> {
+    let (cpu, rooms) = inputs
+        .specs
+        .iter()
+        .filter_map(|spec| {
+            let cpu = cpu_by_instance.get(&spec.instance)?;
+            let rooms = inputs.lives.get(spec.name.as_str())?.rooms();
+            Some((*cpu, rooms))
+        })
+        .fold((0.0, 0u32), |(c, r), (cpu, rooms)| (c + cpu, r + rooms));
+    (rooms >= ROOMS_TO_LEARN_COST).then(|| (cpu / f64::from(rooms)).clamp(0.001, 0.05))
+}
+
 fn build(inputs: &Inputs) -> FleetState {
     let nodes: Vec<Arc<Node>> = inputs
         .specs
         .iter()
         .map(|spec| {
+            let id = NodeId::new(&spec.name);
             Arc::new(Node {
-                id: NodeId::new(&spec.name),
                 seed: rendezvous::seed(spec.name.as_bytes()),
+                live: inputs.lives.get(&id).cloned().unwrap_or_default(),
+                id,
                 spec: spec.clone(),
             })
         })
@@ -200,6 +277,8 @@ fn build(inputs: &Inputs) -> FleetState {
         max_staleness: inputs.max_staleness,
         by_name,
         by_server_id,
+        lives: inputs.lives.clone(),
+        learned_room_cost: inputs.learned_room_cost,
     }
 }
 

@@ -1,16 +1,21 @@
 //! Reads each node's busy CPU from Prometheus with an instant query every `interval`.
 //!
 //! A failed or malformed answer keeps the last snapshot (it ages out after `max_staleness`, and then
-//! placement falls back to hashing) and logs a warning with the reason.
+//! placement falls back to hashing) and logs a warning with the reason. An answer with any value
+//! that is not a number in range is rejected whole: half a snapshot would skew placement.
+//!
+//! Queries evaluate at a time aligned to the interval (`time=` a multiple of it since the Unix
+//! epoch), so router replicas polling the same Prometheus at slightly different moments read the
+//! same values and place rooms alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
 use super::Fleet;
-use crate::config::Prometheus;
+use crate::config::{Prometheus, Scale};
 
 /// Why one query did not produce a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,18 @@ pub enum QueryError {
     /// The result was not an instant vector.
     #[error("result type {0:?}, expected \"vector\"")]
     ResultType(String),
+    /// A sample's value is not a number within range.
+    #[error("value {value:?} for {label}={instance:?} is not a busy {expected}")]
+    BadValue {
+        /// The label name.
+        label: String,
+        /// The label value.
+        instance: String,
+        /// The value as sent.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
 }
 
 #[derive(Deserialize)]
@@ -52,14 +69,25 @@ struct Sample {
     value: (f64, String),
 }
 
-/// Runs one instant query and returns busy CPU by label value.
+/// The evaluation time for a query made at `now`: the start of its interval, in Unix seconds.
+pub fn aligned_time(now: SystemTime, interval: Duration) -> f64 {
+    let since_epoch = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let step = interval.as_millis().max(1);
+    (since_epoch - since_epoch % step) as f64 / 1000.0
+}
+
+/// Runs one instant query and returns busy CPU (0..1) by label value.
 pub async fn query(
     client: &reqwest::Client,
     cfg: &Prometheus,
 ) -> Result<HashMap<String, f64>, QueryError> {
+    let time = aligned_time(SystemTime::now(), cfg.interval).to_string();
     let response = client
         .get(format!("{}/api/v1/query", cfg.url))
-        .query(&[("query", cfg.query.as_str())])
+        .query(&[("query", cfg.query.as_str()), ("time", time.as_str())])
         .timeout(cfg.timeout)
         .send()
         .await?;
@@ -79,15 +107,40 @@ pub async fn query(
     if data.result_type != "vector" {
         return Err(QueryError::ResultType(data.result_type));
     }
-    Ok(data
-        .result
-        .into_iter()
-        .filter_map(|sample| {
-            let value: f64 = sample.value.1.parse().ok()?;
-            let label = sample.metric.get(&cfg.label)?;
-            value.is_finite().then(|| (label.clone(), value))
-        })
-        .collect())
+    busy_by_label(data.result, &cfg.label, cfg.scale)
+}
+
+fn busy_by_label(
+    samples: Vec<Sample>,
+    label: &str,
+    scale: Scale,
+) -> Result<HashMap<String, f64>, QueryError> {
+    let (divisor, expected) = match scale {
+        Scale::Fraction => (1.0, "fraction in [0, 1]"),
+        Scale::Percent => (100.0, "percentage in [0, 100]"),
+    };
+    let mut busy = HashMap::with_capacity(samples.len());
+    for sample in samples {
+        // Series without the label cannot belong to a node; they are skipped, not fatal.
+        let Some(instance) = sample.metric.get(label) else {
+            continue;
+        };
+        let value = sample.value.1.parse::<f64>().ok().map(|v| v / divisor);
+        match value {
+            Some(v) if (0.0..=1.0).contains(&v) => {
+                busy.insert(instance.clone(), v);
+            }
+            _ => {
+                return Err(QueryError::BadValue {
+                    label: label.to_owned(),
+                    instance: instance.clone(),
+                    value: sample.value.1,
+                    expected,
+                })
+            }
+        }
+    }
+    Ok(busy)
 }
 
 /// Polls forever, publishing each good reading into the fleet.
@@ -118,5 +171,53 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus) {
                 tracing::warn!(url = %cfg.url, error = %e, "prometheus query failed; keeping the last snapshot");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(instance: &str, value: &str) -> Sample {
+        Sample {
+            metric: HashMap::from([("instance".to_owned(), instance.to_owned())]),
+            value: (0.0, value.to_owned()),
+        }
+    }
+
+    #[test]
+    fn evaluation_time_is_aligned_to_the_interval() {
+        let at = |secs: f64| UNIX_EPOCH + Duration::from_secs_f64(secs);
+        let interval = Duration::from_secs(30);
+        assert_eq!(aligned_time(at(1_000_000_010.0), interval), 999_999_990.0);
+        assert_eq!(aligned_time(at(1_000_000_019.9), interval), 999_999_990.0);
+        assert_eq!(aligned_time(at(1_000_000_020.0), interval), 1_000_000_020.0);
+        assert_eq!(aligned_time(at(12.75), Duration::from_millis(500)), 12.5);
+    }
+
+    #[test]
+    fn bad_values_reject_the_whole_answer() {
+        for bad in ["NaN", "1.5", "-0.1", "+Inf", "busy"] {
+            let e = busy_by_label(
+                vec![sample("a", "0.5"), sample("b", bad)],
+                "instance",
+                Scale::Fraction,
+            );
+            assert!(matches!(e, Err(QueryError::BadValue { .. })), "{bad}");
+        }
+        let ok = busy_by_label(
+            vec![sample("a", "0.5"), sample("b", "0")],
+            "instance",
+            Scale::Fraction,
+        )
+        .unwrap();
+        assert_eq!(ok["a"], 0.5);
+    }
+
+    #[test]
+    fn percent_scale_is_converted() {
+        let ok = busy_by_label(vec![sample("a", "42")], "instance", Scale::Percent).unwrap();
+        assert!((ok["a"] - 0.42).abs() < 1e-12);
+        assert!(busy_by_label(vec![sample("a", "42")], "instance", Scale::Fraction).is_err());
     }
 }

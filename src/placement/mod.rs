@@ -12,14 +12,16 @@ pub mod pins;
 pub mod policy;
 pub mod rendezvous;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
-use crate::fleet::{Fleet, Node, NodeId};
+use crate::fleet::{Fleet, FleetState, Node, NodeId};
 use crate::room::RoomKey;
 use pins::{PinStore, Pinned};
+pub use policy::Settings;
 
 /// How a room's node was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,21 +57,37 @@ pub struct PinEvent {
     pub from: Option<NodeId>,
 }
 
+/// How often the "every node is over max_cpu" warning may repeat.
+const OVERLOAD_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// The routing core: fleet state plus pin table.
 pub struct Router {
     fleet: Arc<Fleet>,
     pins: Arc<dyn PinStore>,
+    settings: Settings,
     events: broadcast::Sender<PinEvent>,
+    epoch: Instant,
+    over_max_cpu: AtomicU64,
+    last_overload_warning_ms: AtomicU64,
 }
 
 impl Router {
-    /// A router over this fleet and pin table.
-    pub fn new(fleet: Arc<Fleet>, pins: Arc<dyn PinStore>) -> Router {
+    /// A router over this fleet and pin table, placing new rooms by `settings`.
+    pub fn new(fleet: Arc<Fleet>, pins: Arc<dyn PinStore>, settings: Settings) -> Router {
         Router {
             fleet,
             pins,
+            settings,
             events: broadcast::channel(1024).0,
+            epoch: Instant::now(),
+            over_max_cpu: AtomicU64::new(0),
+            last_overload_warning_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Rooms placed while every candidate was at or above `max_cpu`.
+    pub fn placed_over_max_cpu(&self) -> u64 {
+        self.over_max_cpu.load(Ordering::Relaxed)
     }
 
     /// The fleet this router reads.
@@ -87,36 +105,39 @@ impl Router {
         self.events.subscribe()
     }
 
-    /// The node for a room; `None` when the fleet is empty.
+    /// The node for a room; `None` when no node can take it.
+    ///
+    /// A pinned room stays on its node while that node is in the fleet and healthy (draining
+    /// nodes keep their rooms); otherwise the room is placed again and stays where it lands.
     pub fn route_room(&self, key: &RoomKey<'_>) -> Option<Routed> {
         let state = self.fleet.load();
         let room = key.as_str();
         let stale = match self.pins.lookup(room) {
             Some(id) => match state.node(id.as_str()) {
-                Some(node) => {
+                Some(node) if node.live.healthy() => {
                     return Some(Routed {
                         node: node.clone(),
                         decision: Decision::Pinned,
                     })
                 }
-                None => Some(id),
+                _ => Some(id),
             },
             None => None,
         };
-        let index = policy::choose(&state, rendezvous::seed(room.as_bytes()), Instant::now())?;
-        let chosen = state.nodes()[index].id.clone();
+        let chosen = self.place(&state, room)?;
         let held = match &stale {
             Some(old) => self.pins.repin(room, old, chosen),
             None => self.pins.pin_if_absent(room, chosen),
         };
+        self.count(&state, &held);
         // A concurrent request may have pinned a node this (older) state does not know; use the
         // newest state to resolve it, and if even that lacks it, the pin is stale: move it.
         let node = match state.node(held.node.as_str()) {
             Some(node) => node.clone(),
             None => self.resolve_unknown(room, &held)?,
         };
-        let decision = match stale {
-            Some(from) if held.created => Decision::Replaced { from },
+        let decision = match held.displaced.clone() {
+            Some(from) if held.created && stale.is_some() => Decision::Replaced { from },
             _ if held.created => Decision::Placed,
             _ => Decision::Pinned,
         };
@@ -126,16 +147,85 @@ impl Router {
         Some(Routed { node, decision })
     }
 
+    fn place(&self, state: &FleetState, room: &str) -> Option<NodeId> {
+        let now = Instant::now();
+        let chosen = policy::choose(
+            state,
+            &self.settings,
+            rendezvous::seed(room.as_bytes()),
+            now,
+        )?;
+        if chosen.over_max_cpu {
+            self.warn_overloaded(now);
+        }
+        Some(state.nodes()[chosen.index].id.clone())
+    }
+
+    fn warn_overloaded(&self, now: Instant) {
+        self.over_max_cpu.fetch_add(1, Ordering::Relaxed);
+        let now_ms = u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_overload_warning_ms.load(Ordering::Relaxed);
+        let due =
+            last == 0 || now_ms.saturating_sub(last) >= OVERLOAD_WARNING_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_overload_warning_ms
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_cpu = self.settings.max_cpu,
+                rooms_so_far = self.placed_over_max_cpu(),
+                "every available node is over max_cpu; placing on the least busy anyway"
+            );
+        }
+    }
+
+    /// Keeps the per-node room counts in step with a pin change.
+    fn count(&self, state: &FleetState, held: &Pinned) {
+        if !held.created {
+            return;
+        }
+        if let Some(live) = state.live(held.node.as_str()) {
+            live.room_placed();
+        }
+        if let Some(live) = held
+            .displaced
+            .as_ref()
+            .and_then(|old| state.live(old.as_str()))
+        {
+            live.room_left();
+        }
+    }
+
     fn resolve_unknown(&self, room: &str, held: &Pinned) -> Option<Arc<Node>> {
         let state = self.fleet.load();
         if let Some(node) = state.node(held.node.as_str()) {
             return Some(node.clone());
         }
-        let index = policy::choose(&state, rendezvous::seed(room.as_bytes()), Instant::now())?;
-        let moved = self
-            .pins
-            .repin(room, &held.node, state.nodes()[index].id.clone());
+        let chosen = self.place(&state, room)?;
+        let moved = self.pins.repin(room, &held.node, chosen);
+        self.count(&state, &moved);
         state.node(moved.node.as_str()).cloned()
+    }
+
+    /// Forgets idle pins and counts their rooms out of their nodes; returns how many.
+    pub fn sweep(&self) -> usize {
+        let state = self.fleet.load();
+        self.pins.sweep(&mut |node| {
+            if let Some(live) = state.live(node.as_str()) {
+                live.room_left();
+            }
+        })
+    }
+
+    /// Unpins a room (operators); its node counts it out.
+    pub fn unpin(&self, room: &str) -> Option<NodeId> {
+        let node = self.pins.unpin(room)?;
+        if let Some(live) = self.fleet.load().live(node.as_str()) {
+            live.room_left();
+        }
+        Some(node)
     }
 
     fn announce(&self, room: &str, node: &NodeId, decision: &Decision) {
@@ -159,15 +249,17 @@ impl Router {
         self.fleet.load().node_for_server_id(server_id).cloned()
     }
 
-    /// A node for a request without a room: the named node if it exists (affinity cookie),
-    /// else the least-loaded node, ties spread by `spread` (a hash of the client).
+    /// A node for a request without a room: the named node if it exists and is healthy
+    /// (affinity cookie), else the least-loaded node, ties spread by `spread` (a hash of the client).
     pub fn route_unrouted(&self, preferred: Option<&str>, spread: u64) -> Option<Arc<Node>> {
         let state = self.fleet.load();
         if let Some(node) = preferred.and_then(|name| state.node(name)) {
-            return Some(node.clone());
+            if node.live.healthy() {
+                return Some(node.clone());
+            }
         }
-        let index = policy::choose(&state, spread, Instant::now())?;
-        Some(state.nodes()[index].clone())
+        let chosen = policy::choose(&state, &self.settings, spread, Instant::now())?;
+        Some(state.nodes()[chosen.index].clone())
     }
 }
 
@@ -176,7 +268,6 @@ mod tests {
     use super::*;
     use crate::config::NodeSpec;
     use crate::room::RoomLimits;
-    use std::time::Duration;
 
     fn specs(names: &[&str]) -> Vec<NodeSpec> {
         names
@@ -191,6 +282,7 @@ mod tests {
         Router::new(
             fleet,
             Arc::new(pins::MemoryPins::new(Duration::from_secs(600))),
+            Settings::default(),
         )
     }
 

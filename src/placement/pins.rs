@@ -21,6 +21,26 @@ pub struct Pinned {
     pub node: NodeId,
     /// True when this call created the pin; false when another request had pinned it first.
     pub created: bool,
+    /// The node a replaced pin pointed to (a moved room, or an expired pin overwritten).
+    pub displaced: Option<NodeId>,
+}
+
+impl Pinned {
+    fn kept(node: NodeId) -> Pinned {
+        Pinned {
+            node,
+            created: false,
+            displaced: None,
+        }
+    }
+
+    fn made(node: NodeId, displaced: Option<NodeId>) -> Pinned {
+        Pinned {
+            node,
+            created: true,
+            displaced,
+        }
+    }
 }
 
 /// A pin table.
@@ -33,8 +53,8 @@ pub trait PinStore: Send + Sync {
     fn repin(&self, room: &str, stale: &NodeId, node: NodeId) -> Pinned;
     /// Forgets a room's pin.
     fn unpin(&self, room: &str) -> Option<NodeId>;
-    /// Drops pins idle longer than the timeout; returns how many.
-    fn sweep(&self) -> usize;
+    /// Drops pins idle longer than the timeout, telling `dropped` each one's node; returns how many.
+    fn sweep(&self, dropped: &mut dyn FnMut(&NodeId)) -> usize;
     /// Live pins (approximate while sweeping).
     fn len(&self) -> usize;
     /// Whether no room is pinned.
@@ -96,25 +116,16 @@ impl PinStore for MemoryPins {
         let now = self.now_ms();
         match self.map.entry(room.into()) {
             Entry::Occupied(mut held) if self.expired(held.get(), now) => {
-                held.insert(self.fresh(node.clone(), now));
-                Pinned {
-                    node,
-                    created: true,
-                }
+                let old = held.insert(self.fresh(node.clone(), now));
+                Pinned::made(node, Some(old.node))
             }
             Entry::Occupied(held) => {
                 held.get().last_seen_ms.store(now, Ordering::Relaxed);
-                Pinned {
-                    node: held.get().node.clone(),
-                    created: false,
-                }
+                Pinned::kept(held.get().node.clone())
             }
             Entry::Vacant(slot) => {
                 slot.insert(self.fresh(node.clone(), now));
-                Pinned {
-                    node,
-                    created: true,
-                }
+                Pinned::made(node, None)
             }
         }
     }
@@ -125,24 +136,15 @@ impl PinStore for MemoryPins {
             Entry::Occupied(held)
                 if held.get().node != *stale && !self.expired(held.get(), now) =>
             {
-                Pinned {
-                    node: held.get().node.clone(),
-                    created: false,
-                }
+                Pinned::kept(held.get().node.clone())
             }
             Entry::Occupied(mut held) => {
-                held.insert(self.fresh(node.clone(), now));
-                Pinned {
-                    node,
-                    created: true,
-                }
+                let old = held.insert(self.fresh(node.clone(), now));
+                Pinned::made(node, Some(old.node))
             }
             Entry::Vacant(slot) => {
                 slot.insert(self.fresh(node.clone(), now));
-                Pinned {
-                    node,
-                    created: true,
-                }
+                Pinned::made(node, None)
             }
         }
     }
@@ -151,11 +153,18 @@ impl PinStore for MemoryPins {
         self.map.remove(room).map(|(_, pin)| pin.node)
     }
 
-    fn sweep(&self) -> usize {
+    fn sweep(&self, dropped: &mut dyn FnMut(&NodeId)) -> usize {
         let now = self.now_ms();
-        let before = self.map.len();
-        self.map.retain(|_, pin| !self.expired(pin, now));
-        before.saturating_sub(self.map.len())
+        let mut count = 0;
+        self.map.retain(|_, pin| {
+            let keep = !self.expired(pin, now);
+            if !keep {
+                dropped(&pin.node);
+                count += 1;
+            }
+            keep
+        });
+        count
     }
 
     fn len(&self) -> usize {
@@ -174,13 +183,7 @@ mod tests {
         let a = NodeId::new("a");
         assert!(pins.pin_if_absent("r", a.clone()).created);
         let second = pins.pin_if_absent("r", NodeId::new("b"));
-        assert_eq!(
-            second,
-            Pinned {
-                node: a.clone(),
-                created: false
-            }
-        );
+        assert_eq!(second, Pinned::kept(a.clone()));
         assert_eq!(pins.lookup("r"), Some(a));
     }
 
@@ -208,9 +211,15 @@ mod tests {
         pins.pin_if_absent("r", NodeId::new("a"));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(pins.lookup("r"), None);
-        assert!(pins.pin_if_absent("r", NodeId::new("b")).created);
+        let replaced = pins.pin_if_absent("r", NodeId::new("b"));
+        assert_eq!(
+            replaced,
+            Pinned::made(NodeId::new("b"), Some(NodeId::new("a")))
+        );
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(pins.sweep(), 1);
+        let mut gone = Vec::new();
+        assert_eq!(pins.sweep(&mut |node| gone.push(node.clone())), 1);
+        assert_eq!(gone, [NodeId::new("b")]);
         assert!(pins.is_empty());
     }
 
@@ -229,15 +238,12 @@ mod tests {
         let pins = MemoryPins::new(Duration::from_secs(60));
         let (a, b, c) = (NodeId::new("a"), NodeId::new("b"), NodeId::new("c"));
         pins.pin_if_absent("r", a.clone());
-        assert_eq!(pins.repin("r", &a, b.clone()).node, b);
-        // A second request that also saw `a` must not move the room again.
         assert_eq!(
-            pins.repin("r", &a, c),
-            Pinned {
-                node: b,
-                created: false
-            }
+            pins.repin("r", &a, b.clone()),
+            Pinned::made(b.clone(), Some(a.clone()))
         );
+        // A second request that also saw `a` must not move the room again.
+        assert_eq!(pins.repin("r", &a, c), Pinned::kept(b));
         assert_eq!(pins.unpin("r").map(|n| n.to_string()), Some("b".into()));
     }
 }

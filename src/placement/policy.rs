@@ -1,37 +1,121 @@
 //! Placement of a new room: which node takes it.
 //!
-//! The rule (issue 2's baseline, DESIGN §3): the node with the lowest busy CPU in the current
-//! snapshot wins; nodes absent from the snapshot rank after every node with data; equal CPU, and a
-//! fleet with no (fresh) data at all, fall back to the highest rendezvous weight of the room, so
-//! replicas reading the same snapshot pick the same node and rooms spread when CPU is unknown.
+//! 1. **Candidates** are nodes that are healthy and not draining. Those whose estimated CPU is at
+//!    or above `max_cpu` are left out, unless every candidate is, in which case the least busy still
+//!    takes the room (the caller warns and counts it).
+//! 2. **Estimated CPU** is the last Prometheus value plus `room_cost` × the rooms placed on the node
+//!    since that value was read. Readings are up to one interval old; without the estimate every room
+//!    of a burst would land on the node that looked least busy when it was read (herding).
+//!    `room_cost` is configured, or learned from the fleet (CPU per active pinned room).
+//! 3. **Bounded load** (consistent hashing with bounded loads, Mirrokni et al. 2016, as in HAProxy's
+//!    `hash-balance-factor`): with `n` candidates holding `R` active rooms, a node may take the room
+//!    only while its rooms + 1 ≤ ⌈`balance_factor` × (R + 1) / n⌉. The least-loaded candidate
+//!    always qualifies, so the bound never leaves a room without a node; it caps how far CPU
+//!    estimates can pile rooms onto one node when they are wrong.
+//! 4. **Order**: nodes with CPU data before nodes without; lower estimate first; equal estimates,
+//!    and a fleet with no fresh data at all, by the highest rendezvous weight of the room. Nothing
+//!    depends on arrival order or randomness, so replicas that read the same snapshot and saw the
+//!    same rooms choose the same node, and without data a node joining or leaving moves only its
+//!    share of new rooms.
 
+use std::cmp::Ordering;
 use std::time::Instant;
 
-use crate::fleet::FleetState;
+use crate::fleet::{FleetState, Node};
 use crate::placement::rendezvous;
 
-/// The index of the node that should take a new room with this hash, or `None` for an empty fleet.
-pub fn choose(state: &FleetState, room_hash: u64, now: Instant) -> Option<usize> {
+/// Busy CPU assumed per room until the fleet teaches a better figure.
+pub const DEFAULT_ROOM_COST: f64 = 0.01;
+
+/// How placement weighs the fleet; the `[placement]` config section.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Nodes at or above this estimated busy fraction take no new rooms while others are below.
+    pub max_cpu: f64,
+    /// Bounded-load factor: a node's rooms may exceed the mean by at most this factor.
+    pub balance_factor: f64,
+    /// Busy CPU per room; `None` learns it from the fleet.
+    pub room_cost: Option<f64>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_cpu: 0.85,
+            balance_factor: 1.25,
+            room_cost: None,
+        }
+    }
+}
+
+/// The node chosen for a new room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chosen {
+    /// Index into the fleet state's nodes.
+    pub index: usize,
+    /// True when every candidate was at or above `max_cpu`.
+    pub over_max_cpu: bool,
+}
+
+/// Chooses the node for a new room with this hash; `None` when no node is healthy and undrained.
+pub fn choose(
+    state: &FleetState,
+    settings: &Settings,
+    room_hash: u64,
+    now: Instant,
+) -> Option<Chosen> {
+    let nodes = state.nodes();
     let cpu = state.cpu(now);
-    state
-        .nodes()
-        .iter()
-        .enumerate()
-        .map(|(i, node)| {
-            let load = cpu.get(i).copied().flatten();
-            (i, load, rendezvous::weight(room_hash, node.seed))
-        })
-        .min_by(|a, b| {
-            // With data before without; lower CPU first; then higher weight first.
-            let by_load = match (a.1, b.1) {
-                (Some(x), Some(y)) => x.total_cmp(&y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            };
-            by_load.then(b.2.cmp(&a.2))
-        })
-        .map(|(i, _, _)| i)
+    let cost = settings
+        .room_cost
+        .or(state.learned_room_cost())
+        .unwrap_or(DEFAULT_ROOM_COST);
+    let estimate = |i: usize| {
+        let base = cpu.get(i).copied().flatten()?;
+        Some(base + cost * f64::from(nodes[i].live.placed_since_reading()))
+    };
+    let under = |i: usize| estimate(i).is_none_or(|e| e < settings.max_cpu);
+
+    let (mut candidates, mut rooms, mut any_under) = (0u64, 0u64, false);
+    for (i, node) in nodes.iter().enumerate() {
+        if node.live.available() {
+            candidates += 1;
+            rooms += u64::from(node.live.rooms());
+            any_under |= under(i);
+        }
+    }
+    if candidates == 0 {
+        return None;
+    }
+    let cap = (settings.balance_factor * (rooms + 1) as f64 / candidates as f64).ceil();
+    let allowed = |i: usize, node: &Node| node.live.available() && (!any_under || under(i));
+    let bounded =
+        |i: usize, node: &Node| allowed(i, node) && f64::from(node.live.rooms()) + 1.0 <= cap;
+    let best = |keep: &dyn Fn(usize, &Node) -> bool| {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, node)| keep(i, node))
+            .map(|(i, node)| (i, estimate(i), rendezvous::weight(room_hash, node.seed)))
+            .min_by(|a, b| by_estimate(a.1, b.1).then(b.2.cmp(&a.2)))
+            .map(|(i, _, _)| i)
+    };
+    // The bound can only exclude everyone when max_cpu already removed the lightest nodes.
+    let index = best(&bounded).or_else(|| best(&allowed))?;
+    Some(Chosen {
+        index,
+        over_max_cpu: !any_under,
+    })
+}
+
+/// Nodes with data first, lower estimate first.
+fn by_estimate(a: Option<f64>, b: Option<f64>) -> Ordering {
+    match (a, b) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
 }
 
 #[cfg(test)]
@@ -49,50 +133,175 @@ mod tests {
         Fleet::new(specs, Duration::from_secs(90))
     }
 
-    #[test]
-    fn lowest_cpu_wins() {
-        let fleet = fleet(3);
-        let now = Instant::now();
-        let cpu = HashMap::from([
-            ("10.0.0.0:80".to_owned(), 0.7),
-            ("10.0.0.1:80".to_owned(), 0.2),
-            ("10.0.0.2:80".to_owned(), 0.5),
-        ]);
-        fleet.set_cpu(cpu, now);
-        for room in 0..50u64 {
-            assert_eq!(
-                choose(&fleet.load(), rendezvous::seed(&room.to_le_bytes()), now),
-                Some(1)
-            );
+    fn read(fleet: &Fleet, cpu: &[f64]) {
+        let values = cpu
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("10.0.0.{i}:80"), *c))
+            .collect::<HashMap<_, _>>();
+        fleet.set_cpu(values, Instant::now());
+    }
+
+    /// Places `rooms` new rooms the way the router does (counting each placement); returns
+    /// each room's node index.
+    fn sequence(fleet: &Fleet, settings: &Settings, rooms: u64) -> Vec<usize> {
+        (0..rooms)
+            .map(|room| {
+                let state = fleet.snapshot();
+                let hash = rendezvous::seed(&room.to_le_bytes());
+                let chosen = choose(&state, settings, hash, Instant::now()).unwrap();
+                state.nodes()[chosen.index].live.room_placed();
+                chosen.index
+            })
+            .collect()
+    }
+
+    /// Rooms per node after placing `rooms` new rooms.
+    fn place(fleet: &Fleet, settings: &Settings, rooms: u64) -> Vec<usize> {
+        let mut per_node = vec![0; fleet.snapshot().nodes().len()];
+        for index in sequence(fleet, settings, rooms) {
+            per_node[index] += 1;
         }
+        per_node
+    }
+
+    #[test]
+    fn lowest_cpu_wins_a_single_room() {
+        let fleet = fleet(3);
+        read(&fleet, &[0.7, 0.2, 0.5]);
+        let chosen = choose(&fleet.snapshot(), &Settings::default(), 42, Instant::now()).unwrap();
+        assert_eq!(
+            chosen,
+            Chosen {
+                index: 1,
+                over_max_cpu: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_burst_between_readings_does_not_herd() {
+        let fleet = fleet(4);
+        read(&fleet, &[0.30, 0.10, 0.30, 0.30]);
+        let per_node = place(&fleet, &Settings::default(), 200);
+        // The idle node fills up to the others' level first, then everyone shares.
+        assert!(per_node[1] > per_node[0], "{per_node:?}");
+        let cap = (1.25f64 * 200.0 / 4.0).ceil() as usize;
+        assert!(
+            per_node.iter().all(|&n| n <= cap),
+            "{per_node:?} over the bounded share {cap}"
+        );
+        assert!(per_node.iter().all(|&n| n > 20), "{per_node:?}");
+    }
+
+    #[test]
+    fn bounded_load_caps_a_node_that_looks_idle() {
+        let fleet = fleet(3);
+        read(&fleet, &[0.0, 0.8, 0.8]);
+        let settings = Settings {
+            room_cost: Some(0.0001),
+            ..Settings::default()
+        };
+        let per_node = place(&fleet, &settings, 300);
+        assert!(per_node[0] <= 125, "{per_node:?}");
+    }
+
+    #[test]
+    fn nodes_over_max_cpu_take_rooms_only_when_all_are() {
+        let fleet = fleet(3);
+        read(&fleet, &[0.90, 0.95, 0.50]);
+        let settings = Settings {
+            room_cost: Some(0.0),
+            ..Settings::default()
+        };
+        let chosen = choose(&fleet.snapshot(), &settings, 7, Instant::now()).unwrap();
+        assert_eq!(
+            chosen,
+            Chosen {
+                index: 2,
+                over_max_cpu: false
+            }
+        );
+        read(&fleet, &[0.90, 0.95, 0.99]);
+        let chosen = choose(&fleet.snapshot(), &settings, 7, Instant::now()).unwrap();
+        assert_eq!(
+            chosen,
+            Chosen {
+                index: 0,
+                over_max_cpu: true
+            }
+        );
+    }
+
+    #[test]
+    fn unhealthy_and_draining_nodes_are_no_candidates() {
+        let fleet = fleet(3);
+        read(&fleet, &[0.1, 0.2, 0.3]);
+        let state = fleet.snapshot();
+        state.nodes()[0]
+            .live
+            .record_check(false, crate::fleet::Thresholds { fall: 1, rise: 1 });
+        fleet.set_draining("n1", true);
+        for room in 0..50u64 {
+            let chosen = choose(
+                &fleet.snapshot(),
+                &Settings::default(),
+                room,
+                Instant::now(),
+            )
+            .unwrap();
+            assert_eq!(chosen.index, 2);
+        }
+        fleet.set_draining("n2", true);
+        assert_eq!(
+            choose(&fleet.snapshot(), &Settings::default(), 1, Instant::now()),
+            None
+        );
     }
 
     #[test]
     fn nodes_without_data_rank_last() {
         let fleet = fleet(3);
-        let now = Instant::now();
-        fleet.set_cpu(HashMap::from([("10.0.0.2:80".to_owned(), 0.95)]), now);
-        for room in 0..50u64 {
-            assert_eq!(
-                choose(&fleet.load(), rendezvous::seed(&room.to_le_bytes()), now),
-                Some(2)
-            );
-        }
+        fleet.set_cpu(
+            HashMap::from([("10.0.0.2:80".to_owned(), 0.6)]),
+            Instant::now(),
+        );
+        let chosen = choose(&fleet.snapshot(), &Settings::default(), 3, Instant::now()).unwrap();
+        assert_eq!(chosen.index, 2);
     }
 
     #[test]
-    fn no_data_spreads_by_hash() {
+    fn no_data_spreads_by_hash_within_the_bound() {
         let fleet = fleet(3);
-        let now = Instant::now();
-        let mut seen = [0; 3];
-        for room in 0..300u64 {
-            seen[choose(&fleet.load(), rendezvous::seed(&room.to_le_bytes()), now).unwrap()] += 1;
+        let per_node = place(&fleet, &Settings::default(), 300);
+        assert!(
+            per_node.iter().all(|&n| (75..=125).contains(&n)),
+            "{per_node:?}"
+        );
+    }
+
+    #[test]
+    fn same_snapshot_same_choices() {
+        let (a, b) = (fleet(5), fleet(5));
+        for f in [&a, &b] {
+            read(f, &[0.3, 0.25, 0.4, 0.25, 0.5]);
         }
-        assert!(seen.iter().all(|&c| c > 60), "{seen:?}");
+        assert_eq!(
+            sequence(&a, &Settings::default(), 100),
+            sequence(&b, &Settings::default(), 100)
+        );
     }
 
     #[test]
     fn empty_fleet_has_no_choice() {
-        assert_eq!(choose(&fleet(0).load(), 1, Instant::now()), None);
+        assert_eq!(
+            choose(
+                &fleet(0).snapshot(),
+                &Settings::default(),
+                1,
+                Instant::now()
+            ),
+            None
+        );
     }
 }

@@ -46,6 +46,8 @@ pub struct ForwardSettings {
     pub response_timeout: Duration,
     /// Keep the client's `Host`.
     pub preserve_host: bool,
+    /// Health settings: connection failures count toward `fall`.
+    pub health: crate::config::Health,
 }
 
 /// Sends the request to `node` and returns its response (or a 502/504 of ours).
@@ -93,7 +95,11 @@ pub async fn forward(
             );
         }
         Ok(Err(e)) => {
-            tracing::warn!(node = %node.id, error = %error_chain(&e), "node unreachable");
+            let reason = error_chain(&e);
+            tracing::warn!(node = %node.id, error = %reason, "node unreachable");
+            if e.is_connect() {
+                crate::fleet::health::record(node, false, &reason, &settings.health);
+            }
             return errors::plain(
                 StatusCode::BAD_GATEWAY,
                 &format!("node {} is unreachable", node.id),

@@ -55,6 +55,7 @@ impl Proxy {
             forward: ForwardSettings {
                 response_timeout: config.upstream.response_timeout,
                 preserve_host: config.upstream.preserve_host,
+                health: config.health.clone(),
             },
             room_limits: RoomLimits {
                 max_chars: config.limits.max_room_chars,

@@ -1,0 +1,159 @@
+//! What changes about a node between fleet rebuilds: its rooms, its health, its drain switch.
+//!
+//! A [`NodeLive`] is created once per node name and kept for the life of the process (also while
+//! the node is out of the config), so counters survive every rebuild of the immutable fleet state
+//! and a node that comes back finds its pins counted. Reads on the request path are single
+//! relaxed atomic loads; health transitions serialise on a small per-node mutex.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+
+/// Health-check thresholds (`fall` failures to go unhealthy, `rise` successes to come back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Consecutive failures that make a healthy node unhealthy.
+    pub fall: u32,
+    /// Consecutive successes that make an unhealthy node healthy.
+    pub rise: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { fall: 3, rise: 2 }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Streak {
+    failures: u32,
+    successes: u32,
+}
+
+/// Live facts about one node.
+#[derive(Debug)]
+pub struct NodeLive {
+    rooms: AtomicU32,
+    placed_since_reading: AtomicU32,
+    healthy: AtomicBool,
+    draining: AtomicBool,
+    streak: Mutex<Streak>,
+}
+
+impl Default for NodeLive {
+    fn default() -> Self {
+        NodeLive {
+            rooms: AtomicU32::new(0),
+            placed_since_reading: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            streak: Mutex::new(Streak::default()),
+        }
+    }
+}
+
+impl NodeLive {
+    /// Active rooms pinned to this node.
+    pub fn rooms(&self) -> u32 {
+        self.rooms.load(Ordering::Relaxed)
+    }
+
+    /// Rooms placed here since the last CPU reading.
+    pub fn placed_since_reading(&self) -> u32 {
+        self.placed_since_reading.load(Ordering::Relaxed)
+    }
+
+    /// Whether health checks currently pass.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node is draining (keeps its rooms, takes no new ones).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Healthy and not draining: may take new rooms.
+    pub fn available(&self) -> bool {
+        self.healthy() && !self.draining()
+    }
+
+    /// A new room was placed here.
+    pub fn room_placed(&self) {
+        self.rooms.fetch_add(1, Ordering::Relaxed);
+        self.placed_since_reading.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A room pinned here went away (expired, unpinned or moved).
+    pub fn room_left(&self) {
+        // Saturate rather than wrap if a count was ever missed.
+        let _ = self
+            .rooms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// A fresh CPU reading now includes the rooms placed so far.
+    pub fn reading_taken(&self) {
+        self.placed_since_reading.store(0, Ordering::Relaxed);
+    }
+
+    /// Sets the drain switch; returns the previous value.
+    pub fn set_draining(&self, draining: bool) -> bool {
+        self.draining.swap(draining, Ordering::Relaxed)
+    }
+
+    /// Records a health-check result (or a passive failure); returns the new health on a change.
+    pub fn record_check(&self, ok: bool, thresholds: Thresholds) -> Option<bool> {
+        let mut streak = self.streak.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            streak.failures = 0;
+            streak.successes = streak.successes.saturating_add(1);
+        } else {
+            streak.successes = 0;
+            streak.failures = streak.failures.saturating_add(1);
+        }
+        let healthy = self.healthy();
+        let now = if healthy {
+            streak.failures < thresholds.fall
+        } else {
+            streak.successes >= thresholds.rise
+        };
+        (now != healthy).then(|| {
+            self.healthy.store(now, Ordering::Relaxed);
+            now
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fall_and_rise() {
+        let live = NodeLive::default();
+        let t = Thresholds { fall: 3, rise: 2 };
+        assert_eq!(live.record_check(false, t), None);
+        assert_eq!(live.record_check(false, t), None);
+        assert_eq!(live.record_check(false, t), Some(false));
+        assert!(!live.available());
+        assert_eq!(live.record_check(true, t), None);
+        assert_eq!(live.record_check(false, t), None);
+        assert_eq!(live.record_check(true, t), None);
+        assert_eq!(live.record_check(true, t), Some(true));
+        assert!(live.healthy());
+    }
+
+    #[test]
+    fn room_counts_never_wrap() {
+        let live = NodeLive::default();
+        live.room_placed();
+        live.room_left();
+        live.room_left();
+        assert_eq!(live.rooms(), 0);
+        assert_eq!(live.placed_since_reading(), 1);
+        live.reading_taken();
+        assert_eq!(live.placed_since_reading(), 0);
+    }
+}
