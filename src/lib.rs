@@ -16,7 +16,7 @@
 //! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
 //! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener.
 //! - [`config`]: the TOML schema and its validation; [`demo`]: simulated Jitsi nodes for `demo`
-//!   and tests.
+//!   and tests; [`simulate`]: the placement simulator behind `jitsi-router simulate`.
 //!
 //! Data flows one way: server → proxy → (room, placement ← fleet) → upstream.
 //!
@@ -39,6 +39,7 @@ pub mod placement;
 pub mod proxy;
 pub mod room;
 pub mod server;
+pub mod simulate;
 pub mod tls;
 
 /// Completes on Ctrl-C or SIGTERM: the signals that stop a router.

@@ -33,6 +33,24 @@ enum Command {
         #[arg(long, short, value_name = "PATH")]
         config: PathBuf,
     },
+    /// Compare placement policies on a synthetic workload (no network).
+    Simulate {
+        /// Nodes in the fleet.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Rooms created.
+        #[arg(long, default_value_t = 10_000)]
+        rooms: usize,
+        /// Prometheus refresh windows the creations are spread over.
+        #[arg(long, default_value_t = 1)]
+        windows: usize,
+        /// Workload seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Try it with no setup: three simulated Jitsi nodes behind https://localhost:8443.
     Demo {
         /// Addresses to serve HTTPS on.
@@ -41,9 +59,9 @@ enum Command {
     },
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -53,11 +71,30 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The simulator places thousands of rooms; their pin events are noise there.
+    init_logging(match cli.command {
+        Command::Simulate { .. } => "warn",
+        _ => "info",
+    });
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(&config))),
         Command::Demo { listen } => runtime().and_then(|rt| rt.block_on(demo(listen))),
+        Command::Simulate {
+            nodes,
+            rooms,
+            windows,
+            seed,
+            json,
+        } => simulate(
+            jitsi_router::simulate::Params {
+                nodes,
+                rooms,
+                windows,
+                seed,
+            },
+            json,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +131,23 @@ async fn demo(listen: Vec<SocketAddr>) -> Result<(), String> {
     jitsi_router::demo::run(listen)
         .await
         .map_err(|e| e.to_string())
+}
+
+fn simulate(params: jitsi_router::simulate::Params, json: bool) -> Result<(), String> {
+    if params.nodes < 2 || params.rooms == 0 || params.windows == 0 {
+        return Err(format!(
+            "simulate needs --nodes of at least 2 and --rooms and --windows of at least 1 (got {}, {}, {})",
+            params.nodes, params.rooms, params.windows
+        ));
+    }
+    let outcomes = jitsi_router::simulate::run(&params);
+    if json {
+        let text = serde_json::to_string_pretty(&outcomes).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        print!("{}", jitsi_router::simulate::table(&params, &outcomes));
+    }
+    Ok(())
 }
 
 fn check(path: &Path) -> Result<(), String> {

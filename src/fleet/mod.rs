@@ -119,14 +119,14 @@ impl FleetState {
         self.lives.get(name)
     }
 
-    /// Busy CPU per active pinned room, learned at the last reading; `None` until enough rooms
-    /// ran on nodes with CPU data.
+    /// Busy CPU one more room adds, learned from consecutive readings; `None` until enough rooms
+    /// came or went between two readings.
     pub fn learned_room_cost(&self) -> Option<f64> {
         self.learned_room_cost
     }
 }
 
-/// Rooms needed on nodes with CPU data before the per-room cost is learned from them.
+/// Rooms that must come or go between two readings before they teach the per-room cost.
 const ROOMS_TO_LEARN_COST: u32 = 20;
 
 /// The inputs a [`FleetState`] is built from; only writers touch them.
@@ -137,6 +137,7 @@ struct Inputs {
     max_staleness: Duration,
     lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
     learned_room_cost: Option<f64>,
+    rooms_at_reading: HashMap<NodeId, u32, RandomState>,
 }
 
 /// The published fleet state plus the inputs it is rebuilt from.
@@ -155,6 +156,7 @@ impl Fleet {
             max_staleness,
             lives: HashMap::default(),
             learned_room_cost: None,
+            rooms_at_reading: HashMap::default(),
         };
         apply_specs(&mut inputs, specs);
         Fleet {
@@ -183,8 +185,12 @@ impl Fleet {
     /// count as included in it from now on.
     pub fn set_cpu(&self, cpu_by_instance: HashMap<String, f64>, read_at: Instant) {
         self.update(|inputs| {
-            inputs.learned_room_cost =
-                learn_room_cost(inputs, &cpu_by_instance).or(inputs.learned_room_cost);
+            inputs.learned_room_cost = learn_room_cost(inputs, &cpu_by_instance);
+            inputs.rooms_at_reading = inputs
+                .lives
+                .iter()
+                .map(|(id, live)| (id.clone(), live.rooms()))
+                .collect();
             inputs.cpu_by_instance = cpu_by_instance;
             inputs.cpu_read_at = Some(read_at);
             for live in inputs.lives.values() {
@@ -228,18 +234,43 @@ fn apply_specs(inputs: &mut Inputs, specs: Vec<NodeSpec>) {
     inputs.specs = specs;
 }
 
-/// CPU per active pinned room over nodes with data, bounded to 0.1 %..5 % per room.
+/// Learns the busy CPU one room adds from two consecutive readings: over the nodes read both
+/// times, the change in CPU divided by the change in their pinned rooms. Idle load and other
+/// tenants cancel out, unlike a plain CPU-per-room ratio. Samples with too few rooms changed are
+/// skipped; good ones are smoothed (half weight each) and bounded to 0.05 %..5 % per room.
 fn learn_room_cost(inputs: &Inputs, cpu_by_instance: &HashMap<String, f64>) -> Option<f64> {
-    let (cpu, rooms) = inputs
-        .specs
-        .iter()
-        .filter_map(|spec| {
-            let cpu = cpu_by_instance.get(&spec.instance)?;
-            let rooms = inputs.lives.get(spec.name.as_str())?.rooms();
-            Some((*cpu, rooms))
-        })
-        .fold((0.0, 0u32), |(c, r), (cpu, rooms)| (c + cpu, r + rooms));
-    (rooms >= ROOMS_TO_LEARN_COST).then(|| (cpu / f64::from(rooms)).clamp(0.001, 0.05))
+    let (mut cpu_change, mut room_change) = (0.0, 0i64);
+    for spec in &inputs.specs {
+        let (Some(before), Some(now)) = (
+            inputs.cpu_by_instance.get(&spec.instance),
+            cpu_by_instance.get(&spec.instance),
+        ) else {
+            continue;
+        };
+        let Some(live) = inputs.lives.get(spec.name.as_str()) else {
+            continue;
+        };
+        let rooms_then = inputs
+            .rooms_at_reading
+            .get(spec.name.as_str())
+            .copied()
+            .unwrap_or(0);
+        cpu_change += now - before;
+        room_change += i64::from(live.rooms()) - i64::from(rooms_then);
+    }
+    if room_change.unsigned_abs() < u64::from(ROOMS_TO_LEARN_COST) {
+        return inputs.learned_room_cost;
+    }
+    let sample = cpu_change / room_change as f64;
+    if !(sample > 0.0) {
+        return inputs.learned_room_cost;
+    }
+    let sample = sample.clamp(0.0005, 0.05);
+    Some(
+        inputs
+            .learned_room_cost
+            .map_or(sample, |old| (old + sample) / 2.0),
+    )
 }
 
 fn build(inputs: &Inputs) -> FleetState {
@@ -310,6 +341,29 @@ mod tests {
         let then = Instant::now();
         fleet.set_cpu(HashMap::from([("10.0.0.1:80".to_owned(), 0.3)]), then);
         assert!(fleet.load().cpu(then + Duration::from_secs(91)).is_empty());
+    }
+
+    #[test]
+    fn room_cost_is_learned_from_the_change_between_readings() {
+        let fleet = fleet();
+        let reading = |a: f64, b: f64| {
+            HashMap::from([("10.0.0.1:80".to_owned(), a), ("10.0.0.2:80".to_owned(), b)])
+        };
+        fleet.set_cpu(reading(0.30, 0.10), Instant::now());
+        let state = fleet.snapshot();
+        for _ in 0..30 {
+            state.nodes()[0].live.room_placed();
+        }
+        for _ in 0..10 {
+            state.nodes()[1].live.room_placed();
+        }
+        // 40 rooms added 0.12 busy CPU in all: 0.003 per room, whatever the idle load.
+        fleet.set_cpu(reading(0.39, 0.13), Instant::now());
+        let learned = fleet.snapshot().learned_room_cost().unwrap();
+        assert!((learned - 0.003).abs() < 1e-9, "{learned}");
+        // Too few rooms changed: the estimate stays.
+        fleet.set_cpu(reading(0.50, 0.50), Instant::now());
+        assert_eq!(fleet.snapshot().learned_room_cost(), Some(learned));
     }
 
     #[test]

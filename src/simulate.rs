@@ -1,0 +1,508 @@
+//! `jitsi-router simulate`: replays a synthetic workload with no network and compares placement
+//! policies.
+//!
+//! The fleet: `nodes` nodes whose idle CPU starts spread at random between 10 % and 40 % busy.
+//! It has been running: a warm-up of `rooms / 5` rooms over five refresh windows comes first (a
+//! production router has seen earlier readings too, and learned what a room costs). Then the
+//! measured burst: `rooms` room creations arriving evenly over `windows` Prometheus refresh windows.
+//! Room sizes (participants) are heavy-tailed: Pareto with α = 3 from 3 people (mean 4.5, a few
+//! rooms of 20 to 100), so that one room never is a sizeable part of a node yet big rooms exist.
+//! Each participant costs the same CPU, scaled so the fleet ends about 60 % busy on average. At the
+//! start of each window every policy sees a fresh reading of every node's true CPU; within a window
+//! the reading is stale, as with a real 30 s scrape. Loads count warm-up and burst rooms.
+//!
+//! Policies:
+//! - `naive least-CPU`: the node with the lowest last reading (Ensemble's rule), no pins;
+//! - `consistent hashing`: rendezvous hashing of the room over all nodes (nginx `hash consistent`,
+//!   Envoy ring hash), no pins;
+//! - `bounded-load hashing`: the same, walking the room's hash order to the first node with fewer
+//!   than ⌈1.25 × mean⌉ rooms (HAProxy `hash-balance-factor 125`), recomputed without a stick table;
+//! - `jitsi-router`: this crate's [`Router`] with its pin table, fed the same readings.
+//!
+//! After all rooms exist, one node is lost and then a new node joins; every existing room is asked
+//! for again, and the simulator counts the rooms that moved although their node was still fine
+//! (a moved room is a split conference for everyone who joined before the move).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::NodeSpec;
+use crate::fleet::Fleet;
+use crate::placement::pins::MemoryPins;
+use crate::placement::{rendezvous, Router, Settings};
+use crate::room::{RoomKey, RoomLimits};
+
+/// What to simulate.
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    /// Nodes in the fleet.
+    pub nodes: usize,
+    /// Rooms created.
+    pub rooms: usize,
+    /// Refresh windows the creations are spread over.
+    pub windows: usize,
+    /// Seed for the workload.
+    pub seed: u64,
+}
+
+/// One policy's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Policy name.
+    pub policy: String,
+    /// Busiest node's CPU over the mean CPU at the end.
+    pub max_over_mean_cpu: f64,
+    /// Standard deviation of node CPU at the end (busy fraction).
+    pub cpu_stddev: f64,
+    /// Most rooms on one node over the mean.
+    pub max_over_mean_rooms: f64,
+    /// Rooms on the lost node (these must move).
+    pub rooms_on_lost_node: usize,
+    /// Rooms that moved on the loss although their node was still there.
+    pub needless_moves_on_loss: usize,
+    /// Rooms that moved when a node joined.
+    pub moves_on_join: usize,
+}
+
+const ROOM_SIZE_MIN: f64 = 3.0;
+const ROOM_SIZE_ALPHA: f64 = 3.0;
+const ROOM_SIZE_MAX: f64 = 100.0;
+const WARMUP_WINDOWS: usize = 5;
+
+/// splitmix64: a small, seedable generator; the workload only needs to be repeatable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+}
+
+struct Workload {
+    warmup: usize,
+    base: Vec<f64>,
+    sizes: Vec<f64>,
+    per_participant: f64,
+    joiner_base: f64,
+}
+
+impl Workload {
+    fn new(p: &Params) -> Workload {
+        let mut rng = Rng(p.seed);
+        let base = (0..p.nodes).map(|_| 0.10 + 0.30 * rng.unit()).collect();
+        let warmup = p.rooms / 5;
+        let sizes: Vec<f64> = (0..warmup + p.rooms)
+            .map(|_| {
+                (ROOM_SIZE_MIN / rng.unit().powf(1.0 / ROOM_SIZE_ALPHA))
+                    .floor()
+                    .min(ROOM_SIZE_MAX)
+            })
+            .collect();
+        let participants: f64 = sizes.iter().sum();
+        Workload {
+            warmup,
+            base,
+            per_participant: 0.35 * p.nodes as f64 / participants.max(1.0),
+            sizes,
+            joiner_base: 0.10,
+        }
+    }
+
+    fn cost(&self, room: usize) -> f64 {
+        self.sizes[room] * self.per_participant
+    }
+
+    fn total_rooms(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// Whether a fresh reading arrives just before this room is created.
+    fn reading_due(&self, room: usize, windows: usize) -> bool {
+        let (offset, count, windows) = if room < self.warmup {
+            (room, self.warmup, WARMUP_WINDOWS)
+        } else {
+            (
+                room - self.warmup,
+                self.total_rooms() - self.warmup,
+                windows,
+            )
+        };
+        offset % count.div_ceil(windows.max(1)).max(1) == 0
+    }
+}
+
+fn name(i: usize) -> String {
+    format!("node-{i}")
+}
+
+fn instance(i: usize) -> String {
+    format!("10.{}.{}.{}:9100", i / 65536, (i / 256) % 256, i % 256)
+}
+
+fn room_key(i: usize) -> String {
+    format!("room-{i}")
+}
+
+/// A placement policy under simulation: asked for a room's node given the fleet's readings.
+trait Policy {
+    fn name(&self) -> &'static str;
+    /// A new reading of every present node's CPU (by node index).
+    fn reading(&mut self, cpu: &HashMap<usize, f64>);
+    /// The node for a room (new or existing), among `present` nodes.
+    fn route(&mut self, room: usize, present: &[usize]) -> usize;
+    /// Forgets the counts it keeps before existing rooms are asked for again.
+    fn reset_counts(&mut self) {}
+}
+
+struct Naive {
+    reading: HashMap<usize, f64>,
+}
+
+impl Policy for Naive {
+    fn name(&self) -> &'static str {
+        "naive least-CPU (Ensemble)"
+    }
+    fn reading(&mut self, cpu: &HashMap<usize, f64>) {
+        self.reading = cpu.clone();
+    }
+    fn route(&mut self, _room: usize, present: &[usize]) -> usize {
+        *present
+            .iter()
+            .min_by(|a, b| {
+                self.reading
+                    .get(a)
+                    .unwrap_or(&1.0)
+                    .total_cmp(self.reading.get(b).unwrap_or(&1.0))
+            })
+            .expect("a node is present")
+    }
+}
+
+fn rendezvous_order(room: usize, present: &[usize]) -> Vec<usize> {
+    let hash = rendezvous::seed(room_key(room).as_bytes());
+    let mut order = present.to_vec();
+    order.sort_by_key(|&n| {
+        std::cmp::Reverse(rendezvous::weight(
+            hash,
+            rendezvous::seed(name(n).as_bytes()),
+        ))
+    });
+    order
+}
+
+struct Hashing;
+
+impl Policy for Hashing {
+    fn name(&self) -> &'static str {
+        "consistent hashing"
+    }
+    fn reading(&mut self, _: &HashMap<usize, f64>) {}
+    fn route(&mut self, room: usize, present: &[usize]) -> usize {
+        rendezvous_order(room, present)[0]
+    }
+}
+
+struct BoundedHashing {
+    rooms: HashMap<usize, usize>,
+    total: usize,
+}
+
+impl Policy for BoundedHashing {
+    fn name(&self) -> &'static str {
+        "bounded-load hashing (1.25)"
+    }
+    fn reading(&mut self, _: &HashMap<usize, f64>) {}
+    fn route(&mut self, room: usize, present: &[usize]) -> usize {
+        let cap = (1.25 * (self.total + 1) as f64 / present.len() as f64).ceil() as usize;
+        let order = rendezvous_order(room, present);
+        let node = order
+            .iter()
+            .copied()
+            .find(|n| self.rooms.get(n).copied().unwrap_or(0) < cap)
+            .unwrap_or(order[0]);
+        *self.rooms.entry(node).or_default() += 1;
+        self.total += 1;
+        node
+    }
+    fn reset_counts(&mut self) {
+        self.rooms.clear();
+        self.total = 0;
+    }
+}
+
+struct Ours {
+    router: Router,
+    specs: HashMap<usize, NodeSpec>,
+}
+
+impl Ours {
+    fn new(nodes: usize) -> Ours {
+        let specs: HashMap<usize, NodeSpec> = (0..nodes).map(|i| (i, spec(i))).collect();
+        let mut ordered: Vec<_> = specs.iter().collect();
+        ordered.sort_by_key(|(i, _)| **i);
+        let fleet = Arc::new(Fleet::new(
+            ordered.into_iter().map(|(_, s)| s.clone()).collect(),
+            Duration::from_secs(3600),
+        ));
+        let pins = Arc::new(MemoryPins::new(Duration::from_secs(24 * 3600)));
+        Ours {
+            router: Router::new(fleet, pins, Settings::default()),
+            specs,
+        }
+    }
+
+    fn set_present(&mut self, present: &[usize]) {
+        for &i in present {
+            self.specs.entry(i).or_insert_with(|| spec(i));
+        }
+        let specs = present.iter().map(|i| self.specs[i].clone()).collect();
+        self.router.fleet().set_nodes(specs);
+    }
+}
+
+fn spec(i: usize) -> NodeSpec {
+    let mut spec = NodeSpec::new(&name(i), "http://127.0.0.1:80").expect("static URL is valid");
+    spec.instance = instance(i);
+    spec
+}
+
+impl Policy for Ours {
+    fn name(&self) -> &'static str {
+        "jitsi-router"
+    }
+    fn reading(&mut self, cpu: &HashMap<usize, f64>) {
+        let values = cpu.iter().map(|(i, c)| (instance(*i), *c)).collect();
+        self.router.fleet().set_cpu(values, Instant::now());
+    }
+    fn route(&mut self, room: usize, present: &[usize]) -> usize {
+        if self.router.fleet().snapshot().nodes().len() != present.len() {
+            self.set_present(present);
+        }
+        let key = RoomKey::parse(&room_key(room), &RoomLimits::default())
+            .expect("simulated keys are valid");
+        let routed = self.router.route_room(&key).expect("a node is present");
+        routed.node.id.as_str()["node-".len()..]
+            .parse()
+            .expect("simulated node names end in their index")
+    }
+}
+
+/// Runs the simulation for every policy.
+pub fn run(p: &Params) -> Vec<Outcome> {
+    let workload = Workload::new(p);
+    let mut policies: Vec<Box<dyn Policy>> = vec![
+        Box::new(Naive {
+            reading: HashMap::new(),
+        }),
+        Box::new(Hashing),
+        Box::new(BoundedHashing {
+            rooms: HashMap::new(),
+            total: 0,
+        }),
+        Box::new(Ours::new(p.nodes)),
+    ];
+    policies
+        .iter_mut()
+        .map(|policy| simulate(policy.as_mut(), &workload, p))
+        .collect()
+}
+
+fn true_cpu(workload: &Workload, assignment: &[usize], node: usize) -> f64 {
+    let base = workload
+        .base
+        .get(node)
+        .copied()
+        .unwrap_or(workload.joiner_base);
+    base + assignment
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n == node)
+        .map(|(room, _)| workload.cost(room))
+        .sum::<f64>()
+}
+
+fn readings(workload: &Workload, assignment: &[usize], present: &[usize]) -> HashMap<usize, f64> {
+    let mut cpu: HashMap<usize, f64> = present
+        .iter()
+        .map(|&n| {
+            (
+                n,
+                workload
+                    .base
+                    .get(n)
+                    .copied()
+                    .unwrap_or(workload.joiner_base),
+            )
+        })
+        .collect();
+    for (room, &node) in assignment.iter().enumerate() {
+        if let Some(c) = cpu.get_mut(&node) {
+            *c += workload.cost(room);
+        }
+    }
+    cpu.values_mut().for_each(|c| *c = c.min(1.0));
+    cpu
+}
+
+fn simulate(policy: &mut dyn Policy, workload: &Workload, p: &Params) -> Outcome {
+    let mut present: Vec<usize> = (0..p.nodes).collect();
+    let total = workload.total_rooms();
+    let mut assignment: Vec<usize> = Vec::with_capacity(total);
+    for room in 0..total {
+        if workload.reading_due(room, p.windows) {
+            policy.reading(&readings(workload, &assignment, &present));
+        }
+        assignment.push(policy.route(room, &present));
+    }
+    let cpu: Vec<f64> = present
+        .iter()
+        .map(|&n| true_cpu(workload, &assignment, n))
+        .collect();
+    let rooms: Vec<f64> = present
+        .iter()
+        .map(|&n| assignment.iter().filter(|&&a| a == n).count() as f64)
+        .collect();
+    let (cpu_mean, cpu_max) = mean_max(&cpu);
+    let (rooms_mean, rooms_max) = mean_max(&rooms);
+    let cpu_stddev =
+        (cpu.iter().map(|c| (c - cpu_mean).powi(2)).sum::<f64>() / cpu.len() as f64).sqrt();
+
+    // Loss: the busiest node by rooms goes away; a fresh reading arrives; every room is asked for again.
+    let lost = present[rooms
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)];
+    present.retain(|&n| n != lost);
+    policy.reset_counts();
+    policy.reading(&readings(workload, &assignment, &present));
+    let after_loss: Vec<usize> = (0..total)
+        .map(|room| policy.route(room, &present))
+        .collect();
+    let rooms_on_lost_node = assignment.iter().filter(|&&n| n == lost).count();
+    let needless_moves_on_loss = assignment
+        .iter()
+        .zip(&after_loss)
+        .filter(|(before, after)| **before != lost && before != after)
+        .count();
+
+    // Join: a new, idle node arrives.
+    present.push(p.nodes);
+    policy.reset_counts();
+    policy.reading(&readings(workload, &after_loss, &present));
+    let moves_on_join = (0..total)
+        .filter(|&room| policy.route(room, &present) != after_loss[room])
+        .count();
+
+    Outcome {
+        policy: policy.name().to_owned(),
+        max_over_mean_cpu: cpu_max / cpu_mean,
+        cpu_stddev,
+        max_over_mean_rooms: rooms_max / rooms_mean.max(f64::MIN_POSITIVE),
+        rooms_on_lost_node,
+        needless_moves_on_loss,
+        moves_on_join,
+    }
+}
+
+fn mean_max(values: &[f64]) -> (f64, f64) {
+    let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+    (mean, values.iter().copied().fold(0.0, f64::max))
+}
+
+/// The outcomes as a plain table.
+pub fn table(p: &Params, outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} nodes; warm-up of {} rooms over {WARMUP_WINDOWS} refresh windows, then {} rooms created over {} window(s); seed {}\n",
+        p.nodes, p.rooms / 5, p.rooms, p.windows, p.seed
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:>12} {:>10} {:>14} {:>13} {:>15} {:>14}",
+        "policy",
+        "max/mean cpu",
+        "cpu stddev",
+        "max/mean rooms",
+        "lost node's",
+        "other rooms",
+        "moved on join"
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:>12} {:>10} {:>14} {:>13} {:>15} {:>14}",
+        "", "", "", "", "rooms", "moved on loss", ""
+    );
+    for o in outcomes {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>12.3} {:>10.3} {:>14.3} {:>13} {:>15} {:>14}",
+            o.policy,
+            o.max_over_mean_cpu,
+            o.cpu_stddev,
+            o.max_over_mean_rooms,
+            o.rooms_on_lost_node,
+            o.needless_moves_on_loss,
+            o.moves_on_join
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ours_balances_and_never_moves_a_pinned_room() {
+        let p = Params {
+            nodes: 20,
+            rooms: 2_000,
+            windows: 1,
+            seed: 7,
+        };
+        let outcomes = run(&p);
+        let ours = outcomes
+            .iter()
+            .find(|o| o.policy == "jitsi-router")
+            .unwrap();
+        assert_eq!(ours.needless_moves_on_loss, 0);
+        assert_eq!(ours.moves_on_join, 0);
+        let naive = &outcomes[0];
+        assert!(
+            ours.max_over_mean_cpu < naive.max_over_mean_cpu,
+            "{outcomes:?}"
+        );
+        assert!(
+            naive.moves_on_join > 0,
+            "a stateless least-CPU rule moves rooms to the new node"
+        );
+    }
+
+    #[test]
+    fn same_seed_same_figures() {
+        let p = Params {
+            nodes: 10,
+            rooms: 500,
+            windows: 2,
+            seed: 3,
+        };
+        let a = serde_json::to_string(&run(&p)).unwrap();
+        let b = serde_json::to_string(&run(&p)).unwrap();
+        assert_eq!(a, b);
+    }
+}
