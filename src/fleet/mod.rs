@@ -262,7 +262,8 @@ fn learn_room_cost(inputs: &Inputs, cpu_by_instance: &HashMap<String, f64>) -> O
         return inputs.learned_room_cost;
     }
     let sample = cpu_change / room_change as f64;
-    if !(sample > 0.0) {
+    // Rooms came but CPU fell (or the reverse): other load moved; nothing to learn.
+    if sample.is_nan() || sample <= 0.0 {
         return inputs.learned_room_cost;
     }
     let sample = sample.clamp(0.0005, 0.05);
