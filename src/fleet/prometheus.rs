@@ -4,9 +4,10 @@
 //! placement falls back to hashing) and logs a warning with the reason. An answer with any value
 //! that is not a number in range is rejected whole: half a snapshot would skew placement.
 //!
-//! Queries evaluate at a time aligned to the interval (`time=` a multiple of it since the Unix
-//! epoch), so router replicas polling the same Prometheus at slightly different moments read the
-//! same values and place rooms alike.
+//! Polls follow the wall clock: each one happens just after a multiple of `interval` since the Unix
+//! epoch and evaluates at that boundary (`time=`), so router replicas read exactly the same values
+//! and place rooms alike, and each reading is fresh. At start-up the router reads the last
+//! boundary at once; if Prometheus has nothing for that instant (it started later), it reads now.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +22,10 @@ use crate::config::{Prometheus, Scale};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueryError {
-    /// The request failed (connection, timeout, body).
+    /// No answer in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The request failed (connection, body).
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
     /// Prometheus answered with a non-success status.
@@ -79,24 +83,33 @@ pub fn aligned_time(now: SystemTime, interval: Duration) -> f64 {
     (since_epoch - since_epoch % step) as f64 / 1000.0
 }
 
-/// Runs one instant query and returns busy CPU (0..1) by label value.
+/// Runs one instant query evaluated at `time` (Unix seconds); returns busy CPU (0..1) by label value.
 pub async fn query(
     client: &reqwest::Client,
     cfg: &Prometheus,
+    time: f64,
 ) -> Result<HashMap<String, f64>, QueryError> {
-    let time = aligned_time(SystemTime::now(), cfg.interval).to_string();
+    let timed_out = |e: reqwest::Error| {
+        if e.is_timeout() {
+            QueryError::Timeout(cfg.timeout)
+        } else {
+            QueryError::Http(e)
+        }
+    };
+    let time = time.to_string();
     let response = client
         .get(format!("{}/api/v1/query", cfg.url))
         .query(&[("query", cfg.query.as_str()), ("time", time.as_str())])
         .timeout(cfg.timeout)
         .send()
-        .await?;
+        .await
+        .map_err(timed_out)?;
     let status = response.status();
     // Prometheus answers 400/422 with a JSON error body worth reporting.
     let answer: Answer = match response.json().await {
         Ok(answer) => answer,
         Err(_) if !status.is_success() => return Err(QueryError::Status(status)),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(timed_out(e)),
     };
     if answer.status != "success" {
         return Err(QueryError::Api(answer.error.unwrap_or(answer.status)));
@@ -145,33 +158,76 @@ fn busy_by_label(
 
 /// Polls forever, publishing each good reading into the fleet.
 pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus) {
-    let client = match reqwest::Client::builder().build() {
+    let client = match reqwest::Client::builder().no_proxy().build() {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the Prometheus client; CPU data disabled");
             return;
         }
     };
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    // Start-up: the last boundary (what every replica read), else now.
+    let boundary = aligned_time(SystemTime::now(), cfg.interval);
+    let first = match query(&client, &cfg, boundary).await {
+        Ok(cpu) if cpu.is_empty() => query(&client, &cfg, unix_now())
+            .await
+            .map(|cpu| (cpu, unix_now())),
+        other => other.map(|cpu| (cpu, boundary)),
+    };
+    publish(&fleet, &cfg, first, &mut failing);
     loop {
-        tick.tick().await;
-        match query(&client, &cfg).await {
-            Ok(cpu) => {
-                if failing {
-                    tracing::info!(url = %cfg.url, "prometheus answering again");
-                }
-                failing = false;
-                tracing::debug!(series = cpu.len(), "cpu snapshot");
-                fleet.set_cpu(cpu, Instant::now());
+        let (boundary, wait) = next_boundary(SystemTime::now(), cfg.interval);
+        // A moment past the boundary, so scrapes up to it are stored everywhere.
+        tokio::time::sleep(wait + settle(cfg.interval)).await;
+        let result = query(&client, &cfg, boundary)
+            .await
+            .map(|cpu| (cpu, boundary));
+        publish(&fleet, &cfg, result, &mut failing);
+    }
+}
+
+fn publish(
+    fleet: &Fleet,
+    cfg: &Prometheus,
+    result: Result<(HashMap<String, f64>, f64), QueryError>,
+    failing: &mut bool,
+) {
+    match result {
+        Ok((cpu, at)) => {
+            if *failing {
+                tracing::info!(url = %cfg.url, "prometheus answering again");
             }
-            Err(e) => {
-                failing = true;
-                tracing::warn!(url = %cfg.url, error = %e, "prometheus query failed; keeping the last snapshot");
-            }
+            *failing = false;
+            tracing::debug!(series = cpu.len(), at, "cpu snapshot");
+            fleet.set_cpu(cpu, Instant::now());
+        }
+        Err(e) => {
+            *failing = true;
+            tracing::warn!(url = %cfg.url, error = %e, "prometheus query failed; keeping the last snapshot");
         }
     }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as f64
+        / 1000.0
+}
+
+/// The next interval boundary after `now` (Unix seconds) and the time until it.
+pub fn next_boundary(now: SystemTime, interval: Duration) -> (f64, Duration) {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let step = interval.as_millis().max(1);
+    let next_ms = (since_epoch.as_millis() / step + 1) * step;
+    let wait =
+        Duration::from_millis(u64::try_from(next_ms - since_epoch.as_millis()).unwrap_or(u64::MAX));
+    (next_ms as f64 / 1000.0, wait)
+}
+
+fn settle(interval: Duration) -> Duration {
+    (interval / 10).min(Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -193,6 +249,14 @@ mod tests {
         assert_eq!(aligned_time(at(1_000_000_019.9), interval), 999_999_990.0);
         assert_eq!(aligned_time(at(1_000_000_020.0), interval), 1_000_000_020.0);
         assert_eq!(aligned_time(at(12.75), Duration::from_millis(500)), 12.5);
+    }
+
+    #[test]
+    fn polls_wait_for_the_next_boundary() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_000_000_012_500);
+        let (at, wait) = next_boundary(now, Duration::from_secs(30));
+        assert_eq!(at, 1_000_000_020.0);
+        assert_eq!(wait, Duration::from_millis(7_500));
     }
 
     #[test]

@@ -413,3 +413,125 @@ pub fn shard(response: &reqwest::Response) -> String {
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default()
 }
+
+/// What the fake Prometheus answers.
+#[derive(Clone, Debug)]
+pub enum PromAnswer {
+    /// A good instant vector: busy fraction by instance.
+    Busy(Vec<(String, f64)>),
+    /// A 200 with a body that is not Prometheus JSON.
+    Garbage,
+    /// A well-formed answer with a NaN in it.
+    NotANumber,
+    /// No answer for this long.
+    Hang(Duration),
+}
+
+/// A stand-in for Prometheus whose answers a test controls (for failures a real one won't make).
+pub struct FakePrometheus {
+    pub url: String,
+    answer: Arc<Mutex<PromAnswer>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakePrometheus {
+    pub async fn start(first: PromAnswer) -> FakePrometheus {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let answer = Arc::new(Mutex::new(first));
+        let shared = answer.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req| {
+                        let now = shared.lock().unwrap().clone();
+                        async move {
+                            let body = match now {
+                                PromAnswer::Busy(values) => {
+                                    let result: Vec<String> = values
+                                        .iter()
+                                        .map(|(i, v)| format!(r#"{{"metric":{{"instance":"{i}"}},"value":[1,"{v}"]}}"#))
+                                        .collect();
+                                    format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, result.join(","))
+                                }
+                                PromAnswer::Garbage => "<html>not prometheus</html>".to_owned(),
+                                PromAnswer::NotANumber => r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"instance":"x"},"value":[1,"NaN"]}]}}"#.to_owned(),
+                                PromAnswer::Hang(d) => {
+                                    tokio::time::sleep(d).await;
+                                    String::new()
+                                }
+                            };
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        FakePrometheus { url, answer, task }
+    }
+
+    pub fn answer(&self, answer: PromAnswer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+}
+
+impl Drop for FakePrometheus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Rooms per node after GETting each room page once.
+pub async fn place_rooms(
+    router: &Router,
+    rooms: impl IntoIterator<Item = String>,
+) -> std::collections::BTreeMap<String, usize> {
+    let client = router.client();
+    let mut per_node = std::collections::BTreeMap::new();
+    for room in rooms {
+        let response = client
+            .get(router.url(&format!("/{room}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{room}");
+        *per_node.entry(shard(&response)).or_insert(0) += 1;
+    }
+    per_node
+}
+
+/// Waits until the router's log contains `text`.
+pub async fn log_shows(router: &Router, text: &str) {
+    let what = format!("the router to log {text:?}");
+    eventually(Duration::from_secs(20), &what, || async {
+        router.logs().contains(text)
+    })
+    .await;
+}
+
+/// Config lines for nodes with their `instance` set to their address.
+pub fn nodes_with_instances(nodes: &[SimNode], extra: &dyn Fn(&SimNode) -> String) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "\n[[nodes]]\nname = {:?}\nupstream = {:?}\ninstance = \"{}\"\n{}",
+                n.name(),
+                n.url(),
+                n.addr(),
+                extra(n)
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,228 @@
+//! Placement at fleet scale, through the real router binary: bursts spread, unhealthy nodes lose
+//! their rooms, draining nodes get none, bad Prometheus answers keep the last snapshot, and two
+//! routers reading the same Prometheus place rooms alike.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::*;
+
+const QUERY: &str = r#"1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[5s]))"#;
+
+async fn prometheus_with_data(nodes: &[SimNode]) -> Prometheus {
+    let prometheus = Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
+    eventually(
+        Duration::from_secs(30),
+        "prometheus data for every node",
+        || async { prometheus.query(QUERY).await.len() == nodes.len() },
+    )
+    .await;
+    prometheus
+}
+
+fn prometheus_section(url: &str, interval: &str) -> String {
+    format!("[prometheus]\nurl = {url:?}\nquery = '{QUERY}'\ninterval = \"{interval}\"\nmax_staleness = \"10m\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_200_new_rooms_between_two_readings_spreads() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(3).await;
+    for (node, busy) in nodes.iter().zip([0.30, 0.10, 0.30]) {
+        node.set_busy(busy);
+    }
+    let prometheus = prometheus_with_data(&nodes).await;
+    // One reading at start-up, the next one long after the burst.
+    let text = config(&certs, &prometheus_section(&prometheus.url, "10m"), &[])
+        + &nodes_with_instances(&nodes, &|_| String::new());
+    let router = Router::start(&certs, &text);
+    log_shows(&router, "cpu snapshot series=3").await;
+
+    let per_node = place_rooms(&router, (0..200).map(|i| format!("burst-{i}"))).await;
+    let bounded_share = (1.25f64 * 200.0 / 3.0).ceil() as usize;
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(
+        per_node.values().all(|&n| n <= bounded_share),
+        "{per_node:?} exceeds {bounded_share}"
+    );
+    let idle = per_node["jitsi-b"];
+    assert!(
+        per_node.values().all(|&n| n <= idle),
+        "the least busy node takes the most: {per_node:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unhealthy_node_gets_no_rooms_and_its_rooms_move() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(3).await;
+    let health = "[health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nfall = 2\nrise = 2\n";
+    let router = Router::start(&certs, &config(&certs, health, &node_entries(&nodes)));
+    let client = router.client();
+    let mut on_a = Vec::new();
+    for i in 0..30 {
+        let room = format!("before-{i}");
+        let response = client
+            .get(router.url(&format!("/{room}")))
+            .send()
+            .await
+            .unwrap();
+        if shard(&response) == "jitsi-a" {
+            on_a.push(room);
+        }
+    }
+    assert!(!on_a.is_empty(), "hashing gave jitsi-a no room of 30");
+
+    nodes[0].set_healthy(false);
+    log_shows(&router, "node unhealthy").await;
+    let per_node = place_rooms(&router, (0..30).map(|i| format!("during-{i}"))).await;
+    assert!(!per_node.contains_key("jitsi-a"), "{per_node:?}");
+    let mut moved_to = Vec::new();
+    for room in &on_a {
+        let response = client
+            .get(router.url(&format!("/http-bind?room={room}")))
+            .send()
+            .await
+            .unwrap();
+        let node = shard(&response);
+        assert_ne!(node, "jitsi-a", "{room} stayed on the unhealthy node");
+        moved_to.push(node);
+    }
+    let logs = router.logs();
+    assert!(
+        logs.contains(&format!("room re-placed room=\"{}\"", on_a[0])),
+        "{logs}"
+    );
+    assert!(logs.contains("from=jitsi-a"), "{logs}");
+
+    nodes[0].set_healthy(true);
+    log_shows(&router, "node healthy again").await;
+    for (room, node) in on_a.iter().zip(&moved_to) {
+        let response = client
+            .get(router.url(&format!("/{room}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(&shard(&response), node, "{room} must stay where it moved");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_node_gets_no_new_rooms() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(3).await;
+    let text = config(&certs, "", &[])
+        + &nodes_with_instances(&nodes, &|n| {
+            if n.name() == "jitsi-b" {
+                "drain = true\n".into()
+            } else {
+                String::new()
+            }
+        });
+    let router = Router::start(&certs, &text);
+    let per_node = place_rooms(&router, (0..60).map(|i| format!("drain-{i}"))).await;
+    assert!(!per_node.contains_key("jitsi-b"), "{per_node:?}");
+    assert_eq!(per_node.values().sum::<usize>(), 60);
+    // Its bridge channels still work: draining keeps running conferences.
+    let bridge = router
+        .client()
+        .get(router.url("/colibri-ws/jitsi-b/c/e"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bridge.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_or_slow_prometheus_answers_keep_the_last_snapshot() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(3).await;
+    let busy = nodes
+        .iter()
+        .zip([0.6, 0.1, 0.5])
+        .map(|(n, b)| (n.addr().to_string(), b))
+        .collect();
+    let fake = FakePrometheus::start(PromAnswer::Busy(busy)).await;
+    let sections = prometheus_section(&fake.url, "300ms")
+        + "timeout = \"200ms\"\n\n[placement]\nbalance_factor = 100.0\n";
+    let text = config(&certs, &sections, &[]) + &nodes_with_instances(&nodes, &|_| String::new());
+    let router = Router::start(&certs, &text);
+    log_shows(&router, "cpu snapshot series=3").await;
+
+    for (answer, reason) in [
+        (PromAnswer::Garbage, "prometheus query failed"),
+        (PromAnswer::NotANumber, "is not a busy fraction"),
+        (PromAnswer::Hang(Duration::from_secs(5)), "timed out"),
+    ] {
+        fake.answer(answer);
+        log_shows(&router, reason).await;
+        let per_node = place_rooms(
+            &router,
+            (0..3).map(|i| format!("{reason}-{i}").replace(' ', "-")),
+        )
+        .await;
+        assert_eq!(
+            per_node.get("jitsi-b"),
+            Some(&3),
+            "after {reason:?} the last snapshot still steers: {per_node:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_routers_reading_one_prometheus_place_rooms_alike() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(4).await;
+    for (node, busy) in nodes.iter().zip([0.35, 0.20, 0.25, 0.40]) {
+        node.set_busy(busy);
+    }
+    let prometheus = prometheus_with_data(&nodes).await;
+    let text = config(&certs, &prometheus_section(&prometheus.url, "20s"), &[])
+        + &nodes_with_instances(&nodes, &|_| String::new());
+    let first = Router::start(&certs, &text);
+    let second = Router::start(&certs, &text);
+    // Readings follow the wall clock: wait until both routers' last reading is of one instant,
+    // with the next one well ahead.
+    let latest = |router: &Router| {
+        let logs = router.logs();
+        let line = logs
+            .lines()
+            .rev()
+            .find(|l| l.contains("cpu snapshot series=4"))?
+            .to_owned();
+        Some(
+            line.split("at=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_owned(),
+        )
+    };
+    eventually(
+        Duration::from_secs(60),
+        "both routers to read the same instant",
+        || async {
+            let until_next = 20
+                - SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+                    % 20;
+            let (a, b) = (latest(&first), latest(&second));
+            a.is_some() && a == b && until_next > 8
+        },
+    )
+    .await;
+
+    let (a, b) = (first.client(), second.client());
+    let mut spread = std::collections::BTreeSet::new();
+    for i in 0..100 {
+        let path = format!("/alike-{i}");
+        let from_first = shard(&a.get(first.url(&path)).send().await.unwrap());
+        let from_second = shard(&b.get(second.url(&path)).send().await.unwrap());
+        assert_eq!(from_first, from_second, "room alike-{i} placed differently");
+        spread.insert(from_first);
+    }
+    assert!(spread.len() > 1, "100 rooms on one node: {spread:?}");
+}
