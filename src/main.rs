@@ -198,6 +198,25 @@ fn describe(c: &Config, path: &Path) -> String {
             "set to the node's"
         }
     );
+    let p = &c.placement;
+    let _ = writeln!(
+        out,
+        "placement:   max_cpu {}, balance_factor {}, room_cost {}",
+        p.max_cpu,
+        p.balance_factor,
+        p.room_cost
+            .map_or("learned".to_owned(), |cost| cost.to_string())
+    );
+    let h = &c.health;
+    let _ = writeln!(
+        out,
+        "health:      GET {} every {} (timeout {}, fall {}, rise {})",
+        h.path,
+        humantime::format_duration(h.interval),
+        humantime::format_duration(h.timeout),
+        h.thresholds.fall,
+        h.thresholds.rise
+    );
     match &c.prometheus {
         Some(p) => {
             let _ = writeln!(
@@ -221,12 +240,13 @@ fn describe(c: &Config, path: &Path) -> String {
     for n in &c.nodes {
         let _ = writeln!(
             out,
-            "  {:<16} upstream {}  public {}  instance {}  bridges {}",
+            "  {:<16} upstream {}  public {}  instance {}  bridges {}{}",
             n.name,
             n.upstream,
             n.public_url.as_deref().unwrap_or("-"),
             n.instance,
-            n.jvb_server_ids.join(",")
+            n.jvb_server_ids.join(","),
+            if n.drain { "  (draining)" } else { "" }
         );
     }
     out

@@ -345,6 +345,62 @@ mod tests {
     }
 
     #[test]
+    fn draining_keeps_rooms_and_takes_no_new_ones() {
+        let router = router(&["a", "b", "c"]);
+        let rooms: Vec<_> = (0..60).map(|i| key(&format!("r{i}"))).collect();
+        let before: Vec<_> = rooms
+            .iter()
+            .map(|r| router.route_room(r).unwrap().node.id.clone())
+            .collect();
+        assert!(before.iter().any(|n| n.as_str() == "b"));
+        assert_eq!(router.fleet().set_draining("b", true), Some(false));
+        for (room, node) in rooms.iter().zip(&before) {
+            let again = router.route_room(room).unwrap();
+            assert_eq!((&again.node.id, again.decision), (node, Decision::Pinned));
+        }
+        for i in 0..60 {
+            let fresh = router.route_room(&key(&format!("new{i}"))).unwrap();
+            assert_ne!(fresh.node.id.as_str(), "b");
+        }
+        router.fleet().set_draining("b", false);
+        let taken = (0..60).filter(|i| {
+            router
+                .route_room(&key(&format!("later{i}")))
+                .unwrap()
+                .node
+                .id
+                .as_str()
+                == "b"
+        });
+        assert!(taken.count() > 0, "undrained node takes rooms again");
+        assert_eq!(router.fleet().set_draining("zzz", true), None);
+    }
+
+    #[test]
+    fn room_counts_follow_pins() {
+        let router = router(&["a", "b"]);
+        for i in 0..40 {
+            router.route_room(&key(&format!("r{i}")));
+        }
+        let state = router.fleet().snapshot();
+        let total: u32 = state.nodes().iter().map(|n| n.live.rooms()).sum();
+        assert_eq!(total, 40);
+        router.fleet().set_nodes(specs(&["a"]));
+        for i in 0..40 {
+            router.route_room(&key(&format!("r{i}")));
+        }
+        let state = router.fleet().snapshot();
+        assert_eq!(state.node("a").unwrap().live.rooms(), 40);
+        assert_eq!(
+            state.live("b").unwrap().rooms(),
+            0,
+            "moved rooms are counted out of the old node"
+        );
+        router.unpin("r0");
+        assert_eq!(state.node("a").unwrap().live.rooms(), 39);
+    }
+
+    #[test]
     fn empty_fleet_routes_nothing() {
         let router = router(&[]);
         assert!(router.route_room(&key("x")).is_none());
