@@ -131,9 +131,26 @@ fn decisions(c: &mut Criterion) {
     }
 }
 
+fn choose_only(c: &mut Criterion) {
+    let mut group = c.benchmark_group("choose_only_1_thread");
+    for nodes in [10, 100, 1_000] {
+        let router = router(nodes);
+        let state = router.fleet().snapshot();
+        let settings = Settings::default();
+        let mut n = 0u64;
+        group.bench_function(BenchmarkId::from_parameter(nodes), |b| {
+            b.iter(|| {
+                n += 1;
+                jitsi_router::placement::policy::choose(&state, &settings, n, Instant::now())
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = parse, decisions
+    targets = parse, choose_only, decisions
 }
 criterion_main!(benches);

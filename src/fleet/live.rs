@@ -3,10 +3,10 @@
 //! A [`NodeLive`] is created once per node name and kept for the life of the process (also while
 //! the node is out of the config), so counters survive every rebuild of the immutable fleet state
 //! and a node that comes back finds its pins counted. Reads on the request path are single
-//! relaxed atomic loads; health transitions serialise on a small per-node mutex.
+//! relaxed atomic loads, and the whole record is a few words so that placement can scan a
+//! thousand of them quickly.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Health-check thresholds (`fall` failures to go unhealthy, `rise` successes to come back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +23,6 @@ impl Default for Thresholds {
     }
 }
 
-#[derive(Debug, Default)]
-struct Streak {
-    failures: u32,
-    successes: u32,
-}
-
 /// Live facts about one node.
 #[derive(Debug)]
 pub struct NodeLive {
@@ -36,7 +30,8 @@ pub struct NodeLive {
     placed_since_reading: AtomicU32,
     healthy: AtomicBool,
     draining: AtomicBool,
-    streak: Mutex<Streak>,
+    /// Consecutive failures (high half) and successes (low half) of health checks.
+    streak: AtomicU64,
 }
 
 impl Default for NodeLive {
@@ -46,7 +41,7 @@ impl Default for NodeLive {
             placed_since_reading: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
-            streak: Mutex::new(Streak::default()),
+            streak: AtomicU64::new(0),
         }
     }
 }
@@ -105,24 +100,34 @@ impl NodeLive {
 
     /// Records a health-check result (or a passive failure); returns the new health on a change.
     pub fn record_check(&self, ok: bool, thresholds: Thresholds) -> Option<bool> {
-        let mut streak = self.streak.lock().unwrap_or_else(|e| e.into_inner());
-        if ok {
-            streak.failures = 0;
-            streak.successes = streak.successes.saturating_add(1);
-        } else {
-            streak.successes = 0;
-            streak.failures = streak.failures.saturating_add(1);
-        }
+        let bump = |streak: u64| {
+            let (failures, successes) = ((streak >> 32) as u32, streak as u32);
+            let (failures, successes) = if ok {
+                (0, successes.saturating_add(1))
+            } else {
+                (failures.saturating_add(1), 0)
+            };
+            (u64::from(failures) << 32) | u64::from(successes)
+        };
+        let before = self
+            .streak
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| Some(bump(s)))
+            .unwrap_or_else(|s| s);
+        let streak = bump(before);
+        let (failures, successes) = ((streak >> 32) as u32, streak as u32);
         let healthy = self.healthy();
         let now = if healthy {
-            streak.failures < thresholds.fall
+            failures < thresholds.fall
         } else {
-            streak.successes >= thresholds.rise
+            successes >= thresholds.rise
         };
-        (now != healthy).then(|| {
-            self.healthy.store(now, Ordering::Relaxed);
-            now
-        })
+        // Only the caller that flips the flag reports the change.
+        (now != healthy
+            && self
+                .healthy
+                .compare_exchange(healthy, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok())
+        .then_some(now)
     }
 }
 

@@ -74,6 +74,7 @@ pub struct Node {
 #[derive(Debug)]
 pub struct FleetState {
     nodes: Vec<Arc<Node>>,
+    slots: Vec<Slot>,
     cpu: Vec<Option<f64>>,
     cpu_read_at: Option<Instant>,
     max_staleness: Duration,
@@ -83,10 +84,25 @@ pub struct FleetState {
     learned_room_cost: Option<f64>,
 }
 
+/// What placement reads of each node, stored contiguously (aligned with
+/// [`FleetState::nodes`]) so a scan of a large fleet does not chase every node's full record.
+#[derive(Debug)]
+pub struct Slot {
+    /// The node's live counters.
+    pub live: Arc<NodeLive>,
+    /// The node's rendezvous seed.
+    pub seed: u64,
+}
+
 impl FleetState {
     /// All nodes, in config order.
     pub fn nodes(&self) -> &[Arc<Node>] {
         &self.nodes
+    }
+
+    /// Placement's compact view of the nodes, aligned with [`nodes`](Self::nodes).
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
     }
 
     /// The node with this name.
@@ -292,6 +308,13 @@ fn build(inputs: &Inputs) -> FleetState {
         .iter()
         .map(|n| inputs.cpu_by_instance.get(&n.spec.instance).copied())
         .collect();
+    let slots = nodes
+        .iter()
+        .map(|n| Slot {
+            live: n.live.clone(),
+            seed: n.seed,
+        })
+        .collect();
     let by_name = nodes
         .iter()
         .enumerate()
@@ -304,6 +327,7 @@ fn build(inputs: &Inputs) -> FleetState {
         .collect();
     FleetState {
         nodes,
+        slots,
         cpu,
         cpu_read_at: inputs.cpu_read_at,
         max_staleness: inputs.max_staleness,

@@ -237,11 +237,13 @@ impl Router {
             Some(old) => tracing::info!(room, node = %node, from = %old, "room re-placed"),
             None => tracing::info!(room, node = %node, "room pinned"),
         }
-        let _no_listener_is_fine = self.events.send(PinEvent {
-            room: room.to_owned(),
-            node: node.clone(),
-            from,
-        });
+        if self.events.receiver_count() > 0 {
+            let _a_listener_may_just_have_gone = self.events.send(PinEvent {
+                room: room.to_owned(),
+                node: node.clone(),
+                from,
+            });
+        }
     }
 
     /// The node that declared a videobridge server id.

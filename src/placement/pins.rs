@@ -63,6 +63,10 @@ pub trait PinStore: Send + Sync {
     }
 }
 
+/// Shards of the pin table. dashmap's default (4 × cores) leaves few shard locks that every
+/// core keeps taking from the others; many small shards keep lookups on different cores apart.
+const SHARDS: usize = 512;
+
 struct Pin {
     node: NodeId,
     last_seen_ms: AtomicU64,
@@ -79,7 +83,7 @@ impl MemoryPins {
     /// An empty table whose pins expire after `idle` without a request.
     pub fn new(idle: Duration) -> MemoryPins {
         MemoryPins {
-            map: DashMap::with_hasher(RandomState::default()),
+            map: DashMap::with_hasher_and_shard_amount(RandomState::default(), SHARDS),
             idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
             epoch: Instant::now(),
         }

@@ -21,7 +21,7 @@
 use std::cmp::Ordering;
 use std::time::Instant;
 
-use crate::fleet::{FleetState, Node};
+use crate::fleet::FleetState;
 use crate::placement::rendezvous;
 
 /// Busy CPU assumed per room until the fleet teaches a better figure.
@@ -57,6 +57,14 @@ pub struct Chosen {
     pub over_max_cpu: bool,
 }
 
+/// One node as placement sees it, gathered once per decision.
+struct Candidate {
+    index: usize,
+    estimate: Option<f64>,
+    rooms: u32,
+    seed: u64,
+}
+
 /// Chooses the node for a new room with this hash; `None` when no node is healthy and undrained.
 pub fn choose(
     state: &FleetState,
@@ -64,48 +72,90 @@ pub fn choose(
     room_hash: u64,
     now: Instant,
 ) -> Option<Chosen> {
-    let nodes = state.nodes();
     let cpu = state.cpu(now);
     let cost = settings
         .room_cost
         .or(state.learned_room_cost())
         .unwrap_or(DEFAULT_ROOM_COST);
-    let estimate = |i: usize| {
-        let base = cpu.get(i).copied().flatten()?;
-        Some(base + cost * f64::from(nodes[i].live.placed_since_reading()))
-    };
-    let under = |i: usize| estimate(i).is_none_or(|e| e < settings.max_cpu);
-
-    let (mut candidates, mut rooms, mut any_under) = (0u64, 0u64, false);
-    for (i, node) in nodes.iter().enumerate() {
-        if node.live.available() {
-            candidates += 1;
-            rooms += u64::from(node.live.rooms());
-            any_under |= under(i);
+    CANDIDATES.with(|cell| {
+        let mut candidates = cell.take();
+        candidates.clear();
+        let (mut rooms, mut any_under) = (0u64, false);
+        for (index, slot) in state.slots().iter().enumerate() {
+            let live = &slot.live;
+            if !live.available() {
+                continue;
+            }
+            let estimate = cpu
+                .get(index)
+                .copied()
+                .flatten()
+                .map(|base| base + cost * f64::from(live.placed_since_reading()));
+            let node_rooms = live.rooms();
+            rooms += u64::from(node_rooms);
+            any_under |= estimate.is_none_or(|e| e < settings.max_cpu);
+            candidates.push(Candidate {
+                index,
+                estimate,
+                rooms: node_rooms,
+                seed: slot.seed,
+            });
         }
-    }
-    if candidates == 0 {
+        let chosen = pick(&candidates, settings, rooms, any_under, room_hash);
+        cell.set(candidates);
+        chosen.map(|index| Chosen {
+            index,
+            over_max_cpu: !any_under,
+        })
+    })
+}
+
+thread_local! {
+    /// Reused per thread so that placement allocates nothing once warm.
+    static CANDIDATES: std::cell::Cell<Vec<Candidate>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+fn pick(
+    candidates: &[Candidate],
+    settings: &Settings,
+    rooms: u64,
+    any_under: bool,
+    room_hash: u64,
+) -> Option<usize> {
+    if candidates.is_empty() {
         return None;
     }
-    let cap = (settings.balance_factor * (rooms + 1) as f64 / candidates as f64).ceil();
-    let allowed = |i: usize, node: &Node| node.live.available() && (!any_under || under(i));
-    let bounded =
-        |i: usize, node: &Node| allowed(i, node) && f64::from(node.live.rooms()) + 1.0 <= cap;
-    let best = |keep: &dyn Fn(usize, &Node) -> bool| {
-        nodes
-            .iter()
-            .enumerate()
-            .filter(|&(i, node)| keep(i, node))
-            .map(|(i, node)| (i, estimate(i), rendezvous::weight(room_hash, node.seed)))
-            .min_by(|a, b| by_estimate(a.1, b.1).then(b.2.cmp(&a.2)))
-            .map(|(i, _, _)| i)
+    let cap = (settings.balance_factor * (rooms + 1) as f64 / candidates.len() as f64).ceil();
+    let allowed = |c: &Candidate| !any_under || c.estimate.is_none_or(|e| e < settings.max_cpu);
+    let best = |bounded: bool| {
+        let mut best: Option<(&Candidate, Option<u64>)> = None;
+        for c in candidates {
+            if !allowed(c) || (bounded && f64::from(c.rooms) + 1.0 > cap) {
+                continue;
+            }
+            best = match best {
+                None => Some((c, None)),
+                Some((b, b_weight)) => match by_estimate(c.estimate, b.estimate) {
+                    Ordering::Less => Some((c, None)),
+                    Ordering::Greater => Some((b, b_weight)),
+                    // Weights only for ties: most decisions never hash.
+                    Ordering::Equal => {
+                        let b_weight =
+                            b_weight.unwrap_or_else(|| rendezvous::weight(room_hash, b.seed));
+                        let c_weight = rendezvous::weight(room_hash, c.seed);
+                        if c_weight > b_weight {
+                            Some((c, Some(c_weight)))
+                        } else {
+                            Some((b, Some(b_weight)))
+                        }
+                    }
+                },
+            };
+        }
+        best.map(|(c, _)| c.index)
     };
     // The bound can only exclude everyone when max_cpu already removed the lightest nodes.
-    let index = best(&bounded).or_else(|| best(&allowed))?;
-    Some(Chosen {
-        index,
-        over_max_cpu: !any_under,
-    })
+    best(true).or_else(|| best(false))
 }
 
 /// Nodes with data first, lower estimate first.
