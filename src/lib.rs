@@ -7,10 +7,12 @@
 //! ## Map
 //! - [`room`]: request path and query → [`room::Target`] (a room key, a bridge server id, or
 //!   nothing). Pure and property-tested: the same room in every URL form gives one key.
-//! - [`fleet`]: nodes from the config and their CPU from Prometheus, published as an immutable
-//!   [`fleet::FleetState`] through `arc-swap`; knows nothing of requests.
+//! - [`fleet`]: nodes from the config, their CPU from Prometheus ([`fleet::prometheus`]), their
+//!   health ([`fleet::health`]) and live counters ([`fleet::live`]: rooms, drain), published as an
+//!   immutable [`fleet::FleetState`] through `arc-swap`; knows nothing of requests.
 //! - [`placement`]: the pin table ([`placement::pins`]), the placement rule
-//!   ([`placement::policy`]) and rendezvous hashing; knows nothing of hyper.
+//!   ([`placement::policy`]: estimated CPU, bounded load, `max_cpu`, rendezvous ties) and
+//!   rendezvous hashing; knows nothing of hyper.
 //! - [`proxy`]: the hyper service — forwarding with header hygiene, WebSocket tunnels, redirects
 //!   and error answers.
 //! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
@@ -23,8 +25,11 @@
 //! ## Decisions worth knowing
 //! - A room's pin lives while the room gets requests (`pin_idle_timeout`, default 10 minutes).
 //!   Jitsi clients keep signalling connections busy, so a live conference never expires.
-//! - A pinned room always goes to its node while that node is in the fleet; only a node leaving
-//!   moves its rooms (on their next request).
+//! - A pinned room always goes to its node while that node is in the fleet and healthy; only a
+//!   node leaving or failing its health checks moves its rooms (on their next request), and a
+//!   moved room stays where it landed. Draining keeps rooms and takes no new ones.
+//! - Replicas agree without talking: Prometheus is read at wall-clock-aligned instants and every
+//!   tie is broken by the room's hash, never by arrival order or randomness.
 //! - Requests with no room (assets, `/`) follow the affinity cookie set on room pages, so a page and
 //!   its assets come from one node and one jitsi-meet version; without the cookie they go to the
 //!   least-loaded node, ties spread by a hash of the client address.

@@ -18,7 +18,7 @@ async fn prometheus_steers_new_rooms_to_the_least_busy_node() {
     }
     let mut prometheus =
         Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
-    let mut text = config(
+    let text = config(
         &certs,
         // CPU steering alone: a loose bound, so bounded load (tested on its own) stays out of it.
         &format!(
@@ -26,15 +26,7 @@ async fn prometheus_steers_new_rooms_to_the_least_busy_node() {
             prometheus.url
         ),
         &[],
-    );
-    for node in &nodes {
-        text.push_str(&format!(
-            "\n[[nodes]]\nname = {:?}\nupstream = {:?}\ninstance = \"{}\"\n",
-            node.name(),
-            node.url(),
-            node.addr()
-        ));
-    }
+    ) + &nodes_with_instances(&nodes, &|_| String::new());
     let mut router = Router::start(&certs, &text);
     let client = router.client();
 
@@ -96,19 +88,12 @@ async fn wait_until_least_busy(prometheus: &Prometheus, nodes: &[SimNode], least
 }
 
 async fn new_rooms_land_on(router: &Router, rooms: &[&str], node: &str) {
-    let client = router.client();
-    for room in rooms {
-        let response = client
-            .get(router.url(&format!("/{room}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            shard(&response),
-            node,
-            "{room} should go to the least-busy node"
-        );
-    }
+    let per_node = place_rooms(router, rooms.iter().map(|r| r.to_string())).await;
+    let all_there = std::collections::BTreeMap::from([(node.to_owned(), rooms.len())]);
+    assert_eq!(
+        per_node, all_there,
+        "new rooms should go to the least-busy node"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
