@@ -101,6 +101,8 @@ pub struct Server {
     pub http_listen: Option<SocketAddr>,
     /// The HTTPS port used in those redirects (default: the first `listen` port).
     pub public_https_port: u16,
+    /// How long open requests and tunnels may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
 }
 
 /// `[tls]`
@@ -251,6 +253,7 @@ mod raw {
         pub listen: OneOrMany,
         pub http_listen: Option<String>,
         pub public_https_port: Option<u16>,
+        pub shutdown_grace: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -513,10 +516,16 @@ fn server(check: &Check, raw: raw::Server) -> Result<Server, ConfigError> {
         .as_deref()
         .map(|t| check.addr("server.http_listen", t))
         .transpose()?;
+    let shutdown_grace = check.duration(
+        "server.shutdown_grace",
+        raw.shutdown_grace.as_deref(),
+        Duration::from_secs(30),
+    )?;
     Ok(Server {
         public_https_port: raw.public_https_port.unwrap_or(listen[0].port()),
         listen,
         http_listen,
+        shutdown_grace,
     })
 }
 
@@ -808,6 +817,7 @@ impl Config {
             listen: raw::OneOrMany::Many(listen.iter().map(ToString::to_string).collect()),
             http_listen: None,
             public_https_port: None,
+            shutdown_grace: None,
         };
         Ok(Config {
             source: None,

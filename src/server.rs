@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -110,9 +111,13 @@ impl Server {
         &self.certs
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, then shuts down gracefully: listeners close at once,
+    /// requests in flight and WebSocket tunnels get up to `shutdown_grace` to finish. A second
+    /// Ctrl-C or SIGTERM during that time ends it at once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut tasks = tokio::task::JoinSet::new();
+        let mut accepting = tokio::task::JoinSet::new();
+        let graceful = Arc::new(GracefulShutdown::new());
         if let Some(cfg) = self.config.prometheus.clone() {
             tracing::info!(url = %cfg.url, interval = ?cfg.interval, "reading node CPU from prometheus");
             tasks.spawn(prometheus::poll(self.proxy.router().fleet().clone(), cfg));
@@ -133,12 +138,13 @@ impl Server {
         let builder = Arc::new(connection_builder(&self.config));
         for listener in self.https {
             log_listening("https", &listener);
-            tasks.spawn(accept_https(
+            accepting.spawn(accept_https(
                 listener,
                 acceptor.clone(),
                 builder.clone(),
                 self.proxy.clone(),
                 self.config.limits.tls_handshake_timeout,
+                graceful.clone(),
             ));
         }
         if let Some(listener) = self.http {
@@ -147,10 +153,27 @@ impl Server {
                 0 => https_port,
                 port => port,
             };
-            tasks.spawn(accept_http(listener, port));
+            accepting.spawn(accept_http(listener, port, graceful.clone()));
         }
         shutdown.await;
-        tracing::info!("shutting down");
+        let grace = self.config.server.shutdown_grace;
+        tracing::info!(grace = ?grace, "shutting down: no new connections, waiting for open ones");
+        accepting.shutdown().await;
+        let tunnels = self.proxy.tunnels().clone();
+        let drained = async move {
+            // Only the accept loops held other references, and they are gone.
+            if let Ok(graceful) = Arc::try_unwrap(graceful) {
+                graceful.shutdown().await;
+            }
+            tunnels.idle().await;
+        };
+        tokio::select! {
+            finished = tokio::time::timeout(grace, drained) => match finished {
+                Ok(()) => tracing::info!("all connections closed"),
+                Err(_) => tracing::warn!(open_tunnels = self.proxy.tunnels().count(), "grace period over; closing the rest"),
+            },
+            () = crate::server_shutdown_signal() => tracing::warn!("second signal: stopping now"),
+        }
         tasks.shutdown().await;
     }
 }
@@ -203,6 +226,7 @@ async fn accept_https(
     builder: Arc<auto::Builder<TokioExecutor>>,
     proxy: Arc<Proxy>,
     handshake_timeout: Duration,
+    graceful: Arc<GracefulShutdown>,
 ) {
     loop {
         let (tcp, peer) = accept(&listener).await;
@@ -210,6 +234,7 @@ async fn accept_https(
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let proxy = proxy.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -226,19 +251,18 @@ async fn accept_https(
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
             });
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
 }
 
-async fn accept_http(listener: TcpListener, https_port: u16) {
+async fn accept_http(listener: TcpListener, https_port: u16, graceful: Arc<GracefulShutdown>) {
     loop {
         let (tcp, peer) = accept(&listener).await;
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| async move {
                 Ok::<_, Infallible>(to_https(&req, https_port))
@@ -247,7 +271,7 @@ async fn accept_http(listener: TcpListener, https_port: u16) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(tcp), service);
-            if let Err(e) = conn.await {
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
         });

@@ -548,3 +548,68 @@ async fn plain_http_listener_redirects_to_https() {
         format!("https://localhost:{}/MyRoom?x=1", router.https.port()).as_str()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_requests_and_tunnels_finish_then_exits_0() {
+    let (certs, _nodes, mut router) = fleet(1, "").await;
+    let client = router.client_h1();
+    let url = router.url("/http-bind?room=goodbye");
+    let poll = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .post(url)
+                .header("x-sim-delay-ms", "2000")
+                .body("<body/>")
+                .send()
+                .await
+        }
+    });
+    let (mut ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=goodbye").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    router.signal("TERM");
+
+    let https = router.https;
+    eventually(
+        Duration::from_secs(5),
+        "the listener to close",
+        || async move { tokio::net::TcpStream::connect(https).await.is_err() },
+    )
+    .await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    let response = poll.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200, "the long-poll in flight finished");
+    assert!(
+        router.is_running(),
+        "an open tunnel keeps the router up within the grace period"
+    );
+
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws); // the client hangs up after the close handshake, as browsers do
+    assert_eq!(router.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        router.logs().contains("all connections closed"),
+        "{}",
+        router.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_stops_at_once() {
+    let (certs, _nodes, mut router) = fleet(1, "").await;
+    let (_ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=stuck").await;
+    router.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        router.is_running(),
+        "the open tunnel holds the first shutdown"
+    );
+    router.signal("INT");
+    assert_eq!(router.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(router.logs().contains("second signal"), "{}", router.logs());
+}

@@ -48,6 +48,8 @@ pub struct ForwardSettings {
     pub preserve_host: bool,
     /// Health settings: connection failures count toward `fall`.
     pub health: crate::config::Health,
+    /// Open WebSocket tunnels.
+    pub tunnels: std::sync::Arc<tunnel::Tunnels>,
 }
 
 /// Sends the request to `node` and returns its response (or a 502/504 of ours).
@@ -114,6 +116,7 @@ pub async fn forward(
                 downstream,
                 hyper::upgrade::on(&mut response),
                 node.id.clone(),
+                settings.tunnels.open(),
             ),
             None => {
                 return errors::plain(

@@ -56,6 +56,7 @@ impl Proxy {
                 response_timeout: config.upstream.response_timeout,
                 preserve_host: config.upstream.preserve_host,
                 health: config.health.clone(),
+                tunnels: Arc::default(),
             },
             room_limits: RoomLimits {
                 max_chars: config.limits.max_room_chars,
@@ -64,6 +65,11 @@ impl Proxy {
             retry_after: config.limits.retry_after,
             affinity_cookie: config.routing.affinity_cookie.clone(),
         })
+    }
+
+    /// Open WebSocket tunnels.
+    pub fn tunnels(&self) -> &Arc<tunnel::Tunnels> {
+        &self.forward.tunnels
     }
 
     /// The routing core behind this handler.

@@ -1,17 +1,23 @@
 //! WebSocket tunnels: after both sides agreed to upgrade, bytes are copied both ways untouched
 //! until either side closes; a close on one side is passed on to the other.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
 
 use crate::fleet::NodeId;
 
 /// Per-direction copy buffer. Jitsi signalling frames are small; keep idle tunnels cheap.
 const BUFFER: usize = 4 * 1024;
 
-/// Joins the client's and the node's upgraded connections in a background task.
-pub fn splice(client: OnUpgrade, node: OnUpgrade, id: NodeId) {
+/// Joins the client's and the node's upgraded connections in a background task, counted by
+/// `guard` until it ends.
+pub fn splice(client: OnUpgrade, node: OnUpgrade, id: NodeId, guard: TunnelGuard) {
     tokio::spawn(async move {
+        let _open = guard;
         let (client, upstream) = match tokio::try_join!(client, node) {
             Ok(both) => both,
             Err(e) => {
@@ -30,4 +36,48 @@ pub fn splice(client: OnUpgrade, node: OnUpgrade, id: NodeId) {
             Err(e) => tracing::debug!(node = %id, error = %e, "websocket ended"),
         }
     });
+}
+
+/// Counts open tunnels, so shutdown can wait for them (and metrics can show them).
+#[derive(Debug, Default)]
+pub struct Tunnels {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+/// Held by a tunnel while it is open.
+#[derive(Debug)]
+pub struct TunnelGuard(Arc<Tunnels>);
+
+impl Tunnels {
+    /// Counts a new tunnel until the guard drops.
+    pub fn open(self: &Arc<Self>) -> TunnelGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        TunnelGuard(self.clone())
+    }
+
+    /// Tunnels open now.
+    pub fn count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Completes when no tunnel is open.
+    pub async fn idle(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches it even before it is polled.
+            let closed = self.closed.notified();
+            if self.count() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
 }
