@@ -86,6 +86,8 @@ pub struct Config {
     pub placement: crate::placement::Settings,
     /// Active health checks of nodes.
     pub health: Health,
+    /// Where pins are kept across restarts; `None` keeps them in memory only.
+    pub pins_snapshot: Option<PathBuf>,
     /// Where node CPU comes from; `None` means all nodes count as equally loaded.
     pub prometheus: Option<Prometheus>,
     /// The fleet.
@@ -235,6 +237,8 @@ mod raw {
         pub placement: Placement,
         #[serde(default)]
         pub health: Health,
+        #[serde(default)]
+        pub pins: Pins,
         pub prometheus: Option<Prometheus>,
         #[serde(default)]
         pub nodes: Vec<Node>,
@@ -297,6 +301,12 @@ mod raw {
         pub max_cpu: Option<f64>,
         pub balance_factor: Option<f64>,
         pub room_cost: Option<f64>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Pins {
+        pub snapshot_path: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -469,6 +479,12 @@ impl Config {
         let limits = limits(&check, raw.limits)?;
         let placement = placement(&check, raw.placement)?;
         let health = health(&check, raw.health)?;
+        let pins_snapshot = raw
+            .pins
+            .snapshot_path
+            .as_deref()
+            .map(|p| check.path("pins.snapshot_path", p))
+            .transpose()?;
         let prometheus = raw.prometheus.map(|p| prometheus(&check, p)).transpose()?;
         let nodes = nodes(&check, raw.nodes, routing.mode)?;
         Ok(Config {
@@ -480,6 +496,7 @@ impl Config {
             limits,
             placement,
             health,
+            pins_snapshot,
             prometheus,
             nodes,
         })
@@ -828,6 +845,7 @@ impl Config {
             limits: limits(&check, raw::Limits::default())?,
             placement: placement(&check, raw::Placement::default())?,
             health: health(&check, raw::Health::default())?,
+            pins_snapshot: None,
             prometheus: None,
             nodes,
         })

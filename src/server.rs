@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::fleet::{health, prometheus, Fleet};
 use crate::placement::pins::MemoryPins;
-use crate::placement::Router;
+use crate::placement::{snapshot, Router};
 use crate::proxy::Proxy;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -68,6 +68,15 @@ impl Server {
         let fleet = Arc::new(Fleet::new(config.nodes.clone(), staleness));
         let pins = Arc::new(MemoryPins::new(config.routing.pin_idle_timeout));
         let router = Arc::new(Router::new(fleet, pins, config.placement));
+        if let Some(path) = &config.pins_snapshot {
+            match snapshot::load(&router, path) {
+                Ok(count) => tracing::info!(count, file = %path.display(), "pins restored"),
+                // Starting with no pins is better than not starting; say so loudly.
+                Err(e) => {
+                    tracing::error!(error = %e, "pin snapshot not restored; starting with no pins")
+                }
+            }
+        }
         let proxy = Arc::new(Proxy::new(router, &config)?);
         let health_client = health::client(&config.health, config.upstream.ca.as_deref())?;
         let mut https = Vec::with_capacity(config.server.listen.len());
@@ -175,6 +184,12 @@ impl Server {
             () = crate::server_shutdown_signal() => tracing::warn!("second signal: stopping now"),
         }
         tasks.shutdown().await;
+        if let Some(path) = &self.config.pins_snapshot {
+            match snapshot::save(self.proxy.router(), path) {
+                Ok(count) => tracing::info!(count, file = %path.display(), "pins saved"),
+                Err(e) => tracing::error!(error = %e, "pins not saved"),
+            }
+        }
     }
 }
 

@@ -226,3 +226,60 @@ async fn two_routers_reading_one_prometheus_place_rooms_alike() {
     }
     assert!(spread.len() > 1, "100 rooms on one node: {spread:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pins_survive_a_restart_with_a_snapshot() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "[pins]\nsnapshot_path = {:?}\n",
+        dir.path().join("pins.json")
+    );
+    let with_drain = |drained: &'static str| {
+        config(&certs, &sections, &[])
+            + &nodes_with_instances(&nodes, &move |n| {
+                if n.name() == drained {
+                    "drain = true\n".into()
+                } else {
+                    String::new()
+                }
+            })
+    };
+    let mut first = Router::start(&certs, &with_drain("none"));
+    let client = first.client();
+    let mut before = Vec::new();
+    for i in 0..30 {
+        let response = client
+            .get(first.url(&format!("/kept-{i}")))
+            .send()
+            .await
+            .unwrap();
+        before.push(shard(&response));
+    }
+    assert!(before.iter().any(|n| n == "jitsi-a"), "{before:?}");
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        first.logs().contains("pins saved count=30"),
+        "{}",
+        first.logs()
+    );
+
+    // Restarted with jitsi-a draining: only restored pins can still send rooms there.
+    let second = Router::start(&certs, &with_drain("jitsi-a"));
+    assert!(
+        second.logs().contains("pins restored count=30"),
+        "{}",
+        second.logs()
+    );
+    let client = second.client();
+    for (i, node) in before.iter().enumerate() {
+        let response = client
+            .get(second.url(&format!("/http-bind?room=kept-{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(&shard(&response), node, "kept-{i} moved across the restart");
+    }
+}

@@ -57,6 +57,10 @@ pub trait PinStore: Send + Sync {
     fn sweep(&self, dropped: &mut dyn FnMut(&NodeId)) -> usize;
     /// Live pins (approximate while sweeping).
     fn len(&self) -> usize;
+    /// Every live pin: room, node, and time since its last request.
+    fn export(&self) -> Vec<(String, NodeId, Duration)>;
+    /// Puts back a pin that was idle for `idle` (from a snapshot); false if the room is pinned.
+    fn restore(&self, room: &str, node: NodeId, idle: Duration) -> bool;
     /// Whether no room is pinned.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -174,6 +178,41 @@ impl PinStore for MemoryPins {
     fn len(&self) -> usize {
         self.map.len()
     }
+
+    fn export(&self) -> Vec<(String, NodeId, Duration)> {
+        let now = self.now_ms();
+        self.map
+            .iter()
+            .filter(|entry| !self.expired(entry.value(), now))
+            .map(|entry| {
+                let idle = now.saturating_sub(entry.value().last_seen_ms.load(Ordering::Relaxed));
+                (
+                    entry.key().to_string(),
+                    entry.value().node.clone(),
+                    Duration::from_millis(idle),
+                )
+            })
+            .collect()
+    }
+
+    fn restore(&self, room: &str, node: NodeId, idle: Duration) -> bool {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        if idle_ms > self.idle_ms {
+            return false;
+        }
+        // A pin restored as if last seen `idle` ago expires on the same schedule it had.
+        let now = self.now_ms();
+        match self.map.entry(room.into()) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                let pin = self.fresh(node, now);
+                pin.last_seen_ms
+                    .store(now.saturating_sub(idle_ms), Ordering::Relaxed);
+                slot.insert(pin);
+                true
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +274,25 @@ mod tests {
             std::thread::sleep(Duration::from_millis(30));
             assert!(pins.lookup("r").is_some());
         }
+    }
+
+    #[test]
+    fn export_and_restore_keep_idle_time() {
+        let pins = MemoryPins::new(Duration::from_secs(60));
+        pins.pin_if_absent("a", NodeId::new("n1"));
+        let saved = pins.export();
+        assert_eq!(saved.len(), 1);
+        let fresh = MemoryPins::new(Duration::from_secs(60));
+        assert!(fresh.restore("a", NodeId::new("n1"), Duration::from_secs(59)));
+        assert!(
+            !fresh.restore("a", NodeId::new("n2"), Duration::ZERO),
+            "never overwrites"
+        );
+        assert!(
+            !fresh.restore("b", NodeId::new("n1"), Duration::from_secs(61)),
+            "already expired"
+        );
+        assert_eq!(fresh.lookup("a"), Some(NodeId::new("n1")));
     }
 
     #[test]
