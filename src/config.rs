@@ -95,7 +95,7 @@ pub struct Config {
 }
 
 /// `[server]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     /// HTTPS listeners (`listen`, a string or a list).
     pub listen: Vec<SocketAddr>,
@@ -108,7 +108,7 @@ pub struct Server {
 }
 
 /// `[tls]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -117,7 +117,7 @@ pub struct Tls {
 }
 
 /// `[routing]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Routing {
     /// Proxy or redirect.
     pub mode: Mode,
@@ -128,7 +128,7 @@ pub struct Routing {
 }
 
 /// `[upstream]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// Time allowed to open a connection to a node.
     pub connect_timeout: Duration,
@@ -145,7 +145,7 @@ pub struct Upstream {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Largest request head (request line and headers), in bytes; larger gets `431`.
     pub max_request_head: usize,
@@ -158,7 +158,7 @@ pub struct Limits {
 }
 
 /// `[health]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Health {
     /// Path requested on each node's upstream.
     pub path: String,
@@ -180,7 +180,7 @@ pub enum Scale {
 }
 
 /// `[prometheus]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Prometheus {
     /// Base URL of the Prometheus server.
     pub url: String,

@@ -16,7 +16,8 @@
 //! - [`proxy`]: the hyper service — forwarding with header hygiene, WebSocket tunnels, redirects
 //!   and error answers.
 //! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
-//! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener.
+//! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener, graceful shutdown.
+//! - [`reload`]: config and certificate reload on SIGHUP or file change, all-or-nothing.
 //! - [`config`]: the TOML schema and its validation; [`demo`]: simulated Jitsi nodes for `demo`
 //!   and tests; [`simulate`]: the placement simulator behind `jitsi-router simulate`.
 //!
@@ -42,6 +43,7 @@ pub mod demo;
 pub mod fleet;
 pub mod placement;
 pub mod proxy;
+pub mod reload;
 pub mod room;
 pub mod server;
 pub mod simulate;

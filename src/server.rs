@@ -137,6 +137,12 @@ impl Server {
             self.health_client.clone(),
             self.config.health.clone(),
         ));
+        let fleet = self.proxy.router().fleet().clone();
+        if let Some(reloader) =
+            crate::reload::Reloader::new(self.config.clone(), fleet, self.certs.clone())
+        {
+            tasks.spawn(reloader.run());
+        }
         tasks.spawn(sweep_pins(
             self.proxy.router().clone(),
             self.config.routing.pin_idle_timeout,

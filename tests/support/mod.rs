@@ -25,6 +25,7 @@ pub struct Certs {
     pub cert: PathBuf,
     pub key: PathBuf,
     ca_pem: String,
+    issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Certs {
@@ -50,7 +51,31 @@ impl Certs {
             key: write("privkey.pem", &leaf_key.serialize_pem()),
             ca_pem,
             dir,
+            issuer: ca,
         }
+    }
+
+    /// Issues a new `localhost` leaf from the same CA over the cert and key files; returns its DER.
+    pub fn rotate(&self) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        std::fs::write(&self.key, key.serialize_pem()).unwrap();
+        std::fs::write(&self.cert, leaf.pem()).unwrap();
+        leaf.der().to_vec()
+    }
+
+    /// The DER of the certificate a TLS handshake with `addr` presents.
+    pub async fn presented(&self, addr: SocketAddr) -> Vec<u8> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(self.client_config())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
     }
 
     /// A rustls server config with the leaf (for HTTPS simulated nodes).
@@ -254,6 +279,11 @@ impl Router {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// The config file the router was started with (rewrite it to test reloads).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("router.toml")
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,143 @@
+//! Reloading the config file and certificates in place: on SIGHUP, or when the config, certificate
+//! or key file changes on disk (checked every two seconds).
+//!
+//! A reload reads and checks everything first — the whole config, then the certificate and key —
+//! and applies only if all of it is good, so a bad edit never leaves a half-applied state: the
+//! running config stays and the reason is logged. What applies live: the node list (new nodes take
+//! rooms, removed nodes' rooms move on their next request, `drain` flags) and the certificate (new
+//! handshakes use it; open connections and WebSocket tunnels keep going). Other sections need a
+//! restart; a reload that changes them says which.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::Config;
+use crate::fleet::Fleet;
+use crate::tls::{self, CertStore};
+
+/// How often files are checked for changes.
+const POLL: Duration = Duration::from_secs(2);
+
+/// What a file looked like when last read: a change of either means "read it again".
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Option<(SystemTime, u64)>);
+
+impl Stamp {
+    fn of(path: &Path) -> Stamp {
+        Stamp(
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len()))),
+        )
+    }
+}
+
+/// Watches for reload triggers and applies new configs.
+pub struct Reloader {
+    path: PathBuf,
+    current: Config,
+    fleet: Arc<Fleet>,
+    certs: Arc<CertStore>,
+    stamps: Vec<Stamp>,
+}
+
+impl Reloader {
+    /// A reloader for a config read from a file; `None` for a config built in code.
+    pub fn new(current: Config, fleet: Arc<Fleet>, certs: Arc<CertStore>) -> Option<Reloader> {
+        let path = current.source.clone()?;
+        let mut reloader = Reloader {
+            path,
+            current,
+            fleet,
+            certs,
+            stamps: Vec::new(),
+        };
+        reloader.stamps = reloader.read_stamps();
+        Some(reloader)
+    }
+
+    fn watched(&self) -> [&Path; 3] {
+        [&self.path, &self.current.tls.cert, &self.current.tls.key]
+    }
+
+    fn read_stamps(&self) -> Vec<Stamp> {
+        self.watched().iter().map(|p| Stamp::of(p)).collect()
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let signalled = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let signalled = std::future::pending::<Option<()>>();
+            let why = tokio::select! {
+                _ = signalled => "SIGHUP",
+                _ = tick.tick() => {
+                    if self.read_stamps() == self.stamps {
+                        continue;
+                    }
+                    "file change"
+                }
+            };
+            self.reload(why);
+        }
+    }
+
+    /// Reads the config and certificate again and applies them if all is good.
+    pub fn reload(&mut self, why: &str) {
+        // Whatever happens, these versions of the files have been looked at.
+        self.stamps = self.read_stamps();
+        match self.prepare() {
+            Ok((config, key)) => {
+                let restart = restart_only_changes(&self.current, &config);
+                self.certs.replace(key);
+                self.fleet.set_nodes(config.nodes.clone());
+                if !restart.is_empty() {
+                    tracing::warn!(sections = ?restart, "these changes take effect only after a restart");
+                }
+                tracing::info!(why, nodes = config.nodes.len(), "config reloaded");
+                self.current = config;
+                self.stamps = self.read_stamps();
+            }
+            Err(reason) => {
+                tracing::error!(why, error = %reason, "reload rejected; the running config stays");
+            }
+        }
+    }
+
+    fn prepare(&self) -> Result<(Config, rustls::sign::CertifiedKey), String> {
+        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        let key = tls::load_certified_key(&config.tls.cert, &config.tls.key)
+            .map_err(|e| e.to_string())?;
+        Ok((config, key))
+    }
+}
+
+/// Config sections that changed but are only read at start.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("server", old.server != new.server),
+        ("routing", old.routing != new.routing),
+        ("upstream", old.upstream != new.upstream),
+        ("limits", old.limits != new.limits),
+        ("placement", old.placement != new.placement),
+        ("health", old.health != new.health),
+        ("pins", old.pins_snapshot != new.pins_snapshot),
+        ("prometheus", old.prometheus != new.prometheus),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}

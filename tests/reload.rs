@@ -1,0 +1,178 @@
+//! Reload in place: SIGHUP and file changes apply new nodes and certificates, reject bad edits
+//! whole, and never disturb open connections.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn websocket(certs: &Certs, router: &Router, path: &str) -> Ws {
+    let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
+    let request = format!("wss://localhost:{}{path}", router.https.port())
+        .into_client_request()
+        .unwrap();
+    let connector = Some(Connector::Rustls(certs.client_config()));
+    tokio_tungstenite::client_async_tls_with_config(request, tcp, None, connector)
+        .await
+        .unwrap()
+        .0
+}
+
+async fn echoes(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+}
+
+async fn status(router: &Router, path: &str) -> u16 {
+    router
+        .client()
+        .get(router.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn wait_for_count(router: &Router, text: &str, count: usize) {
+    let what = format!("{count} × {text:?} in the log");
+    eventually(Duration::from_secs(15), &what, || async {
+        router.logs().matches(text).count() >= count
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_adds_and_removes_nodes_while_a_tunnel_stays_open() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(3).await;
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes[..2])));
+    let mut ws = websocket(&certs, &router, "/colibri-ws/jitsi-a/conf/ep").await;
+    assert_eq!(status(&router, "/colibri-ws/jitsi-c/conf/ep").await, 404);
+    let client = router.client();
+    let mut on_b = Vec::new();
+    for i in 0..30 {
+        let response = client
+            .get(router.url(&format!("/hup-{i}")))
+            .send()
+            .await
+            .unwrap();
+        if shard(&response) == "jitsi-b" {
+            on_b.push(i);
+        }
+    }
+    assert!(!on_b.is_empty());
+
+    let without_b = vec![
+        node_entries(&nodes)[0].clone(),
+        node_entries(&nodes)[2].clone(),
+    ];
+    std::fs::write(router.config_path(), config(&certs, "", &without_b)).unwrap();
+    router.signal("HUP");
+    wait_for_count(&router, "config reloaded", 1).await;
+
+    assert_eq!(
+        status(&router, "/colibri-ws/jitsi-c/conf/ep").await,
+        200,
+        "new node serves"
+    );
+    assert_eq!(
+        status(&router, "/colibri-ws/jitsi-b/conf/ep").await,
+        404,
+        "removed node is gone"
+    );
+    for i in on_b {
+        let response = client
+            .get(router.url(&format!("/hup-{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(
+            shard(&response),
+            "jitsi-b",
+            "hup-{i} still on the removed node"
+        );
+    }
+    echoes(&mut ws, "the tunnel survived the reload").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_file_reloads_and_a_bad_one_is_rejected_whole() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes[..1])));
+
+    let bad = config(
+        &certs,
+        "[routing]\nmode = \"fast\"\n",
+        &node_entries(&nodes),
+    );
+    std::fs::write(router.config_path(), bad).unwrap();
+    wait_for_count(&router, "reload rejected", 1).await;
+    assert!(router.logs().contains("routing.mode"), "{}", router.logs());
+    assert_eq!(
+        status(&router, "/colibri-ws/jitsi-b/x/y").await,
+        404,
+        "nothing of the bad file applied"
+    );
+    assert_eq!(
+        status(&router, "/colibri-ws/jitsi-a/x/y").await,
+        200,
+        "the running config still serves"
+    );
+
+    std::fs::write(
+        router.config_path(),
+        config(&certs, "", &node_entries(&nodes)),
+    )
+    .unwrap();
+    wait_for_count(&router, "config reloaded", 1).await;
+    assert!(
+        router.logs().contains("why=\"file change\""),
+        "{}",
+        router.logs()
+    );
+    assert_eq!(status(&router, "/colibri-ws/jitsi-b/x/y").await, 200);
+
+    // A section read only at start: the reload says a restart is needed.
+    let changed = config(
+        &certs,
+        "[routing]\npin_idle_timeout = \"5m\"\n",
+        &node_entries(&nodes),
+    );
+    std::fs::write(router.config_path(), changed).unwrap();
+    wait_for_count(&router, "config reloaded", 2).await;
+    assert!(
+        router.logs().contains("only after a restart"),
+        "{}",
+        router.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_certificate_serves_new_handshakes() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes)));
+    let before = certs.presented(router.https).await;
+    let mut ws = websocket(&certs, &router, "/xmpp-websocket?room=rotation").await;
+
+    let rotated = certs.rotate();
+    assert_ne!(before, rotated);
+    eventually(
+        Duration::from_secs(15),
+        "the new certificate on new handshakes",
+        || async { certs.presented(router.https).await == rotated },
+    )
+    .await;
+    echoes(&mut ws, "the connection from before the rotation goes on").await;
+    assert_eq!(status(&router, "/rotation").await, 200);
+}
