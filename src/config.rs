@@ -88,6 +88,8 @@ pub struct Config {
     pub health: Health,
     /// Where pins are kept across restarts; `None` keeps them in memory only.
     pub pins_snapshot: Option<PathBuf>,
+    /// Admin API access.
+    pub admin: Admin,
     /// Where node CPU comes from; `None` means all nodes count as equally loaded.
     pub prometheus: Option<Prometheus>,
     /// The fleet.
@@ -105,6 +107,17 @@ pub struct Server {
     pub public_https_port: u16,
     /// How long open requests and tunnels may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// The admin listener (plain HTTP: JSON API, health).
+    pub admin_listen: SocketAddr,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// Bearer token every admin request must carry; required off loopback.
+    pub token: Option<String>,
+    /// Leave `/metrics` and `/healthz` open without the token.
+    pub open_metrics: bool,
 }
 
 /// `[tls]`
@@ -215,6 +228,12 @@ pub struct NodeSpec {
     pub drain: bool,
 }
 
+/// Where the admin listener binds unless configured.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9480";
+
+/// Environment variable that supplies the admin token (wins over the file).
+pub const ADMIN_TOKEN_ENV: &str = "JITSI_ROUTER_ADMIN_TOKEN";
+
 /// The default PromQL: busy CPU fraction per instance, from node_exporter.
 pub const DEFAULT_QUERY: &str =
     r#"1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[1m]))"#;
@@ -239,6 +258,8 @@ mod raw {
         pub health: Health,
         #[serde(default)]
         pub pins: Pins,
+        #[serde(default)]
+        pub admin: Admin,
         pub prometheus: Option<Prometheus>,
         #[serde(default)]
         pub nodes: Vec<Node>,
@@ -258,6 +279,14 @@ mod raw {
         pub http_listen: Option<String>,
         pub public_https_port: Option<u16>,
         pub shutdown_grace: Option<String>,
+        pub admin_listen: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Admin {
+        pub token: Option<String>,
+        pub open_metrics: Option<bool>,
     }
 
     #[derive(Deserialize)]
@@ -485,6 +514,7 @@ impl Config {
             .as_deref()
             .map(|p| check.path("pins.snapshot_path", p))
             .transpose()?;
+        let admin = admin(&check, raw.admin, server.admin_listen)?;
         let prometheus = raw.prometheus.map(|p| prometheus(&check, p)).transpose()?;
         let nodes = nodes(&check, raw.nodes, routing.mode)?;
         Ok(Config {
@@ -497,6 +527,7 @@ impl Config {
             placement,
             health,
             pins_snapshot,
+            admin,
             prometheus,
             nodes,
         })
@@ -538,11 +569,16 @@ fn server(check: &Check, raw: raw::Server) -> Result<Server, ConfigError> {
         raw.shutdown_grace.as_deref(),
         Duration::from_secs(30),
     )?;
+    let admin_listen = check.addr(
+        "server.admin_listen",
+        raw.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+    )?;
     Ok(Server {
         public_https_port: raw.public_https_port.unwrap_or(listen[0].port()),
         listen,
         http_listen,
         shutdown_grace,
+        admin_listen,
     })
 }
 
@@ -633,6 +669,27 @@ fn limits(check: &Check, raw: raw::Limits) -> Result<Limits, ConfigError> {
             raw.retry_after.as_deref(),
             Duration::from_secs(5),
         )?,
+    })
+}
+
+fn admin(check: &Check, raw: raw::Admin, listen: SocketAddr) -> Result<Admin, ConfigError> {
+    let token = std::env::var(ADMIN_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or(raw.token);
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err(check.invalid("admin.token", "(hidden)", "use at least 16 characters"));
+    }
+    if token.is_none() && !listen.ip().is_loopback() {
+        return Err(check.invalid(
+            "server.admin_listen",
+            listen.to_string(),
+            format!("an admin listener off loopback needs [admin] token or {ADMIN_TOKEN_ENV}"),
+        ));
+    }
+    Ok(Admin {
+        token,
+        open_metrics: raw.open_metrics.unwrap_or(false),
     })
 }
 
@@ -835,6 +892,7 @@ impl Config {
             http_listen: None,
             public_https_port: None,
             shutdown_grace: None,
+            admin_listen: Some("127.0.0.1:0".into()),
         };
         Ok(Config {
             source: None,
@@ -846,13 +904,61 @@ impl Config {
             placement: placement(&check, raw::Placement::default())?,
             health: health(&check, raw::Health::default())?,
             pins_snapshot: None,
+            admin: Admin {
+                token: None,
+                open_metrics: false,
+            },
             prometheus: None,
             nodes,
         })
     }
 }
 
+/// A node as the admin API receives it (`PUT /api/nodes/{name}`): the fields of a `[[nodes]]` entry.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFields {
+    /// Proxy target.
+    pub upstream: String,
+    /// Redirect-mode target.
+    pub public_url: Option<String>,
+    /// Prometheus label value.
+    pub instance: Option<String>,
+    /// colibri-ws server ids.
+    pub jvb_server_ids: Option<Vec<String>>,
+    /// Drain flag.
+    pub drain: Option<bool>,
+}
+
 impl NodeSpec {
+    /// Validates a node from the admin API exactly as a `[[nodes]]` entry; errors name the field.
+    pub fn from_fields(name: &str, fields: NodeFields, mode: Mode) -> Result<NodeSpec, String> {
+        let check = Check {
+            file: Path::new("(admin API)"),
+        };
+        let raw = raw::Node {
+            name: name.to_owned(),
+            upstream: fields.upstream,
+            public_url: fields.public_url,
+            instance: fields.instance,
+            jvb_server_ids: fields.jvb_server_ids,
+            drain: fields.drain,
+        };
+        match nodes(&check, vec![raw], mode) {
+            Ok(mut specs) => Ok(specs.remove(0)),
+            Err(ConfigError::Invalid {
+                key,
+                value,
+                problem,
+                ..
+            }) => Err(format!(
+                "{} = {value}: {problem}",
+                key.trim_start_matches("nodes[0].")
+            )),
+            Err(other) => Err(other.to_string()),
+        }
+    }
+
     /// A node spec for code that builds fleets (demo, tests): instance defaults to the upstream's authority.
     pub fn new(name: &str, upstream: &str) -> Result<NodeSpec, ConfigError> {
         let check = Check {

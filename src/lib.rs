@@ -17,6 +17,7 @@
 //!   and error answers.
 //! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
 //! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener, graceful shutdown.
+//! - [`admin`]: the admin listener's JSON API (nodes, rooms, drain, readiness).
 //! - [`reload`]: config and certificate reload on SIGHUP or file change, all-or-nothing.
 //! - [`config`]: the TOML schema and its validation; [`demo`]: simulated Jitsi nodes for `demo`
 //!   and tests; [`simulate`]: the placement simulator behind `jitsi-router simulate`.
@@ -38,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod fleet;

@@ -50,6 +50,7 @@ pub enum StartError {
 pub struct Server {
     https: Vec<TcpListener>,
     http: Option<TcpListener>,
+    admin: TcpListener,
     proxy: Arc<Proxy>,
     certs: Arc<CertStore>,
     health_client: reqwest::Client,
@@ -87,9 +88,11 @@ impl Server {
             Some(addr) => Some(listen(addr).await?),
             None => None,
         };
+        let admin = listen(config.server.admin_listen).await?;
         Ok(Server {
             https,
             http,
+            admin,
             proxy,
             certs,
             health_client,
@@ -108,6 +111,11 @@ impl Server {
     /// The bound plain-HTTP address, if any.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
     }
 
     /// The routing core, for observers (demo console, later the admin API).
@@ -170,6 +178,13 @@ impl Server {
             };
             accepting.spawn(accept_http(listener, port, graceful.clone()));
         }
+        log_listening("admin", &self.admin);
+        let admin = Arc::new(crate::admin::Admin::new(
+            self.proxy.router().clone(),
+            &self.config.admin,
+            self.config.routing.mode,
+        ));
+        accepting.spawn(crate::admin::serve(self.admin, admin, graceful.clone()));
         shutdown.await;
         let grace = self.config.server.shutdown_grace;
         tracing::info!(grace = ?grace, "shutting down: no new connections, waiting for open ones");

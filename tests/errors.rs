@@ -259,6 +259,18 @@ fn startup_failures_are_one_clear_line_and_exit_1() {
     );
     assert_one_line_failure(&["serve", "--config", &unknown], &["router.toml", "modee"]);
 
+    let exposed = write_config(
+        dir.path(),
+        &good.replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            "admin_listen = \"0.0.0.0:0\"",
+        ),
+    );
+    assert_one_line_failure(
+        &["serve", "--config", &exposed],
+        &["server.admin_listen", "token"],
+    );
+
     let nowhere = dir.path().join("absent.toml");
     assert_one_line_failure(
         &["serve", "--config", nowhere.to_str().unwrap()],

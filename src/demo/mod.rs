@@ -47,6 +47,10 @@ pub async fn run(listen: Vec<SocketAddr>) -> Result<(), DemoError> {
     let server = Server::bind(config).await?;
     let port = server.https_addrs().first().map_or(8443, |a| a.port());
     print_welcome(&nodes, port, &cert);
+    if let Some(admin) = server.admin_addr() {
+        println!("Admin API: curl http://{admin}/api/nodes   curl http://{admin}/api/rooms\n");
+    }
+    println!("Rooms and their nodes (Ctrl-C to stop):");
     let mut events = server.router().subscribe();
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
@@ -84,5 +88,4 @@ fn print_welcome(nodes: &[SimNode], port: u16, cert: &std::path::Path) {
     println!("  curl -k '{base}/http-bind?room=MyRoom' -d '<body/>'   (BOSH of the same room: same node)");
     println!("  curl -k {base}/another-room -i                  (a new room may land elsewhere)");
     println!();
-    println!("Rooms and their nodes (Ctrl-C to stop):");
 }

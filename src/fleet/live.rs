@@ -32,6 +32,8 @@ pub struct NodeLive {
     draining: AtomicBool,
     /// Consecutive failures (high half) and successes (low half) of health checks.
     streak: AtomicU64,
+    /// Unix milliseconds of the last health result, 0 before the first.
+    checked_at_ms: AtomicU64,
 }
 
 impl Default for NodeLive {
@@ -42,6 +44,7 @@ impl Default for NodeLive {
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             streak: AtomicU64::new(0),
+            checked_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -98,8 +101,17 @@ impl NodeLive {
         self.draining.swap(draining, Ordering::Relaxed)
     }
 
+    /// When the last health result was recorded (Unix milliseconds).
+    pub fn checked_at_ms(&self) -> Option<u64> {
+        Some(self.checked_at_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+
     /// Records a health-check result (or a passive failure); returns the new health on a change.
     pub fn record_check(&self, ok: bool, thresholds: Thresholds) -> Option<bool> {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.checked_at_ms.store(unix_ms, Ordering::Relaxed);
         let bump = |streak: u64| {
             let (failures, successes) = ((streak >> 32) as u32, streak as u32);
             let (failures, successes) = if ok {

@@ -147,7 +147,13 @@ const ROOMS_TO_LEARN_COST: u32 = 20;
 
 /// The inputs a [`FleetState`] is built from; only writers touch them.
 struct Inputs {
+    /// The nodes in effect: the file's, with the runtime overlay applied.
     specs: Vec<NodeSpec>,
+    /// The nodes of the config file.
+    file_specs: Vec<NodeSpec>,
+    /// Runtime changes (admin API) by name: a registered/updated node, or `None` for a removal.
+    /// They are layered over the file, so they survive reloads.
+    overlay: Vec<(String, Option<NodeSpec>)>,
     cpu_by_instance: HashMap<String, f64>,
     cpu_read_at: Option<Instant>,
     max_staleness: Duration,
@@ -167,6 +173,8 @@ impl Fleet {
     pub fn new(specs: Vec<NodeSpec>, max_staleness: Duration) -> Fleet {
         let mut inputs = Inputs {
             specs: Vec::new(),
+            file_specs: specs.clone(),
+            overlay: Vec::new(),
             cpu_by_instance: HashMap::new(),
             cpu_read_at: None,
             max_staleness,
@@ -191,10 +199,52 @@ impl Fleet {
         self.state.load_full()
     }
 
-    /// Replaces the node list (config reload, admin API). A node whose `drain` setting changed
-    /// takes the new setting; other runtime drain switches stay as they are.
+    /// Replaces the config file's node list (start-up, reload); runtime changes stay layered on
+    /// top. A node whose `drain` setting changed takes the new setting; runtime drain switches of
+    /// other nodes stay as they are.
     pub fn set_nodes(&self, specs: Vec<NodeSpec>) {
-        self.update(|inputs| apply_specs(inputs, specs));
+        self.update(|inputs| {
+            inputs.file_specs = specs;
+            apply_specs(inputs, effective(inputs));
+        });
+    }
+
+    /// Registers or updates a node at runtime (kept across reloads). Fails, naming the clash, if
+    /// another node already serves one of its videobridge server ids.
+    pub fn put_node(&self, spec: NodeSpec) -> Result<(), String> {
+        let mut result = Ok(());
+        self.update(|inputs| {
+            let clash = inputs.specs.iter().find(|other| {
+                other.name != spec.name
+                    && other
+                        .jvb_server_ids
+                        .iter()
+                        .any(|id| spec.jvb_server_ids.contains(id))
+            });
+            if let Some(other) = clash {
+                result = Err(format!(
+                    "node {:?} already serves one of these jvb_server_ids",
+                    other.name
+                ));
+                return;
+            }
+            set_overlay(inputs, &spec.name.clone(), Some(spec));
+            apply_specs(inputs, effective(inputs));
+        });
+        result
+    }
+
+    /// Removes a node at runtime (kept across reloads); false if no such node is in effect.
+    pub fn remove_node(&self, name: &str) -> bool {
+        let mut found = false;
+        self.update(|inputs| {
+            found = inputs.specs.iter().any(|s| s.name == name);
+            if found {
+                set_overlay(inputs, name, None);
+                apply_specs(inputs, effective(inputs));
+            }
+        });
+        found
     }
 
     /// Records a CPU reading: busy fraction by Prometheus label value. Rooms placed before it
@@ -237,6 +287,40 @@ impl Fleet {
         change(&mut inputs);
         self.state.store(Arc::new(build(&inputs)));
     }
+}
+
+fn set_overlay(inputs: &mut Inputs, name: &str, change: Option<NodeSpec>) {
+    match inputs.overlay.iter_mut().find(|(n, _)| n == name) {
+        Some(entry) => entry.1 = change,
+        None => inputs.overlay.push((name.to_owned(), change)),
+    }
+}
+
+/// The file's nodes with the runtime overlay applied: replaced or removed in place, new ones last.
+fn effective(inputs: &Inputs) -> Vec<NodeSpec> {
+    let overlaid = |name: &str| {
+        inputs
+            .overlay
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, change)| change)
+    };
+    let mut specs: Vec<NodeSpec> = inputs
+        .file_specs
+        .iter()
+        .filter_map(|spec| match overlaid(&spec.name) {
+            Some(change) => change.clone(),
+            None => Some(spec.clone()),
+        })
+        .collect();
+    for (name, change) in &inputs.overlay {
+        if let Some(spec) = change {
+            if !inputs.file_specs.iter().any(|s| &s.name == name) {
+                specs.push(spec.clone());
+            }
+        }
+    }
+    specs
 }
 
 fn apply_specs(inputs: &mut Inputs, specs: Vec<NodeSpec>) {
@@ -389,6 +473,31 @@ mod tests {
         // Too few rooms changed: the estimate stays.
         fleet.set_cpu(reading(0.50, 0.50), Instant::now());
         assert_eq!(fleet.snapshot().learned_room_cost(), Some(learned));
+    }
+
+    #[test]
+    fn runtime_nodes_are_layered_over_the_file() {
+        let fleet = fleet();
+        let mut c = NodeSpec::new("c", "http://10.0.0.3:80").unwrap();
+        fleet.put_node(c.clone()).unwrap();
+        assert!(fleet.remove_node("a"));
+        assert!(!fleet.remove_node("zzz"));
+        let names = |f: &Fleet| {
+            f.snapshot()
+                .nodes()
+                .iter()
+                .map(|n| n.id.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&fleet), ["b", "c"]);
+        // A reload of the file keeps the runtime changes.
+        fleet.set_nodes(vec![
+            NodeSpec::new("a", "http://10.0.0.1:80").unwrap(),
+            NodeSpec::new("d", "http://10.0.0.4:80").unwrap(),
+        ]);
+        assert_eq!(names(&fleet), ["d", "c"]);
+        c.jvb_server_ids = vec!["d".into()];
+        assert!(fleet.put_node(c).unwrap_err().contains("\"d\""));
     }
 
     #[test]

@@ -86,6 +86,11 @@ impl Router {
         }
     }
 
+    /// The placement settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// Rooms placed while every candidate was at or above `max_cpu`.
     pub fn placed_over_max_cpu(&self) -> u64 {
         self.over_max_cpu.load(Ordering::Relaxed)
@@ -218,6 +223,20 @@ impl Router {
                 live.room_left();
             }
         })
+    }
+
+    /// Pins a room to a named node whatever it was (operators fixing a room by hand); returns the
+    /// node it left, if any. `None` from the outer option: no such node.
+    pub fn move_room(&self, room: &str, node: &str) -> Option<Option<NodeId>> {
+        let state = self.fleet.load();
+        let target = state.node(node)?;
+        let old = self.pins.set(room, target.id.clone());
+        target.live.room_placed();
+        if let Some(live) = old.as_ref().and_then(|o| state.live(o.as_str())) {
+            live.room_left();
+        }
+        tracing::info!(room, node, from = ?old.as_ref().map(NodeId::as_str), "room moved by operator");
+        Some(old)
     }
 
     /// Unpins a room (operators); its node counts it out.

@@ -43,6 +43,21 @@ impl Pinned {
     }
 }
 
+/// What is known of one pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinInfo {
+    /// The room key.
+    pub room: String,
+    /// Its node.
+    pub node: NodeId,
+    /// Time since it was pinned.
+    pub pinned_for: Duration,
+    /// Time since its last request.
+    pub idle: Duration,
+    /// Requests routed by this pin.
+    pub requests: u64,
+}
+
 /// A pin table.
 pub trait PinStore: Send + Sync {
     /// The room's node, refreshing its idle timer; `None` if unpinned or expired.
@@ -57,8 +72,12 @@ pub trait PinStore: Send + Sync {
     fn sweep(&self, dropped: &mut dyn FnMut(&NodeId)) -> usize;
     /// Live pins (approximate while sweeping).
     fn len(&self) -> usize;
-    /// Every live pin: room, node, and time since its last request.
-    fn export(&self) -> Vec<(String, NodeId, Duration)>;
+    /// Every live pin.
+    fn export(&self) -> Vec<PinInfo>;
+    /// One room's pin, without counting as a request.
+    fn info(&self, room: &str) -> Option<PinInfo>;
+    /// Pins the room to `node` whatever it was (operators fixing a room); returns the old node.
+    fn set(&self, room: &str, node: NodeId) -> Option<NodeId>;
     /// Puts back a pin that was idle for `idle` (from a snapshot); false if the room is pinned.
     fn restore(&self, room: &str, node: NodeId, idle: Duration) -> bool;
     /// Whether no room is pinned.
@@ -73,7 +92,9 @@ const SHARDS: usize = 512;
 
 struct Pin {
     node: NodeId,
+    pinned_at_ms: u64,
     last_seen_ms: AtomicU64,
+    requests: AtomicU64,
 }
 
 /// The in-memory pin table.
@@ -104,7 +125,21 @@ impl MemoryPins {
     fn fresh(&self, node: NodeId, now_ms: u64) -> Pin {
         Pin {
             node,
+            pinned_at_ms: now_ms,
             last_seen_ms: AtomicU64::new(now_ms),
+            requests: AtomicU64::new(1),
+        }
+    }
+
+    fn describe(room: &str, pin: &Pin, now_ms: u64) -> PinInfo {
+        PinInfo {
+            room: room.to_owned(),
+            node: pin.node.clone(),
+            pinned_for: Duration::from_millis(now_ms.saturating_sub(pin.pinned_at_ms)),
+            idle: Duration::from_millis(
+                now_ms.saturating_sub(pin.last_seen_ms.load(Ordering::Relaxed)),
+            ),
+            requests: pin.requests.load(Ordering::Relaxed),
         }
     }
 }
@@ -117,6 +152,7 @@ impl PinStore for MemoryPins {
             return None;
         }
         pin.last_seen_ms.store(now, Ordering::Relaxed);
+        pin.requests.fetch_add(1, Ordering::Relaxed);
         Some(pin.node.clone())
     }
 
@@ -179,20 +215,25 @@ impl PinStore for MemoryPins {
         self.map.len()
     }
 
-    fn export(&self) -> Vec<(String, NodeId, Duration)> {
+    fn export(&self) -> Vec<PinInfo> {
         let now = self.now_ms();
         self.map
             .iter()
             .filter(|entry| !self.expired(entry.value(), now))
-            .map(|entry| {
-                let idle = now.saturating_sub(entry.value().last_seen_ms.load(Ordering::Relaxed));
-                (
-                    entry.key().to_string(),
-                    entry.value().node.clone(),
-                    Duration::from_millis(idle),
-                )
-            })
+            .map(|entry| MemoryPins::describe(entry.key(), entry.value(), now))
             .collect()
+    }
+
+    fn info(&self, room: &str) -> Option<PinInfo> {
+        let now = self.now_ms();
+        let pin = self.map.get(room)?;
+        (!self.expired(&pin, now)).then(|| MemoryPins::describe(room, &pin, now))
+    }
+
+    fn set(&self, room: &str, node: NodeId) -> Option<NodeId> {
+        let now = self.now_ms();
+        let old = self.map.insert(room.into(), self.fresh(node, now))?;
+        (!self.expired(&old, now)).then_some(old.node)
     }
 
     fn restore(&self, room: &str, node: NodeId, idle: Duration) -> bool {
@@ -282,6 +323,11 @@ mod tests {
         pins.pin_if_absent("a", NodeId::new("n1"));
         let saved = pins.export();
         assert_eq!(saved.len(), 1);
+        assert_eq!((saved[0].room.as_str(), saved[0].requests), ("a", 1));
+        pins.lookup("a");
+        assert_eq!(pins.info("a").unwrap().requests, 2);
+        assert_eq!(pins.set("a", NodeId::new("n9")), Some(NodeId::new("n1")));
+        assert_eq!(pins.info("a").unwrap().node, NodeId::new("n9"));
         let fresh = MemoryPins::new(Duration::from_secs(60));
         assert!(fresh.restore("a", NodeId::new("n1"), Duration::from_secs(59)));
         assert!(

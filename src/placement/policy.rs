@@ -57,6 +57,21 @@ pub struct Chosen {
     pub over_max_cpu: bool,
 }
 
+/// A node's estimated busy CPU now (reading + cost of rooms placed since), for display.
+pub fn estimate(
+    state: &FleetState,
+    settings: &Settings,
+    index: usize,
+    now: Instant,
+) -> Option<f64> {
+    let cost = settings
+        .room_cost
+        .or(state.learned_room_cost())
+        .unwrap_or(DEFAULT_ROOM_COST);
+    let base = state.cpu(now).get(index).copied().flatten()?;
+    Some(base + cost * f64::from(state.slots()[index].live.placed_since_reading()))
+}
+
 /// One node as placement sees it, gathered once per decision.
 struct Candidate {
     index: usize,

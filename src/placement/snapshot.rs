@@ -55,10 +55,10 @@ pub fn save(router: &Router, path: &Path) -> Result<usize, SnapshotError> {
         .pins()
         .export()
         .into_iter()
-        .map(|(room, node, idle)| Saved {
-            room,
-            node: node.to_string(),
-            idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+        .map(|pin| Saved {
+            room: pin.room,
+            node: pin.node.to_string(),
+            idle_ms: u64::try_from(pin.idle.as_millis()).unwrap_or(u64::MAX),
         })
         .collect();
     let count = pins.len();

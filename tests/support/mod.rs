@@ -145,7 +145,7 @@ pub async fn sim_nodes(n: usize) -> Vec<SimNode> {
 /// A router config text: listeners on port 0, the test certificate, `sections` verbatim, then nodes.
 pub fn config(certs: &Certs, sections: &str, nodes: &[(&str, String)]) -> String {
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[tls]\ncert = {:?}\nkey = {:?}\n\n{sections}\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[tls]\ncert = {:?}\nkey = {:?}\n\n{sections}\n",
         certs.cert, certs.key
     );
     for (name, upstream) in nodes {
@@ -166,6 +166,7 @@ pub struct Router {
     child: Child,
     pub https: SocketAddr,
     pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     logs: Arc<Mutex<String>>,
     pub dir: tempfile::TempDir,
     ca: reqwest::Certificate,
@@ -211,9 +212,9 @@ impl Router {
             }
         });
         let wants_http = config.contains("http_listen");
-        let (mut https, mut http) = (None, None);
+        let (mut https, mut http, mut admin) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while https.is_none() || (wants_http && http.is_none()) {
+        while https.is_none() || admin.is_none() || (wants_http && http.is_none()) {
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
                 return Err(Failed {
@@ -238,6 +239,8 @@ impl Router {
                     .unwrap();
                 if line.contains("kind=\"https\"") {
                     https = Some(addr);
+                } else if line.contains("kind=\"admin\"") {
+                    admin = Some(addr);
                 } else {
                     http = Some(addr);
                 }
@@ -247,6 +250,7 @@ impl Router {
             child,
             https: https.unwrap(),
             http,
+            admin,
             logs,
             dir,
             ca: certs.reqwest_ca(),
@@ -279,6 +283,11 @@ impl Router {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// `http://<admin address><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("admin listener"))
     }
 
     /// The config file the router was started with (rewrite it to test reloads).

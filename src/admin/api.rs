@@ -1,0 +1,224 @@
+//! The JSON API's handlers. Field names here are the API's stable contract (README "Admin API").
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::{error, json, Admin, Answer};
+use crate::config::{NodeFields, NodeSpec};
+use crate::placement::pins::PinInfo;
+use crate::placement::policy;
+use crate::room::{RoomKey, RoomLimits};
+
+/// Most rooms one listing returns.
+const MAX_LIMIT: usize = 10_000;
+
+fn unix_secs_ago(age: Duration) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(age).as_millis() as f64 / 1000.0
+}
+
+pub(super) fn ready(admin: &Admin) -> Answer {
+    let healthy = admin
+        .router
+        .fleet()
+        .snapshot()
+        .nodes()
+        .iter()
+        .filter(|n| n.live.healthy())
+        .count();
+    if healthy > 0 {
+        json(
+            StatusCode::OK,
+            &json!({ "ready": true, "healthy_nodes": healthy }),
+        )
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "no healthy node")
+    }
+}
+
+pub(super) fn nodes(admin: &Admin) -> Answer {
+    let state = admin.router.fleet().snapshot();
+    let now = Instant::now();
+    let cpu = state.cpu(now);
+    let list: Vec<Value> = state
+        .nodes()
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let spec = &node.spec;
+            json!({
+                "name": spec.name,
+                "upstream": spec.upstream.to_string(),
+                "public_url": spec.public_url,
+                "instance": spec.instance,
+                "jvb_server_ids": spec.jvb_server_ids,
+                "cpu": cpu.get(i).copied().flatten(),
+                "cpu_estimate": policy::estimate(&state, admin.router.settings(), i, now),
+                "healthy": node.live.healthy(),
+                "draining": node.live.draining(),
+                "rooms": node.live.rooms(),
+                "placed_since_reading": node.live.placed_since_reading(),
+                "last_health_check": node.live.checked_at_ms().map(|ms| ms as f64 / 1000.0),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &Value::Array(list))
+}
+
+pub(super) fn put_node(admin: &Admin, name: &str, body: &[u8]) -> Answer {
+    let fields: NodeFields = match serde_json::from_slice(body) {
+        Ok(fields) => fields,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad node JSON: {e}")),
+    };
+    let spec = match NodeSpec::from_fields(name, fields, admin.mode) {
+        Ok(spec) => spec,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+    };
+    let existed = admin.router.fleet().snapshot().node(name).is_some();
+    if let Err(reason) = admin.router.fleet().put_node(spec) {
+        return error(StatusCode::CONFLICT, &reason);
+    }
+    tracing::info!(
+        node = name,
+        updated = existed,
+        "node registered through the admin API"
+    );
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    json(status, &json!({ "name": name, "created": !existed }))
+}
+
+pub(super) fn delete_node(admin: &Admin, name: &str) -> Answer {
+    if !admin.router.fleet().remove_node(name) {
+        return error(StatusCode::NOT_FOUND, &format!("no node named {name:?}"));
+    }
+    tracing::info!(node = name, "node removed through the admin API");
+    json(StatusCode::OK, &json!({ "name": name, "removed": true }))
+}
+
+pub(super) fn drain(admin: &Admin, name: &str, draining: bool) -> Answer {
+    match admin.router.fleet().set_draining(name, draining) {
+        Some(was) => json(
+            StatusCode::OK,
+            &json!({ "name": name, "draining": draining, "was_draining": was }),
+        ),
+        None => error(StatusCode::NOT_FOUND, &format!("no node named {name:?}")),
+    }
+}
+
+fn room_json(pin: &PinInfo) -> Value {
+    json!({
+        "room": pin.room,
+        "node": pin.node.as_str(),
+        "pinned_at": unix_secs_ago(pin.pinned_for),
+        "last_seen": unix_secs_ago(pin.idle),
+        "requests": pin.requests,
+    })
+}
+
+pub(super) fn rooms(admin: &Admin, query: &str) -> Answer {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+    };
+    let limit = match param("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(limit)) if limit <= MAX_LIMIT => limit,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("limit must be a number up to {MAX_LIMIT}"),
+            )
+        }
+    };
+    let node = param("node");
+    if let Some(node) = &node {
+        if admin.router.fleet().snapshot().node(node).is_none() {
+            return error(StatusCode::NOT_FOUND, &format!("no node named {node:?}"));
+        }
+    }
+    let mut pins: Vec<PinInfo> = admin
+        .router
+        .pins()
+        .export()
+        .into_iter()
+        .filter(|pin| node.as_deref().is_none_or(|n| pin.node.as_str() == n))
+        .collect();
+    pins.sort_by(|a, b| {
+        b.requests
+            .cmp(&a.requests)
+            .then_with(|| a.room.cmp(&b.room))
+    });
+    let total = pins.len();
+    let rooms: Vec<Value> = pins.iter().take(limit).map(room_json).collect();
+    json(StatusCode::OK, &json!({ "total": total, "rooms": rooms }))
+}
+
+pub(super) fn room(admin: &Admin, method: &Method, raw: &str, body: &[u8]) -> Answer {
+    let key = match RoomKey::parse(raw, &RoomLimits::default()) {
+        Ok(key) => key,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid room: {e}")),
+    };
+    let room = key.as_str();
+    let router = &admin.router;
+    match *method {
+        Method::GET => match router.pins().info(room) {
+            Some(pin) => json(StatusCode::OK, &room_json(&pin)),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("room {room:?} is not pinned"),
+            ),
+        },
+        Method::DELETE => match router.unpin(room) {
+            Some(node) => {
+                tracing::info!(room, node = %node, "room unpinned through the admin API");
+                json(
+                    StatusCode::OK,
+                    &json!({ "room": room, "unpinned_from": node.as_str() }),
+                )
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("room {room:?} is not pinned"),
+            ),
+        },
+        Method::PUT => {
+            let node = match serde_json::from_slice::<Value>(body) {
+                Ok(value) => match value.get("node").and_then(Value::as_str) {
+                    Some(node) => node.to_owned(),
+                    None => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "body must be {\"node\": \"<name>\"}",
+                        )
+                    }
+                },
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
+            };
+            match router.move_room(room, &node) {
+                Some(from) => json(
+                    StatusCode::OK,
+                    &json!({ "room": room, "node": node, "from": from.as_ref().map(|f| f.as_str()) }),
+                ),
+                None => error(StatusCode::NOT_FOUND, &format!("no node named {node:?}")),
+            }
+        }
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET, PUT or DELETE on a room",
+        ),
+    }
+}

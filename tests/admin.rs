@@ -1,0 +1,353 @@
+//! The admin API through the real binary: nodes, rooms, drain, readiness, auth, bad bodies.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn get(router: &Router, path: &str) -> (u16, Value) {
+    call(reqwest::Method::GET, router.admin_url(path), None, None).await
+}
+
+async fn node_of(router: &Router, path: &str) -> String {
+    shard(&router.client().get(router.url(path)).send().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_are_listed_registered_removed_and_drained() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(3).await;
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes[..2])));
+    for i in 0..20 {
+        node_of(&router, &format!("/listed-{i}")).await;
+    }
+    let (status, list) = get(&router, "/api/nodes").await;
+    assert_eq!(status, 200);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    for field in [
+        "name",
+        "upstream",
+        "public_url",
+        "instance",
+        "cpu",
+        "cpu_estimate",
+        "healthy",
+        "draining",
+        "rooms",
+        "last_health_check",
+        "jvb_server_ids",
+    ] {
+        assert!(list[0].get(field).is_some(), "{field} missing: {}", list[0]);
+    }
+    let rooms: u64 = list.iter().map(|n| n["rooms"].as_u64().unwrap()).sum();
+    assert_eq!(rooms, 20);
+
+    // Register jitsi-c at runtime.
+    let put = |name: &str, body: Value| {
+        call(
+            reqwest::Method::PUT,
+            router.admin_url(&format!("/api/nodes/{name}")),
+            Some(body),
+            None,
+        )
+    };
+    let (status, _) = put(
+        "jitsi-c",
+        json!({ "upstream": nodes[2].url(), "jvb_server_ids": ["jvb-c"] }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        router
+            .client()
+            .get(router.url("/colibri-ws/jvb-c/x/y"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (status, body) = put("jitsi-d", json!({ "upstream": "ftp://nowhere" })).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("upstream = \"ftp://nowhere\""),
+        "{body}"
+    );
+    let (status, body) = put(
+        "jitsi-d",
+        json!({ "upstream": nodes[2].url(), "colour": "red" }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("colour"), "{body}");
+    let (status, body) = put(
+        "jitsi-d",
+        json!({ "upstream": nodes[2].url(), "jvb_server_ids": ["jvb-c"] }),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = call(
+        reqwest::Method::PUT,
+        router.admin_url("/api/nodes/jitsi-d"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "an empty body is bad JSON");
+
+    // Runtime changes survive a reload of the unchanged file.
+    router.signal("HUP");
+    log_shows(&router, "config reloaded").await;
+    assert_eq!(
+        get(&router, "/api/nodes").await.1.as_array().unwrap().len(),
+        3
+    );
+
+    // Drain jitsi-a: its rooms stay, new rooms avoid it; undrain.
+    let on_a: Vec<String> = (0..20).map(|i| format!("/listed-{i}")).collect();
+    let mut kept = Vec::new();
+    for path in &on_a {
+        if node_of(&router, path).await == "jitsi-a" {
+            kept.push(path.clone());
+        }
+    }
+    let (status, body) = call(
+        reqwest::Method::POST,
+        router.admin_url("/api/nodes/jitsi-a/drain"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((status, body["draining"].as_bool()), (200, Some(true)));
+    for path in &kept {
+        assert_eq!(
+            node_of(&router, path).await,
+            "jitsi-a",
+            "{path} left the draining node"
+        );
+    }
+    for i in 0..20 {
+        assert_ne!(
+            node_of(&router, &format!("/after-drain-{i}")).await,
+            "jitsi-a"
+        );
+    }
+    let (status, _) = call(
+        reqwest::Method::POST,
+        router.admin_url("/api/nodes/jitsi-a/undrain"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        reqwest::Method::POST,
+        router.admin_url("/api/nodes/nope/drain"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Remove jitsi-b: its rooms move on their next request.
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        router.admin_url("/api/nodes/jitsi-b"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for path in &on_a {
+        assert_ne!(node_of(&router, path).await, "jitsi-b");
+    }
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        router.admin_url("/api/nodes/jitsi-b"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rooms_are_listed_looked_up_moved_and_unpinned() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes)));
+    let first = node_of(&router, "/MyRoom").await;
+    for _ in 0..4 {
+        node_of(&router, "/http-bind?room=myroom").await;
+    }
+    node_of(&router, "/acme/Quiet").await;
+
+    let (status, list) = get(&router, "/api/rooms").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["total"], 2);
+    assert_eq!(
+        list["rooms"][0]["room"], "myroom",
+        "most requested first: {list}"
+    );
+    assert_eq!(list["rooms"][0]["requests"], 5);
+    assert_eq!(list["rooms"][0]["node"], first.as_str());
+    assert!(list["rooms"][0]["pinned_at"].as_f64().unwrap() > 1.7e9);
+    assert_eq!(
+        get(&router, "/api/rooms?limit=1").await.1["rooms"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        get(&router, &format!("/api/rooms?node={first}")).await.1["rooms"][0]["room"],
+        "myroom"
+    );
+    assert_eq!(get(&router, "/api/rooms?limit=lots").await.0, 400);
+    assert_eq!(get(&router, "/api/rooms?node=nope").await.0, 404);
+
+    let (status, room) = get(&router, "/api/rooms/MYROOM").await;
+    assert_eq!((status, room["node"].as_str()), (200, Some(first.as_str())));
+    assert_eq!(
+        get(&router, "/api/rooms/acme/quiet").await.0,
+        200,
+        "tenant rooms by their full key"
+    );
+    assert_eq!(get(&router, "/api/rooms/bad%0Aname").await.0, 400);
+    assert_eq!(get(&router, "/api/rooms/never-seen").await.0, 404);
+
+    let other = if first == "jitsi-a" {
+        "jitsi-b"
+    } else {
+        "jitsi-a"
+    };
+    let (status, moved) = call(
+        reqwest::Method::PUT,
+        router.admin_url("/api/rooms/myroom"),
+        Some(json!({ "node": other })),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, moved["from"].as_str()),
+        (200, Some(first.as_str()))
+    );
+    assert_eq!(
+        node_of(&router, "/myroom").await,
+        other,
+        "the moved pin routes the room"
+    );
+    let (status, _) = call(
+        reqwest::Method::PUT,
+        router.admin_url("/api/rooms/myroom"),
+        Some(json!({ "node": "nope" })),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        reqwest::Method::PUT,
+        router.admin_url("/api/rooms/myroom"),
+        Some(json!({ "nod": other })),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        router.admin_url("/api/rooms/myroom"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(get(&router, "/api/rooms/myroom").await.0, 404);
+    assert_eq!(get(&router, "/api/nope").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_guards_every_endpoint_but_open_metrics() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let token = "0123456789abcdef-test-token";
+    let sections = format!("[admin]\ntoken = \"{token}\"\nopen_metrics = true\n");
+    let router = Router::start(&certs, &config(&certs, &sections, &node_entries(&nodes)));
+    let nodes_url = router.admin_url("/api/nodes");
+    assert_eq!(
+        call(reqwest::Method::GET, nodes_url.clone(), None, None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::GET,
+            nodes_url.clone(),
+            None,
+            Some("0123456789abcdef-wrong-token")
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(reqwest::Method::GET, nodes_url, None, Some(token))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&router, "/healthz").await.0,
+        200,
+        "open_metrics leaves /healthz open"
+    );
+    assert_eq!(get(&router, "/readyz").await.0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_node_health() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let health = "[health]\ninterval = \"200ms\"\nfall = 1\nrise = 1\n";
+    let router = Router::start(&certs, &config(&certs, health, &node_entries(&nodes)));
+    assert_eq!(get(&router, "/readyz").await.0, 200);
+    nodes[0].set_healthy(false);
+    eventually(Duration::from_secs(10), "readyz to fail", || async {
+        get(&router, "/readyz").await.0 == 503
+    })
+    .await;
+    assert_eq!(
+        get(&router, "/healthz").await.0,
+        200,
+        "the process itself is alive"
+    );
+}
