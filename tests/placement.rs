@@ -10,12 +10,24 @@ use support::*;
 
 const QUERY: &str = r#"1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[5s]))"#;
 
-async fn prometheus_with_data(nodes: &[SimNode]) -> Prometheus {
+/// Starts Prometheus and waits until it reports every node's busy fraction within 0.03 of `busy`
+/// (its first rates, from two or three samples, can be off).
+async fn prometheus_with_data(nodes: &[SimNode], busy: &[f64]) -> Prometheus {
+    for (node, busy) in nodes.iter().zip(busy) {
+        node.set_busy(*busy);
+    }
     let prometheus = Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
     eventually(
         Duration::from_secs(30),
-        "prometheus data for every node",
-        || async { prometheus.query(QUERY).await.len() == nodes.len() },
+        "prometheus to report the set CPU",
+        || async {
+            let cpu = prometheus.query(QUERY).await;
+            cpu.len() == nodes.len()
+                && nodes
+                    .iter()
+                    .zip(busy)
+                    .all(|(n, b)| (cpu[&n.addr().to_string()] - b).abs() < 0.03)
+        },
     )
     .await;
     prometheus
@@ -29,10 +41,7 @@ fn prometheus_section(url: &str, interval: &str) -> String {
 async fn a_burst_of_200_new_rooms_between_two_readings_spreads() {
     let certs = Certs::new();
     let nodes = sim_nodes(3).await;
-    for (node, busy) in nodes.iter().zip([0.30, 0.10, 0.30]) {
-        node.set_busy(busy);
-    }
-    let prometheus = prometheus_with_data(&nodes).await;
+    let prometheus = prometheus_with_data(&nodes, &[0.30, 0.10, 0.30]).await;
     // One reading at start-up, the next one long after the burst.
     let text = config(&certs, &prometheus_section(&prometheus.url, "10m"), &[])
         + &nodes_with_instances(&nodes, &|_| String::new());
@@ -49,7 +58,13 @@ async fn a_burst_of_200_new_rooms_between_two_readings_spreads() {
     let idle = per_node["jitsi-b"];
     assert!(
         per_node.values().all(|&n| n <= idle),
-        "the least busy node takes the most: {per_node:?}"
+        "the least busy node takes the most: {per_node:?}\n{}",
+        router
+            .logs()
+            .lines()
+            .filter(|l| l.contains("cpu snapshot") || l.contains("prometheus"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -174,10 +189,7 @@ async fn garbage_or_slow_prometheus_answers_keep_the_last_snapshot() {
 async fn two_routers_reading_one_prometheus_place_rooms_alike() {
     let certs = Certs::new();
     let nodes = sim_nodes(4).await;
-    for (node, busy) in nodes.iter().zip([0.35, 0.20, 0.25, 0.40]) {
-        node.set_busy(busy);
-    }
-    let prometheus = prometheus_with_data(&nodes).await;
+    let prometheus = prometheus_with_data(&nodes, &[0.35, 0.20, 0.25, 0.40]).await;
     let text = config(&certs, &prometheus_section(&prometheus.url, "20s"), &[])
         + &nodes_with_instances(&nodes, &|_| String::new());
     let first = Router::start(&certs, &text);
