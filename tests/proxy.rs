@@ -527,9 +527,10 @@ async fn redirect_mode_sends_307_to_the_pinned_node() {
 async fn plain_http_listener_redirects_to_https() {
     let certs = Certs::new();
     let nodes = sim_nodes(1).await;
-    let text = config(&certs, "", &node_entries(&nodes)).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
+    let text = config(&certs, "", &node_entries(&nodes)).replacen(
+        "[server]\n",
+        "[server]\nhttp_listen = \"127.0.0.1:0\"\n",
+        1,
     );
     let router = Router::start(&certs, &text);
     let http = router.http.expect("http listener");
