@@ -29,8 +29,17 @@ async fn call(
     )
 }
 
+async fn admin(
+    router: &Router,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    call(method, router.admin_url(path), body, None).await
+}
+
 async fn get(router: &Router, path: &str) -> (u16, Value) {
-    call(reqwest::Method::GET, router.admin_url(path), None, None).await
+    admin(&router, reqwest::Method::GET, path, None).await
 }
 
 async fn node_of(router: &Router, path: &str) -> String {
@@ -68,13 +77,10 @@ async fn nodes_are_listed_registered_removed_and_drained() {
     assert_eq!(rooms, 20);
 
     // Register jitsi-c at runtime.
-    let put = |name: &str, body: Value| {
-        call(
-            reqwest::Method::PUT,
-            router.admin_url(&format!("/api/nodes/{name}")),
-            Some(body),
-            None,
-        )
+    let put = |name: &'static str, body: Value| {
+        let path = format!("/api/nodes/{name}");
+        let router = &router;
+        async move { admin(router, reqwest::Method::PUT, &path, Some(body)).await }
     };
     let (status, _) = put(
         "jitsi-c",
@@ -114,13 +120,7 @@ async fn nodes_are_listed_registered_removed_and_drained() {
     )
     .await;
     assert_eq!(status, 409, "{body}");
-    let (status, _) = call(
-        reqwest::Method::PUT,
-        router.admin_url("/api/nodes/jitsi-d"),
-        None,
-        None,
-    )
-    .await;
+    let (status, _) = admin(&router, reqwest::Method::PUT, "/api/nodes/jitsi-d", None).await;
     assert_eq!(status, 400, "an empty body is bad JSON");
 
     // Runtime changes survive a reload of the unchanged file.
@@ -139,10 +139,10 @@ async fn nodes_are_listed_registered_removed_and_drained() {
             kept.push(path.clone());
         }
     }
-    let (status, body) = call(
+    let (status, body) = admin(
+        &router,
         reqwest::Method::POST,
-        router.admin_url("/api/nodes/jitsi-a/drain"),
-        None,
+        "/api/nodes/jitsi-a/drain",
         None,
     )
     .await;
@@ -160,42 +160,30 @@ async fn nodes_are_listed_registered_removed_and_drained() {
             "jitsi-a"
         );
     }
-    let (status, _) = call(
+    let (status, _) = admin(
+        &router,
         reqwest::Method::POST,
-        router.admin_url("/api/nodes/jitsi-a/undrain"),
-        None,
+        "/api/nodes/jitsi-a/undrain",
         None,
     )
     .await;
     assert_eq!(status, 200);
-    let (status, _) = call(
+    let (status, _) = admin(
+        &router,
         reqwest::Method::POST,
-        router.admin_url("/api/nodes/nope/drain"),
-        None,
+        "/api/nodes/nope/drain",
         None,
     )
     .await;
     assert_eq!(status, 404);
 
     // Remove jitsi-b: its rooms move on their next request.
-    let (status, _) = call(
-        reqwest::Method::DELETE,
-        router.admin_url("/api/nodes/jitsi-b"),
-        None,
-        None,
-    )
-    .await;
+    let (status, _) = admin(&router, reqwest::Method::DELETE, "/api/nodes/jitsi-b", None).await;
     assert_eq!(status, 200);
     for path in &on_a {
         assert_ne!(node_of(&router, path).await, "jitsi-b");
     }
-    let (status, _) = call(
-        reqwest::Method::DELETE,
-        router.admin_url("/api/nodes/jitsi-b"),
-        None,
-        None,
-    )
-    .await;
+    let (status, _) = admin(&router, reqwest::Method::DELETE, "/api/nodes/jitsi-b", None).await;
     assert_eq!(status, 404);
 }
 
@@ -249,11 +237,11 @@ async fn rooms_are_listed_looked_up_moved_and_unpinned() {
     } else {
         "jitsi-a"
     };
-    let (status, moved) = call(
+    let (status, moved) = admin(
+        &router,
         reqwest::Method::PUT,
-        router.admin_url("/api/rooms/myroom"),
+        "/api/rooms/myroom",
         Some(json!({ "node": other })),
-        None,
     )
     .await;
     assert_eq!(
@@ -265,30 +253,24 @@ async fn rooms_are_listed_looked_up_moved_and_unpinned() {
         other,
         "the moved pin routes the room"
     );
-    let (status, _) = call(
+    let (status, _) = admin(
+        &router,
         reqwest::Method::PUT,
-        router.admin_url("/api/rooms/myroom"),
+        "/api/rooms/myroom",
         Some(json!({ "node": "nope" })),
-        None,
     )
     .await;
     assert_eq!(status, 404);
-    let (status, _) = call(
+    let (status, _) = admin(
+        &router,
         reqwest::Method::PUT,
-        router.admin_url("/api/rooms/myroom"),
+        "/api/rooms/myroom",
         Some(json!({ "nod": other })),
-        None,
     )
     .await;
     assert_eq!(status, 400);
 
-    let (status, _) = call(
-        reqwest::Method::DELETE,
-        router.admin_url("/api/rooms/myroom"),
-        None,
-        None,
-    )
-    .await;
+    let (status, _) = admin(&router, reqwest::Method::DELETE, "/api/rooms/myroom", None).await;
     assert_eq!(status, 200);
     assert_eq!(get(&router, "/api/rooms/myroom").await.0, 404);
     assert_eq!(get(&router, "/api/nope").await.0, 404);
