@@ -39,7 +39,7 @@ async fn admin(
 }
 
 async fn get(router: &Router, path: &str) -> (u16, Value) {
-    admin(&router, reqwest::Method::GET, path, None).await
+    admin(router, reqwest::Method::GET, path, None).await
 }
 
 async fn node_of(router: &Router, path: &str) -> String {
