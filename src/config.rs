@@ -90,6 +90,8 @@ pub struct Config {
     pub pins_snapshot: Option<PathBuf>,
     /// Admin API access.
     pub admin: Admin,
+    /// Log line format.
+    pub log_format: LogFormat,
     /// Where node CPU comes from; `None` means all nodes count as equally loaded.
     pub prometheus: Option<Prometheus>,
     /// The fleet.
@@ -109,6 +111,15 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// The admin listener (plain HTTP: JSON API, health).
     pub admin_listen: SocketAddr,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// `[admin]`
@@ -260,6 +271,8 @@ mod raw {
         pub pins: Pins,
         #[serde(default)]
         pub admin: Admin,
+        #[serde(default)]
+        pub log: Log,
         pub prometheus: Option<Prometheus>,
         #[serde(default)]
         pub nodes: Vec<Node>,
@@ -280,6 +293,12 @@ mod raw {
         pub public_https_port: Option<u16>,
         pub shutdown_grace: Option<String>,
         pub admin_listen: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Log {
+        pub format: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -515,6 +534,13 @@ impl Config {
             .map(|p| check.path("pins.snapshot_path", p))
             .transpose()?;
         let admin = admin(&check, raw.admin, server.admin_listen)?;
+        let log_format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(check.invalid("log.format", other, "must be \"text\" or \"json\""))
+            }
+        };
         let prometheus = raw.prometheus.map(|p| prometheus(&check, p)).transpose()?;
         let nodes = nodes(&check, raw.nodes, routing.mode)?;
         Ok(Config {
@@ -528,6 +554,7 @@ impl Config {
             health,
             pins_snapshot,
             admin,
+            log_format,
             prometheus,
             nodes,
         })
@@ -908,6 +935,7 @@ impl Config {
                 token: None,
                 open_metrics: false,
             },
+            log_format: LogFormat::Text,
             prometheus: None,
             nodes,
         })

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use jitsi_router::config::Config;
+use jitsi_router::config::{Config, LogFormat};
 use jitsi_router::server::Server;
 
 /// One HTTPS hostname in front of a fleet of Jitsi Meet nodes: every room pinned to one node.
@@ -59,42 +59,55 @@ enum Command {
     },
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The simulator places thousands of rooms; their pin events are noise there.
-    init_logging(match cli.command {
-        Command::Simulate { .. } => "warn",
-        _ => "info",
-    });
     let result = match cli.command {
-        Command::Check { config } => check(&config),
-        Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(&config))),
-        Command::Demo { listen } => runtime().and_then(|rt| rt.block_on(demo(listen))),
+        Command::Check { config } => {
+            init_logging("info", LogFormat::Text);
+            check(&config)
+        }
+        // `serve` logs in the format its config asks for, so it reads the config first.
+        Command::Serve { config } => {
+            Config::load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|config| {
+                    init_logging("info", config.log_format);
+                    runtime().and_then(|rt| rt.block_on(serve(config)))
+                })
+        }
+        Command::Demo { listen } => {
+            init_logging("info", LogFormat::Text);
+            runtime().and_then(|rt| rt.block_on(demo(listen)))
+        }
         Command::Simulate {
             nodes,
             rooms,
             windows,
             seed,
             json,
-        } => simulate(
-            jitsi_router::simulate::Params {
+        } => {
+            // The simulator places thousands of rooms; their pin events are noise there.
+            init_logging("warn", LogFormat::Text);
+            let params = jitsi_router::simulate::Params {
                 nodes,
                 rooms,
                 windows,
                 seed,
-            },
-            json,
-        ),
+            };
+            simulate(params, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,8 +125,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
-async fn serve(path: &Path) -> Result<(), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+async fn serve(config: Config) -> Result<(), String> {
     if config.nodes.is_empty() {
         tracing::warn!("no [[nodes]] configured: every room will get 503 until nodes are added");
     }

@@ -253,6 +253,12 @@ fn startup_failures_are_one_clear_line_and_exit_1() {
         &["router.toml", "routing.mode", "\"fast\""],
     );
 
+    let bad_log = write_config(
+        dir.path(),
+        &good.replace("[tls]", "[log]\nformat = \"xml\"\n\n[tls]"),
+    );
+    assert_one_line_failure(&["serve", "--config", &bad_log], &["log.format", "\"xml\""]);
+
     let unknown = write_config(
         dir.path(),
         &good.replace("[tls]", "[routing]\nmodee = \"proxy\"\n\n[tls]"),
@@ -276,6 +282,34 @@ fn startup_failures_are_one_clear_line_and_exit_1() {
         &["serve", "--config", nowhere.to_str().unwrap()],
         &["absent.toml", "cannot read"],
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(
+        &certs,
+        &config(&certs, "[log]\nformat = \"json\"\n", &node_entries(&nodes)),
+    );
+    router
+        .client()
+        .get(router.url("/JsonRoom"))
+        .send()
+        .await
+        .unwrap();
+    log_shows(&router, "room pinned").await;
+    let logs = router.logs();
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let pinned = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "room pinned")
+        .unwrap();
+    assert_eq!(pinned["fields"]["room"], "jsonroom");
+    assert_eq!(pinned["fields"]["node"], "jitsi-a");
 }
 
 #[test]

@@ -172,6 +172,32 @@ pub struct Router {
     ca: reqwest::Certificate,
 }
 
+/// The listener kind and address of a "listening" log line, text or JSON.
+fn listening(line: &str) -> (String, SocketAddr) {
+    if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
+        let field = |name: &str| {
+            event["fields"][name]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        return (field("kind"), field("addr").parse().unwrap());
+    }
+    let kind = line
+        .split("kind=\"")
+        .nth(1)
+        .and_then(|k| k.split('"').next())
+        .unwrap_or_default();
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    (kind.to_owned(), addr.parse().unwrap())
+}
+
 /// A process that exited before it was ready: its status and what it printed.
 #[derive(Debug)]
 pub struct Failed {
@@ -228,21 +254,11 @@ impl Router {
                 logs.lock().unwrap()
             );
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                let addr: SocketAddr = line
-                    .split("addr=")
-                    .nth(1)
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                if line.contains("kind=\"https\"") {
-                    https = Some(addr);
-                } else if line.contains("kind=\"admin\"") {
-                    admin = Some(addr);
-                } else {
-                    http = Some(addr);
+                let (kind, addr) = listening(&line);
+                match kind.as_str() {
+                    "https" => https = Some(addr),
+                    "admin" => admin = Some(addr),
+                    _ => http = Some(addr),
                 }
             }
         }
