@@ -188,6 +188,17 @@ fn describe(c: &Config, path: &Path) -> String {
     }
     let _ = writeln!(
         out,
+        "admin:       http on {} ({}); logs as {:?}",
+        c.server.admin_listen,
+        if c.admin.token.is_some() {
+            "bearer token required"
+        } else {
+            "no token: keep it on loopback"
+        },
+        c.log_format
+    );
+    let _ = writeln!(
+        out,
         "tls:         cert {}, key {} (they match)",
         c.tls.cert.display(),
         c.tls.key.display()
