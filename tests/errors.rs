@@ -333,6 +333,9 @@ fn check_prints_what_it_understood() {
         "jitsi-1",
         "10.0.0.11:9100",
         "https://jitsi-1.example.com",
+        "max_cpu 0.85",
+        "/about/health",
+        "admin:",
     ] {
         assert!(stdout.contains(part), "{part} missing from:\n{stdout}");
     }
