@@ -26,7 +26,9 @@
 //!
 //! ## Decisions worth knowing
 //! - A room's pin lives while the room gets requests (`pin_idle_timeout`, default 10 minutes).
-//!   Jitsi clients keep signalling connections busy, so a live conference never expires.
+//!   BOSH clients poll all the time; a WebSocket makes no request after its upgrade, so an open
+//!   room WebSocket touches its room's pin every third of the idle timeout. A live conference
+//!   never expires, whichever transport its participants use.
 //! - A pinned room always goes to its node while that node is in the fleet and healthy; only a
 //!   node leaving or failing its health checks moves its rooms (on their next request), and a
 //!   moved room stays where it landed. Draining keeps rooms and takes no new ones.

@@ -59,6 +59,7 @@ pub async fn forward(
     mut req: Request<Incoming>,
     node: &Node,
     peer: SocketAddr,
+    keepalive: Option<tunnel::Keepalive>,
 ) -> Response<Body> {
     let upgrade = headers::is_websocket_upgrade(&req);
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -117,6 +118,7 @@ pub async fn forward(
                 hyper::upgrade::on(&mut response),
                 node.id.clone(),
                 settings.tunnels.open(),
+                keepalive,
             ),
             None => {
                 return errors::plain(

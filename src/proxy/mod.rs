@@ -36,6 +36,7 @@ pub struct Proxy {
     max_request_head: usize,
     retry_after: Duration,
     affinity_cookie: String,
+    keepalive_every: Duration,
 }
 
 /// What routing settled on for one request.
@@ -43,6 +44,8 @@ struct Choice {
     node: Arc<Node>,
     /// Set the affinity cookie on the answer (room pages).
     page: bool,
+    /// A room WebSocket: the tunnel keeps the room's pin alive.
+    keepalive: Option<tunnel::Keepalive>,
 }
 
 impl Proxy {
@@ -64,6 +67,7 @@ impl Proxy {
             max_request_head: config.limits.max_request_head,
             retry_after: config.limits.retry_after,
             affinity_cookie: config.routing.affinity_cookie.clone(),
+            keepalive_every: (config.routing.pin_idle_timeout / 3).max(Duration::from_millis(100)),
         })
     }
 
@@ -96,7 +100,16 @@ impl Proxy {
         let mut response = match self.mode {
             Mode::Redirect => redirect::to_node(&choice.node, req.uri()),
             Mode::Proxy => {
-                forward::forward(&self.client, &self.forward, req, &choice.node, peer).await
+                let keepalive = choice.keepalive;
+                forward::forward(
+                    &self.client,
+                    &self.forward,
+                    req,
+                    &choice.node,
+                    peer,
+                    keepalive,
+                )
+                .await
             }
         };
         headers::mark_shard(response.headers_mut(), choice.node.id.as_str());
@@ -119,9 +132,15 @@ impl Proxy {
         match room::classify(uri.path(), uri.query(), &self.room_limits)? {
             Target::Room { key, page } => {
                 let routed = self.router.route_room(&key).ok_or(Refusal::NoNodeForRoom)?;
+                let keepalive = headers::is_websocket_upgrade(req).then(|| tunnel::Keepalive {
+                    room: key.to_string(),
+                    pins: self.router.pins().clone(),
+                    every: self.keepalive_every,
+                });
                 Ok(Choice {
                     node: routed.node,
                     page,
+                    keepalive,
                 })
             }
             Target::Bridge { server_id } => {
@@ -129,7 +148,11 @@ impl Proxy {
                     .router
                     .route_bridge(server_id)
                     .ok_or(Refusal::UnknownBridge)?;
-                Ok(Choice { node, page: false })
+                Ok(Choice {
+                    node,
+                    page: false,
+                    keepalive: None,
+                })
             }
             Target::Unrouted => {
                 let preferred = headers::cookie(req.headers(), &self.affinity_cookie);
@@ -141,7 +164,11 @@ impl Proxy {
                     .router
                     .route_unrouted(preferred, spread)
                     .ok_or(Refusal::NoNode)?;
-                Ok(Choice { node, page: false })
+                Ok(Choice {
+                    node,
+                    page: false,
+                    keepalive: None,
+                })
             }
         }
     }

@@ -3,19 +3,55 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
 use crate::fleet::NodeId;
+use crate::placement::pins::PinStore;
 
 /// Per-direction copy buffer. Jitsi signalling frames are small; keep idle tunnels cheap.
 const BUFFER: usize = 4 * 1024;
 
+/// Keeps a room's pin alive while its WebSocket is open: after the upgrade a client sends no more
+/// HTTP requests, so without this a conference held entirely over WebSockets would be forgotten
+/// after `pin_idle_timeout` and its next participant could be placed on another node.
+pub struct Keepalive {
+    /// The room key.
+    pub room: String,
+    /// The pin table to touch.
+    pub pins: Arc<dyn PinStore>,
+    /// How often to touch it (a fraction of the idle timeout).
+    pub every: Duration,
+}
+
+impl Keepalive {
+    /// Drives `tunnel` to its end, touching the room's pin every `every` meanwhile.
+    async fn while_open<T>(&self, tunnel: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(tunnel);
+        let mut touch = tokio::time::interval(self.every);
+        loop {
+            tokio::select! {
+                ended = &mut tunnel => return ended,
+                _ = touch.tick() => {
+                    self.pins.lookup(&self.room);
+                }
+            }
+        }
+    }
+}
+
 /// Joins the client's and the node's upgraded connections in a background task, counted by
 /// `guard` until it ends.
-pub fn splice(client: OnUpgrade, node: OnUpgrade, id: NodeId, guard: TunnelGuard) {
+pub fn splice(
+    client: OnUpgrade,
+    node: OnUpgrade,
+    id: NodeId,
+    guard: TunnelGuard,
+    keepalive: Option<Keepalive>,
+) {
     tokio::spawn(async move {
         let _open = guard;
         let (client, upstream) = match tokio::try_join!(client, node) {
@@ -27,9 +63,13 @@ pub fn splice(client: OnUpgrade, node: OnUpgrade, id: NodeId, guard: TunnelGuard
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER)
-            .await
-        {
+        let copy =
+            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER);
+        let ended = match &keepalive {
+            None => copy.await,
+            Some(keepalive) => keepalive.while_open(copy).await,
+        };
+        match ended {
             Ok((up, down)) => {
                 tracing::debug!(node = %id, bytes_up = up, bytes_down = down, "websocket closed")
             }
