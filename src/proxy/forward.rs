@@ -52,6 +52,15 @@ pub struct ForwardSettings {
     pub tunnels: std::sync::Arc<tunnel::Tunnels>,
 }
 
+/// Whether a request is a WebSocket upgrade (decided once per request by the handler), and for a
+/// room's WebSocket the keep-alive of its pin.
+pub struct Upgrade {
+    /// The client asked for a WebSocket.
+    pub websocket: bool,
+    /// Touches the room's pin while the tunnel is open.
+    pub keepalive: Option<tunnel::Keepalive>,
+}
+
 /// Sends the request to `node` and returns its response (or a 502/504 of ours).
 pub async fn forward(
     client: &UpstreamClient,
@@ -59,9 +68,12 @@ pub async fn forward(
     mut req: Request<Incoming>,
     node: &Node,
     peer: SocketAddr,
-    keepalive: Option<tunnel::Keepalive>,
+    upgrade: Upgrade,
 ) -> Response<Body> {
-    let upgrade = headers::is_websocket_upgrade(&req);
+    let Upgrade {
+        websocket: upgrade,
+        keepalive,
+    } = upgrade;
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let Some(uri) = upstream_uri(&node.spec.upstream, parts.uri.path_and_query()) else {

@@ -90,7 +90,8 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return errors::plain(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
         }
-        let choice = match self.choose(&req, peer) {
+        let websocket = headers::is_websocket_upgrade(&req);
+        let choice = match self.choose(&req, peer, websocket) {
             Ok(choice) => choice,
             Err(refusal) => return refusal.response(self.retry_after),
         };
@@ -100,14 +101,17 @@ impl Proxy {
         let mut response = match self.mode {
             Mode::Redirect => redirect::to_node(&choice.node, req.uri()),
             Mode::Proxy => {
-                let keepalive = choice.keepalive;
+                let upgrade = forward::Upgrade {
+                    websocket,
+                    keepalive: choice.keepalive,
+                };
                 forward::forward(
                     &self.client,
                     &self.forward,
                     req,
                     &choice.node,
                     peer,
-                    keepalive,
+                    upgrade,
                 )
                 .await
             }
@@ -127,12 +131,17 @@ impl Proxy {
         response
     }
 
-    fn choose(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<Choice, Refusal> {
+    fn choose(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+        websocket: bool,
+    ) -> Result<Choice, Refusal> {
         let uri = req.uri();
         match room::classify(uri.path(), uri.query(), &self.room_limits)? {
             Target::Room { key, page } => {
                 let routed = self.router.route_room(&key).ok_or(Refusal::NoNodeForRoom)?;
-                let keepalive = headers::is_websocket_upgrade(req).then(|| tunnel::Keepalive {
+                let keepalive = websocket.then(|| tunnel::Keepalive {
                     room: key.to_string(),
                     pins: self.router.pins().clone(),
                     every: self.keepalive_every,
