@@ -17,7 +17,8 @@
 //!   and error answers.
 //! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
 //! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener, graceful shutdown.
-//! - [`admin`]: the admin listener's JSON API (nodes, rooms, drain, readiness).
+//! - [`admin`]: the admin listener: JSON API (nodes, rooms, drain, readiness), the fleet
+//!   dashboard and `/metrics` ([`metrics`]: lock-free counters, gauges read at scrape time).
 //! - [`reload`]: config and certificate reload on SIGHUP or file change, all-or-nothing.
 //! - [`config`]: the TOML schema and its validation; [`demo`]: simulated Jitsi nodes for `demo`
 //!   and tests; [`simulate`]: the placement simulator behind `jitsi-router simulate`.
@@ -45,6 +46,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod fleet;
+pub mod metrics;
 pub mod placement;
 pub mod proxy;
 pub mod reload;

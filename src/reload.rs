@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::tls::{self, CertStore};
 
 /// How often files are checked for changes.
@@ -39,18 +40,26 @@ pub struct Reloader {
     current: Config,
     fleet: Arc<Fleet>,
     certs: Arc<CertStore>,
+    metrics: Arc<Metrics>,
     stamps: Vec<Stamp>,
 }
 
 impl Reloader {
-    /// A reloader for a config read from a file; `None` for a config built in code.
-    pub fn new(current: Config, fleet: Arc<Fleet>, certs: Arc<CertStore>) -> Option<Reloader> {
+    /// A reloader for a config read from a file; `None` for a config built in code. Outcomes are
+    /// counted in `metrics`.
+    pub fn new(
+        current: Config,
+        fleet: Arc<Fleet>,
+        certs: Arc<CertStore>,
+        metrics: Arc<Metrics>,
+    ) -> Option<Reloader> {
         let path = current.source.clone()?;
         let mut reloader = Reloader {
             path,
             current,
             fleet,
             certs,
+            metrics,
             stamps: Vec::new(),
         };
         reloader.stamps = reloader.read_stamps();
@@ -108,10 +117,12 @@ impl Reloader {
                     tracing::warn!(sections = ?restart, "these changes take effect only after a restart");
                 }
                 tracing::info!(why, nodes = config.nodes.len(), "config reloaded");
+                self.metrics.reloaded(true);
                 self.current = config;
                 self.stamps = self.read_stamps();
             }
             Err(reason) => {
+                self.metrics.reloaded(false);
                 tracing::error!(why, error = %reason, "reload rejected; the running config stays");
             }
         }

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::fleet::{health, prometheus, Fleet};
+use crate::metrics::Exporter;
 use crate::placement::pins::MemoryPins;
 use crate::placement::{snapshot, Router};
 use crate::proxy::Proxy;
@@ -137,7 +138,11 @@ impl Server {
         let graceful = Arc::new(GracefulShutdown::new());
         if let Some(cfg) = self.config.prometheus.clone() {
             tracing::info!(url = %cfg.url, interval = ?cfg.interval, "reading node CPU from prometheus");
-            tasks.spawn(prometheus::poll(self.proxy.router().fleet().clone(), cfg));
+            tasks.spawn(prometheus::poll(
+                self.proxy.router().fleet().clone(),
+                cfg,
+                self.proxy.metrics().clone(),
+            ));
         }
         let fleet = self.proxy.router().fleet().clone();
         tasks.spawn(health::run(
@@ -146,9 +151,12 @@ impl Server {
             self.config.health.clone(),
         ));
         let fleet = self.proxy.router().fleet().clone();
-        if let Some(reloader) =
-            crate::reload::Reloader::new(self.config.clone(), fleet, self.certs.clone())
-        {
+        if let Some(reloader) = crate::reload::Reloader::new(
+            self.config.clone(),
+            fleet,
+            self.certs.clone(),
+            self.proxy.metrics().clone(),
+        ) {
             tasks.spawn(reloader.run());
         }
         tasks.spawn(sweep_pins(
@@ -183,6 +191,11 @@ impl Server {
             self.proxy.router().clone(),
             &self.config.admin,
             self.config.routing.mode,
+            Exporter::registry(
+                self.proxy.metrics().clone(),
+                self.proxy.router().clone(),
+                self.proxy.tunnels().clone(),
+            ),
         ));
         accepting.spawn(crate::admin::serve(self.admin, admin, graceful.clone()));
         shutdown.await;
@@ -276,10 +289,12 @@ async fn accept_https(
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    proxy.metrics().tls_handshake_failed();
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "tls handshake timed out");
+                    proxy.metrics().tls_handshake_failed();
                     return;
                 }
             };

@@ -336,8 +336,6 @@ async fn readiness_follows_node_health() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_websocket_keeps_its_room_pinned() {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let certs = Certs::new();
     let nodes = sim_nodes(2).await;
     let router = Router::start(
@@ -348,18 +346,7 @@ async fn an_open_websocket_keeps_its_room_pinned() {
             &node_entries(&nodes),
         ),
     );
-    let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
-    let request = format!(
-        "wss://localhost:{}/xmpp-websocket?room=LongCall",
-        router.https.port()
-    )
-    .into_client_request()
-    .unwrap();
-    let connector = Some(tokio_tungstenite::Connector::Rustls(certs.client_config()));
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, connector)
-            .await
-            .unwrap();
+    let (mut ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=LongCall").await;
     node_of(&router, "/ShortCall").await;
     // Three idle timeouts later: the room with a WebSocket open is still pinned, the other is not.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -373,9 +360,5 @@ async fn an_open_websocket_keeps_its_room_pinned() {
         404,
         "an idle room is forgotten"
     );
-    ws.send(tokio_tungstenite::tungstenite::Message::text(
-        "still talking",
-    ))
-    .await
-    .unwrap();
+    echoes(&mut ws, "still talking").await;
 }

@@ -33,6 +33,10 @@ async fn prometheus_steers_new_rooms_to_the_least_busy_node() {
     // jitsi-b is the least busy: new rooms go there.
     wait_until_least_busy(&prometheus, &nodes, 1).await;
     new_rooms_land_on(&router, &["steer-1", "steer-2", "steer-3"], "jitsi-b").await;
+    let seen = metrics(&router).await;
+    let cpu = |node: &str| seen[&format!("jitsi_router_node_cpu_ratio{{node=\"{node}\"}}")];
+    assert!(cpu("jitsi-b") < cpu("jitsi-a"), "{seen:?}");
+    assert!(seen["jitsi_router_prometheus_snapshot_age_seconds"] < 5.0);
 
     // The load shifts: jitsi-c is now the least busy; new rooms follow, old rooms stay.
     nodes[1].set_busy(0.95);
@@ -112,6 +116,7 @@ async fn a_bad_prometheus_answer_keeps_routing_alive() {
         || async { router.logs().contains("prometheus query failed") },
     )
     .await;
+    assert!(metrics(&router).await["jitsi_router_prometheus_refresh_failures_total"] >= 1.0);
     let response = router
         .client()
         .get(router.url("/garbage-room"))

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use support::*;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
 
 async fn fleet(n: usize, sections: &str) -> (Certs, Vec<SimNode>, Router) {
     let certs = Certs::new();
@@ -296,34 +294,6 @@ async fn http2_downstream_http1_upstream() {
         .await
         .unwrap();
     assert_eq!(h1.version(), reqwest::Version::HTTP_11);
-}
-
-async fn websocket(
-    certs: &Certs,
-    router: &Router,
-    path: &str,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    String,
-) {
-    let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
-    let request = format!("wss://localhost:{}{path}", router.https.port())
-        .into_client_request()
-        .unwrap();
-    let (ws, response) = tokio_tungstenite::client_async_tls_with_config(
-        request,
-        tcp,
-        None,
-        Some(Connector::Rustls(certs.client_config())),
-    )
-    .await
-    .unwrap();
-    let shard = response
-        .headers()
-        .get("x-jitsi-shard")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (ws, shard)
 }
 
 #[tokio::test(flavor = "multi_thread")]

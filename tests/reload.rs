@@ -5,31 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use support::*;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn websocket(certs: &Certs, router: &Router, path: &str) -> Ws {
-    let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
-    let request = format!("wss://localhost:{}{path}", router.https.port())
-        .into_client_request()
-        .unwrap();
-    let connector = Some(Connector::Rustls(certs.client_config()));
-    tokio_tungstenite::client_async_tls_with_config(request, tcp, None, connector)
-        .await
-        .unwrap()
-        .0
-}
-
-async fn echoes(ws: &mut Ws, text: &str) {
-    ws.send(Message::text(text)).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
-}
 
 async fn status(router: &Router, path: &str) -> u16 {
     router
@@ -55,7 +31,7 @@ async fn sighup_adds_and_removes_nodes_while_a_tunnel_stays_open() {
     let certs = Certs::new();
     let nodes = sim_nodes(3).await;
     let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes[..2])));
-    let mut ws = websocket(&certs, &router, "/colibri-ws/jitsi-a/conf/ep").await;
+    let (mut ws, _) = websocket(&certs, &router, "/colibri-ws/jitsi-a/conf/ep").await;
     assert_eq!(status(&router, "/colibri-ws/jitsi-c/conf/ep").await, 404);
     let client = router.client();
     let mut on_b = Vec::new();
@@ -75,9 +51,32 @@ async fn sighup_adds_and_removes_nodes_while_a_tunnel_stays_open() {
         node_entries(&nodes)[0].clone(),
         node_entries(&nodes)[2].clone(),
     ];
+    // Traffic keeps flowing across the reload: every request of every room is answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (client, stop) = (client.clone(), stop.clone());
+        let base = router.url("/hup-");
+        async move {
+            let mut answered = 0;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = client.get(format!("{base}{}", i % 30)).send().await;
+                let status = response.map(|r| r.status().as_u16());
+                assert!(matches!(status, Ok(200)), "during the reload: {status:?}");
+                answered += 1;
+                i += 1;
+            }
+            answered
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     std::fs::write(router.config_path(), config(&certs, "", &without_b)).unwrap();
     router.signal("HUP");
     wait_for_count(&router, "config reloaded", 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = traffic.await.unwrap();
+    assert!(answered > 10, "only {answered} requests during the reload");
 
     assert_eq!(
         status(&router, "/colibri-ws/jitsi-c/conf/ep").await,
@@ -109,6 +108,7 @@ async fn a_changed_file_reloads_and_a_bad_one_is_rejected_whole() {
     let certs = Certs::new();
     let nodes = sim_nodes(2).await;
     let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes[..1])));
+    let (mut ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=across").await;
 
     let bad = config(
         &certs,
@@ -118,6 +118,11 @@ async fn a_changed_file_reloads_and_a_bad_one_is_rejected_whole() {
     std::fs::write(router.config_path(), bad).unwrap();
     wait_for_count(&router, "reload rejected", 1).await;
     assert!(router.logs().contains("routing.mode"), "{}", router.logs());
+    let reloads = |seen: &std::collections::HashMap<String, f64>, result: &str| {
+        seen[&format!("jitsi_router_config_reloads_total{{result=\"{result}\"}}")]
+    };
+    let seen = metrics(&router).await;
+    assert_eq!((reloads(&seen, "ok"), reloads(&seen, "failed")), (0.0, 1.0));
     assert_eq!(
         status(&router, "/colibri-ws/jitsi-b/x/y").await,
         404,
@@ -135,6 +140,8 @@ async fn a_changed_file_reloads_and_a_bad_one_is_rejected_whole() {
     )
     .unwrap();
     wait_for_count(&router, "config reloaded", 1).await;
+    let seen = metrics(&router).await;
+    assert_eq!((reloads(&seen, "ok"), reloads(&seen, "failed")), (1.0, 1.0));
     assert!(
         router.logs().contains("why=\"file change\""),
         "{}",
@@ -155,6 +162,7 @@ async fn a_changed_file_reloads_and_a_bad_one_is_rejected_whole() {
         "{}",
         router.logs()
     );
+    echoes(&mut ws, "held open across three file changes").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -163,7 +171,7 @@ async fn a_rotated_certificate_serves_new_handshakes() {
     let nodes = sim_nodes(1).await;
     let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes)));
     let before = certs.presented(router.https).await;
-    let mut ws = websocket(&certs, &router, "/xmpp-websocket?room=rotation").await;
+    let (mut ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=rotation").await;
 
     let rotated = certs.rotate();
     assert_ne!(before, rotated);

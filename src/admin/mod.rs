@@ -3,6 +3,7 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `GET /healthz` | `200 ok` while the process runs |
+//! | `GET /metrics` | the router's metrics in Prometheus text format (see [`crate::metrics`]) |
 //! | `GET /readyz` | `200` when at least one node is healthy, else `503` |
 //! | `GET /api/nodes` | every node with its CPU, estimate, health, drain and rooms |
 //! | `PUT /api/nodes/{name}` | registers or updates a node (fields of a `[[nodes]]` entry) |
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Admin as AdminConfig, Mode};
 use crate::placement::Router;
+use prometheus_client::registry::Registry;
 
 /// Largest admin request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -44,18 +46,20 @@ pub struct Admin {
     token: Option<String>,
     open_metrics: bool,
     mode: Mode,
+    registry: Registry,
 }
 
 type Answer = Response<Full<Bytes>>;
 
 impl Admin {
-    /// The admin surface over this router.
-    pub fn new(router: Arc<Router>, config: &AdminConfig, mode: Mode) -> Admin {
+    /// The admin surface over this router; `/metrics` renders `registry`.
+    pub fn new(router: Arc<Router>, config: &AdminConfig, mode: Mode, registry: Registry) -> Admin {
         Admin {
             router,
             token: config.token.clone(),
             open_metrics: config.open_metrics,
             mode,
+            registry,
         }
     }
 
@@ -91,6 +95,7 @@ impl Admin {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, ["metrics"]) => self.metrics(),
             (&Method::GET, ["readyz"]) => api::ready(self),
             (&Method::GET, ["api", "nodes"]) => api::nodes(self),
             (&Method::PUT, ["api", "nodes", name]) => api::put_node(self, name, &body),
@@ -103,13 +108,26 @@ impl Admin {
             }
             (
                 _,
-                ["healthz" | "readyz"]
+                ["healthz" | "readyz" | "metrics"]
                 | ["api", "nodes" | "rooms"]
                 | ["api", "nodes", _]
                 | ["api", "nodes", _, "drain" | "undrain"],
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
+    }
+}
+
+impl Admin {
+    fn metrics(&self) -> Answer {
+        let mut answer = Response::new(Full::new(Bytes::from(crate::metrics::render(
+            &self.registry,
+        ))));
+        answer.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        );
+        answer
     }
 }
 

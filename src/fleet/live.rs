@@ -8,6 +8,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use crate::metrics::{Histogram, StatusCounts};
+
 /// Health-check thresholds (`fall` failures to go unhealthy, `rise` successes to come back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
@@ -34,6 +36,10 @@ pub struct NodeLive {
     streak: AtomicU64,
     /// Unix milliseconds of the last health result, 0 before the first.
     checked_at_ms: AtomicU64,
+    /// Answers for this node by status class (metrics only; placement never reads them).
+    pub requests: StatusCounts,
+    /// Time to the node's response head (metrics only).
+    pub upstream: Histogram,
 }
 
 impl Default for NodeLive {
@@ -45,6 +51,8 @@ impl Default for NodeLive {
             draining: AtomicBool::new(false),
             streak: AtomicU64::new(0),
             checked_at_ms: AtomicU64::new(0),
+            requests: StatusCounts::default(),
+            upstream: Histogram::upstream(),
         }
     }
 }

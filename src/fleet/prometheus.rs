@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::Fleet;
 use crate::config::{Prometheus, Scale};
+use crate::metrics::Metrics;
 
 /// Why one query did not produce a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +158,8 @@ fn busy_by_label(
 }
 
 /// Polls forever, publishing each good reading into the fleet.
-pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus) {
+/// Failed or rejected refreshes are counted in `metrics`.
+pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
     let client = match reqwest::Client::builder().no_proxy().build() {
         Ok(client) => client,
         Err(e) => {
@@ -174,7 +176,7 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus) {
             .map(|cpu| (cpu, unix_now())),
         other => other.map(|cpu| (cpu, boundary)),
     };
-    publish(&fleet, &cfg, first, &mut failing);
+    publish(&fleet, &cfg, first, &mut failing, &metrics);
     loop {
         let (boundary, wait) = next_boundary(SystemTime::now(), cfg.interval);
         // A moment past the boundary, so scrapes up to it are stored everywhere.
@@ -182,7 +184,7 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus) {
         let result = query(&client, &cfg, boundary)
             .await
             .map(|cpu| (cpu, boundary));
-        publish(&fleet, &cfg, result, &mut failing);
+        publish(&fleet, &cfg, result, &mut failing, &metrics);
     }
 }
 
@@ -191,6 +193,7 @@ fn publish(
     cfg: &Prometheus,
     result: Result<(HashMap<String, f64>, f64), QueryError>,
     failing: &mut bool,
+    metrics: &Metrics,
 ) {
     match result {
         Ok((cpu, at)) => {
@@ -203,6 +206,7 @@ fn publish(
         }
         Err(e) => {
             *failing = true;
+            metrics.prometheus_failed();
             tracing::warn!(url = %cfg.url, error = %e, "prometheus query failed; keeping the last snapshot");
         }
     }

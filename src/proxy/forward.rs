@@ -101,7 +101,10 @@ pub async fn forward(
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let sent = client.request(Request::from_parts(parts, body));
-    let mut response = match tokio::time::timeout(settings.response_timeout, sent).await {
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(settings.response_timeout, sent).await;
+    node.live.upstream.observe(started.elapsed());
+    let mut response = match answer {
         Err(_) => {
             tracing::warn!(node = %node.id, timeout = ?settings.response_timeout, "node did not answer in time");
             return errors::plain(

@@ -18,7 +18,8 @@ use hyper::body::Incoming;
 
 use crate::config::{Config, Mode};
 use crate::fleet::Node;
-use crate::placement::{rendezvous, Router};
+use crate::metrics::{DecisionKind, Metrics};
+use crate::placement::{rendezvous, Decision, Router};
 use crate::room::{self, RoomLimits, Target};
 use crate::tls::TlsError;
 use forward::{ForwardSettings, UpstreamClient};
@@ -37,6 +38,7 @@ pub struct Proxy {
     retry_after: Duration,
     affinity_cookie: String,
     keepalive_every: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// What routing settled on for one request.
@@ -46,6 +48,8 @@ struct Choice {
     page: bool,
     /// A room WebSocket: the tunnel keeps the room's pin alive.
     keepalive: Option<tunnel::Keepalive>,
+    /// How the node was found.
+    kind: DecisionKind,
 }
 
 impl Proxy {
@@ -68,12 +72,18 @@ impl Proxy {
             retry_after: config.limits.retry_after,
             affinity_cookie: config.routing.affinity_cookie.clone(),
             keepalive_every: (config.routing.pin_idle_timeout / 3).max(Duration::from_millis(100)),
+            metrics: Arc::default(),
         })
     }
 
     /// Open WebSocket tunnels.
     pub fn tunnels(&self) -> &Arc<tunnel::Tunnels> {
         &self.forward.tunnels
+    }
+
+    /// The router's own counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The routing core behind this handler.
@@ -91,10 +101,19 @@ impl Proxy {
             return errors::plain(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
         }
         let websocket = headers::is_websocket_upgrade(&req);
+        let started = std::time::Instant::now();
         let choice = match self.choose(&req, peer, websocket) {
             Ok(choice) => choice,
-            Err(refusal) => return refusal.response(self.retry_after),
+            Err(refusal) => {
+                if !matches!(refusal, Refusal::BadRoom(_)) {
+                    self.metrics.decided(DecisionKind::Refused, started);
+                }
+                let response = refusal.response(self.retry_after);
+                self.metrics.no_node_requests.count(response.status());
+                return response;
+            }
         };
+        self.metrics.decided(choice.kind, started);
         let method = req.method().clone();
         let log_path =
             tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
@@ -124,6 +143,7 @@ impl Proxy {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
         }
+        choice.node.live.requests.count(response.status());
         if let Some(path) = log_path {
             let status = response.status().as_u16();
             tracing::debug!(%method, %path, node = %choice.node.id, status, "request");
@@ -146,10 +166,16 @@ impl Proxy {
                     pins: self.router.pins().clone(),
                     every: self.keepalive_every,
                 });
+                let kind = match routed.decision {
+                    Decision::Pinned => DecisionKind::Pinned,
+                    Decision::Placed => DecisionKind::Placed,
+                    Decision::Replaced { .. } => DecisionKind::Replaced,
+                };
                 Ok(Choice {
                     node: routed.node,
                     page,
                     keepalive,
+                    kind,
                 })
             }
             Target::Bridge { server_id } => {
@@ -161,6 +187,7 @@ impl Proxy {
                     node,
                     page: false,
                     keepalive: None,
+                    kind: DecisionKind::Bridge,
                 })
             }
             Target::Unrouted => {
@@ -177,6 +204,7 @@ impl Proxy {
                     node,
                     page: false,
                     keepalive: None,
+                    kind: DecisionKind::Unrouted,
                 })
             }
         }

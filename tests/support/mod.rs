@@ -611,3 +611,52 @@ pub fn nodes_with_instances(nodes: &[SimNode], extra: &dyn Fn(&SimNode) -> Strin
         })
         .collect()
 }
+
+/// A WebSocket client connection through the router.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `wss://localhost<path>` through the router; the socket and the node that answered.
+pub async fn websocket(certs: &Certs, router: &Router, path: &str) -> (Ws, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
+    let request = format!("wss://localhost:{}{path}", router.https.port())
+        .into_client_request()
+        .unwrap();
+    let connector = tokio_tungstenite::Connector::Rustls(certs.client_config());
+    let (ws, response) =
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector))
+            .await
+            .unwrap();
+    let shard = response
+        .headers()
+        .get("x-jitsi-shard")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (ws, shard)
+}
+
+/// Sends `text` on a WebSocket to a simulated node and expects it echoed.
+pub async fn echoes(ws: &mut Ws, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text)).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+}
+
+/// The router's `/metrics`, as `name{labels}` → value (labels as the router wrote them).
+pub async fn metrics(router: &Router) -> std::collections::HashMap<String, f64> {
+    let text = reqwest::get(router.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}

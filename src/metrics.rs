@@ -1,0 +1,453 @@
+//! The router's own metrics, served as Prometheus text on the admin listener's `/metrics`.
+//!
+//! Counting happens on the request path, so everything counted there is a relaxed atomic add —
+//! no lock, no allocation, no label lookup: per-node counters and the upstream latency histogram
+//! live in the node's [`NodeLive`](crate::fleet::live::NodeLive) record, the rest in [`Metrics`].
+//! Gauges (rooms, CPU, health, tunnels, snapshot age) are not kept at all: the [`Exporter`] reads
+//! them from the fleet state at scrape time. `prometheus-client` does the text encoding; its own
+//! `Histogram` takes a mutex per observation, hence the small lock-free [`Histogram`] here.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `jitsi_router_requests_total` | counter | `node` (`none` when no node answered), `class` (`2xx`…) |
+//! | `jitsi_router_routing_decisions_total` | counter | `kind`: `pinned`, `placed`, `replaced`, `fallback`, `bridge`, `unrouted`, `refused` |
+//! | `jitsi_router_routing_decision_seconds` | histogram | |
+//! | `jitsi_router_upstream_response_seconds` | histogram | `node` |
+//! | `jitsi_router_websocket_tunnels` | gauge | |
+//! | `jitsi_router_pinned_rooms` | gauge | |
+//! | `jitsi_router_node_rooms` | gauge | `node` |
+//! | `jitsi_router_node_cpu_ratio`, `jitsi_router_node_cpu_estimate_ratio` | gauge | `node` |
+//! | `jitsi_router_node_healthy`, `jitsi_router_node_draining` | gauge (0/1) | `node` |
+//! | `jitsi_router_prometheus_refresh_failures_total` | counter | |
+//! | `jitsi_router_prometheus_snapshot_age_seconds` | gauge | |
+//! | `jitsi_router_tls_handshake_failures_total` | counter | |
+//! | `jitsi_router_config_reloads_total` | counter | `result`: `ok`, `failed` |
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::placement::{policy, Router};
+use crate::proxy::tunnel::Tunnels;
+
+/// `Content-Type` of the `/metrics` answer.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds (seconds) of the routing-decision histogram: microseconds matter here.
+const DECISION_BOUNDS: &[f64] = &[
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2,
+];
+/// Upper bounds (seconds) of the upstream-response histogram (time to the node's response head).
+const UPSTREAM_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A fixed-bucket histogram updated with relaxed atomic adds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last one is above every bound.
+    buckets: Box<[AtomicU64]>,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// For node upstream latencies.
+    pub fn upstream() -> Histogram {
+        Histogram::new(UPSTREAM_BOUNDS)
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(self.bounds.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn encode(&self, encoder: &mut MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        // The encoder makes the bucket counts cumulative itself.
+        let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(self.buckets.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|&(_, n)| n).sum();
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+/// Requests answered, by status class (`1xx` … `5xx`).
+#[derive(Debug, Default)]
+pub struct StatusCounts([AtomicU64; 5]);
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl StatusCounts {
+    /// Counts one answer with this status.
+    pub fn count(&self, status: http::StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.0[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn encode(&self, node: &str, encoder: &mut MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (class, count) in CLASSES.iter().zip(&self.0) {
+            let value = count.load(Ordering::Relaxed);
+            if value > 0 {
+                let labels = [("node", node), ("class", class)];
+                encoder
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a request's node was found, for `jitsi_router_routing_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// A pinned room on its node.
+    Pinned,
+    /// A new room placed.
+    Placed,
+    /// A room moved off a node that left or failed.
+    Replaced,
+    /// A videobridge WebSocket routed by server id.
+    Bridge,
+    /// A request without a room (assets, cookie or client hash).
+    Unrouted,
+    /// No node could take the request (503).
+    Refused,
+}
+
+const DECISION_KINDS: [(DecisionKind, &str); 6] = [
+    (DecisionKind::Pinned, "pinned"),
+    (DecisionKind::Placed, "placed"),
+    (DecisionKind::Replaced, "replaced"),
+    (DecisionKind::Bridge, "bridge"),
+    (DecisionKind::Unrouted, "unrouted"),
+    (DecisionKind::Refused, "refused"),
+];
+
+/// Counters that belong to no node.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Answers of the router's own that no node was chosen for (bad room, no node, …).
+    pub no_node_requests: StatusCounts,
+    decisions: [AtomicU64; DECISION_KINDS.len()],
+    decision_seconds: Histogram,
+    tls_handshake_failures: AtomicU64,
+    prometheus_failures: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            no_node_requests: StatusCounts::default(),
+            decisions: Default::default(),
+            decision_seconds: Histogram::new(DECISION_BOUNDS),
+            tls_handshake_failures: AtomicU64::new(0),
+            prometheus_failures: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a routing decision and the time it took.
+    pub fn decided(&self, kind: DecisionKind, started: Instant) {
+        self.decision_seconds.observe(started.elapsed());
+        self.decisions[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a TLS handshake that failed or timed out.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a Prometheus refresh whose answer was rejected or did not come.
+    pub fn prometheus_failed(&self) {
+        self.prometheus_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reload attempt by its outcome.
+    pub fn reloaded(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reload attempts so far: (applied, rejected).
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Reads everything at scrape time; registered once with the admin listener's registry.
+pub struct Exporter {
+    metrics: Arc<Metrics>,
+    router: Arc<Router>,
+    tunnels: Arc<Tunnels>,
+}
+
+impl Exporter {
+    /// A registry holding the exporter over these sources.
+    pub fn registry(metrics: Arc<Metrics>, router: Arc<Router>, tunnels: Arc<Tunnels>) -> Registry {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exporter {
+            metrics,
+            router,
+            tunnels,
+        }));
+        registry
+    }
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").finish_non_exhaustive()
+    }
+}
+
+/// Renders a registry as Prometheus text.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::with_capacity(16 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, registry);
+    text
+}
+
+fn single<T: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: T,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+impl Collector for Exporter {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = self.router.fleet().snapshot();
+        let nodes = state.nodes();
+        let now = Instant::now();
+        let m = &self.metrics;
+
+        let mut family = encoder.encode_descriptor(
+            "jitsi_router_requests",
+            "Requests answered, by node and status class (node=\"none\": answered by the router itself).",
+            None,
+            MetricType::Counter,
+        )?;
+        for node in nodes {
+            node.live.requests.encode(node.id.as_str(), &mut family)?;
+        }
+        m.no_node_requests.encode("none", &mut family)?;
+
+        let mut family = encoder.encode_descriptor(
+            "jitsi_router_routing_decisions",
+            "Routing decisions by kind; fallback counts placements made while every node was over max_cpu (also counted as placed or replaced).",
+            None,
+            MetricType::Counter,
+        )?;
+        let fallback = self.router.placed_over_max_cpu();
+        let kinds = DECISION_KINDS
+            .iter()
+            .map(|&(kind, name)| (name, m.decisions[kind as usize].load(Ordering::Relaxed)))
+            .chain(std::iter::once(("fallback", fallback)));
+        for (name, value) in kinds {
+            family
+                .encode_family(&[("kind", name)])?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+
+        m.decision_seconds.encode(&mut encoder.encode_descriptor(
+            "jitsi_router_routing_decision_seconds",
+            "Time to classify a request and choose its node.",
+            None,
+            MetricType::Histogram,
+        )?)?;
+
+        let mut family = encoder.encode_descriptor(
+            "jitsi_router_upstream_response_seconds",
+            "Time from sending a request to a node until its response head arrived.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for node in nodes {
+            node.live
+                .upstream
+                .encode(&mut family.encode_family(&[("node", node.id.as_str())])?)?;
+        }
+
+        single(
+            &mut encoder,
+            "jitsi_router_websocket_tunnels",
+            "Open WebSocket tunnels.",
+            self.tunnels.count() as u64,
+        )?;
+        single(
+            &mut encoder,
+            "jitsi_router_pinned_rooms",
+            "Rooms pinned to a node.",
+            self.router.pins().len() as u64,
+        )?;
+
+        let cpu = state.cpu(now);
+        let settings = self.router.settings();
+        type Read<'a> = &'a dyn Fn(usize) -> Option<f64>;
+        let per_node: [(&str, &str, Read<'_>); 5] = [
+            ("jitsi_router_node_rooms", "Active rooms pinned to the node.", &|i| {
+                Some(f64::from(nodes[i].live.rooms()))
+            }),
+            (
+                "jitsi_router_node_cpu_ratio",
+                "The node's busy CPU fraction from the last good Prometheus snapshot (absent when unknown or stale).",
+                &|i| cpu.get(i).copied().flatten(),
+            ),
+            (
+                "jitsi_router_node_cpu_estimate_ratio",
+                "Snapshot CPU plus room_cost for each room placed since it was read.",
+                &|i| policy::estimate(&state, settings, i, now),
+            ),
+            ("jitsi_router_node_healthy", "1 while the node passes health checks.", &|i| {
+                Some(f64::from(u8::from(nodes[i].live.healthy())))
+            }),
+            ("jitsi_router_node_draining", "1 while the node is draining (no new rooms).", &|i| {
+                Some(f64::from(u8::from(nodes[i].live.draining())))
+            }),
+        ];
+        for (name, help, read) in per_node {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (i, node) in nodes.iter().enumerate() {
+                if let Some(value) = read(i) {
+                    family
+                        .encode_family(&[("node", node.id.as_str())])?
+                        .encode_gauge(&value)?;
+                }
+            }
+        }
+
+        counter(
+            &mut encoder,
+            "jitsi_router_prometheus_refresh_failures",
+            "CPU refreshes from Prometheus that failed or were rejected (the last good snapshot stays).",
+            m.prometheus_failures.load(Ordering::Relaxed),
+        )?;
+        if let Some(age) = self.router.fleet().snapshot_age() {
+            single(
+                &mut encoder,
+                "jitsi_router_prometheus_snapshot_age_seconds",
+                "Age of the CPU snapshot placement uses.",
+                age.as_secs_f64(),
+            )?;
+        }
+        counter(
+            &mut encoder,
+            "jitsi_router_tls_handshake_failures",
+            "Client TLS handshakes that failed or timed out.",
+            m.tls_handshake_failures.load(Ordering::Relaxed),
+        )?;
+        let (ok, failed) = m.reloads();
+        let mut family = encoder.encode_descriptor(
+            "jitsi_router_config_reloads",
+            "Config and certificate reloads by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, value) in [("ok", ok), ("failed", failed)] {
+            family
+                .encode_family(&[("result", result)])?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_sum_and_count() {
+        let h = Histogram::new(&[0.001, 0.01]);
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(1));
+        let mut registry = Registry::default();
+        #[derive(Debug)]
+        struct One(Histogram);
+        impl Collector for One {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                self.0.encode(&mut encoder.encode_descriptor(
+                    "t_seconds",
+                    "test",
+                    None,
+                    MetricType::Histogram,
+                )?)
+            }
+        }
+        registry.register_collector(Box::new(One(h)));
+        let text = render(&registry);
+        assert!(
+            text.contains("t_seconds_bucket{le=\"0.001\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("t_seconds_bucket{le=\"0.01\"} 3\n"), "{text}");
+        assert!(text.contains("t_seconds_bucket{le=\"+Inf\"} 4\n"), "{text}");
+        assert!(text.contains("t_seconds_count 4\n"), "{text}");
+        assert!(text.contains("t_seconds_sum 1.0105\n"), "{text}");
+    }
+
+    #[test]
+    fn status_classes() {
+        let counts = StatusCounts::default();
+        for status in [101, 200, 204, 307, 404, 502, 599] {
+            counts.count(http::StatusCode::from_u16(status).unwrap());
+        }
+        let got: Vec<u64> = counts.0.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(got, [1, 2, 1, 1, 2]);
+    }
+}
