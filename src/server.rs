@@ -21,7 +21,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::fleet::{health, prometheus, Fleet};
-use crate::metrics::Exporter;
 use crate::placement::pins::MemoryPins;
 use crate::placement::{snapshot, Router};
 use crate::proxy::Proxy;
@@ -187,16 +186,7 @@ impl Server {
             accepting.spawn(accept_http(listener, port, graceful.clone()));
         }
         log_listening("admin", &self.admin);
-        let admin = Arc::new(crate::admin::Admin::new(
-            self.proxy.router().clone(),
-            &self.config.admin,
-            self.config.routing.mode,
-            Exporter::registry(
-                self.proxy.metrics().clone(),
-                self.proxy.router().clone(),
-                self.proxy.tunnels().clone(),
-            ),
-        ));
+        let admin = Arc::new(crate::admin::Admin::new(&self.proxy, &self.config.admin));
         accepting.spawn(crate::admin::serve(self.admin, admin, graceful.clone()));
         shutdown.await;
         let grace = self.config.server.shutdown_grace;

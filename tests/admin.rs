@@ -313,6 +313,55 @@ async fn a_token_guards_every_endpoint_but_open_metrics() {
         "open_metrics leaves /healthz open"
     );
     assert_eq!(get(&router, "/readyz").await.0, 401);
+    assert_eq!(get(&router, "/metrics").await.0, 200, "and /metrics");
+    assert_eq!(get(&router, "/api/status").await.0, 401);
+    assert_eq!(
+        get(&router, "/").await.0,
+        200,
+        "the dashboard page holds no data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_cross_origin_changes() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes)));
+    node_of(&router, "/status-room").await;
+    let (status, body) = get(&router, "/api/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["mode"], "proxy");
+    assert_eq!(body["nodes"], 2);
+    assert_eq!(body["healthy_nodes"], 2);
+    assert_eq!(body["pinned_rooms"], 1);
+    assert_eq!(body["websocket_tunnels"], 0);
+    assert!(
+        body["snapshot_age_seconds"].is_null(),
+        "no prometheus: {body}"
+    );
+
+    let page = reqwest::get(router.admin_url("/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("/api/nodes"));
+
+    // A page on another origin cannot drain a node through the operator's browser.
+    let drain = |origin: String| {
+        reqwest::Client::new()
+            .post(router.admin_url("/api/nodes/jitsi-a/drain"))
+            .header("origin", origin)
+            .send()
+    };
+    let refused = drain("http://evil.example".into()).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("Origin"));
+    assert_eq!(get(&router, "/api/nodes").await.1[0]["draining"], false);
+    let own = format!("http://{}", router.admin.unwrap());
+    assert_eq!(drain(own).await.unwrap().status(), 200);
+    assert_eq!(get(&router, "/api/nodes").await.1[0]["draining"], true);
 }
 
 #[tokio::test(flavor = "multi_thread")]

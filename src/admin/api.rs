@@ -40,6 +40,26 @@ pub(super) fn ready(admin: &Admin) -> Answer {
     }
 }
 
+pub(super) fn status(admin: &Admin) -> Answer {
+    let state = admin.router.fleet().snapshot();
+    let mode = match admin.mode {
+        crate::config::Mode::Proxy => "proxy",
+        crate::config::Mode::Redirect => "redirect",
+    };
+    json(
+        StatusCode::OK,
+        &json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": mode,
+            "nodes": state.nodes().len(),
+            "healthy_nodes": state.nodes().iter().filter(|n| n.live.healthy()).count(),
+            "pinned_rooms": admin.router.pins().len(),
+            "websocket_tunnels": admin.tunnels.count(),
+            "snapshot_age_seconds": admin.router.fleet().snapshot_age().map(|a| a.as_secs_f64()),
+        }),
+    )
+}
+
 pub(super) fn nodes(admin: &Admin) -> Answer {
     let state = admin.router.fleet().snapshot();
     let now = Instant::now();

@@ -2,7 +2,9 @@
 //!
 //! | request | answer |
 //! | --- | --- |
+//! | `GET /` | the fleet dashboard (one self-contained page over this API) |
 //! | `GET /healthz` | `200 ok` while the process runs |
+//! | `GET /api/status` | mode, pinned rooms, tunnels, CPU snapshot age |
 //! | `GET /metrics` | the router's metrics in Prometheus text format (see [`crate::metrics`]) |
 //! | `GET /readyz` | `200` when at least one node is healthy, else `503` |
 //! | `GET /api/nodes` | every node with its CPU, estimate, health, drain and rooms |
@@ -34,15 +36,22 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::config::{Admin as AdminConfig, Mode};
+use crate::metrics::Exporter;
 use crate::placement::Router;
+use crate::proxy::tunnel::Tunnels;
+use crate::proxy::Proxy;
 use prometheus_client::registry::Registry;
 
 /// Largest admin request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
+/// The fleet dashboard: one self-contained page over the JSON API.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 /// What the admin handlers share.
 pub struct Admin {
     router: Arc<Router>,
+    tunnels: Arc<Tunnels>,
     token: Option<String>,
     open_metrics: bool,
     mode: Mode,
@@ -52,14 +61,19 @@ pub struct Admin {
 type Answer = Response<Full<Bytes>>;
 
 impl Admin {
-    /// The admin surface over this router; `/metrics` renders `registry`.
-    pub fn new(router: Arc<Router>, config: &AdminConfig, mode: Mode, registry: Registry) -> Admin {
+    /// The admin surface over this request handler's router, tunnels and counters.
+    pub fn new(proxy: &Proxy, config: &AdminConfig) -> Admin {
         Admin {
-            router,
+            router: proxy.router().clone(),
+            tunnels: proxy.tunnels().clone(),
             token: config.token.clone(),
             open_metrics: config.open_metrics,
-            mode,
-            registry,
+            mode: proxy.mode(),
+            registry: Exporter::registry(
+                proxy.metrics().clone(),
+                proxy.router().clone(),
+                proxy.tunnels().clone(),
+            ),
         }
     }
 
@@ -67,7 +81,13 @@ impl Admin {
         let Some(token) = &self.token else {
             return true;
         };
-        let open = matches!(req.uri().path(), "/healthz" | "/metrics") && self.open_metrics;
+        // The dashboard page itself holds no data; it asks for the token and sends it with
+        // every API call.
+        let open = match req.uri().path() {
+            "/" => true,
+            "/healthz" | "/metrics" => self.open_metrics,
+            _ => false,
+        };
         let offered = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -85,6 +105,12 @@ impl Admin {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return answer;
         }
+        if !same_origin(&req) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "cross-origin changes are refused: the Origin header does not match the Host",
+            );
+        }
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
@@ -94,7 +120,9 @@ impl Admin {
         };
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (&method, segments.as_slice()) {
+            (&Method::GET, [""]) => page(),
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, ["api", "status"]) => api::status(self),
             (&Method::GET, ["metrics"]) => self.metrics(),
             (&Method::GET, ["readyz"]) => api::ready(self),
             (&Method::GET, ["api", "nodes"]) => api::nodes(self),
@@ -108,7 +136,8 @@ impl Admin {
             }
             (
                 _,
-                ["healthz" | "readyz" | "metrics"]
+                ["" | "healthz" | "readyz" | "metrics"]
+                | ["api", "status"]
                 | ["api", "nodes" | "rooms"]
                 | ["api", "nodes", _]
                 | ["api", "nodes", _, "drain" | "undrain"],
@@ -141,6 +170,45 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Answer> {
             "request body over 64 KiB or unreadable",
         )),
     }
+}
+
+/// Browsers send `Origin` with cross-site requests: a page elsewhere must not drain nodes through
+/// an operator's browser (the listener is often on loopback without a token). Reads pass, and so
+/// do clients that send no `Origin` (curl, scripts).
+fn same_origin(req: &Request<Incoming>) -> bool {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return true;
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+fn page() -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
+    let headers = answer.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    answer
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -43,11 +43,17 @@ pub async fn run(listen: Vec<SocketAddr>) -> Result<(), DemoError> {
         .iter()
         .map(|n| NodeSpec::new(n.name(), &n.url()).expect("a sim node's URL is valid"))
         .collect();
-    let config = Config::with_defaults(listen, cert.clone(), key, specs)?;
+    let mut config = Config::with_defaults(listen, cert.clone(), key, specs)?;
+    // The admin listener's usual port when it is free, so the dashboard is where the README says.
+    let usual: SocketAddr = ([127, 0, 0, 1], 9480).into();
+    if std::net::TcpListener::bind(usual).is_ok() {
+        config.server.admin_listen = usual;
+    }
     let server = Server::bind(config).await?;
     let port = server.https_addrs().first().map_or(8443, |a| a.port());
     print_welcome(&nodes, port, &cert);
     if let Some(admin) = server.admin_addr() {
+        println!("Fleet dashboard: http://{admin}/   (metrics: http://{admin}/metrics)");
         println!("Admin API: curl http://{admin}/api/nodes   curl http://{admin}/api/rooms\n");
     }
     println!("Rooms and their nodes (Ctrl-C to stop):");

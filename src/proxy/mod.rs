@@ -81,6 +81,11 @@ impl Proxy {
         &self.forward.tunnels
     }
 
+    /// Proxy or redirect.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// The router's own counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
