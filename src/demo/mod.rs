@@ -2,6 +2,8 @@
 //! self-signed certificate for `localhost` is written to a temporary folder, and the router serves
 //! them on `https://localhost:8443`, printing which node each new room lands on.
 
+pub mod prosody;
+mod relay;
 pub mod sim_node;
 
 use std::net::SocketAddr;

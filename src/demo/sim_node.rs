@@ -80,6 +80,8 @@ struct Shared {
     name: String,
     cpu: Cpu,
     healthy: std::sync::atomic::AtomicBool,
+    /// Real XMPP signalling (a prosody's HTTP port) behind `/http-bind` and `/xmpp-websocket`.
+    signalling: Option<super::relay::Relay>,
 }
 
 /// A running simulated node; stops when dropped.
@@ -93,7 +95,17 @@ pub struct SimNode {
 impl SimNode {
     /// Starts a plain-HTTP node on `bind` (port 0 picks a free port).
     pub async fn start(name: &str, bind: SocketAddr) -> std::io::Result<SimNode> {
-        SimNode::launch(name, bind, None).await
+        SimNode::launch(name, bind, None, None).await
+    }
+
+    /// Starts a plain-HTTP node whose BOSH and XMPP WebSocket are relayed to a real XMPP server's
+    /// HTTP port (`signalling`), and whose room page joins the room over XMPP.
+    pub async fn start_with_signalling(
+        name: &str,
+        bind: SocketAddr,
+        signalling: SocketAddr,
+    ) -> std::io::Result<SimNode> {
+        SimNode::launch(name, bind, None, Some(super::relay::Relay::new(signalling))).await
     }
 
     /// Starts an HTTPS node with this server config.
@@ -102,13 +114,14 @@ impl SimNode {
         bind: SocketAddr,
         tls: Arc<rustls::ServerConfig>,
     ) -> std::io::Result<SimNode> {
-        SimNode::launch(name, bind, Some(TlsAcceptor::from(tls))).await
+        SimNode::launch(name, bind, Some(TlsAcceptor::from(tls)), None).await
     }
 
     async fn launch(
         name: &str,
         bind: SocketAddr,
         tls: Option<TlsAcceptor>,
+        signalling: Option<super::relay::Relay>,
     ) -> std::io::Result<SimNode> {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
@@ -116,6 +129,7 @@ impl SimNode {
             name: name.to_owned(),
             cpu: Cpu::new(0.1),
             healthy: std::sync::atomic::AtomicBool::new(true),
+            signalling,
         });
         let is_tls = tls.is_some();
         let task = tokio::spawn(serve(listener, tls, shared.clone()));
@@ -200,6 +214,27 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shar
 type SimBody = Full<Bytes>;
 
 async fn answer(
+    req: Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Response<super::relay::Body> {
+    let path = req.uri().path();
+    let signalling = path.ends_with("/http-bind") || path.ends_with("/xmpp-websocket");
+    match &shared.signalling {
+        Some(relay) if signalling => {
+            let mut response = relay.forward(req).await;
+            if let Ok(name) = HeaderValue::from_str(&shared.name) {
+                response.headers_mut().insert("x-sim-node", name);
+            }
+            response
+        }
+        _ => simulated(req, shared, peer)
+            .await
+            .map(http_body_util::Either::Left),
+    }
+}
+
+async fn simulated(
     mut req: Request<Incoming>,
     shared: &Shared,
     peer: SocketAddr,
@@ -319,6 +354,16 @@ async fn content(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
                 format!("<body xmlns='http://jabber.org/protocol/httpbind' node='{name}' received='{}'/>", body.len()),
             )
         }
+        "/libs/xmpp-room.js" if shared.signalling.is_some() => reply(
+            StatusCode::OK,
+            "application/javascript",
+            super::relay::ROOM_SCRIPT,
+        ),
+        _ if shared.signalling.is_some() => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            super::relay::room_page(name, &escape_html(path.trim_start_matches('/'))),
+        ),
         _ => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
