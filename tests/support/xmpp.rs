@@ -57,7 +57,7 @@ fn text_of(xml: &str, element: &str) -> Option<String> {
 }
 
 enum Link {
-    WebSocket(super::Ws),
+    WebSocket(Box<super::Ws>),
     Bosh {
         client: reqwest::Client,
         url: String,
@@ -334,7 +334,7 @@ async fn open_websocket(
     match tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector)).await
     {
         Ok((ws, response)) => Ok((
-            Link::WebSocket(ws),
+            Link::WebSocket(Box::new(ws)),
             shard(response.headers()),
             String::new(),
         )),
@@ -350,7 +350,7 @@ async fn open_websocket(
             let (ws, _) = tokio_tungstenite::connect_async(request)
                 .await
                 .map_err(|e| format!("following the redirect to {location}: {e}"))?;
-            Ok((Link::WebSocket(ws), node, String::new()))
+            Ok((Link::WebSocket(Box::new(ws)), node, String::new()))
         }
         Err(e) => Err(format!("WebSocket to the router failed: {e}")),
     }
