@@ -56,6 +56,9 @@ enum Command {
         /// Addresses to serve HTTPS on.
         #[arg(long, value_name = "ADDR", default_values = ["127.0.0.1:8443", "[::1]:8443"])]
         listen: Vec<SocketAddr>,
+        /// Real XMPP signalling: each node runs prosody (Debian package `prosody`).
+        #[arg(long)]
+        prosody: bool,
     },
 }
 
@@ -87,9 +90,9 @@ fn main() -> ExitCode {
                     runtime().and_then(|rt| rt.block_on(serve(config)))
                 })
         }
-        Command::Demo { listen } => {
+        Command::Demo { listen, prosody } => {
             init_logging("info", LogFormat::Text);
-            runtime().and_then(|rt| rt.block_on(demo(listen)))
+            runtime().and_then(|rt| rt.block_on(demo(listen, prosody)))
         }
         Command::Simulate {
             nodes,
@@ -134,13 +137,13 @@ async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn demo(listen: Vec<SocketAddr>) -> Result<(), String> {
+async fn demo(listen: Vec<SocketAddr>, prosody: bool) -> Result<(), String> {
     // The ::1 default is a convenience: skip it quietly where IPv6 loopback is missing.
     let listen: Vec<SocketAddr> = listen
         .into_iter()
         .filter(|a| a.is_ipv4() || std::net::TcpListener::bind((a.ip(), 0)).is_ok())
         .collect();
-    jitsi_router::demo::run(listen)
+    jitsi_router::demo::run(listen, prosody)
         .await
         .map_err(|e| e.to_string())
 }

@@ -59,3 +59,307 @@ async fn websocket_and_bosh_clients_of_one_room_meet_and_other_rooms_stay_apart(
     );
     assert!(!alice.occupants().contains("dave"));
 }
+
+/// A deterministic spread of arrival delays within two seconds.
+fn arrival(i: usize) -> Duration {
+    Duration::from_millis((i as u64 * 7919) % 2000)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_rooms_of_three_joining_at_once_all_meet() {
+    let certs = Certs::new();
+    let nodes = prosody_nodes(3).await;
+    let router = Router::start(&certs, &config(&certs, "", &entries(&nodes)));
+    let (router, certs) = (&router, &certs);
+
+    let joins = (0..60).map(|i| async move {
+        let (room, seat) = (format!("busy-{}", i / 3), i % 3);
+        let nick = format!("p{seat}");
+        // Every room mixes transports: two on WebSocket, one on BOSH.
+        let transport = if seat == 2 {
+            Transport::Bosh
+        } else {
+            Transport::WebSocket
+        };
+        tokio::time::sleep(arrival(i)).await;
+        Participant::join(router, certs, transport, &room, &nick).await
+    });
+    let mut people: Vec<Participant> = futures_util::future::join_all(joins)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let meetings = people
+        .iter_mut()
+        .map(|p| async move { p.sees(&["p0", "p1", "p2"], MEET).await });
+    for outcome in futures_util::future::join_all(meetings).await {
+        outcome.unwrap();
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for room in people.chunks(3) {
+        assert!(
+            room.iter().all(|p| p.node == room[0].node),
+            "{} is split: {:?}",
+            room[0].room,
+            room.iter().map(|p| &p.node).collect::<Vec<_>>()
+        );
+        assert_eq!(room[0].occupants().len(), 3, "{:?}", room[0].occupants());
+        used.insert(room[0].node.clone());
+    }
+    assert!(used.len() > 1, "every room on {used:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn participants_of_a_stopped_node_meet_again_on_another() {
+    let certs = Certs::new();
+    let mut nodes = prosody_nodes(3).await;
+    let health = "[health]\ninterval = \"300ms\"\ntimeout = \"300ms\"\nfall = 2\nrise = 2\n";
+    let router = Router::start(&certs, &config(&certs, health, &entries(&nodes)));
+    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "failover", "alice")
+        .await
+        .unwrap();
+    let bob = Participant::join(&router, &certs, Transport::Bosh, "failover", "bob")
+        .await
+        .unwrap();
+    alice.sees(&["bob"], MEET).await.unwrap();
+    assert_eq!(alice.node, bob.node);
+    let lost = alice.node.clone();
+    let index = nodes.iter().position(|n| n.name() == lost).unwrap();
+    nodes[index].stop();
+
+    // Both notice: the WebSocket closes, BOSH requests fail.
+    let mut broken = false;
+    for _ in 0..50 {
+        if alice.settle(Duration::from_millis(100)).await.is_err() {
+            broken = true;
+            break;
+        }
+    }
+    assert!(broken, "alice's connection should have dropped");
+
+    // Jitsi clients reconnect to the same room URL until it works.
+    async fn rejoin(
+        router: &Router,
+        certs: &Certs,
+        transport: Transport,
+        nick: &str,
+    ) -> Participant {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match Participant::join(router, certs, transport, "failover", nick).await {
+                Ok(p) => return p,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{nick} never got back: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+    }
+    let mut alice = rejoin(&router, &certs, Transport::WebSocket, "alice").await;
+    let mut bob = {
+        drop(bob);
+        rejoin(&router, &certs, Transport::Bosh, "bob").await
+    };
+    assert_ne!(alice.node, lost);
+    assert_eq!(alice.node, bob.node, "both land on the same new node");
+    alice.sees(&["alice", "bob"], MEET).await.unwrap();
+    bob.sees(&["alice", "bob"], MEET).await.unwrap();
+    assert!(
+        router.logs().contains("room re-placed"),
+        "{}",
+        router.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_node_takes_no_new_room_but_its_rooms_still_meet() {
+    let certs = Certs::new();
+    let nodes = prosody_nodes(3).await;
+    let router = Router::start(&certs, &config(&certs, "", &entries(&nodes)));
+    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "upgrade", "alice")
+        .await
+        .unwrap();
+    let draining = alice.node.clone();
+    let answer = reqwest::Client::new()
+        .post(router.admin_url(&format!("/api/nodes/{draining}/drain")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    for i in 0..9 {
+        let transport = if i % 2 == 0 {
+            Transport::WebSocket
+        } else {
+            Transport::Bosh
+        };
+        let newcomer = Participant::join(&router, &certs, transport, &format!("fresh-{i}"), "x")
+            .await
+            .unwrap();
+        assert_ne!(
+            newcomer.node, draining,
+            "fresh-{i} went to the draining node"
+        );
+    }
+    let mut bob = Participant::join(&router, &certs, Transport::Bosh, "upgrade", "bob")
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.node, draining,
+        "an existing room stays on its draining node"
+    );
+    bob.sees(&["alice", "bob"], MEET).await.unwrap();
+    alice.sees(&["alice", "bob"], MEET).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirected_clients_meet_the_proxied_ones() {
+    let certs = Certs::new();
+    let nodes = prosody_nodes(3).await;
+    let proxied = Router::start(&certs, &config(&certs, "", &entries(&nodes)));
+    let mut redirect_config = config(&certs, "[routing]\nmode = \"redirect\"\n", &[]);
+    for node in &nodes {
+        redirect_config.push_str(&format!(
+            "\n[[nodes]]\nname = {:?}\nupstream = {:?}\npublic_url = {:?}\n",
+            node.name(),
+            node.url(),
+            node.url()
+        ));
+    }
+    let redirecting = Router::start(&certs, &redirect_config);
+
+    let mut alice = Participant::join(&proxied, &certs, Transport::WebSocket, "Hybrid", "alice")
+        .await
+        .unwrap();
+    // Two routers with the same fleet place a new room alike (replicas agree without talking).
+    let mut bob = Participant::join(&redirecting, &certs, Transport::WebSocket, "hybrid", "bob")
+        .await
+        .unwrap();
+    let mut carol = Participant::join(&redirecting, &certs, Transport::Bosh, "hybrid", "carol")
+        .await
+        .unwrap();
+    assert_eq!(bob.node, alice.node);
+    assert_eq!(carol.node, alice.node);
+    for p in [&mut alice, &mut bob, &mut carol] {
+        p.sees(&["alice", "bob", "carol"], MEET).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_browser_tabs_in_one_room_see_each_other() {
+    let certs = Certs::new();
+    let nodes = prosody_nodes(2).await;
+    let router = Router::start(&certs, &config(&certs, "", &entries(&nodes)));
+    // The test CA is not in Chromium's store; the router's certificate is what it is testing.
+    let browser = support::browser::Browser::launch(&["--ignore-certificate-errors"]).await;
+    let room_url = router.url("/BrowserRoom");
+    let mut tabs = Vec::new();
+    for _ in 0..2 {
+        let mut tab = browser.tab().await;
+        tab.goto(&room_url).await;
+        tab.wait_for("window.xmppRoom?.joined === true", MEET).await;
+        tabs.push(tab);
+    }
+    let nicks: Vec<String> = {
+        let mut nicks = Vec::new();
+        for tab in &mut tabs {
+            nicks.push(
+                tab.eval("window.xmppRoom.nick")
+                    .await
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        nicks
+    };
+    for tab in &mut tabs {
+        let both = format!(
+            "['{}', '{}'].every(n => window.xmppRoom.occupants.includes(n))",
+            nicks[0], nicks[1]
+        );
+        tab.wait_for(&both, MEET).await;
+        let listed = tab
+            .eval("[...document.querySelectorAll('#occupants li')].length")
+            .await;
+        assert_eq!(listed, 2);
+    }
+    // The page, its script and its WebSocket all came from one node through the router.
+    let title = tabs[0].eval("document.title").await;
+    let node = title
+        .as_str()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let pinned: serde_json::Value = reqwest::get(router.admin_url("/api/rooms/browserroom"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pinned["node"], node.as_str());
+    // A participant from a Rust client joins them there.
+    let mut erin = Participant::join(&router, &certs, Transport::Bosh, "browserroom", "erin")
+        .await
+        .unwrap();
+    erin.sees(&[&nicks[0], &nicks[1]], MEET).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_with_prosody_lets_a_browser_join_a_room() {
+    use std::io::{BufRead, BufReader};
+    let port = closed_port();
+    let mut child = std::process::Command::new(ROUTER)
+        .args([
+            "demo",
+            "--prosody",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    while !seen.contains("Ctrl-C") {
+        seen.push_str(&rx.recv_timeout(Duration::from_secs(30)).unwrap());
+        seen.push('\n');
+    }
+    assert!(seen.contains("real prosody signalling"), "{seen}");
+    assert!(seen.contains("muc.meet.jitsi"), "{seen}");
+
+    let browser = support::browser::Browser::launch(&["--ignore-certificate-errors"]).await;
+    let mut tab = browser.tab().await;
+    tab.goto(&format!("https://localhost:{port}/DemoCall"))
+        .await;
+    tab.wait_for("window.xmppRoom?.joined === true", MEET).await;
+
+    // SIGTERM: the demo stops its prosody processes on the way out.
+    let status = std::process::Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(tab);
+    drop(browser);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
