@@ -118,16 +118,21 @@ impl Router {
     pub fn route_room(&self, key: &RoomKey<'_>) -> Option<Routed> {
         let state = self.fleet.load();
         let room = key.as_str();
-        let stale = match self.pins.lookup(room) {
-            Some(id) => match state.node(id.as_str()) {
-                Some(node) if node.live.healthy() => {
-                    return Some(Routed {
-                        node: node.clone(),
-                        decision: Decision::Pinned,
-                    })
-                }
-                _ => Some(id),
-            },
+        let mut pinned = None;
+        self.pins.lookup_with(room, &mut |id| {
+            pinned = Some(match state.node(id.as_str()) {
+                Some(node) if node.live.healthy() => Ok(node.clone()),
+                _ => Err(id.clone()),
+            });
+        });
+        let stale = match pinned {
+            Some(Ok(node)) => {
+                return Some(Routed {
+                    node,
+                    decision: Decision::Pinned,
+                })
+            }
+            Some(Err(id)) => Some(id),
             None => None,
         };
         let chosen = self.place(&state, room)?;
