@@ -21,7 +21,9 @@
 //!   dashboard and `/metrics` ([`metrics`]: lock-free counters, gauges read at scrape time).
 //! - [`reload`]: config and certificate reload on SIGHUP or file change, all-or-nothing.
 //! - [`config`]: the TOML schema and its validation; [`demo`]: simulated Jitsi nodes for `demo`
-//!   and tests; [`simulate`]: the placement simulator behind `jitsi-router simulate`.
+//!   and tests, and real prosody signalling nodes behind them ([`demo::prosody`], for
+//!   `demo --prosody` and the end-to-end tests); [`simulate`]: the placement simulator behind
+//!   `jitsi-router simulate`.
 //!
 //! Data flows one way: server → proxy → (room, placement ← fleet) → upstream.
 //!
