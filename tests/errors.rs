@@ -365,26 +365,8 @@ fn shipped_example_config_is_valid() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_serves_three_nodes_and_reports_rooms() {
-    use std::io::{BufRead, BufReader};
-    let port = closed_port();
-    let mut child = std::process::Command::new(ROUTER)
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = String::new();
-    while !seen.contains("Ctrl-C") {
-        seen.push_str(&rx.recv_timeout(Duration::from_secs(20)).unwrap());
-        seen.push('\n');
-    }
+    let demo = Demo::start(&[]);
+    let (port, seen) = (demo.port, &demo.banner);
     assert!(
         seen.contains("jitsi-a") && seen.contains("jitsi-b") && seen.contains("jitsi-c"),
         "{seen}"
@@ -417,8 +399,6 @@ async fn demo_serves_three_nodes_and_reports_rooms() {
         .await
         .unwrap();
     assert_eq!(shard(&bosh), node);
-    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let line = demo.lines.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(line.trim(), format!("room \"demoroom\" → {node}"));
-    let _ = child.kill();
-    let _ = child.wait();
 }

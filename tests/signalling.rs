@@ -312,54 +312,22 @@ async fn two_browser_tabs_in_one_room_see_each_other() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_with_prosody_lets_a_browser_join_a_room() {
-    use std::io::{BufRead, BufReader};
-    let port = closed_port();
-    let mut child = std::process::Command::new(ROUTER)
-        .args([
-            "demo",
-            "--prosody",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = String::new();
-    while !seen.contains("Ctrl-C") {
-        seen.push_str(&rx.recv_timeout(Duration::from_secs(30)).unwrap());
-        seen.push('\n');
-    }
-    assert!(seen.contains("real prosody signalling"), "{seen}");
-    assert!(seen.contains("muc.meet.jitsi"), "{seen}");
+    let mut demo = Demo::start(&["--prosody"]);
+    assert!(
+        demo.banner.contains("real prosody signalling"),
+        "{}",
+        demo.banner
+    );
+    assert!(demo.banner.contains("muc.meet.jitsi"), "{}", demo.banner);
 
     let browser = support::browser::Browser::launch(&["--ignore-certificate-errors"]).await;
     let mut tab = browser.tab().await;
-    tab.goto(&format!("https://localhost:{port}/DemoCall"))
+    tab.goto(&format!("https://localhost:{}/DemoCall", demo.port))
         .await;
     tab.wait_for("window.xmppRoom?.joined === true", MEET).await;
 
     // SIGTERM: the demo stops its prosody processes on the way out.
-    let status = std::process::Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
     drop(tab);
     drop(browser);
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(demo.stop(Duration::from_secs(40)), "the demo did not stop");
 }

@@ -663,3 +663,69 @@ pub async fn metrics(router: &Router) -> std::collections::HashMap<String, f64> 
         })
         .collect()
 }
+
+/// `jitsi-router demo` on a free loopback port: the process, its stdout lines from here on, and
+/// the banner it printed before it started listing rooms. Stopped with SIGTERM when dropped, so
+/// it can stop what it started (prosody processes).
+pub struct Demo {
+    child: Child,
+    pub port: u16,
+    pub lines: mpsc::Receiver<String>,
+    pub banner: String,
+}
+
+impl Demo {
+    pub fn start(extra: &[&str]) -> Demo {
+        let port = closed_port();
+        let mut child = Command::new(ROUTER)
+            .arg("demo")
+            .args(extra)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut banner = String::new();
+        while !banner.contains("Ctrl-C") {
+            banner.push_str(&lines.recv_timeout(Duration::from_secs(30)).unwrap());
+            banner.push('\n');
+        }
+        Demo {
+            child,
+            port,
+            lines,
+            banner,
+        }
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit; whether it exited.
+    pub fn stop(&mut self, limit: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if !self.stop(Duration::from_secs(5)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
