@@ -94,6 +94,11 @@ async fn oversized_request_head_gets_431() {
             .unwrap();
         assert_eq!(fine.status(), 200);
     }
+    let counted = metrics(&router).await;
+    assert_eq!(
+        counted["jitsi_router_requests_total{node=\"none\",class=\"4xx\"}"], 2.0,
+        "both 431s are counted as the router's own answers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

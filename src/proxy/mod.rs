@@ -100,10 +100,10 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if headers::head_size(&req) > self.max_request_head {
             let reason = format!("request head larger than {} bytes", self.max_request_head);
-            return errors::plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
+            return self.refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
         }
         if req.method() == Method::CONNECT {
-            return errors::plain(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+            return self.refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
         }
         let websocket = headers::is_websocket_upgrade(&req);
         let started = std::time::Instant::now();
@@ -154,6 +154,12 @@ impl Proxy {
             tracing::debug!(%method, %path, node = %choice.node.id, status, "request");
         }
         response
+    }
+
+    /// An answer of the router's own, counted under `node="none"`.
+    fn refuse(&self, status: StatusCode, reason: &str) -> Response<Body> {
+        self.metrics.no_node_requests.count(status);
+        errors::plain(status, reason)
     }
 
     fn choose(
