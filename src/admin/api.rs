@@ -42,15 +42,11 @@ pub(super) fn ready(admin: &Admin) -> Answer {
 
 pub(super) fn status(admin: &Admin) -> Answer {
     let state = admin.router.fleet().snapshot();
-    let mode = match admin.mode {
-        crate::config::Mode::Proxy => "proxy",
-        crate::config::Mode::Redirect => "redirect",
-    };
     json(
         StatusCode::OK,
         &json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "mode": mode,
+            "mode": admin.mode.to_string(),
             "nodes": state.nodes().len(),
             "healthy_nodes": state.nodes().iter().filter(|n| n.live.healthy()).count(),
             "pinned_rooms": admin.router.pins().len(),

@@ -130,7 +130,7 @@ impl ProsodyNode {
     }
 
     /// The end of prosody's log, for error messages.
-    pub fn log_tail(&self) -> String {
+    fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(10)..].join("\n")
@@ -144,16 +144,6 @@ impl ProsodyNode {
     /// The front's base URL (the node's upstream for the router).
     pub fn url(&self) -> String {
         self.front.as_ref().map_or_else(String::new, SimNode::url)
-    }
-
-    /// The front (health switch, CPU counters).
-    pub fn front(&self) -> Option<&SimNode> {
-        self.front.as_ref()
-    }
-
-    /// prosody's own HTTP address.
-    pub fn prosody_addr(&self) -> SocketAddr {
-        self.http
     }
 
     /// Stops prosody and the front, as a crashed or powered-off node: connections drop, new ones
