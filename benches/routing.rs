@@ -24,6 +24,16 @@ fn router(nodes: usize) -> Router {
         })
         .collect();
     let fleet = Arc::new(Fleet::new(specs, Duration::from_secs(90)));
+    read_cpu(&fleet);
+    let pins = Arc::new(MemoryPins::new(Duration::from_secs(3600)));
+    Router::new(fleet, pins, Settings::default())
+}
+
+/// A fresh CPU reading, busy fractions 0.20 to 0.69 (twenty nodes share each value at 1,000
+/// nodes). Taken again before each sample, as the router takes one every interval: a reading
+/// older than `max_staleness` would turn placement into its no-data fallback.
+fn read_cpu(fleet: &Fleet) {
+    let nodes = fleet.snapshot().nodes().len();
     let cpu = (0..nodes)
         .map(|i| {
             (
@@ -33,8 +43,6 @@ fn router(nodes: usize) -> Router {
         })
         .collect();
     fleet.set_cpu(cpu, Instant::now());
-    let pins = Arc::new(MemoryPins::new(Duration::from_secs(3600)));
-    Router::new(fleet, pins, Settings::default())
 }
 
 fn key(text: &str) -> RoomKey<'static> {
@@ -130,6 +138,7 @@ fn decisions(c: &mut Criterion) {
             placed.bench_function(BenchmarkId::new(format!("{nodes}_nodes"), pins), |b| {
                 let (router, _) = setup();
                 b.iter_custom(|iters| {
+                    read_cpu(router.fleet());
                     hammer(iters, &|_, _| {
                         // Each op places a room no one has pinned, then unpins it so the key is
                         // fresh again later: the time includes one unpin (a shard write).

@@ -6,7 +6,7 @@
 //! relaxed atomic loads, and the whole record is a few words so that placement can scan a
 //! thousand of them quickly.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::metrics::{Histogram, StatusCounts};
 
@@ -28,10 +28,9 @@ impl Default for Thresholds {
 /// Live facts about one node.
 #[derive(Debug)]
 pub struct NodeLive {
-    rooms: AtomicU32,
-    placed_since_reading: AtomicU32,
-    healthy: AtomicBool,
-    draining: AtomicBool,
+    /// Everything placement reads, packed into one word (see [`Load`]) so a scan of a large
+    /// fleet takes one load per node and a placement one atomic update.
+    load: AtomicU64,
     /// Consecutive failures (high half) and successes (low half) of health checks.
     streak: AtomicU64,
     /// Unix milliseconds of the last health result, 0 before the first.
@@ -42,13 +41,49 @@ pub struct NodeLive {
     pub upstream: Histogram,
 }
 
+/// Bits of [`NodeLive`]'s packed word: rooms in the low 32, rooms placed since the last reading
+/// in the next 30, then the drain switch and the health flag (set when unhealthy, so that a
+/// fresh node is healthy).
+const ROOMS: u64 = 0xFFFF_FFFF;
+const PLACED_SHIFT: u32 = 32;
+const PLACED: u64 = 0x3FFF_FFFF << PLACED_SHIFT;
+const DRAINING: u64 = 1 << 62;
+const UNHEALTHY: u64 = 1 << 63;
+
+/// One consistent reading of a node's placement counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load(u64);
+
+impl Load {
+    /// Active rooms pinned to the node.
+    pub fn rooms(self) -> u32 {
+        (self.0 & ROOMS) as u32
+    }
+
+    /// Rooms placed on the node since the last CPU reading.
+    pub fn placed_since_reading(self) -> u32 {
+        ((self.0 & PLACED) >> PLACED_SHIFT) as u32
+    }
+
+    /// Healthy and not draining: may take new rooms.
+    pub fn available(self) -> bool {
+        self.0 & (DRAINING | UNHEALTHY) == 0
+    }
+
+    fn healthy(self) -> bool {
+        self.0 & UNHEALTHY == 0
+    }
+
+    fn draining(self) -> bool {
+        self.0 & DRAINING != 0
+    }
+}
+
 impl Default for NodeLive {
+    /// A healthy, undrained node with no rooms.
     fn default() -> Self {
         NodeLive {
-            rooms: AtomicU32::new(0),
-            placed_since_reading: AtomicU32::new(0),
-            healthy: AtomicBool::new(true),
-            draining: AtomicBool::new(false),
+            load: AtomicU64::new(0),
             streak: AtomicU64::new(0),
             checked_at_ms: AtomicU64::new(0),
             requests: StatusCounts::default(),
@@ -58,55 +93,73 @@ impl Default for NodeLive {
 }
 
 impl NodeLive {
+    /// Rooms, rooms placed since the last reading, health and drain, read at once.
+    pub fn load(&self) -> Load {
+        Load(self.load.load(Ordering::Relaxed))
+    }
+
     /// Active rooms pinned to this node.
     pub fn rooms(&self) -> u32 {
-        self.rooms.load(Ordering::Relaxed)
+        self.load().rooms()
     }
 
     /// Rooms placed here since the last CPU reading.
     pub fn placed_since_reading(&self) -> u32 {
-        self.placed_since_reading.load(Ordering::Relaxed)
+        self.load().placed_since_reading()
+    }
+
+    fn update(&self, change: impl Fn(u64) -> u64) -> Load {
+        let before = self
+            .load
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(change(w)))
+            .unwrap_or_else(|w| w);
+        Load(before)
     }
 
     /// Whether health checks currently pass.
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.load().healthy()
     }
 
     /// Whether the node is draining (keeps its rooms, takes no new ones).
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.load().draining()
     }
 
     /// Healthy and not draining: may take new rooms.
     pub fn available(&self) -> bool {
-        self.healthy() && !self.draining()
+        self.load().available()
     }
 
     /// A new room was placed here.
     pub fn room_placed(&self) {
-        self.rooms.fetch_add(1, Ordering::Relaxed);
-        self.placed_since_reading.fetch_add(1, Ordering::Relaxed);
+        // Both counts saturate rather than carry into the flags.
+        self.update(|w| {
+            let rooms = (w & ROOMS).saturating_add(1).min(ROOMS);
+            let placed = ((w & PLACED) + (1 << PLACED_SHIFT)).min(PLACED);
+            (w & !(ROOMS | PLACED)) | rooms | placed
+        });
     }
 
     /// A room pinned here went away (expired, unpinned or moved).
     pub fn room_left(&self) {
         // Saturate rather than wrap if a count was ever missed.
-        let _ = self
-            .rooms
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
+        self.update(|w| (w & !ROOMS) | (w & ROOMS).saturating_sub(1));
     }
 
     /// A fresh CPU reading now includes the rooms placed so far.
     pub fn reading_taken(&self) {
-        self.placed_since_reading.store(0, Ordering::Relaxed);
+        self.load.fetch_and(!PLACED, Ordering::Relaxed);
     }
 
     /// Sets the drain switch; returns the previous value.
     pub fn set_draining(&self, draining: bool) -> bool {
-        self.draining.swap(draining, Ordering::Relaxed)
+        let before = if draining {
+            self.load.fetch_or(DRAINING, Ordering::Relaxed)
+        } else {
+            self.load.fetch_and(!DRAINING, Ordering::Relaxed)
+        };
+        Load(before).draining()
     }
 
     /// When the last health result was recorded (Unix milliseconds).
@@ -141,13 +194,16 @@ impl NodeLive {
         } else {
             successes >= thresholds.rise
         };
+        if now == healthy {
+            return None;
+        }
         // Only the caller that flips the flag reports the change.
-        (now != healthy
-            && self
-                .healthy
-                .compare_exchange(healthy, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok())
-        .then_some(now)
+        let before = if now {
+            self.load.fetch_and(!UNHEALTHY, Ordering::AcqRel)
+        } else {
+            self.load.fetch_or(UNHEALTHY, Ordering::AcqRel)
+        };
+        (Load(before).healthy() != now).then_some(now)
     }
 }
 

@@ -19,7 +19,7 @@ use foldhash::fast::RandomState;
 
 use crate::config::NodeSpec;
 use crate::placement::rendezvous;
-pub use live::{NodeLive, Thresholds};
+pub use live::{Load, NodeLive, Thresholds};
 
 /// A node's name: its identity in pins, cookies and `X-Jitsi-Shard`. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,6 +92,20 @@ pub struct Slot {
     pub live: Arc<NodeLive>,
     /// The node's rendezvous seed.
     pub seed: u64,
+    /// The node's last CPU reading, infinite without one (see [`FleetState::cpu`] for staleness).
+    base: f64,
+}
+
+impl Slot {
+    /// The node's rooms, health and drain, read at once.
+    pub fn load(&self) -> Load {
+        self.live.load()
+    }
+
+    /// The node's last CPU reading, `f64::INFINITY` when it has none, whatever its age.
+    pub fn base(&self) -> f64 {
+        self.base
+    }
 }
 
 impl FleetState {
@@ -388,15 +402,18 @@ fn build(inputs: &Inputs) -> FleetState {
             })
         })
         .collect();
-    let cpu = nodes
+    let cpu: Vec<Option<f64>> = nodes
         .iter()
         .map(|n| inputs.cpu_by_instance.get(&n.spec.instance).copied())
         .collect();
     let slots = nodes
         .iter()
-        .map(|n| Slot {
+        .zip(&cpu)
+        .map(|(n, cpu)| Slot {
             live: n.live.clone(),
             seed: n.seed,
+            // + 0.0 turns a reading of -0 into 0, so the bits of every base order as the values.
+            base: cpu.map_or(f64::INFINITY, |c| c + 0.0),
         })
         .collect();
     let by_name = nodes

@@ -18,10 +18,10 @@
 //!    same rooms choose the same node, and without data a node joining or leaving moves only its
 //!    share of new rooms.
 
-use std::cmp::Ordering;
+use std::cmp::Reverse;
 use std::time::Instant;
 
-use crate::fleet::FleetState;
+use crate::fleet::{FleetState, Load, Slot};
 use crate::placement::rendezvous;
 
 /// Busy CPU assumed per room until the fleet teaches a better figure.
@@ -72,115 +72,135 @@ pub fn estimate(
     Some(base + cost * f64::from(state.slots()[index].live.placed_since_reading()))
 }
 
-/// One node as placement sees it, gathered once per decision.
-struct Candidate {
-    index: usize,
-    estimate: Option<f64>,
-    rooms: u32,
-    seed: u64,
+/// Ranks of the placement order, as the top bit of a node's key (see [`key`]).
+const OVER_MAX_CPU: u64 = 1 << 63;
+/// The key of a node that cannot take rooms.
+const UNAVAILABLE: u64 = u64::MAX;
+
+/// A node's place in the placement order as one integer, lowest first: nodes under `max_cpu` by
+/// estimate, then nodes without data (an infinite estimate), then nodes at or over `max_cpu` by
+/// estimate. Estimates are never negative, so their bits order as their values do; equal keys
+/// are ties. One integer per node keeps the scan of a large fleet short and branch-free.
+fn key(estimate: f64, available: bool, max_cpu: f64) -> u64 {
+    let over = (estimate >= max_cpu) & estimate.is_finite();
+    // Branch-free: an unavailable node's key is all ones.
+    (estimate.to_bits() | (u64::from(over) << 63)) | (u64::from(!available).wrapping_neg())
+}
+
+thread_local! {
+    /// Keys of the current decision, reused per thread so placement allocates nothing once warm.
+    static KEYS: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Among the nodes `eligible` lets through, the one with the lowest key, ties to the highest
+/// rendezvous weight for the room; with its key.
+fn leader(
+    state: &FleetState,
+    nodes: impl Iterator<Item = (usize, u64)> + Clone,
+    room_hash: u64,
+    eligible: impl Fn(usize, u64) -> bool,
+) -> Option<(usize, u64)> {
+    let lowest = nodes
+        .clone()
+        .filter(|&(i, k)| eligible(i, k))
+        .map(|(_, k)| k)
+        .min()?;
+    let slots = state.slots();
+    nodes
+        .filter(|&(i, k)| k == lowest && eligible(i, k))
+        .max_by_key(|&(i, _)| (rendezvous::weight(room_hash, slots[i].seed), Reverse(i)))
+}
+
+/// Inputs every key of one decision shares.
+struct Keying {
+    /// Added to every base: infinite when the reading is stale, which is no reading.
+    stale: f64,
+    cost: f64,
+    max_cpu: f64,
+}
+
+impl Keying {
+    fn key(&self, slot: &Slot) -> (u64, Load) {
+        let load = slot.load();
+        let estimate =
+            slot.base() + self.stale + self.cost * f64::from(load.placed_since_reading());
+        (key(estimate, load.available(), self.max_cpu), load)
+    }
 }
 
 /// Chooses the node for a new room with this hash; `None` when no node is healthy and undrained.
+///
+/// A scan computes every node's key and totals the candidates' rooms for the bounded-load cap;
+/// usually the lowest key is within the cap and the decision is made. Otherwise the best node
+/// within the cap is picked from the same keys.
 pub fn choose(
     state: &FleetState,
     settings: &Settings,
     room_hash: u64,
     now: Instant,
 ) -> Option<Chosen> {
-    let cpu = state.cpu(now);
-    let cost = settings
-        .room_cost
-        .or(state.learned_room_cost())
-        .unwrap_or(DEFAULT_ROOM_COST);
-    CANDIDATES.with(|cell| {
-        let mut candidates = cell.take();
-        candidates.clear();
-        let (mut rooms, mut any_under) = (0u64, false);
-        for (index, slot) in state.slots().iter().enumerate() {
-            let live = &slot.live;
-            if !live.available() {
-                continue;
-            }
-            let estimate = cpu
-                .get(index)
-                .copied()
-                .flatten()
-                .map(|base| base + cost * f64::from(live.placed_since_reading()));
-            let node_rooms = live.rooms();
-            rooms += u64::from(node_rooms);
-            any_under |= estimate.is_none_or(|e| e < settings.max_cpu);
-            candidates.push(Candidate {
-                index,
-                estimate,
-                rooms: node_rooms,
-                seed: slot.seed,
-            });
+    let fresh = !state.cpu(now).is_empty();
+    let keying = Keying {
+        stale: if fresh { 0.0 } else { f64::INFINITY },
+        cost: settings
+            .room_cost
+            .or(state.learned_room_cost())
+            .unwrap_or(DEFAULT_ROOM_COST),
+        max_cpu: settings.max_cpu,
+    };
+    KEYS.with(|cell| {
+        let mut keys = cell.take();
+        keys.clear();
+        let (mut count, mut rooms) = (0u64, 0u64);
+        for slot in state.slots() {
+            let (key, load) = keying.key(slot);
+            keys.push(key);
+            let available = u64::from(load.available());
+            count += available;
+            rooms += u64::from(load.rooms()) * available;
         }
-        let chosen = pick(&candidates, settings, rooms, any_under, room_hash);
-        cell.set(candidates);
-        chosen.map(|index| Chosen {
-            index,
-            over_max_cpu: !any_under,
-        })
+        let chosen = decide(state, settings, &keys, (count, rooms), room_hash);
+        cell.set(keys);
+        chosen
     })
 }
 
-thread_local! {
-    /// Reused per thread so that placement allocates nothing once warm.
-    static CANDIDATES: std::cell::Cell<Vec<Candidate>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-fn pick(
-    candidates: &[Candidate],
+/// The leader (lowest key) if it is within the bounded-load cap, else the best node within it.
+fn decide(
+    state: &FleetState,
     settings: &Settings,
-    rooms: u64,
-    any_under: bool,
+    keys: &[u64],
+    (count, rooms): (u64, u64),
     room_hash: u64,
-) -> Option<usize> {
-    if candidates.is_empty() {
-        return None;
-    }
-    let cap = (settings.balance_factor * (rooms + 1) as f64 / candidates.len() as f64).ceil();
-    let allowed = |c: &Candidate| !any_under || c.estimate.is_none_or(|e| e < settings.max_cpu);
-    let best = |bounded: bool| {
-        let mut best: Option<(&Candidate, Option<u64>)> = None;
-        for c in candidates {
-            if !allowed(c) || (bounded && f64::from(c.rooms) + 1.0 > cap) {
-                continue;
-            }
-            best = match best {
-                None => Some((c, None)),
-                Some((b, b_weight)) => match by_estimate(c.estimate, b.estimate) {
-                    Ordering::Less => Some((c, None)),
-                    Ordering::Greater => Some((b, b_weight)),
-                    // Weights only for ties: most decisions never hash.
-                    Ordering::Equal => {
-                        let b_weight =
-                            b_weight.unwrap_or_else(|| rendezvous::weight(room_hash, b.seed));
-                        let c_weight = rendezvous::weight(room_hash, c.seed);
-                        if c_weight > b_weight {
-                            Some((c, Some(c_weight)))
-                        } else {
-                            Some((b, Some(b_weight)))
-                        }
-                    }
-                },
-            };
-        }
-        best.map(|(c, _)| c.index)
+) -> Option<Chosen> {
+    let all = keys.iter().copied().enumerate();
+    let (first, key) = leader(state, all.clone(), room_hash, |_, k| k != UNAVAILABLE)?;
+    let over_max_cpu = key >= OVER_MAX_CPU;
+    let within_cap = cap_check(state, settings, count, rooms);
+    let index = if within_cap(first) {
+        first
+    } else {
+        leader(state, all, room_hash, |i, k| {
+            k != UNAVAILABLE && (over_max_cpu || k < OVER_MAX_CPU) && within_cap(i)
+        })
+        // The cap can only exclude everyone when max_cpu already removed the lightest nodes.
+        .map_or(first, |(i, _)| i)
     };
-    // The bound can only exclude everyone when max_cpu already removed the lightest nodes.
-    best(true).or_else(|| best(false))
+    Some(Chosen {
+        index,
+        over_max_cpu,
+    })
 }
 
-/// Nodes with data first, lower estimate first.
-fn by_estimate(a: Option<f64>, b: Option<f64>) -> Ordering {
-    match (a, b) {
-        (Some(x), Some(y)) => x.total_cmp(&y),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => Ordering::Equal,
-    }
+/// Whether a node may take one more room with `rooms` over `count` candidates.
+fn cap_check<'a>(
+    state: &'a FleetState,
+    settings: &Settings,
+    count: u64,
+    rooms: u64,
+) -> impl Fn(usize) -> bool + 'a {
+    let cap = (settings.balance_factor * (rooms + 1) as f64 / count.max(1) as f64).ceil();
+    move |i: usize| f64::from(state.slots()[i].load().rooms()) + 1.0 <= cap
 }
 
 #[cfg(test)]
@@ -355,6 +375,111 @@ mod tests {
             sequence(&a, &Settings::default(), 100),
             sequence(&b, &Settings::default(), 100)
         );
+    }
+
+    /// The placement rule written plainly, one node at a time: the oracle for the fast paths.
+    fn reference(state: &FleetState, settings: &Settings, hash: u64) -> Option<Chosen> {
+        let cpu = state.cpu(Instant::now());
+        let cost = settings
+            .room_cost
+            .or(state.learned_room_cost())
+            .unwrap_or(DEFAULT_ROOM_COST);
+        let candidates: Vec<(usize, Option<f64>, u32, u64)> = (0..state.nodes().len())
+            .filter(|&i| state.nodes()[i].live.available())
+            .map(|i| {
+                let live = &state.nodes()[i].live;
+                let estimate = cpu
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map(|b| b + cost * f64::from(live.placed_since_reading()));
+                (i, estimate, live.rooms(), state.nodes()[i].seed)
+            })
+            .collect();
+        let under = |e: Option<f64>| e.is_none_or(|e| e < settings.max_cpu);
+        let any_under = candidates.iter().any(|c| under(c.1));
+        let rooms: u64 = candidates.iter().map(|c| u64::from(c.2)).sum();
+        let cap = (settings.balance_factor * (rooms + 1) as f64 / candidates.len() as f64).ceil();
+        let rank = |e: Option<f64>| e.unwrap_or(f64::INFINITY);
+        let best = |bounded: bool| {
+            candidates
+                .iter()
+                .filter(|c| !any_under || under(c.1))
+                .filter(|c| !bounded || f64::from(c.2) + 1.0 <= cap)
+                .min_by(|a, b| {
+                    rank(a.1).total_cmp(&rank(b.1)).then_with(|| {
+                        let (wa, wb) =
+                            (rendezvous::weight(hash, a.3), rendezvous::weight(hash, b.3));
+                        wb.cmp(&wa).then(a.0.cmp(&b.0))
+                    })
+                })
+                .map(|c| c.0)
+        };
+        let index = best(true).or_else(|| best(false))?;
+        Some(Chosen {
+            index,
+            over_max_cpu: !any_under,
+        })
+    }
+
+    #[test]
+    fn large_fleets_decide_as_a_full_scan_would() {
+        let fleet = fleet(300);
+        // Coarse readings, so that many nodes tie.
+        let cpu: Vec<f64> = (0..300)
+            .map(|i| 0.1 + f64::from(i * 7 % 40) / 50.0)
+            .collect();
+        read(&fleet, &cpu);
+        let settings = Settings::default();
+        for room in 0..4_000u64 {
+            match room {
+                1_000 => {
+                    fleet.set_draining("n0", true);
+                    fleet.set_draining("n40", true);
+                }
+                2_000 => {
+                    fleet.set_draining("n0", false);
+                    let t = crate::fleet::Thresholds { fall: 1, rise: 1 };
+                    fleet.snapshot().nodes()[7].live.record_check(false, t);
+                }
+                3_000 => {
+                    fleet.set_draining("n40", false);
+                }
+                _ => {}
+            }
+            let state = fleet.snapshot();
+            let hash = rendezvous::seed(&room.to_le_bytes());
+            let expected = reference(&state, &settings, hash);
+            let chosen = choose(&state, &settings, hash, Instant::now());
+            assert_eq!(chosen, expected, "room {room}");
+            state.nodes()[chosen.unwrap().index].live.room_placed();
+        }
+        let over = fleet
+            .snapshot()
+            .nodes()
+            .iter()
+            .filter(|n| n.live.placed_since_reading() > 0)
+            .count();
+        assert!(over > 200, "rooms spread over {over} nodes");
+    }
+
+    #[test]
+    fn a_wide_tie_is_decided_over_the_whole_fleet() {
+        // Every node reads the same and rooms cost nothing: one tie of 100 nodes, which
+        // rendezvous hashing must settle over all of them.
+        let fleet = fleet(100);
+        read(&fleet, &[0.5; 100]);
+        let settings = Settings {
+            room_cost: Some(0.0),
+            ..Settings::default()
+        };
+        let state = fleet.snapshot();
+        for room in 0..500u64 {
+            let hash = rendezvous::seed(&room.to_le_bytes());
+            let expected = reference(&state, &settings, hash);
+            assert_eq!(choose(&state, &settings, hash, Instant::now()), expected);
+            state.nodes()[expected.unwrap().index].live.room_placed();
+        }
     }
 
     #[test]
