@@ -108,12 +108,10 @@ impl NodeLive {
         self.load().placed_since_reading()
     }
 
-    fn update(&self, change: impl Fn(u64) -> u64) -> Load {
-        let before = self
+    fn update(&self, change: impl Fn(u64) -> u64) {
+        let _always_some = self
             .load
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(change(w)))
-            .unwrap_or_else(|w| w);
-        Load(before)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(change(w)));
     }
 
     /// Whether health checks currently pass.
@@ -135,7 +133,7 @@ impl NodeLive {
     pub fn room_placed(&self) {
         // Both counts saturate rather than carry into the flags.
         self.update(|w| {
-            let rooms = (w & ROOMS).saturating_add(1).min(ROOMS);
+            let rooms = ((w & ROOMS) + 1).min(ROOMS);
             let placed = ((w & PLACED) + (1 << PLACED_SHIFT)).min(PLACED);
             (w & !(ROOMS | PLACED)) | rooms | placed
         });

@@ -96,10 +96,11 @@ thread_local! {
 /// rendezvous weight for the room; with its key.
 fn leader(
     state: &FleetState,
-    nodes: impl Iterator<Item = (usize, u64)> + Clone,
+    keys: &[u64],
     room_hash: u64,
     eligible: impl Fn(usize, u64) -> bool,
 ) -> Option<(usize, u64)> {
+    let nodes = keys.iter().copied().enumerate();
     let lowest = nodes
         .clone()
         .filter(|&(i, k)| eligible(i, k))
@@ -173,14 +174,13 @@ fn decide(
     (count, rooms): (u64, u64),
     room_hash: u64,
 ) -> Option<Chosen> {
-    let all = keys.iter().copied().enumerate();
-    let (first, key) = leader(state, all.clone(), room_hash, |_, k| k != UNAVAILABLE)?;
+    let (first, key) = leader(state, keys, room_hash, |_, k| k != UNAVAILABLE)?;
     let over_max_cpu = key >= OVER_MAX_CPU;
     let within_cap = cap_check(state, settings, count, rooms);
     let index = if within_cap(first) {
         first
     } else {
-        leader(state, all, room_hash, |i, k| {
+        leader(state, keys, room_hash, |i, k| {
             k != UNAVAILABLE && (over_max_cpu || k < OVER_MAX_CPU) && within_cap(i)
         })
         // The cap can only exclude everyone when max_cpu already removed the lightest nodes.
