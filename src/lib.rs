@@ -37,6 +37,13 @@
 //!   moved room stays where it landed. Draining keeps rooms and takes no new ones.
 //! - Replicas agree without talking: Prometheus is read at wall-clock-aligned instants and every
 //!   tie is broken by the room's hash, never by arrival order or randomness.
+//! - The hot paths share no written cache line they can avoid. A pinned room's decision reads one
+//!   shard of the pin table (stamping the pin's idle timer from the kernel's coarse clock) and its
+//!   node's packed load word, and hands back the node borrowed from the fleet state rather than
+//!   cloning its `Arc`, whose count every core would otherwise keep taking from the others. A new
+//!   room's placement is one pass over the nodes' packed words, which sit side by side in chunks
+//!   ([`fleet::live::Words`]); per-node metrics live on cache lines of their own. The price: a
+//!   pin's request count may miss a request when two of the same room arrive at the same instant.
 //! - Requests with no room (assets, `/`) follow the affinity cookie set on room pages, so a page and
 //!   its assets come from one node and one jitsi-meet version; without the cookie they go to the
 //!   least-loaded node, ties spread by a hash of the client address.

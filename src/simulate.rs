@@ -294,7 +294,7 @@ impl Policy for Ours {
         let key = RoomKey::parse(&room_key(room), &RoomLimits::default())
             .expect("simulated keys are valid");
         let routed = self.router.route_room(&key).expect("a node is present");
-        routed.node.id.as_str()["node-".len()..]
+        routed.node().id.as_str()["node-".len()..]
             .parse()
             .expect("simulated node names end in their index")
     }

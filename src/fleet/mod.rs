@@ -11,6 +11,7 @@ pub mod prometheus;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use foldhash::fast::RandomState;
 
 use crate::config::NodeSpec;
 use crate::placement::rendezvous;
-pub use live::{Load, NodeLive, Thresholds};
+pub use live::{Load, NodeLive, Thresholds, Words};
 
 /// A node's name: its identity in pins, cookies and `X-Jitsi-Shard`. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,14 +83,18 @@ pub struct FleetState {
     by_server_id: HashMap<String, usize, RandomState>,
     lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
     learned_room_cost: Option<f64>,
+    /// The bounded-load cap the last placement on this state found (see `placement::policy`).
+    cap_hint: AtomicU64,
 }
 
 /// What placement reads of each node, stored contiguously (aligned with
 /// [`FleetState::nodes`]) so a scan of a large fleet does not chase every node's full record.
 #[derive(Debug)]
 pub struct Slot {
-    /// The node's live counters.
-    pub live: Arc<NodeLive>,
+    /// The chunk holding the node's packed word (rooms, health, drain), next to its neighbours'.
+    words: Arc<Words>,
+    /// The word's place in its chunk.
+    at: usize,
     /// The node's rendezvous seed.
     pub seed: u64,
     /// The node's last CPU reading, infinite without one (see [`FleetState::cpu`] for staleness).
@@ -98,8 +103,9 @@ pub struct Slot {
 
 impl Slot {
     /// The node's rooms, health and drain, read at once.
+    #[inline(always)]
     pub fn load(&self) -> Load {
-        self.live.load()
+        self.words.load(self.at)
     }
 
     /// The node's last CPU reading, `f64::INFINITY` when it has none, whatever its age.
@@ -121,7 +127,12 @@ impl FleetState {
 
     /// The node with this name.
     pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
-        self.by_name.get(name).map(|&i| &self.nodes[i])
+        self.index(name).map(|i| &self.nodes[i])
+    }
+
+    /// The position in [`nodes`](Self::nodes) of the node with this name.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
     }
 
     /// The node that declared this videobridge server id.
@@ -154,6 +165,16 @@ impl FleetState {
     pub fn learned_room_cost(&self) -> Option<f64> {
         self.learned_room_cost
     }
+
+    /// The bounded-load cap the last placement on this state found, placement's first guess.
+    pub(crate) fn cap_hint(&self) -> u64 {
+        self.cap_hint.load(Ordering::Relaxed)
+    }
+
+    /// Records the cap a placement found.
+    pub(crate) fn set_cap_hint(&self, cap: u64) {
+        self.cap_hint.store(cap, Ordering::Relaxed);
+    }
 }
 
 /// Rooms that must come or go between two readings before they teach the per-room cost.
@@ -172,6 +193,8 @@ struct Inputs {
     cpu_read_at: Option<Instant>,
     max_staleness: Duration,
     lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
+    /// Where new nodes' packed words come from, side by side.
+    arena: live::Arena,
     learned_room_cost: Option<f64>,
     rooms_at_reading: HashMap<NodeId, u32, RandomState>,
 }
@@ -193,6 +216,7 @@ impl Fleet {
             cpu_read_at: None,
             max_staleness,
             lives: HashMap::default(),
+            arena: live::Arena::default(),
             learned_room_cost: None,
             rooms_at_reading: HashMap::default(),
         };
@@ -340,7 +364,11 @@ fn effective(inputs: &Inputs) -> Vec<NodeSpec> {
 fn apply_specs(inputs: &mut Inputs, specs: Vec<NodeSpec>) {
     for spec in &specs {
         let previous = inputs.specs.iter().find(|old| old.name == spec.name);
-        let live = inputs.lives.entry(NodeId::new(&spec.name)).or_default();
+        let arena = &mut inputs.arena;
+        let live = inputs
+            .lives
+            .entry(NodeId::new(&spec.name))
+            .or_insert_with(|| Arc::new(arena.node()));
         if previous.is_none_or(|old| old.drain != spec.drain) {
             live.set_draining(spec.drain);
         }
@@ -410,7 +438,8 @@ fn build(inputs: &Inputs) -> FleetState {
         .iter()
         .zip(&cpu)
         .map(|(n, cpu)| Slot {
-            live: n.live.clone(),
+            words: n.live.word().0.clone(),
+            at: n.live.word().1,
             seed: n.seed,
             // + 0.0 turns a reading of -0 into 0, so the bits of every base order as the values.
             base: cpu.map_or(f64::INFINITY, |c| c + 0.0),
@@ -436,6 +465,7 @@ fn build(inputs: &Inputs) -> FleetState {
         by_server_id,
         lives: inputs.lives.clone(),
         learned_room_cost: inputs.learned_room_cost,
+        cap_hint: AtomicU64::new(0),
     }
 }
 

@@ -39,12 +39,31 @@ pub enum Decision {
 }
 
 /// A room's node and how it was chosen.
-#[derive(Debug, Clone)]
+///
+/// It borrows the node from the fleet state the decision read instead of cloning the node's
+/// `Arc`: every request of every room on a node would otherwise bump that one reference count
+/// from all cores. Callers that keep the node across an await clone [`node`](Self::node).
 pub struct Routed {
-    /// The node.
-    pub node: Arc<Node>,
+    state: arc_swap::Guard<Arc<FleetState>>,
+    index: usize,
     /// How it was chosen.
     pub decision: Decision,
+}
+
+impl Routed {
+    /// The node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.state.nodes()[self.index]
+    }
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("node", &self.node().id)
+            .field("decision", &self.decision)
+            .finish()
+    }
 }
 
 /// An event for observers (the demo's console, later the admin API): a room got a node.
@@ -67,6 +86,9 @@ pub struct Router {
     pins: Arc<dyn PinStore>,
     settings: Settings,
     events: broadcast::Sender<PinEvent>,
+    /// Set once anyone subscribes: until then placements skip the channel, whose every call
+    /// (even counting receivers) takes its one mutex.
+    listened: std::sync::atomic::AtomicBool,
     epoch: Instant,
     over_max_cpu: AtomicU64,
     last_overload_warning_ms: AtomicU64,
@@ -80,6 +102,7 @@ impl Router {
             pins,
             settings,
             events: broadcast::channel(1024).0,
+            listened: std::sync::atomic::AtomicBool::new(false),
             epoch: Instant::now(),
             over_max_cpu: AtomicU64::new(0),
             last_overload_warning_ms: AtomicU64::new(0),
@@ -108,6 +131,7 @@ impl Router {
 
     /// Pin and re-pin events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<PinEvent> {
+        self.listened.store(true, Ordering::Relaxed);
         self.events.subscribe()
     }
 
@@ -120,15 +144,16 @@ impl Router {
         let room = key.as_str();
         let mut pinned = None;
         self.pins.lookup_with(room, &mut |id| {
-            pinned = Some(match state.node(id.as_str()) {
-                Some(node) if node.live.healthy() => Ok(node.clone()),
+            pinned = Some(match state.index(id.as_str()) {
+                Some(index) if state.slots()[index].load().healthy() => Ok(index),
                 _ => Err(id.clone()),
             });
         });
         let stale = match pinned {
-            Some(Ok(node)) => {
+            Some(Ok(index)) => {
                 return Some(Routed {
-                    node,
+                    state,
+                    index,
                     decision: Decision::Pinned,
                 })
             }
@@ -143,8 +168,8 @@ impl Router {
         self.count(&state, &held);
         // A concurrent request may have pinned a node this (older) state does not know; use the
         // newest state to resolve it, and if even that lacks it, the pin is stale: move it.
-        let node = match state.node(held.node.as_str()) {
-            Some(node) => node.clone(),
+        let (state, index) = match state.index(held.node.as_str()) {
+            Some(index) => (state, index),
             None => self.resolve_unknown(room, &held)?,
         };
         let decision = match held.displaced.clone() {
@@ -153,9 +178,13 @@ impl Router {
             _ => Decision::Pinned,
         };
         if held.created {
-            self.announce(room, &node.id, &decision);
+            self.announce(room, &state.nodes()[index].id, &decision);
         }
-        Some(Routed { node, decision })
+        Some(Routed {
+            state,
+            index,
+            decision,
+        })
     }
 
     fn place(&self, state: &FleetState, room: &str) -> Option<NodeId> {
@@ -209,15 +238,20 @@ impl Router {
         }
     }
 
-    fn resolve_unknown(&self, room: &str, held: &Pinned) -> Option<Arc<Node>> {
+    fn resolve_unknown(
+        &self,
+        room: &str,
+        held: &Pinned,
+    ) -> Option<(arc_swap::Guard<Arc<FleetState>>, usize)> {
         let state = self.fleet.load();
-        if let Some(node) = state.node(held.node.as_str()) {
-            return Some(node.clone());
+        if let Some(index) = state.index(held.node.as_str()) {
+            return Some((state, index));
         }
         let chosen = self.place(&state, room)?;
         let moved = self.pins.repin(room, &held.node, chosen);
         self.count(&state, &moved);
-        state.node(moved.node.as_str()).cloned()
+        let index = state.index(moved.node.as_str())?;
+        Some((state, index))
     }
 
     /// Forgets idle pins and counts their rooms out of their nodes; returns how many.
@@ -262,7 +296,7 @@ impl Router {
             Some(old) => tracing::info!(room, node = %node, from = %old, "room re-placed"),
             None => tracing::info!(room, node = %node, "room pinned"),
         }
-        if self.events.receiver_count() > 0 {
+        if self.listened.load(Ordering::Relaxed) && self.events.receiver_count() > 0 {
             let _a_listener_may_just_have_gone = self.events.send(PinEvent {
                 room: room.to_owned(),
                 node: node.clone(),
@@ -325,8 +359,8 @@ mod tests {
         for _ in 0..100 {
             let again = router.route_room(&key("standup")).unwrap();
             assert_eq!(
-                (again.node.id.clone(), again.decision),
-                (first.node.id.clone(), Decision::Pinned)
+                (again.node().id.clone(), again.decision),
+                (first.node().id.clone(), Decision::Pinned)
             );
         }
     }
@@ -339,7 +373,7 @@ mod tests {
                 router
                     .route_room(&key(&format!("r{i}")))
                     .unwrap()
-                    .node
+                    .node()
                     .id
                     .clone()
             })
@@ -347,7 +381,7 @@ mod tests {
         router.fleet().set_nodes(specs(&["a", "b", "c"]));
         for (i, node) in before.iter().enumerate() {
             assert_eq!(
-                &router.route_room(&key(&format!("r{i}"))).unwrap().node.id,
+                &router.route_room(&key(&format!("r{i}"))).unwrap().node().id,
                 node
             );
         }
@@ -363,7 +397,7 @@ mod tests {
         router.fleet().set_nodes(specs(&["a"]));
         for room in &rooms {
             let routed = router.route_room(room).unwrap();
-            assert_eq!(routed.node.id.as_str(), "a");
+            assert_eq!(routed.node().id.as_str(), "a");
             assert!(matches!(
                 routed.decision,
                 Decision::Pinned | Decision::Replaced { .. }
@@ -377,24 +411,27 @@ mod tests {
         let rooms: Vec<_> = (0..60).map(|i| key(&format!("r{i}"))).collect();
         let before: Vec<_> = rooms
             .iter()
-            .map(|r| router.route_room(r).unwrap().node.id.clone())
+            .map(|r| router.route_room(r).unwrap().node().id.clone())
             .collect();
         assert!(before.iter().any(|n| n.as_str() == "b"));
         assert_eq!(router.fleet().set_draining("b", true), Some(false));
         for (room, node) in rooms.iter().zip(&before) {
             let again = router.route_room(room).unwrap();
-            assert_eq!((&again.node.id, again.decision), (node, Decision::Pinned));
+            assert_eq!(
+                (&again.node().id, again.decision.clone()),
+                (node, Decision::Pinned)
+            );
         }
         for i in 0..60 {
             let fresh = router.route_room(&key(&format!("new{i}"))).unwrap();
-            assert_ne!(fresh.node.id.as_str(), "b");
+            assert_ne!(fresh.node().id.as_str(), "b");
         }
         router.fleet().set_draining("b", false);
         let taken = (0..60).filter(|i| {
             router
                 .route_room(&key(&format!("later{i}")))
                 .unwrap()
-                .node
+                .node()
                 .id
                 .as_str()
                 == "b"

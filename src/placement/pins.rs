@@ -6,7 +6,7 @@
 //! behind the same trait with this table as its local cache.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use compact_str::CompactString;
 use dashmap::mapref::entry::Entry;
@@ -111,7 +111,7 @@ struct Pin {
 pub struct MemoryPins {
     map: DashMap<CompactString, Pin, RandomState>,
     idle_ms: u64,
-    epoch: Instant,
+    epoch: coarsetime::Instant,
 }
 
 impl MemoryPins {
@@ -120,12 +120,16 @@ impl MemoryPins {
         MemoryPins {
             map: DashMap::with_hasher_and_shard_amount(RandomState::default(), SHARDS),
             idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
-            epoch: Instant::now(),
+            epoch: coarsetime::Instant::now(),
         }
     }
 
+    /// Milliseconds since the table was made, from the kernel's coarse clock: it is read on every
+    /// pinned request, and a few milliseconds of resolution are plenty for idle timers of minutes.
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        coarsetime::Instant::now()
+            .duration_since(self.epoch)
+            .as_millis()
     }
 
     fn expired(&self, pin: &Pin, now_ms: u64) -> bool {
@@ -164,7 +168,11 @@ impl PinStore for MemoryPins {
             return false;
         }
         pin.last_seen_ms.store(now, Ordering::Relaxed);
-        pin.requests.fetch_add(1, Ordering::Relaxed);
+        // A load and a store, not an atomic add: the count is for operators, and an add is a full
+        // barrier that keeps the CPU from overlapping one lookup's cache misses with the next.
+        // Two requests of the same room at the same instant may count once.
+        let requests = pin.requests.load(Ordering::Relaxed);
+        pin.requests.store(requests + 1, Ordering::Relaxed);
         found(&pin.node);
         true
     }

@@ -21,7 +21,7 @@
 use std::cmp::Reverse;
 use std::time::Instant;
 
-use crate::fleet::{FleetState, Load, Slot};
+use crate::fleet::{FleetState, Load};
 use crate::placement::rendezvous;
 
 /// Busy CPU assumed per room until the fleet teaches a better figure.
@@ -69,7 +69,7 @@ pub fn estimate(
         .or(state.learned_room_cost())
         .unwrap_or(DEFAULT_ROOM_COST);
     let base = state.cpu(now).get(index).copied().flatten()?;
-    Some(base + cost * f64::from(state.slots()[index].live.placed_since_reading()))
+    Some(base + cost * f64::from(state.slots()[index].load().placed_since_reading()))
 }
 
 /// Ranks of the placement order, as the top bit of a node's key (see [`key`]).
@@ -92,24 +92,33 @@ thread_local! {
     static KEYS: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Among the nodes `eligible` lets through, the one with the lowest key, ties to the highest
-/// rendezvous weight for the room; with its key.
-fn leader(
-    state: &FleetState,
-    keys: &[u64],
-    room_hash: u64,
-    eligible: impl Fn(usize, u64) -> bool,
-) -> Option<(usize, u64)> {
-    let nodes = keys.iter().copied().enumerate();
-    let lowest = nodes
-        .clone()
-        .filter(|&(i, k)| eligible(i, k))
-        .map(|(_, k)| k)
-        .min()?;
-    let slots = state.slots();
-    nodes
-        .filter(|&(i, k)| k == lowest && eligible(i, k))
-        .max_by_key(|&(i, _)| (rendezvous::weight(room_hash, slots[i].seed), Reverse(i)))
+/// The lowest key seen so far in a scan, the first node that had it, and whether another did.
+#[derive(Clone, Copy)]
+struct Lowest {
+    key: u64,
+    index: usize,
+    tied: bool,
+}
+
+impl Lowest {
+    const NONE: Lowest = Lowest {
+        key: UNAVAILABLE,
+        index: 0,
+        tied: false,
+    };
+
+    /// Branch-free: the scan's outcome depends on data the branch predictor cannot learn.
+    #[inline(always)]
+    fn add(&mut self, index: usize, key: u64) {
+        let lower = key < self.key;
+        self.tied = (self.tied | (key == self.key)) & !lower;
+        self.index = if lower { index } else { self.index };
+        self.key = self.key.min(key);
+    }
+
+    fn found(self) -> bool {
+        self.key != UNAVAILABLE
+    }
 }
 
 /// Inputs every key of one decision shares.
@@ -117,23 +126,28 @@ struct Keying {
     /// Added to every base: infinite when the reading is stale, which is no reading.
     stale: f64,
     cost: f64,
-    max_cpu: f64,
 }
 
 impl Keying {
-    fn key(&self, slot: &Slot) -> (u64, Load) {
-        let load = slot.load();
-        let estimate =
-            slot.base() + self.stale + self.cost * f64::from(load.placed_since_reading());
-        (key(estimate, load.available(), self.max_cpu), load)
+    /// A node's estimate as an orderable integer (see [`key`]) without the `max_cpu` rank, which
+    /// only matters once the lowest estimate is over `max_cpu`; all ones when unavailable.
+    #[inline(always)]
+    fn raw_key(&self, base: f64, load: Load) -> u64 {
+        let estimate = base + self.stale + self.cost * f64::from(load.placed_since_reading());
+        estimate.to_bits() | u64::from(!load.available()).wrapping_neg()
     }
 }
 
 /// Chooses the node for a new room with this hash; `None` when no node is healthy and undrained.
 ///
-/// A scan computes every node's key and totals the candidates' rooms for the bounded-load cap;
-/// usually the lowest key is within the cap and the decision is made. Otherwise the best node
-/// within the cap is picked from the same keys.
+/// One pass computes every node's estimate, totals the candidates' rooms for the bounded-load
+/// cap, and keeps the lowest estimate within the cap. The cap depends on the totals, so the pass
+/// uses the cap the previous decision on this state found (it moves by one only every
+/// `n / balance_factor` rooms) and the kept estimates are searched again when it has moved.
+/// When the lowest is under `max_cpu`, as it is in a fleet with room to spare, that is the
+/// answer; ties, rare once rooms spread the estimates apart, are then settled by rendezvous
+/// weight over the tied nodes only. Otherwise the full placement order (module docs, points 1
+/// and 4) decides, from the kept estimates.
 pub fn choose(
     state: &FleetState,
     settings: &Settings,
@@ -147,44 +161,106 @@ pub fn choose(
             .room_cost
             .or(state.learned_room_cost())
             .unwrap_or(DEFAULT_ROOM_COST),
-        max_cpu: settings.max_cpu,
     };
+    let slots = state.slots();
+    let guess = state.cap_hint();
     KEYS.with(|cell| {
         let mut keys = cell.take();
         keys.clear();
+        keys.resize(slots.len(), UNAVAILABLE);
         let (mut count, mut rooms) = (0u64, 0u64);
-        for slot in state.slots() {
-            let (key, load) = keying.key(slot);
-            keys.push(key);
+        let mut within = Lowest::NONE;
+        for (index, (slot, out)) in slots.iter().zip(keys.iter_mut()).enumerate() {
+            let load = slot.load();
+            let key = keying.raw_key(slot.base(), load);
+            *out = key;
             let available = u64::from(load.available());
             count += available;
             rooms += u64::from(load.rooms()) * available;
+            let capped = u64::from(load.rooms()) >= guess;
+            within.add(index, key | u64::from(capped).wrapping_neg());
         }
-        let chosen = decide(state, settings, &keys, (count, rooms), room_hash);
+        let cap = cap(settings, count, rooms);
+        if cap != guess {
+            state.set_cap_hint(cap);
+            within = lowest(state, &keys, Some(cap));
+        }
+        let chosen = if within.found() && within.key < settings.max_cpu.to_bits() {
+            Some(Chosen {
+                index: settle(state, &keys, room_hash, Some(cap), within),
+                over_max_cpu: false,
+            })
+        } else {
+            ranked(state, settings, &mut keys, room_hash, cap)
+        };
         cell.set(keys);
         chosen
     })
 }
 
-/// The leader (lowest key) if it is within the bounded-load cap, else the best node within it.
-fn decide(
+/// The lowest of `keys`, counting only nodes under `cap` rooms if there is a cap.
+fn lowest(state: &FleetState, keys: &[u64], cap: Option<u64>) -> Lowest {
+    let slots = state.slots();
+    let mut found = Lowest::NONE;
+    for (index, &key) in keys.iter().enumerate() {
+        if key != UNAVAILABLE && cap.is_none_or(|cap| u64::from(slots[index].load().rooms()) < cap)
+        {
+            found.add(index, key);
+        }
+    }
+    found
+}
+
+/// The node of `lowest`, its ties settled by the highest rendezvous weight for the room (then
+/// the lower index) among the nodes with that key (and under `cap` rooms if there is a cap).
+fn settle(
+    state: &FleetState,
+    keys: &[u64],
+    room_hash: u64,
+    cap: Option<u64>,
+    lowest: Lowest,
+) -> usize {
+    if !lowest.tied {
+        return lowest.index;
+    }
+    let slots = state.slots();
+    keys.iter()
+        .enumerate()
+        .filter(|&(i, &k)| {
+            k == lowest.key && cap.is_none_or(|cap| u64::from(slots[i].load().rooms()) < cap)
+        })
+        .max_by_key(|&(i, _)| (rendezvous::weight(room_hash, slots[i].seed), Reverse(i)))
+        // Counts moved under us and no node holds the key any more: the first one that did.
+        .map_or(lowest.index, |(i, _)| i)
+}
+
+/// The decision by the full order of [`key`], for when no node within the cap is under
+/// `max_cpu`: ranks the kept estimates, then takes the lowest within the cap if that is allowed,
+/// else the lowest of all.
+///
+/// A node within the cap is allowed unless it is over `max_cpu` while some node (over the cap)
+/// is not: then the cap cannot be kept without sending the room to a busy node, and it yields.
+fn ranked(
     state: &FleetState,
     settings: &Settings,
-    keys: &[u64],
-    (count, rooms): (u64, u64),
+    keys: &mut [u64],
     room_hash: u64,
+    cap: u64,
 ) -> Option<Chosen> {
-    let (first, key) = leader(state, keys, room_hash, |_, k| k != UNAVAILABLE)?;
-    let over_max_cpu = key >= OVER_MAX_CPU;
-    let within_cap = cap_check(state, settings, count, rooms);
-    let index = if within_cap(first) {
-        first
+    for k in keys.iter_mut().filter(|k| **k != UNAVAILABLE) {
+        *k = key(f64::from_bits(*k), true, settings.max_cpu);
+    }
+    let all = lowest(state, keys, None);
+    if !all.found() {
+        return None;
+    }
+    let within = lowest(state, keys, Some(cap));
+    let over_max_cpu = all.key >= OVER_MAX_CPU;
+    let bounded = within.found() && (over_max_cpu || within.key < OVER_MAX_CPU);
+    let index = if bounded {
+        settle(state, keys, room_hash, Some(cap), within)
     } else {
-        leader(state, keys, room_hash, |i, k| {
-            k != UNAVAILABLE && (over_max_cpu || k < OVER_MAX_CPU) && within_cap(i)
-        })
-        // The cap can only exclude everyone when max_cpu already removed the lightest nodes.
-        .map_or(first, |(i, _)| i)
+        settle(state, keys, room_hash, None, all)
     };
     Some(Chosen {
         index,
@@ -192,15 +268,11 @@ fn decide(
     })
 }
 
-/// Whether a node may take one more room with `rooms` over `count` candidates.
-fn cap_check<'a>(
-    state: &'a FleetState,
-    settings: &Settings,
-    count: u64,
-    rooms: u64,
-) -> impl Fn(usize) -> bool + 'a {
-    let cap = (settings.balance_factor * (rooms + 1) as f64 / count.max(1) as f64).ceil();
-    move |i: usize| f64::from(state.slots()[i].load().rooms()) + 1.0 <= cap
+/// The bounded-load cap: a node may take a room while it has fewer rooms than this, with `rooms`
+/// active rooms over `count` candidates.
+fn cap(settings: &Settings, count: u64, rooms: u64) -> u64 {
+    // A float-to-integer cast saturates; the cap is never below 1.
+    ((settings.balance_factor * (rooms + 1) as f64 / count.max(1) as f64).ceil() as u64).max(1)
 }
 
 #[cfg(test)]
@@ -424,13 +496,29 @@ mod tests {
 
     #[test]
     fn large_fleets_decide_as_a_full_scan_would() {
+        decides_as_reference(Settings::default());
+    }
+
+    #[test]
+    fn a_fleet_filling_past_max_cpu_decides_as_a_full_scan_would() {
+        // Most nodes start over max_cpu and the rest cross it along the way.
+        decides_as_reference(Settings {
+            max_cpu: 0.4,
+            room_cost: Some(0.02),
+            ..Settings::default()
+        });
+    }
+
+    /// 4,000 placements on 300 nodes, with drains, an undrain, a failure and rooms ending along
+    /// the way, each checked against [`reference`].
+    fn decides_as_reference(settings: Settings) {
         let fleet = fleet(300);
         // Coarse readings, so that many nodes tie.
         let cpu: Vec<f64> = (0..300)
             .map(|i| 0.1 + f64::from(i * 7 % 40) / 50.0)
             .collect();
         read(&fleet, &cpu);
-        let settings = Settings::default();
+        let mut placed = Vec::new();
         for room in 0..4_000u64 {
             match room {
                 1_000 => {
@@ -450,9 +538,20 @@ mod tests {
             let state = fleet.snapshot();
             let hash = rendezvous::seed(&room.to_le_bytes());
             let expected = reference(&state, &settings, hash);
+            if room % 2 == 0 {
+                // A wrong first guess of the cap must cost time, never the answer.
+                state.set_cap_hint(room % 17);
+            }
             let chosen = choose(&state, &settings, hash, Instant::now());
             assert_eq!(chosen, expected, "room {room}");
-            state.nodes()[chosen.unwrap().index].live.room_placed();
+            let index = chosen.unwrap().index;
+            state.nodes()[index].live.room_placed();
+            placed.push(index);
+            // Rooms also end, so that the cap moves both ways between decisions.
+            if room % 3 == 0 {
+                let gone = placed.swap_remove((room as usize * 31) % placed.len());
+                state.nodes()[gone].live.room_left();
+            }
         }
         let over = fleet
             .snapshot()

@@ -149,7 +149,7 @@ mod tests {
             .collect();
         let placed: Vec<_> = keys
             .iter()
-            .map(|k| old.route_room(k).unwrap().node.id.clone())
+            .map(|k| old.route_room(k).unwrap().node().id.clone())
             .collect();
         assert_eq!(save(&old, &path).unwrap(), 50);
 
@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(counted as usize, expected);
         for (key, node) in keys.iter().zip(&placed) {
             if node.as_str() != "c" {
-                assert_eq!(&new.route_room(key).unwrap().node.id, node);
+                assert_eq!(&new.route_room(key).unwrap().node().id, node);
             }
         }
     }

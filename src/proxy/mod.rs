@@ -183,7 +183,7 @@ impl Proxy {
                     Decision::Replaced { .. } => DecisionKind::Replaced,
                 };
                 Ok(Choice {
-                    node: routed.node,
+                    node: routed.node().clone(),
                     page,
                     keepalive,
                     kind,
