@@ -177,7 +177,7 @@ pub fn choose(
             let available = u64::from(load.available());
             count += available;
             rooms += u64::from(load.rooms()) * available;
-            let capped = u64::from(load.rooms()) >= guess;
+            let capped = !under_cap(load, guess);
             within.add(index, key | u64::from(capped).wrapping_neg());
         }
         let cap = cap(settings, count, rooms);
@@ -198,13 +198,18 @@ pub fn choose(
     })
 }
 
+/// Whether a node with this load may take one more room under the bounded-load `cap`.
+#[inline(always)]
+fn under_cap(load: Load, cap: u64) -> bool {
+    u64::from(load.rooms()) < cap
+}
+
 /// The lowest of `keys`, counting only nodes under `cap` rooms if there is a cap.
 fn lowest(state: &FleetState, keys: &[u64], cap: Option<u64>) -> Lowest {
     let slots = state.slots();
     let mut found = Lowest::NONE;
     for (index, &key) in keys.iter().enumerate() {
-        if key != UNAVAILABLE && cap.is_none_or(|cap| u64::from(slots[index].load().rooms()) < cap)
-        {
+        if key != UNAVAILABLE && cap.is_none_or(|cap| under_cap(slots[index].load(), cap)) {
             found.add(index, key);
         }
     }
@@ -226,9 +231,7 @@ fn settle(
     let slots = state.slots();
     keys.iter()
         .enumerate()
-        .filter(|&(i, &k)| {
-            k == lowest.key && cap.is_none_or(|cap| u64::from(slots[i].load().rooms()) < cap)
-        })
+        .filter(|&(i, &k)| k == lowest.key && cap.is_none_or(|cap| under_cap(slots[i].load(), cap)))
         .max_by_key(|&(i, _)| (rendezvous::weight(room_hash, slots[i].seed), Reverse(i)))
         // Counts moved under us and no node holds the key any more: the first one that did.
         .map_or(lowest.index, |(i, _)| i)
