@@ -41,9 +41,13 @@
 //!   shard of the pin table (stamping the pin's idle timer from the kernel's coarse clock) and its
 //!   node's packed load word, and hands back the node borrowed from the fleet state rather than
 //!   cloning its `Arc`, whose count every core would otherwise keep taking from the others. A new
-//!   room's placement is one pass over the nodes' packed words, which sit side by side in chunks
-//!   ([`fleet::live::Words`]); per-node metrics live on cache lines of their own. The price: a
-//!   pin's request count may miss a request when two of the same room arrive at the same instant.
+//!   room's placement reads a short list of a few dozen nodes (`placement::shortlist`) that is
+//!   exactly as good as reading them all, and scans every node's packed word only when the list
+//!   runs out or something it relies on changed; the words sit side by side in chunks
+//!   ([`fleet::live::Words`]) and per-node metrics live on cache lines of their own. The prices:
+//!   a pin's request count may miss a request when two of the same room arrive at the same
+//!   instant, and every placement and room end updates one fleet-wide room total (the list needs
+//!   the exact bounded-load cap), a cache line all cores write.
 //! - Requests with no room (assets, `/`) follow the affinity cookie set on room pages, so a page and
 //!   its assets come from one node and one jitsi-meet version; without the cookie they go to the
 //!   least-loaded node, ties spread by a hash of the client address.

@@ -7,7 +7,7 @@
 //! nodes made one after another sit side by side in chunks ([`Words`], handed out by an
 //! [`Arena`]), so that a placement scan over a thousand nodes reads a few kilobytes in order.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::{Histogram, StatusCounts};
@@ -32,16 +32,74 @@ const WORDS_PER_CHUNK: usize = 64;
 
 /// The packed words (see [`Load`]) of up to 64 nodes side by side: a placement scan over a
 /// large fleet then reads them in order, eight to a cache line, instead of one scattered record
-/// per node.
+/// per node. Next to them, each node's watch mark (see [`Words::watch`]).
 #[derive(Debug)]
-pub struct Words([AtomicU64; WORDS_PER_CHUNK]);
+pub struct Words {
+    packed: [AtomicU64; WORDS_PER_CHUNK],
+    watch: [AtomicU32; WORDS_PER_CHUNK],
+}
 
 impl Words {
+    fn new() -> Words {
+        Words {
+            packed: std::array::from_fn(|_| AtomicU64::new(0)),
+            watch: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+
     /// The word at `at`.
     #[inline(always)]
     pub fn load(&self, at: usize) -> Load {
         // The mask (a no-op for every `at` handed out) spares the scan a bounds check per node.
-        Load(self.0[at % WORDS_PER_CHUNK].load(Ordering::Relaxed))
+        Load(self.packed[at % WORDS_PER_CHUNK].load(Ordering::Relaxed))
+    }
+
+    /// Asks the node at `at` to report (by bumping [`Totals::changes`]) when its rooms fall
+    /// below `rooms`, that is when a bounded-load cap of `rooms` would let it take rooms again;
+    /// 0 asks for nothing. Placement's shortlist sets it on the nodes it left out only for being
+    /// at the cap (see `placement::shortlist`).
+    pub fn watch(&self, at: usize, rooms: u32) {
+        let mark = &self.watch[at % WORDS_PER_CHUNK];
+        // Written only when it changes: every room leaving the node reads it.
+        if mark.load(Ordering::Relaxed) != rooms {
+            mark.store(rooms, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counters shared by every node of one fleet (every node its [`Arena`] made).
+///
+/// They let placement decide a new room from a short list of nodes instead of reading every
+/// node, and know when that list can no longer be trusted (see `placement::shortlist`).
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Active rooms over every node, kept with each node's own count.
+    rooms: Line,
+    /// Bumped whenever a node's estimate may have fallen or whether it can take rooms changed:
+    /// a fresh CPU reading, health or drain flipping, a watched node's rooms falling below its
+    /// watch mark.
+    changes: Line,
+}
+
+/// One counter on a cache line of its own: `rooms` is written by every placement and
+/// `changes` is read by every one, so they must not share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Line(AtomicU64);
+
+impl Totals {
+    /// Active rooms over every node of the fleet (draining, unhealthy and removed ones too).
+    pub fn rooms(&self) -> u64 {
+        self.rooms.0.load(Ordering::Relaxed)
+    }
+
+    /// How many changes (see the field) there have been so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.0.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes.0.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -50,6 +108,7 @@ impl Words {
 pub struct Arena {
     chunk: Option<Arc<Words>>,
     used: usize,
+    totals: Arc<Totals>,
 }
 
 impl Arena {
@@ -59,7 +118,7 @@ impl Arena {
             Some(chunk) if self.used < WORDS_PER_CHUNK => chunk.clone(),
             _ => {
                 self.used = 0;
-                let fresh = Arc::new(Words(std::array::from_fn(|_| AtomicU64::new(0))));
+                let fresh = Arc::new(Words::new());
                 self.chunk = Some(fresh.clone());
                 fresh
             }
@@ -68,6 +127,7 @@ impl Arena {
         NodeLive {
             words: chunk,
             at: self.used - 1,
+            totals: self.totals.clone(),
             streak: AtomicU64::new(0),
             checked_at_ms: AtomicU64::new(0),
             requests: Box::default(),
@@ -83,6 +143,8 @@ pub struct NodeLive {
     /// fleet takes one load per node and a placement one atomic update: `words[at]`.
     words: Arc<Words>,
     at: usize,
+    /// The fleet's totals, which this node's counts are part of.
+    totals: Arc<Totals>,
     /// Consecutive failures (high half) and successes (low half) of health checks.
     streak: AtomicU64,
     /// Unix milliseconds of the last health result, 0 before the first.
@@ -154,7 +216,12 @@ impl NodeLive {
     }
 
     fn packed(&self) -> &AtomicU64 {
-        &self.words.0[self.at]
+        &self.words.packed[self.at]
+    }
+
+    /// The totals of the fleet this node belongs to.
+    pub fn totals(&self) -> &Arc<Totals> {
+        &self.totals
     }
 
     /// Active rooms pinned to this node.
@@ -167,10 +234,12 @@ impl NodeLive {
         self.load().placed_since_reading()
     }
 
-    fn update(&self, change: impl Fn(u64) -> u64) {
-        let _always_some = self
+    /// Applies `change` to the packed word; returns the word before.
+    fn update(&self, change: impl Fn(u64) -> u64) -> Load {
+        let before = self
             .packed()
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(change(w)));
+        Load(before.unwrap_or_else(|w| w))
     }
 
     /// Whether health checks currently pass.
@@ -191,32 +260,48 @@ impl NodeLive {
     /// A new room was placed here.
     pub fn room_placed(&self) {
         // Both counts saturate rather than carry into the flags.
-        self.update(|w| {
+        let before = self.update(|w| {
             let rooms = ((w & ROOMS) + 1).min(ROOMS);
             let placed = ((w & PLACED) + (1 << PLACED_SHIFT)).min(PLACED);
             (w & !(ROOMS | PLACED)) | rooms | placed
         });
+        if before.rooms() < u32::MAX {
+            self.totals.rooms.0.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A room pinned here went away (expired, unpinned or moved).
     pub fn room_left(&self) {
         // Saturate rather than wrap if a count was ever missed.
-        self.update(|w| (w & !ROOMS) | (w & ROOMS).saturating_sub(1));
+        let before = self.update(|w| (w & !ROOMS) | (w & ROOMS).saturating_sub(1));
+        if before.rooms() == 0 {
+            return;
+        }
+        self.totals.rooms.0.fetch_sub(1, Ordering::Relaxed);
+        // From `watch` rooms to one fewer: under a cap of `watch` again.
+        if self.words.watch[self.at].load(Ordering::Relaxed) == before.rooms() {
+            self.totals.changed();
+        }
     }
 
     /// A fresh CPU reading now includes the rooms placed so far.
     pub fn reading_taken(&self) {
         self.packed().fetch_and(!PLACED, Ordering::Relaxed);
+        self.totals.changed();
     }
 
     /// Sets the drain switch; returns the previous value.
     pub fn set_draining(&self, draining: bool) -> bool {
         let before = if draining {
-            self.packed().fetch_or(DRAINING, Ordering::Relaxed)
+            self.packed().fetch_or(DRAINING, Ordering::AcqRel)
         } else {
-            self.packed().fetch_and(!DRAINING, Ordering::Relaxed)
+            self.packed().fetch_and(!DRAINING, Ordering::AcqRel)
         };
-        Load(before).draining()
+        let before = Load(before).draining();
+        if before != draining {
+            self.totals.changed();
+        }
+        before
     }
 
     /// When the last health result was recorded (Unix milliseconds).
@@ -260,7 +345,11 @@ impl NodeLive {
         } else {
             self.packed().fetch_or(UNHEALTHY, Ordering::AcqRel)
         };
-        (Load(before).healthy() != now).then_some(now)
+        let flipped = Load(before).healthy() != now;
+        if flipped {
+            self.totals.changed();
+        }
+        flipped.then_some(now)
     }
 }
 

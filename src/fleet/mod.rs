@@ -20,7 +20,8 @@ use foldhash::fast::RandomState;
 
 use crate::config::NodeSpec;
 use crate::placement::rendezvous;
-pub use live::{Load, NodeLive, Thresholds, Words};
+use crate::placement::shortlist::Shortlist;
+pub use live::{Load, NodeLive, Thresholds, Totals, Words};
 
 /// A node's name: its identity in pins, cookies and `X-Jitsi-Shard`. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,9 +83,16 @@ pub struct FleetState {
     by_name: HashMap<NodeId, usize, RandomState>,
     by_server_id: HashMap<String, usize, RandomState>,
     lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
+    /// Those of `lives` not in `nodes`.
+    removed: Vec<Arc<NodeLive>>,
     learned_room_cost: Option<f64>,
     /// The bounded-load cap the last placement on this state found (see `placement::policy`).
     cap_hint: AtomicU64,
+    /// The counters every node of this state counts into; `None` if some node counts elsewhere
+    /// (then placement always reads every node).
+    totals: Option<Arc<Totals>>,
+    /// The nodes the next new rooms can go to, found by the last full placement on this state.
+    shortlist: arc_swap::ArcSwapOption<Shortlist>,
 }
 
 /// What placement reads of each node, stored contiguously (aligned with
@@ -111,6 +119,16 @@ impl Slot {
     /// The node's last CPU reading, `f64::INFINITY` when it has none, whatever its age.
     pub fn base(&self) -> f64 {
         self.base
+    }
+
+    /// See [`Words::watch`].
+    pub(crate) fn watch(&self, rooms: u32) {
+        self.words.watch(self.at, rooms);
+    }
+
+    /// The chunk holding the node's packed word, and the word's place in it.
+    pub(crate) fn word(&self) -> (&Arc<Words>, usize) {
+        (&self.words, self.at)
     }
 }
 
@@ -174,6 +192,21 @@ impl FleetState {
     /// Records the cap a placement found.
     pub(crate) fn set_cap_hint(&self, cap: u64) {
         self.cap_hint.store(cap, Ordering::Relaxed);
+    }
+
+    /// The counters all of this state's nodes (and the removed ones still known) count into.
+    pub(crate) fn totals(&self) -> Option<&Arc<Totals>> {
+        self.totals.as_ref()
+    }
+
+    /// Nodes known from earlier states but not in this one.
+    pub(crate) fn removed(&self) -> &[Arc<NodeLive>] {
+        &self.removed
+    }
+
+    /// Placement's short list of nodes for the next new rooms (see `placement::shortlist`).
+    pub(crate) fn shortlist(&self) -> &arc_swap::ArcSwapOption<Shortlist> {
+        &self.shortlist
     }
 }
 
@@ -445,7 +478,7 @@ fn build(inputs: &Inputs) -> FleetState {
             base: cpu.map_or(f64::INFINITY, |c| c + 0.0),
         })
         .collect();
-    let by_name = nodes
+    let by_name: HashMap<NodeId, usize, RandomState> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.id.clone(), i))
@@ -454,6 +487,11 @@ fn build(inputs: &Inputs) -> FleetState {
         .iter()
         .enumerate()
         .flat_map(|(i, n)| n.spec.jvb_server_ids.iter().map(move |id| (id.clone(), i)))
+        .collect();
+    let totals = shared_totals(nodes.iter().map(|n| &n.live).chain(inputs.lives.values()));
+    let removed = (inputs.lives.iter())
+        .filter(|&(id, _)| !by_name.contains_key(id))
+        .map(|(_, live)| live.clone())
         .collect();
     FleetState {
         nodes,
@@ -464,9 +502,20 @@ fn build(inputs: &Inputs) -> FleetState {
         by_name,
         by_server_id,
         lives: inputs.lives.clone(),
+        removed,
         learned_room_cost: inputs.learned_room_cost,
         cap_hint: AtomicU64::new(0),
+        totals,
+        shortlist: arc_swap::ArcSwapOption::empty(),
     }
+}
+
+/// The totals every known node counts into, if they all count into the same.
+fn shared_totals<'a>(mut lives: impl Iterator<Item = &'a Arc<NodeLive>>) -> Option<Arc<Totals>> {
+    let first = lives.next()?.totals();
+    lives
+        .all(|live| Arc::ptr_eq(live.totals(), first))
+        .then(|| first.clone())
 }
 
 #[cfg(test)]

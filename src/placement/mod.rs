@@ -11,6 +11,7 @@
 pub mod pins;
 pub mod policy;
 pub mod rendezvous;
+pub mod shortlist;
 pub mod snapshot;
 
 use std::sync::atomic::{AtomicU64, Ordering};
