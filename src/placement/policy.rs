@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use crate::fleet::{FleetState, Load};
 use crate::placement::rendezvous;
-use crate::placement::shortlist::Shortlist;
+use crate::placement::shortlist::{self, Shortlist};
 
 /// Busy CPU assumed per room until the fleet teaches a better figure.
 pub const DEFAULT_ROOM_COST: f64 = 0.01;
@@ -166,7 +166,9 @@ pub fn choose(
             .or(state.learned_room_cost())
             .unwrap_or(DEFAULT_ROOM_COST),
     };
-    let totals = state.totals().filter(|_| fresh);
+    // A fleet no larger than a list is read whole at once.
+    let listed = fresh && state.slots().len() > shortlist::MEMBERS;
+    let totals = state.totals().filter(|_| listed);
     if let Some(totals) = totals {
         if let Some(list) = &*state.shortlist().load() {
             if let Some(index) = list.choose(state, settings, &keying, room_hash, totals) {
@@ -559,6 +561,8 @@ mod tests {
                 2_500 => assert!(fleet.remove_node("n50")),
                 3_000 => {
                     fleet.set_draining("n40", false);
+                }
+                3_200 => {
                     let spec = NodeSpec::new("n50", "http://10.0.0.50:80").unwrap();
                     fleet.put_node(spec).unwrap();
                 }
@@ -601,8 +605,10 @@ mod tests {
     fn rooms_of_a_removed_node_leave_the_bounded_load_cap() {
         // Rooms cost nothing and n0 reads idle, so n0 takes every room the cap allows: the cap
         // decides every few rooms, and it must stop counting n3's rooms once n3 is gone.
-        let fleet = fleet(4);
-        read(&fleet, &[0.1, 0.5, 0.5, 0.5]);
+        let fleet = fleet(40);
+        let mut cpu = [0.5; 40];
+        cpu[0] = 0.1;
+        read(&fleet, &cpu);
         let settings = Settings {
             room_cost: Some(0.0),
             ..Settings::default()
@@ -611,8 +617,8 @@ mod tests {
         for _ in 0..60 {
             n3.room_placed();
         }
-        for room in 0..200u64 {
-            if room == 50 {
+        for room in 0..400u64 {
+            if room == 150 {
                 assert!(fleet.remove_node("n3"));
             }
             let state = fleet.snapshot();

@@ -34,7 +34,7 @@ use crate::placement::rendezvous;
 
 /// Members a list aims for: few enough to read in well under a microsecond, enough that a
 /// scan is needed only once per few dozen rooms.
-const MEMBERS: usize = 32;
+pub(super) const MEMBERS: usize = 32;
 /// Members at most, when a group of equal keys straddles the first 32.
 const MAX_MEMBERS: usize = 256;
 /// Nodes whose rooms the fleet's total must not count (unavailable, or removed while they
