@@ -32,7 +32,7 @@ const WORDS_PER_CHUNK: usize = 64;
 
 /// The packed words (see [`Load`]) of up to 64 nodes side by side: a placement scan over a
 /// large fleet then reads them in order, eight to a cache line, instead of one scattered record
-/// per node. Next to them, each node's watch mark (see [`Words::watch`]).
+/// per node. Next to them, each node's watch mark (see `Words::watch`).
 #[derive(Debug)]
 pub struct Words {
     packed: [AtomicU64; WORDS_PER_CHUNK],
@@ -58,7 +58,7 @@ impl Words {
     /// below `rooms`, that is when a bounded-load cap of `rooms` would let it take rooms again;
     /// 0 asks for nothing. Placement's shortlist sets it on the nodes it left out only for being
     /// at the cap (see `placement::shortlist`).
-    pub fn watch(&self, at: usize, rooms: u32) {
+    pub(crate) fn watch(&self, at: usize, rooms: u32) {
         let mark = &self.watch[at % WORDS_PER_CHUNK];
         // Written only when it changes: every room leaving the node reads it.
         if mark.load(Ordering::Relaxed) != rooms {

@@ -143,10 +143,11 @@ impl Keying {
 /// Chooses the node for a new room with this hash; `None` when no node is healthy and undrained.
 ///
 /// With fresh data, the state's short list (see `placement::shortlist`) usually answers from
-/// a few dozen nodes. Otherwise one pass computes every node's estimate, totals the candidates' rooms for the bounded-load
-/// cap, and keeps the lowest estimate within the cap. The cap depends on the totals, so the pass
-/// uses the cap the previous decision on this state found (it moves by one only every
-/// `n / balance_factor` rooms) and the kept estimates are searched again when it has moved.
+/// a few dozen nodes. Otherwise one pass computes every node's estimate, totals the candidates'
+/// rooms for the bounded-load cap, and keeps the lowest estimate within the cap. The cap depends
+/// on the totals, so the pass uses the cap the previous decision on this state found (it moves
+/// by one only every `n / balance_factor` rooms) and the kept estimates are searched again when
+/// it has moved.
 /// When the lowest is under `max_cpu`, as it is in a fleet with room to spare, that is the
 /// answer; ties, rare once rooms spread the estimates apart, are then settled by rendezvous
 /// weight over the tied nodes only, and the pass leaves a new short list for the next rooms.

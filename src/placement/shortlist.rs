@@ -17,7 +17,7 @@
 //! - A node left out only for being at the cap takes rooms again when the cap rises (each
 //!   decision works the cap out again from the fleet's room total, and gives up if it rose) or
 //!   when its own rooms fall below the cap. The nodes left out that way whose keys are below
-//!   `bound` are *watched* ([`Words::watch`]): a room leaving one bumps the change counter.
+//!   `bound` are *watched* (`Words::watch`): a room leaving one bumps the change counter.
 //!
 //! When the list cannot tell — a change counted, every member's key up to `bound`, the cap
 //! risen — the decision scans the whole fleet as before and makes a new list. A scan of a
