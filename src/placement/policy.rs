@@ -254,12 +254,22 @@ fn settle(
         return lowest.index;
     }
     let slots = state.slots();
-    keys.iter()
-        .enumerate()
+    let tied = (keys.iter().enumerate())
         .filter(|&(i, &k)| k == lowest.key && cap.is_none_or(|cap| under_cap(slots[i].load(), cap)))
-        .max_by_key(|&(i, _)| (rendezvous::weight(room_hash, slots[i].seed), Reverse(i)))
-        // Counts moved under us and no node holds the key any more: the first one that did.
-        .map_or(lowest.index, |(i, _)| i)
+        .map(|(i, _)| i);
+    // Counts moved under us and no node holds the key any more: the first one that did.
+    heaviest(state, room_hash, tied).unwrap_or(lowest.index)
+}
+
+/// Of these tied nodes, the one with the highest rendezvous weight for the room (then the lower
+/// index): how every tie in placement is settled.
+pub(super) fn heaviest(
+    state: &FleetState,
+    room_hash: u64,
+    tied: impl Iterator<Item = usize>,
+) -> Option<usize> {
+    let slots = state.slots();
+    tied.max_by_key(|&i| (rendezvous::weight(room_hash, slots[i].seed), Reverse(i)))
 }
 
 /// The decision by the full order of [`key`], for when no node within the cap is under

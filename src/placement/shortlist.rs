@@ -25,12 +25,10 @@
 //! decisions read words while others update them, exactly as concurrent full scans do; the
 //! rule is exact for decisions that do not overlap.
 
-use std::cmp::Reverse;
 use std::sync::Arc;
 
 use crate::fleet::{FleetState, Totals, Words};
-use crate::placement::policy::{cap, under_cap, Keying, Lowest, Settings, UNAVAILABLE};
-use crate::placement::rendezvous;
+use crate::placement::policy::{cap, heaviest, under_cap, Keying, Lowest, Settings, UNAVAILABLE};
 
 /// Members a list aims for: few enough to read in well under a microsecond, enough that a
 /// scan is needed only once per few dozen rooms.
@@ -108,10 +106,7 @@ impl Shortlist {
             .iter()
             .map(|&i| i as usize)
             .filter(|&i| key_within(i) == lowest.key);
-        Some(
-            tied.max_by_key(|&i| (rendezvous::weight(room_hash, slots[i].seed), Reverse(i)))
-                .unwrap_or(lowest.index),
-        )
+        Some(heaviest(state, room_hash, tied).unwrap_or(lowest.index))
     }
 
     /// A list from a full scan's raw keys (`UNAVAILABLE` for nodes that cannot take rooms),
