@@ -136,6 +136,11 @@ impl std::borrow::Borrow<str> for Pin {
     }
 }
 
+/// Where the pin clock starts (about two years in): a pin restored at start-up as last seen
+/// minutes ago needs a time before the table was made, or it would come back as just seen and
+/// outlive its idle timeout.
+const CLOCK_START_MS: u64 = 1 << 36;
+
 /// The in-memory pin table.
 pub struct MemoryPins {
     map: DashMap<Pin, (), RandomState>,
@@ -153,12 +158,14 @@ impl MemoryPins {
         }
     }
 
-    /// Milliseconds since the table was made, from the kernel's coarse clock: it is read on every
-    /// pinned request, and a few milliseconds of resolution are plenty for idle timers of minutes.
+    /// Milliseconds since the table was made plus [`CLOCK_START_MS`], from the kernel's coarse
+    /// clock: it is read on every pinned request, and a few milliseconds of resolution are plenty
+    /// for idle timers of minutes.
     fn now_ms(&self) -> u64 {
         coarsetime::Instant::now()
             .duration_since(self.epoch)
             .as_millis()
+            + CLOCK_START_MS
     }
 
     fn expired(&self, pin: &Pin, now_ms: u64) -> bool {
@@ -397,7 +404,10 @@ mod tests {
             !fresh.restore("b", NodeId::new("n1"), Duration::from_secs(61)),
             "already expired"
         );
+        let idle = fresh.info("a").unwrap().idle;
+        assert!(idle >= Duration::from_secs(59), "restored idle: {idle:?}");
         assert_eq!(fresh.lookup("a"), Some(NodeId::new("n1")));
+        assert!(fresh.info("a").unwrap().idle < Duration::from_secs(1));
     }
 
     #[test]

@@ -171,6 +171,23 @@ mod tests {
         }
     }
 
+    /// A pin saved idle keeps its idle time across the restart, so it expires when it would
+    /// have; one saved idle past the timeout is not restored.
+    #[test]
+    fn restored_pins_keep_their_idle_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.json");
+        let pins = r#"{"version": 1, "pins": [
+            {"room": "quiet", "node": "a", "idle_ms": 500000},
+            {"room": "gone", "node": "a", "idle_ms": 700000}]}"#;
+        std::fs::write(&path, pins).unwrap();
+        let new = router(&["a"]);
+        assert_eq!(load(&new, &path).unwrap(), 1);
+        let idle = new.pins().info("quiet").unwrap().idle;
+        assert!(idle >= Duration::from_secs(500), "{idle:?}");
+        assert!(new.pins().info("gone").is_none());
+    }
+
     #[test]
     fn missing_is_empty_and_garbage_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
