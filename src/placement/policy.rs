@@ -616,8 +616,10 @@ mod tests {
     fn rooms_of_a_removed_node_leave_the_bounded_load_cap() {
         // Rooms cost nothing and n0 reads idle, so n0 takes every room the cap allows: the cap
         // decides every few rooms, and it must stop counting n3's rooms once n3 is gone.
-        let fleet = fleet(40);
-        let mut cpu = [0.5; 40];
+        // More nodes than a short list holds, so that decisions go through one.
+        let nodes = shortlist::MEMBERS + 8;
+        let fleet = fleet(nodes);
+        let mut cpu = vec![0.5; nodes];
         cpu[0] = 0.1;
         read(&fleet, &cpu);
         let settings = Settings {
