@@ -167,8 +167,7 @@ pub fn choose(
             .or(state.learned_room_cost())
             .unwrap_or(DEFAULT_ROOM_COST),
     };
-    // A fleet no larger than a list is read whole at once.
-    let listed = fresh && state.slots().len() > shortlist::MEMBERS;
+    let listed = fresh && state.slots().len() > shortlist::SCAN_WHOLE_UP_TO;
     let totals = state.totals().filter(|_| listed);
     if let Some(totals) = totals {
         if let Some(list) = &*state.shortlist().load() {
@@ -617,7 +616,7 @@ mod tests {
         // Rooms cost nothing and n0 reads idle, so n0 takes every room the cap allows: the cap
         // decides every few rooms, and it must stop counting n3's rooms once n3 is gone.
         // More nodes than a short list holds, so that decisions go through one.
-        let nodes = shortlist::MEMBERS + 8;
+        let nodes = shortlist::SCAN_WHOLE_UP_TO + 8;
         let fleet = fleet(nodes);
         let mut cpu = vec![0.5; nodes];
         cpu[0] = 0.1;

@@ -4,7 +4,7 @@
 //!
 //! A full scan knows every node's key (its estimate, see `policy`) and the bounded-load cap.
 //! From it the list keeps the nodes under the cap with the lowest keys (the *members*, at least
-//! [`MEMBERS`] when there are that many, whole groups of equal keys), and a `bound`: every member's key
+//! [`members_for`] the fleet's size when there are that many, whole groups of equal keys), and a `bound`: every member's key
 //! is below it, every other node under the cap has a key at or above it. Then, for as long as
 //! none of the following has happened, the lowest member under the cap now is the node a full
 //! scan would choose, provided its key is still below `bound` (and below `max_cpu`):
@@ -30,14 +30,20 @@ use std::sync::Arc;
 use crate::fleet::{FleetState, Totals, Words};
 use crate::placement::policy::{cap, heaviest, under_cap, Keying, Lowest, Settings, UNAVAILABLE};
 
-/// Members a list aims for: few enough to read in well under a microsecond, enough that a
-/// scan is needed only once per few dozen rooms. Reading the list costs a little per member and
-/// a scan costs a little per node, so the best size grows with the square root of the fleet;
-/// 64 measured best at 1,000 nodes with two threads placing at once (1.7–2.0 µs a new room,
-/// against 1.8–2.6 µs with 32 and 1.6–2.5 µs with 96 or 128, run back to back), and fleets of
-/// up to 64 nodes are simply scanned.
-pub(super) const MEMBERS: usize = 64;
-/// Members at most, when a group of equal keys straddles the first [`MEMBERS`].
+/// Fleets this small are read whole on every decision: a list would save little.
+pub(super) const SCAN_WHOLE_UP_TO: usize = 32;
+
+/// Members a list aims for on a fleet of `nodes`. Each decision reads every member, and a list
+/// lasts until about that many rooms have been placed, so a decision costs about
+/// `members + nodes / members` node reads, least near the square root of the fleet (a scan
+/// reads a node faster than the list reads a member, hence twice the root). At 1,000 nodes that
+/// is 62; sizes of 32, 64, 96 and 128 measured with two threads placing at once put 64 best
+/// (1.6–2.3 µs a new room against 1.9–2.6 µs with 32, back to back) and larger no better.
+pub(super) fn members_for(nodes: usize) -> usize {
+    (2 * nodes.isqrt()).clamp(16, 64)
+}
+
+/// Members at most, when a group of equal keys straddles the first [`members_for`].
 const MAX_MEMBERS: usize = 256;
 /// Nodes whose rooms the fleet's total must not count (unavailable, or removed while they
 /// still hold rooms) at most; with more, placement keeps scanning the fleet.
@@ -159,7 +165,7 @@ impl Shortlist {
         if excluded.len() > MAX_EXCLUDED {
             return None;
         }
-        let (members, bound) = lowest_keys(&mut under);
+        let (members, bound) = lowest_keys(&mut under, members_for(state.slots().len()));
         if members.is_empty() {
             return None;
         }
@@ -179,16 +185,16 @@ impl Shortlist {
     }
 }
 
-/// The members among `(key, index)` pairs and the bound above their keys: the [`MEMBERS`]
-/// lowest keys, extended to the whole group of the next key when that keeps them at most
+/// The members among `(key, index)` pairs and the bound above their keys: the `wanted` lowest
+/// keys, extended to the whole group of the next key when that keeps them at most
 /// [`MAX_MEMBERS`] (so that a tie can be settled among members), else cut below it.
-fn lowest_keys(under: &mut [(u64, u32)]) -> (Vec<u32>, u64) {
-    if under.len() <= MEMBERS {
+fn lowest_keys(under: &mut [(u64, u32)], wanted: usize) -> (Vec<u32>, u64) {
+    if under.len() <= wanted {
         return (under.iter().map(|&(_, i)| i).collect(), UNAVAILABLE);
     }
-    // After this, the keys before `MEMBERS` are at most `next` and those after at least.
-    let next = under.select_nth_unstable(MEMBERS).1 .0;
-    let below = under[..MEMBERS].iter().filter(|&&(k, _)| k < next);
+    // After this, the keys before `wanted` are at most `next` and those after at least.
+    let next = under.select_nth_unstable(wanted).1 .0;
+    let below = under[..wanted].iter().filter(|&&(k, _)| k < next);
     let ties = under.iter().filter(|&&(k, _)| k == next).count();
     if below.clone().count() + ties > MAX_MEMBERS {
         return (below.map(|&(_, i)| i).collect(), next);
@@ -198,7 +204,7 @@ fn lowest_keys(under: &mut [(u64, u32)]) -> (Vec<u32>, u64) {
         .filter(|&&(k, _)| k <= next)
         .map(|&(_, i)| i)
         .collect();
-    let bound = under[MEMBERS + 1..]
+    let bound = under[wanted + 1..]
         .iter()
         .map(|&(k, _)| k)
         .filter(|&k| k > next)
