@@ -615,7 +615,7 @@ mod tests {
     fn rooms_of_a_removed_node_leave_the_bounded_load_cap() {
         // Rooms cost nothing and n0 reads idle, so n0 takes every room the cap allows: the cap
         // decides every few rooms, and it must stop counting n3's rooms once n3 is gone.
-        // More nodes than a short list holds, so that decisions go through one.
+        // More nodes than are read whole, so that decisions go through the short list.
         let nodes = shortlist::SCAN_WHOLE_UP_TO + 8;
         let fleet = fleet(nodes);
         let mut cpu = vec![0.5; nodes];

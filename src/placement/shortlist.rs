@@ -3,11 +3,12 @@
 //! node a full scan (`policy::choose`) would.
 //!
 //! A full scan knows every node's key (its estimate, see `policy`) and the bounded-load cap.
-//! From it the list keeps the nodes under the cap with the lowest keys (the *members*, at least
-//! [`members_for`] the fleet's size when there are that many, whole groups of equal keys), and a `bound`: every member's key
-//! is below it, every other node under the cap has a key at or above it. Then, for as long as
-//! none of the following has happened, the lowest member under the cap now is the node a full
-//! scan would choose, provided its key is still below `bound` (and below `max_cpu`):
+//! From it the list keeps the nodes under the cap with the lowest keys (the *members*: at least
+//! as many as [`members_for`] the fleet's size when there are that many, whole groups of equal
+//! keys), and a `bound`: every member's key is below it, every other node under the cap has a
+//! key at or above it. Then, for as long as none of the following has happened, the lowest
+//! member under the cap now is the node a full scan would choose, provided its key is still
+//! below `bound` (and below `max_cpu`):
 //!
 //! - Keys of the nodes outside the list only rise: an estimate changes only by rooms placed on
 //!   its node, or by a fresh CPU reading, which bumps the fleet's change counter
@@ -35,8 +36,9 @@ pub(super) const SCAN_WHOLE_UP_TO: usize = 32;
 
 /// Members a list aims for on a fleet of `nodes`. Each decision reads every member, and a list
 /// lasts until about that many rooms have been placed, so a decision costs about
-/// `members + nodes / members` node reads, least near the square root of the fleet (a scan
-/// reads a node faster than the list reads a member, hence twice the root). At 1,000 nodes that
+/// `members + k × nodes / members` node reads, least at the square root of `k × nodes`. A scan
+/// costs more per node than a list decision per member (it also picks the members and sets
+/// watch marks); measured, `k` is near 4, hence twice the root. At 1,000 nodes that
 /// is 62; sizes of 32, 64, 96 and 128 measured with two threads placing at once put 64 best
 /// (1.6–2.3 µs a new room against 1.9–2.6 µs with 32, back to back) and larger no better.
 pub(super) fn members_for(nodes: usize) -> usize {
