@@ -4,9 +4,9 @@
 //!
 //! A full scan knows every node's key (its estimate, see `policy`) and the bounded-load cap.
 //! From it the list keeps the nodes under the cap with the lowest keys (the *members*: at least
-//! as many as `members_for` gives for the fleet's size when there are that many, whole groups of equal
-//! keys), and a `bound`: every member's key is below it, every other node under the cap has a
-//! key at or above it. Then, for as long as none of the following has happened, the lowest
+//! as many as `members_for` gives for the fleet's size when there are that many, whole groups
+//! of equal keys), and a `bound`: every member's key is below it, every other node under the
+//! cap has a key at or above it. Then, for as long as none of the following has happened, the lowest
 //! member under the cap now is the node a full scan would choose, provided its key is still
 //! below `bound` (and below `max_cpu`):
 //!
