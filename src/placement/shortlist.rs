@@ -6,9 +6,9 @@
 //! From it the list keeps the nodes under the cap with the lowest keys (the *members*: at least
 //! as many as `members_for` gives for the fleet's size when there are that many, whole groups
 //! of equal keys), and a `bound`: every member's key is below it, every other node under the
-//! cap has a key at or above it. Then, for as long as none of the following has happened, the lowest
-//! member under the cap now is the node a full scan would choose, provided its key is still
-//! below `bound` (and below `max_cpu`):
+//! cap has a key at or above it. Then, for as long as none of the following has happened, the
+//! lowest member under the cap now is the node a full scan would choose, provided its key is
+//! still below `bound` (and below `max_cpu`):
 //!
 //! - Keys of the nodes outside the list only rise: an estimate changes only by rooms placed on
 //!   its node, or by a fresh CPU reading, which bumps the fleet's change counter
@@ -38,9 +38,9 @@ pub(super) const SCAN_WHOLE_UP_TO: usize = 32;
 /// lasts until about that many rooms have been placed, so a decision costs about
 /// `members + k × nodes / members` node reads, least at the square root of `k × nodes`. A scan
 /// costs more per node than a list decision per member (it also picks the members and sets
-/// watch marks); measured, `k` is near 4, hence twice the root. At 1,000 nodes that
-/// is 62; sizes of 32, 64, 96 and 128 measured with two threads placing at once put 64 best
-/// (1.6–2.3 µs a new room against 1.9–2.6 µs with 32, back to back) and larger no better.
+/// watch marks); measured, `k` is near 4, hence twice the root. At 1,000 nodes that is 62;
+/// sizes of 32, 64, 96 and 128 measured with two threads placing at once put 64 best (1.6–2.3 µs
+/// a new room against 1.9–2.6 µs with 32, back to back) and larger no better.
 pub(super) fn members_for(nodes: usize) -> usize {
     (2 * nodes.isqrt()).clamp(16, 64)
 }
