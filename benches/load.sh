@@ -6,6 +6,7 @@
 # requests/s and latency with ratios against jitsi-router measured in the same run.
 #
 #   benches/load.sh [seconds per run, default 10] [connections, default 50]
+#   JITSI_ROUTER_BIN=path/to/jitsi-router benches/load.sh   (a build other than this tree's)
 #
 # Installs haproxy, nginx and wrk from Debian when missing. Loopback only; temporary folder.
 set -euo pipefail
@@ -23,8 +24,12 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-cargo build --release --quiet
-router_bin="$PWD/target/release/jitsi-router"
+# JITSI_ROUTER_BIN runs another build of the router (to compare two builds in one sitting).
+router_bin="${JITSI_ROUTER_BIN:-}"
+if [ -z "$router_bin" ]; then
+  cargo build --release --quiet
+  router_bin="$PWD/target/release/jitsi-router"
+fi
 work="$(mktemp -d)"
 pids=()
 cleanup() {

@@ -9,86 +9,17 @@
 //! settles by rendezvous weight over every tied node, and the cost grows with the tie.
 //! Run with `cargo bench --bench routing`.
 
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use jitsi_router::config::NodeSpec;
-use jitsi_router::fleet::Fleet;
-use jitsi_router::placement::pins::MemoryPins;
 use jitsi_router::placement::{Router, Settings};
 use jitsi_router::room::{classify, RoomKey, RoomLimits};
 
-const THREADS: u64 = 2;
+mod common;
 
-/// How the CPU readings of a bench fleet are spread.
-#[derive(Clone, Copy)]
-enum Readings {
-    /// Every node a different value in 0.20..0.70.
-    Distinct,
-    /// Fifty values 0.20, 0.21, … 0.69, twenty nodes each at a thousand nodes.
-    Tied,
-}
-
-fn router(nodes: usize, readings: Readings) -> Router {
-    let specs = (0..nodes)
-        .map(|i| {
-            let upstream = format!("http://10.{}.{}.{}:80", i / 65536, (i / 256) % 256, i % 256);
-            NodeSpec::new(&format!("jitsi-{i}"), &upstream).unwrap()
-        })
-        .collect();
-    let fleet = Arc::new(Fleet::new(specs, Duration::from_secs(90)));
-    read_cpu(&fleet, readings);
-    let pins = Arc::new(MemoryPins::new(Duration::from_secs(3600)));
-    Router::new(fleet, pins, Settings::default())
-}
-
-/// A fresh CPU reading, busy fractions 0.20 to 0.70. Taken again before each sample, as the
-/// router takes one every interval: a reading older than `max_staleness` would turn placement
-/// into its no-data fallback.
-fn read_cpu(fleet: &Fleet, readings: Readings) {
-    let nodes = fleet.snapshot().nodes().len();
-    let cpu = (0..nodes)
-        .map(|i| {
-            let busy = match readings {
-                // The golden ratio's multiples mod 1 spread evenly and never repeat.
-                Readings::Distinct => 0.2 + 0.5 * (i as f64 * 0.618_033_988_749_895).fract(),
-                Readings::Tied => 0.2 + (i % 50) as f64 / 100.0,
-            };
-            (
-                format!("10.{}.{}.{}:80", i / 65536, (i / 256) % 256, i % 256),
-                busy,
-            )
-        })
-        .collect();
-    fleet.set_cpu(cpu, Instant::now());
-}
-
-fn key(text: &str) -> RoomKey<'static> {
-    RoomKey::parse(text, &RoomLimits::default()).unwrap()
-}
-
-/// Runs `op(thread, i)` `iters` times on each of two threads at once; returns one thread's time.
-fn hammer(iters: u64, op: &(dyn Fn(u64, u64) + Sync)) -> Duration {
-    let barrier = Barrier::new(THREADS as usize);
-    let times: Vec<Duration> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        op(t, i);
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    times.into_iter().max().unwrap_or_default()
-}
+use common::{
+    hammer, key, new_rooms_op, pinned_op, read_cpu, router, Readings, PLACED_PER_READING,
+};
 
 fn parse(c: &mut Criterion) {
     let limits = RoomLimits::default();
@@ -137,16 +68,8 @@ fn decisions(c: &mut Criterion) {
             let mut pinned = c.benchmark_group("pinned_room_2_threads");
             pinned.bench_function(BenchmarkId::new(format!("{nodes}_nodes"), pins), |b| {
                 let (router, keys) = setup();
-                b.iter_custom(|iters| {
-                    hammer(iters, &|t, i| {
-                        // The threads walk the keys in order from different starts. The table
-                        // slots they hit are still random (they follow the hash), but the key text
-                        // itself is near in memory, as a request's own room name is: a random
-                        // walk over a million boxed keys would time the bench's cache misses.
-                        let k = &keys[((i + t * pins as u64 / 2) % pins as u64) as usize];
-                        std::hint::black_box(router.route_room(k));
-                    })
-                })
+                let op = pinned_op(router, keys);
+                b.iter_custom(|iters| hammer(iters, &op))
             });
             pinned.finish();
 
@@ -166,32 +89,6 @@ fn decisions(c: &mut Criterion) {
         new_rooms(b, &router, Readings::Tied)
     });
     tied.finish();
-}
-
-/// Placements between two CPU readings. The router reads every interval (15 to 30 s), and every
-/// room placed since the last reading raises its node's estimate by the room cost: a bench
-/// that never read again would, after a few hundred thousand rooms, find every node over
-/// `max_cpu`, a state a fleet is not left in for long. 8,192 rooms in one interval is more
-/// than the busiest public Jitsi deployments create; the readings are part of the timed work.
-const PLACED_PER_READING: u64 = 8_192;
-
-/// Times placing rooms no one has pinned, each unpinned again so that its key is fresh later:
-/// the time includes one unpin (a shard write) and a share of the readings.
-fn new_rooms(b: &mut criterion::Bencher<'_>, router: &Router, readings: Readings) {
-    let fresh: Vec<RoomKey<'static>> = (0..200_000).map(|i| key(&format!("fresh-{i}"))).collect();
-    let counter = std::sync::atomic::AtomicUsize::new(0);
-    b.iter_custom(|iters| {
-        read_cpu(router.fleet(), readings);
-        hammer(iters, &|t, i| {
-            if t == 0 && i % (PLACED_PER_READING / THREADS) == 0 {
-                read_cpu(router.fleet(), readings);
-            }
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let room = &fresh[n % fresh.len()];
-            std::hint::black_box(router.route_room(room));
-            router.unpin(room.as_str());
-        })
-    })
 }
 
 /// `choose` alone, without the pin table: each chosen node counts the room in and out again,
@@ -228,3 +125,13 @@ criterion_group! {
     targets = parse, choose_only, decisions
 }
 criterion_main!(benches);
+
+/// Times [`new_rooms_op`], starting each sample with a fresh reading.
+fn new_rooms(b: &mut criterion::Bencher<'_>, router: &Router, readings: Readings) {
+    let fresh: Vec<RoomKey<'static>> = (0..200_000).map(|i| key(&format!("fresh-{i}"))).collect();
+    let op = new_rooms_op(router, &fresh, readings);
+    b.iter_custom(|iters| {
+        read_cpu(router.fleet(), readings);
+        hammer(iters, &op)
+    })
+}

@@ -1,0 +1,62 @@
+//! Steadier numbers than criterion's on a noisy machine: each case runs several rounds of a
+//! fixed number of decisions on two threads at once and reports the best and the median round,
+//! in nanoseconds per decision per thread. A shared VM's neighbours only ever add time, so the
+//! best round is the one to compare changes by; the median shows how noisy the run was.
+//! Run with `cargo bench --bench steady [-- <filter>]`; the filter picks cases whose name
+//! contains it (for example `pinned/1000_nodes/100000`).
+
+use std::time::Duration;
+
+mod common;
+
+use common::{hammer, key, new_rooms_op, pinned_op, router, Readings};
+use jitsi_router::room::RoomKey;
+
+const ROUNDS: usize = 7;
+
+fn main() {
+    let filter = std::env::args()
+        .skip(1)
+        .find(|arg| !arg.starts_with('-'))
+        .unwrap_or_default();
+    println!("{:<36} {:>10} {:>10}", "case", "best ns", "median ns");
+    for nodes in [10, 100, 1_000] {
+        for pins in [10_000usize, 100_000, 1_000_000] {
+            let pinned = format!("pinned/{nodes}_nodes/{pins}");
+            let placed = format!("new_room/{nodes}_nodes/{pins}");
+            if !pinned.contains(&filter) && !placed.contains(&filter) {
+                continue;
+            }
+            let router = router(nodes, Readings::Distinct);
+            let keys: Vec<RoomKey<'static>> =
+                (0..pins).map(|i| key(&format!("room-{i}"))).collect();
+            for key in &keys {
+                router.route_room(key);
+            }
+            if pinned.contains(&filter) {
+                report(&pinned, 2_000_000, &pinned_op(&router, &keys));
+            }
+            if placed.contains(&filter) {
+                let fresh: Vec<RoomKey<'static>> =
+                    (0..200_000).map(|i| key(&format!("fresh-{i}"))).collect();
+                report(
+                    &placed,
+                    200_000,
+                    &new_rooms_op(&router, &fresh, Readings::Distinct),
+                );
+            }
+        }
+    }
+}
+
+fn report(name: &str, iters: u64, op: &(dyn Fn(u64, u64) + Sync)) {
+    hammer(iters / 4, op);
+    let mut rounds: Vec<Duration> = (0..ROUNDS).map(|_| hammer(iters, op)).collect();
+    rounds.sort();
+    let per = |d: Duration| d.as_nanos() as f64 / iters as f64;
+    println!(
+        "{name:<36} {:>10.0} {:>10.0}",
+        per(rounds[0]),
+        per(rounds[ROUNDS / 2])
+    );
+}
