@@ -37,6 +37,12 @@ impl NodeId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether both are clones of one id (then they name the same node); a cheaper test than
+    /// equality, which may be true of ids made apart.
+    pub fn same(&self, other: &NodeId) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Lets the name index be searched with a plain `&str` (cookies, admin input); sound because
@@ -454,10 +460,16 @@ fn build(inputs: &Inputs) -> FleetState {
         .specs
         .iter()
         .map(|spec| {
-            let id = NodeId::new(&spec.name);
+            // The id the node got when it first joined, so that every state (a new one comes
+            // with every reading) hands out the same one: pins hold it, and routing tells a
+            // pin's node by it (`NodeId::same`) before it looks the name up.
+            let (id, live) = match inputs.lives.get_key_value(spec.name.as_str()) {
+                Some((id, live)) => (id.clone(), live.clone()),
+                None => (NodeId::new(&spec.name), Arc::default()),
+            };
             Arc::new(Node {
                 seed: rendezvous::seed(spec.name.as_bytes()),
-                live: inputs.lives.get(&id).cloned().unwrap_or_default(),
+                live,
                 id,
                 spec: spec.clone(),
             })
@@ -594,6 +606,27 @@ mod tests {
         assert_eq!(names(&fleet), ["d", "c"]);
         c.jvb_server_ids = vec!["d".into()];
         assert!(fleet.put_node(c).unwrap_err().contains("\"d\""));
+    }
+
+    #[test]
+    fn a_node_keeps_its_id_across_readings_and_reloads() {
+        let fleet = Fleet::new(
+            vec![NodeSpec::new("a", "http://10.0.0.1:80").unwrap()],
+            Duration::from_secs(90),
+        );
+        let first = fleet.snapshot().nodes()[0].id.clone();
+        fleet.set_cpu(
+            HashMap::from([("10.0.0.1:80".to_string(), 0.5)]),
+            Instant::now(),
+        );
+        fleet.set_nodes(vec![
+            NodeSpec::new("b", "http://10.0.0.2:80").unwrap(),
+            NodeSpec::new("a", "http://10.0.0.1:80").unwrap(),
+        ]);
+        let state = fleet.snapshot();
+        assert!(state.nodes()[1].id.same(&first));
+        assert!(!state.nodes()[0].id.same(&first));
+        assert!(NodeId::new("a") == first && !NodeId::new("a").same(&first));
     }
 
     #[test]

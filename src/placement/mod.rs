@@ -144,8 +144,16 @@ impl Router {
         let state = self.fleet.load();
         let room = key.as_str();
         let mut pinned = None;
-        self.pins.lookup_with(room, &mut |id| {
-            pinned = Some(match state.index(id.as_str()) {
+        self.pins.lookup_with(room, &mut |id, hint| {
+            let index = hint
+                .get()
+                .filter(|&at| state.nodes().get(at).is_some_and(|node| node.id.same(id)))
+                .or_else(|| {
+                    let index = state.index(id.as_str())?;
+                    hint.set(index);
+                    Some(index)
+                });
+            pinned = Some(match index {
                 Some(index) if state.slots()[index].load().healthy() => Ok(index),
                 _ => Err(id.clone()),
             });
@@ -163,13 +171,21 @@ impl Router {
         };
         let chosen = self.place(&state, room)?;
         let held = match &stale {
-            Some(old) => self.pins.repin(room, old, chosen),
-            None => self.pins.pin_if_absent(room, chosen),
+            Some(old) => self.pins.repin(room, old, state.nodes()[chosen].id.clone()),
+            None => self
+                .pins
+                .pin_if_absent(room, state.nodes()[chosen].id.clone()),
         };
-        self.count(&state, &held);
+        // The chosen node holds the room unless a concurrent request pinned it first.
+        let index = if held.node.same(&state.nodes()[chosen].id) {
+            Some(chosen)
+        } else {
+            state.index(held.node.as_str())
+        };
+        self.count(&state, index, &held);
         // A concurrent request may have pinned a node this (older) state does not know; use the
         // newest state to resolve it, and if even that lacks it, the pin is stale: move it.
-        let (state, index) = match state.index(held.node.as_str()) {
+        let (state, index) = match index {
             Some(index) => (state, index),
             None => self.resolve_unknown(room, &held)?,
         };
@@ -188,7 +204,8 @@ impl Router {
         })
     }
 
-    fn place(&self, state: &FleetState, room: &str) -> Option<NodeId> {
+    /// The index of the node chosen for a new room.
+    fn place(&self, state: &FleetState, room: &str) -> Option<usize> {
         let now = Instant::now();
         let chosen = policy::choose(
             state,
@@ -199,7 +216,7 @@ impl Router {
         if chosen.over_max_cpu {
             self.warn_overloaded(now);
         }
-        Some(state.nodes()[chosen.index].id.clone())
+        Some(chosen.index)
     }
 
     fn warn_overloaded(&self, now: Instant) {
@@ -223,11 +240,17 @@ impl Router {
     }
 
     /// Keeps the per-node room counts in step with a pin change.
-    fn count(&self, state: &FleetState, held: &Pinned) {
+    /// Counts a pin this call made into its node (at `index` in `state` when known there) and
+    /// out of the node it displaced.
+    fn count(&self, state: &FleetState, index: Option<usize>, held: &Pinned) {
         if !held.created {
             return;
         }
-        if let Some(live) = state.live(held.node.as_str()) {
+        let live = match index {
+            Some(index) => Some(&state.nodes()[index].live),
+            None => state.live(held.node.as_str()),
+        };
+        if let Some(live) = live {
             live.room_placed();
         }
         if let Some(live) = held
@@ -249,10 +272,12 @@ impl Router {
             return Some((state, index));
         }
         let chosen = self.place(&state, room)?;
-        let moved = self.pins.repin(room, &held.node, chosen);
-        self.count(&state, &moved);
-        let index = state.index(moved.node.as_str())?;
-        Some((state, index))
+        let moved = self
+            .pins
+            .repin(room, &held.node, state.nodes()[chosen].id.clone());
+        let index = state.index(moved.node.as_str());
+        self.count(&state, index, &moved);
+        Some((state, index?))
     }
 
     /// Forgets idle pins and counts their rooms out of their nodes; returns how many.
@@ -386,6 +411,32 @@ mod tests {
                 node
             );
         }
+    }
+
+    #[test]
+    fn reordered_nodes_keep_their_rooms() {
+        let router = router(&["a", "b", "c"]);
+        let rooms: Vec<_> = (0..60).map(|i| key(&format!("r{i}"))).collect();
+        let before: Vec<NodeId> = (rooms.iter())
+            .map(|room| router.route_room(room).unwrap().node().id.clone())
+            .collect();
+        // Pinned requests leave each pin's index hint at its node's place in this order.
+        for (room, node) in rooms.iter().zip(&before) {
+            assert_eq!(&router.route_room(room).unwrap().node().id, node);
+        }
+        // Now "a" stands where "c" stood: every stale hint must be caught.
+        router.fleet().set_nodes(specs(&["c", "b", "a"]));
+        for _ in 0..2 {
+            for (room, node) in rooms.iter().zip(&before) {
+                let routed = router.route_room(room).unwrap();
+                assert_eq!(
+                    (&routed.node().id, routed.decision.clone()),
+                    (node, Decision::Pinned)
+                );
+            }
+        }
+        let moved = |name: &str| before.iter().filter(|n| n.as_str() == name).count();
+        assert!(moved("a") > 0 && moved("c") > 0, "{before:?}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! refreshes the pin's idle timer with an atomic store. A shared store (Redis, for replicas) will sit
 //! behind the same trait with this table as its local cache.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use compact_str::CompactString;
@@ -59,18 +59,54 @@ pub struct PinInfo {
     pub requests: u64,
 }
 
+/// Where a pin's node stood in the fleet state that last routed the pin: routing checks it
+/// against the state in hand (one pointer comparison) before it looks the node up by name, and
+/// sets it again when it had to. Only a hint: a stale one costs that lookup, never a wrong node.
+#[derive(Debug)]
+pub struct IndexHint(AtomicU32);
+
+impl Default for IndexHint {
+    fn default() -> IndexHint {
+        IndexHint::new()
+    }
+}
+
+impl IndexHint {
+    const NONE: u32 = u32::MAX;
+
+    /// No hint yet.
+    pub fn new() -> IndexHint {
+        IndexHint(AtomicU32::new(IndexHint::NONE))
+    }
+
+    /// The index last set, if any.
+    pub fn get(&self) -> Option<usize> {
+        let at = self.0.load(Ordering::Relaxed);
+        (at != IndexHint::NONE).then_some(at as usize)
+    }
+
+    /// Remembers `index` (an index too large to keep is not kept).
+    pub fn set(&self, index: usize) {
+        self.0.store(
+            u32::try_from(index).unwrap_or(IndexHint::NONE),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// A pin table.
 pub trait PinStore: Send + Sync {
     /// The room's node, refreshing its idle timer; `None` if unpinned or expired.
     fn lookup(&self, room: &str) -> Option<NodeId> {
         let mut node = None;
-        self.lookup_with(room, &mut |id| node = Some(id.clone()));
+        self.lookup_with(room, &mut |id, _| node = Some(id.clone()));
         node
     }
     /// Like [`lookup`](Self::lookup), but hands the node to `found` in place instead of cloning
     /// it: the request path then touches no reference count shared by every room of that node
-    /// (a cache line all cores would otherwise keep taking from each other). False if unpinned.
-    fn lookup_with(&self, room: &str, found: &mut dyn FnMut(&NodeId)) -> bool;
+    /// (a cache line all cores would otherwise keep taking from each other). With it comes the
+    /// pin's [`IndexHint`]. False if unpinned.
+    fn lookup_with(&self, room: &str, found: &mut dyn FnMut(&NodeId, &IndexHint)) -> bool;
     /// Pins the room to `node` unless a live pin exists; returns the pin that holds.
     fn pin_if_absent(&self, room: &str, node: NodeId) -> Pinned;
     /// Moves the room from `stale` to `node`, unless someone already moved it; returns the pin that holds.
@@ -109,7 +145,9 @@ struct Pin {
     node: NodeId,
     pinned_at_ms: u64,
     last_seen_ms: AtomicU64,
-    requests: AtomicU64,
+    /// Saturates at 4 billion, decades of a room's requests.
+    requests: AtomicU32,
+    hint: IndexHint,
 }
 
 // One line exactly: a field added to `Pin` must not push it to two.
@@ -178,7 +216,8 @@ impl MemoryPins {
             node,
             pinned_at_ms: now_ms,
             last_seen_ms: AtomicU64::new(now_ms),
-            requests: AtomicU64::new(1),
+            requests: AtomicU32::new(1),
+            hint: IndexHint::new(),
         }
     }
 
@@ -190,13 +229,13 @@ impl MemoryPins {
             idle: Duration::from_millis(
                 now_ms.saturating_sub(pin.last_seen_ms.load(Ordering::Relaxed)),
             ),
-            requests: pin.requests.load(Ordering::Relaxed),
+            requests: u64::from(pin.requests.load(Ordering::Relaxed)),
         }
     }
 }
 
 impl PinStore for MemoryPins {
-    fn lookup_with(&self, room: &str, found: &mut dyn FnMut(&NodeId)) -> bool {
+    fn lookup_with(&self, room: &str, found: &mut dyn FnMut(&NodeId, &IndexHint)) -> bool {
         let Some(entry) = self.map.get(room) else {
             return false;
         };
@@ -210,8 +249,9 @@ impl PinStore for MemoryPins {
         // barrier that keeps the CPU from overlapping one lookup's cache misses with the next.
         // Two requests of the same room at the same instant may count once.
         let requests = pin.requests.load(Ordering::Relaxed);
-        pin.requests.store(requests + 1, Ordering::Relaxed);
-        found(&pin.node);
+        pin.requests
+            .store(requests.saturating_add(1), Ordering::Relaxed);
+        found(&pin.node, &pin.hint);
         true
     }
 
