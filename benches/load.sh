@@ -3,9 +3,9 @@
 # hash-balance-factor 125, as meet.jit.si runs it) and nginx (`hash $arg_room consistent`), all
 # terminating TLS in front of the same three upstream "nodes" (nginx answering a small BOSH-like
 # body). wrk drives BOSH-style requests over 10,000 rooms through each in turn; the table gives
-# requests/s and latency with ratios against jitsi-router measured in the same run.
+# requests/s and latency with ratios against jitsi-router measured in the same round.
 #
-#   benches/load.sh [seconds per run, default 10] [connections, default 50]
+#   benches/load.sh [seconds per run, default 10] [connections, default 50] [rounds, default 3]
 #   JITSI_ROUTER_BIN=path/to/jitsi-router benches/load.sh   (a build other than this tree's)
 #
 # Installs haproxy, nginx and wrk from Debian when missing. Loopback only; temporary folder.
@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
 connections="${2:-50}"
+rounds="${3:-3}"
 
 need=()
 for entry in haproxy:/usr/sbin/haproxy nginx:/usr/sbin/nginx wrk:/usr/bin/wrk openssl:/usr/bin/openssl; do
@@ -136,11 +137,34 @@ run() {
   echo "$name $rps $p50 $p99"
 }
 
-results=("$(run jitsi-router "$router_port")" "$(run haproxy "$haproxy_port")" "$(run nginx "$nginx_port")")
-base=$(echo "${results[0]}" | awk '{print $2}')
-printf '%-14s %12s %10s %10s %18s\n' proxy "requests/s" p50 p99 "vs jitsi-router"
-for line in "${results[@]}"; do
-  set -- $line
-  ratio=$(awk -v a="$2" -v b="$base" 'BEGIN { printf "%.2f", a / b }')
-  printf '%-14s %12s %10s %10s %17sx\n' "$1" "$2" "$3" "$4" "$ratio"
+# Rounds, each running the three in a rotated order, so that a slow phase of a shared machine
+# does not always fall on the same proxy; the table gives each proxy's median round and the range
+# of its ratio to jitsi-router's round.
+names=(jitsi-router haproxy nginx)
+ports=("$router_port" "$haproxy_port" "$nginx_port")
+for round in $(seq 0 $((rounds - 1))); do
+  for k in 0 1 2; do
+    i=$(((k + round) % 3))
+    run "${names[$i]}" "${ports[$i]}" >> "$work/rounds.txt"
+  done
 done
+python3 - "$work/rounds.txt" "$rounds" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+rounds = int(sys.argv[2])
+names = ["jitsi-router", "haproxy", "nginx"]
+by = {n: [r for r in rows if r[0] == n] for n in names}
+base = [float(r[1]) for r in by["jitsi-router"]]
+def ms(text):
+    return float(text[:-2]) if text.endswith("ms") else float(text[:-2]) / 1000 if text.endswith("us") else float(text[:-1]) * 1000
+print(f"{rounds} rounds; median round per proxy; ratio = proxy / jitsi-router in the same round")
+print(f"{'proxy':<14} {'requests/s':>12} {'p50':>9} {'p99':>9} {'vs jitsi-router':>16} {'ratio range':>14}")
+for n in names:
+    rps = [float(r[1]) for r in by[n]]
+    ratios = [a / b for a, b in zip(rps, base)]
+    p50 = statistics.median(ms(r[2]) for r in by[n])
+    p99 = statistics.median(ms(r[3]) for r in by[n])
+    print(f"{n:<14} {statistics.median(rps):>12.0f} {p50:>7.2f}ms {p99:>7.2f}ms "
+          f"{statistics.median(rps) / statistics.median(base):>15.2f}x "
+          f"{min(ratios):>6.2f}-{max(ratios):.2f}x")
+PY

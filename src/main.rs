@@ -3,9 +3,10 @@
 #![forbid(unsafe_code)]
 
 /// mimalloc instead of the system allocator: a proxied request allocates and frees buffers,
-/// headers and futures across tokio's worker threads, and with mimalloc the router moved
-/// 10–20 % more requests a second in `benches/load.sh` (six interleaved pairs, 2026-11-27), for
-/// about 12 MB more resident memory under 50 connections (30 MB against 17.5 MB).
+/// headers and futures across tokio's worker threads. In `benches/load.sh` (eight interleaved
+/// pairs of builds, 2026-11-27) HAProxy's and nginx's lead over the router shrank by 3–18 %
+/// depending on the sitting, for about 12 MB more resident memory under 50 connections (30 MB
+/// against 17.5 MB).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
