@@ -170,14 +170,13 @@ impl Router {
             None => None,
         };
         let chosen = self.place(&state, room)?;
+        let chosen_id = &state.nodes()[chosen].id;
         let held = match &stale {
-            Some(old) => self.pins.repin(room, old, state.nodes()[chosen].id.clone()),
-            None => self
-                .pins
-                .pin_if_absent(room, state.nodes()[chosen].id.clone()),
+            Some(old) => self.pins.repin(room, old, chosen_id.clone()),
+            None => self.pins.pin_if_absent(room, chosen_id.clone()),
         };
         // The chosen node holds the room unless a concurrent request pinned it first.
-        let index = if held.node.same(&state.nodes()[chosen].id) {
+        let index = if held.node.same(chosen_id) {
             Some(chosen)
         } else {
             state.index(held.node.as_str())
@@ -239,9 +238,8 @@ impl Router {
         }
     }
 
-    /// Keeps the per-node room counts in step with a pin change.
-    /// Counts a pin this call made into its node (at `index` in `state` when known there) and
-    /// out of the node it displaced.
+    /// Keeps the per-node room counts in step with a pin change: a pin this call made counts
+    /// into its node (at `index` in `state` when known there) and out of the node it displaced.
     fn count(&self, state: &FleetState, index: Option<usize>, held: &Pinned) {
         if !held.created {
             return;

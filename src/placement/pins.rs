@@ -145,7 +145,7 @@ struct Pin {
     node: NodeId,
     pinned_at_ms: u64,
     last_seen_ms: AtomicU64,
-    /// Saturates at 4 billion, decades of a room's requests.
+    /// Saturates at about 4 billion: over a year of a hundred requests a second.
     requests: AtomicU32,
     hint: IndexHint,
 }
