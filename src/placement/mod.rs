@@ -170,18 +170,7 @@ impl Router {
             None => None,
         };
         let chosen = self.place(&state, room)?;
-        let chosen_id = &state.nodes()[chosen].id;
-        let held = match &stale {
-            Some(old) => self.pins.repin(room, old, chosen_id.clone()),
-            None => self.pins.pin_if_absent(room, chosen_id.clone()),
-        };
-        // The chosen node holds the room unless a concurrent request pinned it first.
-        let index = if held.node.same(chosen_id) {
-            Some(chosen)
-        } else {
-            state.index(held.node.as_str())
-        };
-        self.count(&state, index, &held);
+        let (held, index) = self.pin_chosen(&state, room, stale.as_ref(), chosen);
         // A concurrent request may have pinned a node this (older) state does not know; use the
         // newest state to resolve it, and if even that lacks it, the pin is stale: move it.
         let (state, index) = match index {
@@ -270,12 +259,33 @@ impl Router {
             return Some((state, index));
         }
         let chosen = self.place(&state, room)?;
-        let moved = self
-            .pins
-            .repin(room, &held.node, state.nodes()[chosen].id.clone());
-        let index = state.index(moved.node.as_str());
-        self.count(&state, index, &moved);
+        let (_, index) = self.pin_chosen(&state, room, Some(&held.node), chosen);
         Some((state, index?))
+    }
+
+    /// Pins the room to the node at `chosen` (moving it from `stale`, if given), counts the
+    /// change, and returns the pin that holds with its node's index in `state` (`None` when a
+    /// concurrent request pinned a node this state does not know).
+    fn pin_chosen(
+        &self,
+        state: &FleetState,
+        room: &str,
+        stale: Option<&NodeId>,
+        chosen: usize,
+    ) -> (Pinned, Option<usize>) {
+        let chosen_id = &state.nodes()[chosen].id;
+        let held = match stale {
+            Some(old) => self.pins.repin(room, old, chosen_id.clone()),
+            None => self.pins.pin_if_absent(room, chosen_id.clone()),
+        };
+        // The chosen node holds the room unless a concurrent request pinned it first.
+        let index = if held.node.same(chosen_id) {
+            Some(chosen)
+        } else {
+            state.index(held.node.as_str())
+        };
+        self.count(state, index, &held);
+        (held, index)
     }
 
     /// Forgets idle pins and counts their rooms out of their nodes; returns how many.
@@ -433,8 +443,8 @@ mod tests {
                 );
             }
         }
-        let moved = |name: &str| before.iter().filter(|n| n.as_str() == name).count();
-        assert!(moved("a") > 0 && moved("c") > 0, "{before:?}");
+        let rooms_on = |name: &str| before.iter().filter(|n| n.as_str() == name).count();
+        assert!(rooms_on("a") > 0 && rooms_on("c") > 0, "{before:?}");
     }
 
     #[test]
