@@ -38,7 +38,8 @@
 //! - Replicas agree without talking: Prometheus is read at wall-clock-aligned instants and every
 //!   tie is broken by the room's hash, never by arrival order or randomness.
 //! - The hot paths share no written cache line they can avoid. A pinned room's decision reads one
-//!   shard of the pin table (stamping the pin's idle timer from the kernel's coarse clock) and its
+//!   16-byte slot of the pin index, with no lock (stamping the pin's idle timer from the kernel's
+//!   coarse clock), and its
 //!   node's packed load word, and hands back the node borrowed from the fleet state rather than
 //!   cloning its `Arc`, whose count every core would otherwise keep taking from the others. A new
 //!   room's placement reads a short list of a few dozen nodes (`placement::shortlist`) that is

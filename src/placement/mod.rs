@@ -8,6 +8,7 @@
 //! ```
 //! Nothing here knows hyper: the proxy hands in a [`RoomKey`] and gets a node back.
 
+pub(crate) mod pin_index;
 pub mod pins;
 pub mod policy;
 pub mod rendezvous;
@@ -147,7 +148,10 @@ impl Router {
         self.pins.lookup_with(room, &mut |id, hint| {
             let index = hint
                 .get()
-                .filter(|&at| state.nodes().get(at).is_some_and(|node| node.id.same(id)))
+                .filter(|&at| {
+                    let node = state.nodes().get(at);
+                    node.is_some_and(|node| node.id.same(id) || node.id == *id)
+                })
                 .or_else(|| {
                     let index = state.index(id.as_str())?;
                     hint.set(index);

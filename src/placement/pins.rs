@@ -1,18 +1,22 @@
 //! The pin table: room key → node, with idle expiry.
 //!
-//! [`PinStore`] is the small interface routing needs; [`MemoryPins`] backs it with a sharded
-//! concurrent map (`dashmap`), so a lookup takes one shard's read lock, never a global one, and
-//! refreshes the pin's idle timer with an atomic store. A shared store (Redis, for replicas) will sit
-//! behind the same trait with this table as its local cache.
+//! [`PinStore`] is the small interface routing needs; [`MemoryPins`] backs it with a lock-free
+//! index of 16-byte slots (see `placement/pin_index.rs`): a lookup takes no lock, reads
+//! one cache line, and refreshes the pin's idle timer with a plain atomic store. Writers take a
+//! lock per shard of rooms. A shared store (Redis, for replicas) will sit behind the same trait
+//! with this table as its local cache.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use compact_str::CompactString;
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use foldhash::fast::RandomState;
 
+use super::pin_index::{self, Fingerprint, Numbers, Place, Table, EMPTY, GONE};
 use crate::fleet::NodeId;
 
 /// What became of an insert-if-absent.
@@ -59,9 +63,10 @@ pub struct PinInfo {
     pub requests: u64,
 }
 
-/// Where a pin's node stood in the fleet state that last routed the pin: routing checks it
-/// against the state in hand (one pointer comparison) before it looks the node up by name, and
-/// sets it again when it had to. Only a hint: a stale one costs that lookup, never a wrong node.
+/// Where a pinned node stood in the fleet state that last routed one of its rooms (one hint per
+/// node, shared by its pins): routing checks it against the state in hand (a pointer comparison,
+/// then the name) before it looks the node up by name, and sets it again when it had to. Only a
+/// hint: a stale one costs that lookup, never a wrong node.
 #[derive(Debug)]
 pub struct IndexHint(AtomicU32);
 
@@ -131,69 +136,139 @@ pub trait PinStore: Send + Sync {
     }
 }
 
-/// Shards of the pin table. dashmap's default (4 × cores) leaves few shard locks that every
-/// core keeps taking from the others; many small shards keep lookups on different cores apart.
-const SHARDS: usize = 512;
+/// Shards of the pin table's writers (a power of two). A writer holds its room's shard while it
+/// reads and changes the room's slot; readers take no lock at all.
+const SHARDS: usize = 64;
 
-/// One pin: the room and everything known of it in one cache line, which is the table's slot
-/// (the table holds pins as keys, with no value). A lookup with many pins costs what its cache
-/// misses cost; a slot that straddled two lines would take two.
-#[repr(align(64))]
-struct Pin {
-    /// Inline up to 24 bytes (nearly every room name), so a lookup chases no pointer.
-    room: CompactString,
-    node: NodeId,
-    pinned_at_ms: u64,
-    last_seen_ms: AtomicU64,
-    /// Saturates at about 4 billion: over a year of a hundred requests a second.
-    requests: AtomicU32,
-    hint: IndexHint,
-}
-
-// One line exactly: a field added to `Pin` must not push it to two.
-const _: () = assert!(std::mem::size_of::<Pin>() == 64);
-
-/// Pins are found by room name: they hash and compare as their room's `str`.
-impl std::hash::Hash for Pin {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.room.as_str().hash(state);
-    }
-}
-
-impl PartialEq for Pin {
-    fn eq(&self, other: &Pin) -> bool {
-        self.room == other.room
-    }
-}
-
-impl Eq for Pin {}
-
-impl std::borrow::Borrow<str> for Pin {
-    fn borrow(&self) -> &str {
-        &self.room
-    }
-}
+/// The smallest index (64 KiB).
+const MIN_SLOTS: usize = 4096;
 
 /// Where the pin clock starts (about two years in): a pin restored at start-up as last seen
 /// minutes ago needs a time before the table was made, or it would come back as just seen and
 /// outlive its idle timeout.
 const CLOCK_START_MS: u64 = 1 << 36;
 
-/// The in-memory pin table.
+/// What routing never reads of a pin: its name and when it was made.
+struct Cold {
+    print: Fingerprint,
+    room: CompactString,
+    pinned_at_ms: u64,
+}
+
+/// One shard's rooms and bookkeeping, behind its writers' lock.
+struct Rooms {
+    /// The shard's pins as they were made, newest last. A pin's record is the newest one with
+    /// its fingerprint while the index holds that fingerprint. Appending costs no cache miss (a
+    /// map of a million names would take two per new room); records of removed pins stay until
+    /// the log is twice the shard's live pins, when [`MemoryPins::compact`] drops them.
+    log: Vec<Cold>,
+    /// Pins of this shard in the index.
+    live: usize,
+    /// Scratch for [`MemoryPins::compact`], kept for its capacity.
+    seen: HashSet<Fingerprint, RandomState>,
+    /// Empty slots this shard's writers took since the index was last built: the index grows
+    /// when any shard has taken its share of two thirds of the slots.
+    took_empty: usize,
+    /// Node numbers this shard has used, so that writers rarely take the numbering lock: a
+    /// direct-mapped cache by the id's address (it holds the id, so the address is not reused).
+    numbers: [Option<(NodeId, u16)>; NUMBER_CACHE],
+}
+
+const NUMBER_CACHE: usize = 64;
+
+/// What a shard's lock guards: its rooms, and the index as it stands while the lock is held
+/// (the index changes only with every shard held), read without `arc-swap`'s bookkeeping.
+struct Writer {
+    index: Arc<Table>,
+    rooms: Rooms,
+}
+
+#[repr(align(64))]
+struct Shard(Mutex<Writer>);
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a writer does with a room's slot once it has seen it.
+enum Change<'n> {
+    /// Leave it.
+    Keep,
+    /// Pin the room to `node`, with this data word, as a new pin.
+    Put { node: &'n NodeId, data: u64 },
+    /// Remove the pin.
+    Remove,
+}
+
+/// A taken slot as a writer saw it.
+struct Held<'t> {
+    node: &'t NodeId,
+    data: u64,
+}
+
+/// The in-memory pin table: a lock-free index (see `placement/pin_index.rs`) that
+/// routing reads, and per-shard cold records (names, pin times) that writers keep beside it.
+///
+/// The index is published with `arc-swap`. It grows (or sheds its tombstones) by a writer that
+/// takes every shard, copies the taken slots into a new table and publishes it; readers go on
+/// reading the old one meanwhile, and an idle-clock update they make to it in that moment is
+/// lost (the pin then looks idle since a few milliseconds earlier).
 pub struct MemoryPins {
-    map: DashMap<Pin, (), RandomState>,
+    index: ArcSwap<Table>,
+    shards: Box<[Shard]>,
+    numbers: Numbers,
+    hasher: foldhash::quality::RandomState,
+    /// Bits of the hash kept: all of them, except in tests that want rooms to collide.
+    spread: u64,
     idle_ms: u64,
     epoch: coarsetime::Instant,
+    numbers_exhausted: AtomicBool,
+    lost: NodeId,
 }
 
 impl MemoryPins {
     /// An empty table whose pins expire after `idle` without a request.
     pub fn new(idle: Duration) -> MemoryPins {
+        let index = Arc::new(Table::with_slots(MIN_SLOTS));
         MemoryPins {
-            map: DashMap::with_hasher_and_shard_amount(RandomState::default(), SHARDS),
+            index: ArcSwap::new(index.clone()),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Shard(Mutex::new(Writer {
+                        index: index.clone(),
+                        rooms: Rooms {
+                            log: Vec::new(),
+                            live: 0,
+                            seen: HashSet::default(),
+                            took_empty: 0,
+                            numbers: [const { None }; NUMBER_CACHE],
+                        },
+                    }))
+                })
+                .collect(),
+            numbers: Numbers::default(),
+            hasher: foldhash::quality::RandomState::default(),
+            spread: u64::MAX,
             idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
             epoch: coarsetime::Instant::now(),
+            numbers_exhausted: AtomicBool::new(false),
+            lost: NodeId::new(""),
         }
+    }
+
+    /// A table whose fingerprints keep only the hash bits in `spread`, so that rooms collide.
+    #[cfg(test)]
+    fn colliding(idle: Duration, spread: u64) -> MemoryPins {
+        MemoryPins {
+            spread,
+            ..MemoryPins::new(idle)
+        }
+    }
+
+    fn fingerprint(&self, room: &str) -> Fingerprint {
+        Fingerprint::of(self.hasher.hash_one(room) & self.spread)
     }
 
     /// Milliseconds since the table was made plus [`CLOCK_START_MS`], from the kernel's coarse
@@ -206,140 +281,349 @@ impl MemoryPins {
             + CLOCK_START_MS
     }
 
-    fn expired(&self, pin: &Pin, now_ms: u64) -> bool {
-        now_ms.saturating_sub(pin.last_seen_ms.load(Ordering::Relaxed)) > self.idle_ms
+    fn expired(&self, data: u64, now_ms: u64) -> bool {
+        now_ms.saturating_sub(pin_index::last_seen(data)) > self.idle_ms
     }
 
-    fn fresh(&self, room: &str, node: NodeId, now_ms: u64) -> Pin {
-        Pin {
-            room: room.into(),
-            node,
-            pinned_at_ms: now_ms,
-            last_seen_ms: AtomicU64::new(now_ms),
-            requests: AtomicU32::new(1),
-            hint: IndexHint::new(),
+    fn node(&self, key: u64) -> &NodeId {
+        // A number's id is set before the number is handed out, so `lost` is never used; were
+        // it, no fleet has a node of that name, and routing would move the room.
+        self.numbers
+            .get(pin_index::number(key))
+            .map_or(&self.lost, |(id, _)| id)
+    }
+
+    fn number(&self, rooms: &mut Rooms, node: &NodeId) -> Option<u16> {
+        let cached = &mut rooms.numbers[(node.as_str().as_ptr() as usize >> 4) % NUMBER_CACHE];
+        if let Some((id, number)) = cached {
+            if id.same(node) {
+                return Some(*number);
+            }
+        }
+        let number = self.numbers.number(node);
+        match number {
+            Some(number) => *cached = Some((node.clone(), number)),
+            None if !self.numbers_exhausted.swap(true, Ordering::Relaxed) => tracing::error!(
+                node = %node,
+                "the pin table has numbered {} node names since start-up and pins no more \
+                 rooms to new names; restart the router",
+                pin_index::MAX_NODES
+            ),
+            None => {}
+        }
+        number
+    }
+
+    /// Runs `decide` on the room's slot with the room's shard held, and carries out its change.
+    /// `decide` may run more than once (when another room takes the free slot it was shown).
+    fn write<'n, R>(
+        &self,
+        room: &str,
+        mut decide: impl FnMut(Option<Held<'_>>, u64) -> (Change<'n>, R),
+    ) -> R {
+        let print = self.fingerprint(room);
+        loop {
+            let mut writer = self.shards[print.shard(SHARDS)].lock();
+            let Writer { index, rooms } = &mut *writer;
+            let index: &Table = index;
+            let now = self.now_ms();
+            let (slot, seen, change, result) = match index.place(print) {
+                Place::Full => {
+                    drop(writer);
+                    self.rebuild(true);
+                    continue;
+                }
+                Place::Taken(slot, key) => {
+                    let held = Held {
+                        node: self.node(key),
+                        data: slot.data.load(Ordering::Acquire),
+                    };
+                    let (change, result) = decide(Some(held), now);
+                    (slot, key, change, result)
+                }
+                Place::Free(slot, seen) => {
+                    let (change, result) = decide(None, now);
+                    (slot, seen, change, result)
+                }
+            };
+            match change {
+                Change::Keep => return result,
+                Change::Remove => {
+                    if seen != EMPTY && seen != GONE {
+                        slot.key.store(GONE, Ordering::Release);
+                        slot.data.store(0, Ordering::Relaxed);
+                        rooms.live = rooms.live.saturating_sub(1);
+                    }
+                    return result;
+                }
+                Change::Put { node, data } => {
+                    let Some(number) = self.number(rooms, node) else {
+                        return result;
+                    };
+                    if slot
+                        .key
+                        .compare_exchange(
+                            seen,
+                            print.key(number),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_err()
+                    {
+                        // Another room took this free slot; look again.
+                        continue;
+                    }
+                    slot.data.store(data, Ordering::Release);
+                    rooms.log.push(Cold {
+                        print,
+                        room: room.into(),
+                        pinned_at_ms: now,
+                    });
+                    if seen == EMPTY || seen == GONE {
+                        rooms.live += 1;
+                    }
+                    if rooms.log.len() > 2 * rooms.live + 1024 {
+                        MemoryPins::compact(rooms, index);
+                    }
+                    let grow = seen == EMPTY && {
+                        rooms.took_empty += 1;
+                        rooms.took_empty > MemoryPins::share(index)
+                    };
+                    drop(writer);
+                    if grow {
+                        self.rebuild(false);
+                    }
+                    return result;
+                }
+            }
         }
     }
 
-    fn describe(pin: &Pin, now_ms: u64) -> PinInfo {
+    /// Keeps only the newest record of each pin the index holds.
+    fn compact(rooms: &mut Rooms, index: &Table) {
+        let Rooms { log, seen, .. } = rooms;
+        seen.clear();
+        log.reverse();
+        log.retain(|cold| seen.insert(cold.print) && index.find(cold.print).is_some());
+        log.reverse();
+        rooms.live = rooms.log.len();
+    }
+
+    /// How many empty slots one shard may take before the index is rebuilt: its share of 60 %.
+    /// Tombstones count: a search for a room not in the index reads on to an empty slot.
+    fn share(index: &Table) -> usize {
+        index.slots() * 3 / 5 / SHARDS
+    }
+
+    /// Builds a new index holding every taken slot, at most a third full, and
+    /// publishes it. Unless `forced`, only when some shard has still taken more than its share
+    /// (another writer may have rebuilt it since).
+    fn rebuild(&self, forced: bool) {
+        let mut shards: Vec<MutexGuard<'_, Writer>> = self.shards.iter().map(Shard::lock).collect();
+        let old = shards[0].index.clone();
+        let share = MemoryPins::share(&old);
+        if !forced && shards.iter().all(|writer| writer.rooms.took_empty <= share) {
+            return;
+        }
+        let live: usize = shards.iter().map(|writer| writer.rooms.live).sum();
+        // At most a third full, so that it takes many new rooms before the next rebuild.
+        let mut slots = (live * 3).max(MIN_SLOTS);
+        let new = loop {
+            let new = Table::with_slots(slots);
+            if old
+                .taken()
+                .all(|(slot, key)| new.copy_in(key, slot.data.load(Ordering::Acquire)))
+            {
+                break new;
+            }
+            slots *= 2;
+        };
+        let new = Arc::new(new);
+        for writer in &mut shards {
+            writer.rooms.took_empty = 0;
+            writer.index = new.clone();
+        }
+        for (_, key) in new.taken() {
+            let print = Fingerprint::of_key(key);
+            shards[print.shard(SHARDS)].rooms.took_empty += 1;
+        }
+        self.index.store(new);
+    }
+
+    fn describe(
+        &self,
+        room: &str,
+        node: &NodeId,
+        data: u64,
+        pinned_at_ms: u64,
+        now_ms: u64,
+    ) -> PinInfo {
         PinInfo {
-            room: pin.room.to_string(),
-            node: pin.node.clone(),
-            pinned_for: Duration::from_millis(now_ms.saturating_sub(pin.pinned_at_ms)),
-            idle: Duration::from_millis(
-                now_ms.saturating_sub(pin.last_seen_ms.load(Ordering::Relaxed)),
-            ),
-            requests: u64::from(pin.requests.load(Ordering::Relaxed)),
+            room: room.to_string(),
+            node: node.clone(),
+            pinned_for: Duration::from_millis(now_ms.saturating_sub(pinned_at_ms)),
+            idle: Duration::from_millis(now_ms.saturating_sub(pin_index::last_seen(data))),
+            requests: pin_index::requests(data),
         }
     }
 }
 
 impl PinStore for MemoryPins {
     fn lookup_with(&self, room: &str, found: &mut dyn FnMut(&NodeId, &IndexHint)) -> bool {
-        let Some(entry) = self.map.get(room) else {
+        let index = self.index.load();
+        let Some((slot, key)) = index.find(self.fingerprint(room)) else {
             return false;
         };
-        let pin = entry.key();
+        let data = slot.data.load(Ordering::Acquire);
         let now = self.now_ms();
-        if self.expired(pin, now) {
+        if self.expired(data, now) {
             return false;
         }
-        pin.last_seen_ms.store(now, Ordering::Relaxed);
         // A load and a store, not an atomic add: the count is for operators, and an add is a full
         // barrier that keeps the CPU from overlapping one lookup's cache misses with the next.
         // Two requests of the same room at the same instant may count once.
-        let requests = pin.requests.load(Ordering::Relaxed);
-        pin.requests
-            .store(requests.saturating_add(1), Ordering::Relaxed);
-        found(&pin.node, &pin.hint);
-        true
+        slot.data
+            .store(pin_index::touched(data, now), Ordering::Relaxed);
+        match self.numbers.get(pin_index::number(key)) {
+            Some((id, hint)) => {
+                found(id, hint);
+                true
+            }
+            None => false,
+        }
     }
 
     fn pin_if_absent(&self, room: &str, node: NodeId) -> Pinned {
-        let now = self.now_ms();
-        match self.map.entry(self.fresh(room, node.clone(), now)) {
-            Entry::Occupied(held) if self.expired(held.key(), now) => {
-                let (old, ()) = held.replace_entry(());
-                Pinned::made(node, Some(old.node))
+        self.write(room, |held, now| match held {
+            Some(held) if !self.expired(held.data, now) => {
+                (Change::Keep, Pinned::kept(held.node.clone()))
             }
-            Entry::Occupied(held) => {
-                held.key().last_seen_ms.store(now, Ordering::Relaxed);
-                Pinned::kept(held.key().node.clone())
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(());
-                Pinned::made(node, None)
-            }
-        }
+            held => (
+                Change::Put {
+                    node: &node,
+                    data: pin_index::data(now, 1),
+                },
+                Pinned::made(node.clone(), held.map(|held| held.node.clone())),
+            ),
+        })
     }
 
     fn repin(&self, room: &str, stale: &NodeId, node: NodeId) -> Pinned {
-        let now = self.now_ms();
-        match self.map.entry(self.fresh(room, node.clone(), now)) {
-            Entry::Occupied(held)
-                if held.key().node != *stale && !self.expired(held.key(), now) =>
-            {
-                Pinned::kept(held.key().node.clone())
+        self.write(room, |held, now| match held {
+            Some(held) if held.node != stale && !self.expired(held.data, now) => {
+                (Change::Keep, Pinned::kept(held.node.clone()))
             }
-            Entry::Occupied(held) => {
-                let (old, ()) = held.replace_entry(());
-                Pinned::made(node, Some(old.node))
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(());
-                Pinned::made(node, None)
-            }
-        }
+            held => (
+                Change::Put {
+                    node: &node,
+                    data: pin_index::data(now, 1),
+                },
+                Pinned::made(node.clone(), held.map(|held| held.node.clone())),
+            ),
+        })
     }
 
     fn unpin(&self, room: &str) -> Option<NodeId> {
-        self.map.remove(room).map(|(pin, ())| pin.node)
+        self.write(room, |held, _| match held {
+            Some(held) => (Change::Remove, Some(held.node.clone())),
+            None => (Change::Keep, None),
+        })
     }
 
     fn sweep(&self, dropped: &mut dyn FnMut(&NodeId)) -> usize {
         let now = self.now_ms();
+        let index = self.index.load_full();
         let mut count = 0;
-        self.map.retain(|pin, ()| {
-            let keep = !self.expired(pin, now);
-            if !keep {
-                dropped(&pin.node);
-                count += 1;
+        for (slot, key) in index.taken() {
+            if !self.expired(slot.data.load(Ordering::Acquire), now) {
+                continue;
             }
-            keep
-        });
+            let print = Fingerprint::of_key(key);
+            let mut writer = self.shards[print.shard(SHARDS)].lock();
+            // Looked at again with the shard held: a request may have used it, or a writer
+            // replaced it, since; and the index may have been rebuilt (then the next sweep).
+            if !Arc::ptr_eq(&index, &writer.index) {
+                break;
+            }
+            let key = slot.key.load(Ordering::Acquire);
+            if key == EMPTY || key == GONE || !self.expired(slot.data.load(Ordering::Acquire), now)
+            {
+                continue;
+            }
+            slot.key.store(GONE, Ordering::Release);
+            slot.data.store(0, Ordering::Relaxed);
+            writer.rooms.live = writer.rooms.live.saturating_sub(1);
+            dropped(self.node(key));
+            count += 1;
+        }
+        drop(index);
+        // An index left mostly empty by rooms that ended is rebuilt smaller.
+        let slots = self.index.load().slots();
+        if slots > MIN_SLOTS && self.len() * 8 < slots {
+            self.rebuild(true);
+        }
         count
     }
 
     fn len(&self) -> usize {
-        self.map.len()
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().rooms.live)
+            .sum()
     }
 
     fn export(&self) -> Vec<PinInfo> {
         let now = self.now_ms();
-        self.map
-            .iter()
-            .filter(|entry| !self.expired(entry.key(), now))
-            .map(|entry| MemoryPins::describe(entry.key(), now))
-            .collect()
+        let mut pins = Vec::new();
+        let mut seen = HashSet::with_hasher(RandomState::default());
+        for shard in self.shards.iter() {
+            let writer = shard.lock();
+            seen.clear();
+            for cold in writer.rooms.log.iter().rev() {
+                if !seen.insert(cold.print) {
+                    continue;
+                }
+                let Some((slot, key)) = writer.index.find(cold.print) else {
+                    continue;
+                };
+                let data = slot.data.load(Ordering::Acquire);
+                if !self.expired(data, now) {
+                    let node = self.node(key);
+                    pins.push(self.describe(&cold.room, node, data, cold.pinned_at_ms, now));
+                }
+            }
+        }
+        pins
     }
 
     fn info(&self, room: &str) -> Option<PinInfo> {
         let now = self.now_ms();
-        let entry = self.map.get(room)?;
-        let pin = entry.key();
-        (!self.expired(pin, now)).then(|| MemoryPins::describe(pin, now))
+        let print = self.fingerprint(room);
+        let writer = self.shards[print.shard(SHARDS)].lock();
+        let (slot, key) = writer.index.find(print)?;
+        let data = slot.data.load(Ordering::Acquire);
+        let pinned_at = writer
+            .rooms
+            .log
+            .iter()
+            .rev()
+            .find(|cold| cold.print == print)
+            .map_or(now, |cold| cold.pinned_at_ms);
+        (!self.expired(data, now))
+            .then(|| self.describe(room, self.node(key), data, pinned_at, now))
     }
 
     fn set(&self, room: &str, node: NodeId) -> Option<NodeId> {
-        let now = self.now_ms();
-        let old = match self.map.entry(self.fresh(room, node, now)) {
-            Entry::Occupied(held) => held.replace_entry(()).0,
-            Entry::Vacant(slot) => {
-                slot.insert(());
-                return None;
-            }
-        };
-        (!self.expired(&old, now)).then_some(old.node)
+        self.write(room, |held, now| {
+            let old = held
+                .filter(|held| !self.expired(held.data, now))
+                .map(|held| held.node.clone());
+            let put = Change::Put {
+                node: &node,
+                data: pin_index::data(now, 1),
+            };
+            (put, old)
+        })
     }
 
     fn restore(&self, room: &str, node: NodeId, idle: Duration) -> bool {
@@ -348,17 +632,16 @@ impl PinStore for MemoryPins {
             return false;
         }
         // A pin restored as if last seen `idle` ago expires on the same schedule it had.
-        let now = self.now_ms();
-        let pin = self.fresh(room, node, now);
-        pin.last_seen_ms
-            .store(now.saturating_sub(idle_ms), Ordering::Relaxed);
-        match self.map.entry(pin) {
-            Entry::Occupied(_) => false,
-            Entry::Vacant(slot) => {
-                slot.insert(());
-                true
-            }
-        }
+        self.write(room, |held, now| match held {
+            Some(_) => (Change::Keep, false),
+            None => (
+                Change::Put {
+                    node: &node,
+                    data: pin_index::data(now.saturating_sub(idle_ms), 1),
+                },
+                true,
+            ),
+        })
     }
 }
 
@@ -462,5 +745,140 @@ mod tests {
         // A second request that also saw `a` must not move the room again.
         assert_eq!(pins.repin("r", &a, c), Pinned::kept(b));
         assert_eq!(pins.unpin("r").map(|n| n.to_string()), Some("b".into()));
+    }
+
+    #[test]
+    fn rooms_with_one_fingerprint_share_one_pin() {
+        // Three fingerprints for every room name: rooms collide all the time.
+        let pins = MemoryPins::colliding(Duration::from_secs(60), 0x3 << 16);
+        let placed: Vec<NodeId> = (0..30)
+            .map(|i| {
+                pins.pin_if_absent(&format!("room-{i}"), NodeId::new(&format!("n{i}")))
+                    .node
+            })
+            .collect();
+        let mut nodes = placed.clone();
+        nodes.sort();
+        nodes.dedup();
+        assert!(nodes.len() <= 3, "{nodes:?}");
+        for (i, node) in placed.iter().enumerate() {
+            assert_eq!(pins.lookup(&format!("room-{i}")).as_ref(), Some(node));
+        }
+        assert!(pins.len() <= 3);
+        // Unpinning one room unpins the rooms that share its pin, and no others.
+        let gone = pins.unpin("room-0").unwrap();
+        for (i, node) in placed.iter().enumerate() {
+            let now = pins.lookup(&format!("room-{i}"));
+            assert_eq!(now.is_none(), *node == gone, "room-{i}");
+        }
+    }
+
+    #[test]
+    fn racing_writers_agree_while_the_index_grows() {
+        let pins = MemoryPins::new(Duration::from_secs(60));
+        let rooms = 30_000;
+        let results: Vec<Vec<NodeId>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let pins = &pins;
+                    s.spawn(move || {
+                        let node = NodeId::new(&format!("n{t}"));
+                        // Each thread walks the rooms from a different start.
+                        (0..rooms)
+                            .map(|i| {
+                                let room = format!("room-{}", (i + t * rooms / 4) % rooms);
+                                pins.pin_if_absent(&room, node.clone()).node
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(pins.index.load().slots() >= 2 * rooms, "the index grew");
+        assert_eq!(pins.len(), rooms);
+        for (t, seen) in results.iter().enumerate() {
+            for (i, node) in seen.iter().enumerate() {
+                let room = format!("room-{}", (i + t * rooms / 4) % rooms);
+                assert_eq!(pins.lookup(&room).as_ref(), Some(node), "{room}");
+            }
+        }
+    }
+
+    #[test]
+    fn readers_find_every_pin_while_the_index_is_rebuilt() {
+        let pins = MemoryPins::new(Duration::from_secs(60));
+        let old: Vec<String> = (0..2_000).map(|i| format!("old-{i}")).collect();
+        for (i, room) in old.iter().enumerate() {
+            pins.pin_if_absent(room, NodeId::new(&format!("n{}", i % 7)));
+        }
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut passes = 0;
+                while !done.load(Ordering::Relaxed) || passes == 0 {
+                    for (i, room) in old.iter().enumerate() {
+                        let node = pins.lookup(room);
+                        assert_eq!(node, Some(NodeId::new(&format!("n{}", i % 7))), "{room}");
+                    }
+                    passes += 1;
+                }
+            });
+            // Growth, and churn that fills the index with tombstones and sheds them.
+            for i in 0..60_000 {
+                let room = format!("new-{i}");
+                pins.pin_if_absent(&room, NodeId::new("x"));
+                if i % 3 != 0 {
+                    pins.unpin(&room);
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            reader.join().unwrap();
+        });
+        assert_eq!(pins.len(), 2_000 + 20_000);
+    }
+
+    #[test]
+    fn churn_does_not_grow_the_index() {
+        let pins = MemoryPins::new(Duration::from_secs(60));
+        for i in 0..200_000 {
+            let room = format!("r{i}");
+            pins.pin_if_absent(&room, NodeId::new("a"));
+            if i >= 100 {
+                pins.unpin(&format!("r{}", i - 100));
+            }
+        }
+        assert_eq!(pins.len(), 100);
+        assert_eq!(pins.index.load().slots(), MIN_SLOTS);
+        assert_eq!(pins.lookup("r199999"), Some(NodeId::new("a")));
+        assert_eq!(pins.lookup("r199899"), None);
+    }
+
+    #[test]
+    fn sweep_drops_only_idle_pins() {
+        let pins = MemoryPins::new(Duration::from_millis(500));
+        for i in 0..5_000 {
+            pins.pin_if_absent(&format!("r{i}"), NodeId::new("a"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for i in 0..100 {
+            assert!(pins.lookup(&format!("r{i}")).is_some());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let mut dropped = 0;
+        assert_eq!(pins.sweep(&mut |_| dropped += 1), 4_900);
+        assert_eq!((dropped, pins.len()), (4_900, 100));
+        assert_eq!(pins.export().len(), 100);
+        assert_eq!(
+            pins.index.load().slots(),
+            MIN_SLOTS,
+            "shrunk after the sweep"
+        );
+        for i in 0..100 {
+            assert!(
+                pins.lookup(&format!("r{i}")).is_some(),
+                "kept through the rebuild"
+            );
+        }
     }
 }
