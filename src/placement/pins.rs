@@ -166,8 +166,8 @@ struct Rooms {
     live: usize,
     /// Scratch for [`MemoryPins::compact`], kept for its capacity.
     seen: HashSet<Fingerprint, RandomState>,
-    /// Empty slots this shard's writers took since the index was last built: the index grows
-    /// when any shard has taken its share of two thirds of the slots.
+    /// Empty slots this shard's writers took since the index was last built: the index is
+    /// rebuilt when any shard has taken its share of 60 % of the slots.
     took_empty: usize,
     /// Node numbers this shard has used, so that writers rarely take the numbering lock: a
     /// direct-mapped cache by the id's address (it holds the id, so the address is not reused).
@@ -211,7 +211,8 @@ struct Held<'t> {
 /// The in-memory pin table: a lock-free index (see `placement/pin_index.rs`) that
 /// routing reads, and per-shard cold records (names, pin times) that writers keep beside it.
 ///
-/// The index is published with `arc-swap`. It grows (or sheds its tombstones) by a writer that
+/// The index is published with `arc-swap`. It grows (or sheds its tombstones, or shrinks after
+/// a sweep) by a writer that
 /// takes every shard, copies the taken slots into a new table and publishes it; readers go on
 /// reading the old one meanwhile, and an idle-clock update they make to it in that moment is
 /// lost (the pin then looks idle since a few milliseconds earlier).
@@ -399,6 +400,22 @@ impl MemoryPins {
         }
     }
 
+    /// Pins the room to `node` unless a live pin whose node `holds` is there.
+    fn pin_unless_held(&self, room: &str, node: NodeId, holds: impl Fn(&NodeId) -> bool) -> Pinned {
+        self.write(room, |held, now| match held {
+            Some(held) if holds(held.node) && !self.expired(held.data, now) => {
+                (Change::Keep, Pinned::kept(held.node.clone()))
+            }
+            held => (
+                Change::Put {
+                    node: &node,
+                    data: pin_index::data(now, 1),
+                },
+                Pinned::made(node.clone(), held.map(|held| held.node.clone())),
+            ),
+        })
+    }
+
     /// Keeps only the newest record of each pin the index holds.
     fn compact(rooms: &mut Rooms, index: &Table) {
         let Rooms { log, seen, .. } = rooms;
@@ -494,33 +511,11 @@ impl PinStore for MemoryPins {
     }
 
     fn pin_if_absent(&self, room: &str, node: NodeId) -> Pinned {
-        self.write(room, |held, now| match held {
-            Some(held) if !self.expired(held.data, now) => {
-                (Change::Keep, Pinned::kept(held.node.clone()))
-            }
-            held => (
-                Change::Put {
-                    node: &node,
-                    data: pin_index::data(now, 1),
-                },
-                Pinned::made(node.clone(), held.map(|held| held.node.clone())),
-            ),
-        })
+        self.pin_unless_held(room, node, |_| true)
     }
 
     fn repin(&self, room: &str, stale: &NodeId, node: NodeId) -> Pinned {
-        self.write(room, |held, now| match held {
-            Some(held) if held.node != stale && !self.expired(held.data, now) => {
-                (Change::Keep, Pinned::kept(held.node.clone()))
-            }
-            held => (
-                Change::Put {
-                    node: &node,
-                    data: pin_index::data(now, 1),
-                },
-                Pinned::made(node.clone(), held.map(|held| held.node.clone())),
-            ),
-        })
+        self.pin_unless_held(room, node, |held| held != stale)
     }
 
     fn unpin(&self, room: &str) -> Option<NodeId> {
