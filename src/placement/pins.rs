@@ -6,13 +6,14 @@
 //! lock per shard of rooms. A shared store (Redis, for replicas) will sit behind the same trait
 //! with this table as its local cache.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Cache};
 use compact_str::CompactString;
 use foldhash::fast::RandomState;
 
@@ -208,6 +209,15 @@ struct Held<'t> {
     data: u64,
 }
 
+thread_local! {
+    /// Each thread's handle on the index of the pin table it last read: checking it for a newer
+    /// index is one plain load, where an `arc-swap` guard takes two atomic read-modify-writes
+    /// (each a full barrier on x86) per lookup. It keeps that table's current index alive until
+    /// the thread's next lookup, so a thread that stops routing may hold one replaced index.
+    static READER: RefCell<Option<Cache<Arc<ArcSwap<Table>>, Arc<Table>>>> =
+        const { RefCell::new(None) };
+}
+
 /// The in-memory pin table: a lock-free index (see `placement/pin_index.rs`) that
 /// routing reads, and per-shard cold records (names, pin times) that writers keep beside it.
 ///
@@ -217,7 +227,7 @@ struct Held<'t> {
 /// reading the old one meanwhile, and an idle-clock update they make to it in that moment is
 /// lost (the pin then looks idle since a few milliseconds earlier).
 pub struct MemoryPins {
-    index: ArcSwap<Table>,
+    index: Arc<ArcSwap<Table>>,
     shards: Box<[Shard]>,
     numbers: Numbers,
     hasher: foldhash::quality::RandomState,
@@ -234,7 +244,7 @@ impl MemoryPins {
     pub fn new(idle: Duration) -> MemoryPins {
         let index = Arc::new(Table::with_slots(MIN_SLOTS));
         MemoryPins {
-            index: ArcSwap::new(index.clone()),
+            index: Arc::new(ArcSwap::new(index.clone())),
             shards: (0..SHARDS)
                 .map(|_| {
                     Shard(Mutex::new(Writer {
@@ -487,21 +497,30 @@ impl MemoryPins {
 
 impl PinStore for MemoryPins {
     fn lookup_with(&self, room: &str, found: &mut dyn FnMut(&NodeId, &IndexHint)) -> bool {
-        let index = self.index.load();
-        let Some((slot, key)) = index.find(self.fingerprint(room)) else {
+        let print = self.fingerprint(room);
+        let number = READER.with(|reader| {
+            let mut reader = reader.borrow_mut();
+            let cache = match &mut *reader {
+                Some(cache) if std::ptr::eq(cache.arc_swap(), &*self.index) => cache,
+                other => other.insert(Cache::new(self.index.clone())),
+            };
+            let (slot, key) = cache.load().find(print)?;
+            let data = slot.data.load(Ordering::Acquire);
+            let now = self.now_ms();
+            if self.expired(data, now) {
+                return None;
+            }
+            // A load and a store, not an atomic add: the count is for operators, and an add is a
+            // full barrier that keeps the CPU from overlapping one lookup's cache misses with the
+            // next. Two requests of the same room at the same instant may count once.
+            slot.data
+                .store(pin_index::touched(data, now), Ordering::Relaxed);
+            Some(pin_index::number(key))
+        });
+        let Some(number) = number else {
             return false;
         };
-        let data = slot.data.load(Ordering::Acquire);
-        let now = self.now_ms();
-        if self.expired(data, now) {
-            return false;
-        }
-        // A load and a store, not an atomic add: the count is for operators, and an add is a full
-        // barrier that keeps the CPU from overlapping one lookup's cache misses with the next.
-        // Two requests of the same room at the same instant may count once.
-        slot.data
-            .store(pin_index::touched(data, now), Ordering::Relaxed);
-        match self.numbers.get(pin_index::number(key)) {
+        match self.numbers.get(number) {
             Some((id, hint)) => {
                 found(id, hint);
                 true
