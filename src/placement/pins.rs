@@ -7,7 +7,7 @@
 //! with this table as its local cache.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -170,12 +170,7 @@ struct Rooms {
     /// Empty slots this shard's writers took since the index was last built: the index is
     /// rebuilt when any shard has taken its share of 60 % of the slots.
     took_empty: usize,
-    /// Node numbers this shard has used, so that writers rarely take the numbering lock: a
-    /// direct-mapped cache by the id's address (it holds the id, so the address is not reused).
-    numbers: [Option<(NodeId, u16)>; NUMBER_CACHE],
 }
-
-const NUMBER_CACHE: usize = 64;
 
 /// What a shard's lock guards: its rooms, and the index as it stands while the lock is held
 /// (the index changes only with every shard held), read without `arc-swap`'s bookkeeping.
@@ -209,13 +204,24 @@ struct Held<'t> {
     data: u64,
 }
 
+/// What a thread keeps of the pin table it last used.
+struct ThreadView {
+    /// Its handle on the index: checking it for a newer index is one plain load, where an
+    /// `arc-swap` guard takes two atomic read-modify-writes (each a full barrier on x86) per
+    /// lookup. It keeps the index alive until the thread's next lookup, so a thread that stops
+    /// routing may hold one replaced index.
+    index: Cache<Arc<ArcSwap<Table>>, Arc<Table>>,
+    /// Node numbers this thread has used, by the id's address (it holds the id, so the address
+    /// is not reused): a few kilobytes that stay in this core's cache, where a shared map would
+    /// be a lock or a line the cores take from each other.
+    numbers: HashMap<usize, (NodeId, u16), RandomState>,
+}
+
+/// A thread keeps numbers for at most this many ids, then starts afresh.
+const THREAD_NUMBERS: usize = 4096;
+
 thread_local! {
-    /// Each thread's handle on the index of the pin table it last read: checking it for a newer
-    /// index is one plain load, where an `arc-swap` guard takes two atomic read-modify-writes
-    /// (each a full barrier on x86) per lookup. It keeps that table's current index alive until
-    /// the thread's next lookup, so a thread that stops routing may hold one replaced index.
-    static READER: RefCell<Option<Cache<Arc<ArcSwap<Table>>, Arc<Table>>>> =
-        const { RefCell::new(None) };
+    static VIEW: RefCell<Option<ThreadView>> = const { RefCell::new(None) };
 }
 
 /// The in-memory pin table: a lock-free index (see `placement/pin_index.rs`) that
@@ -254,7 +260,6 @@ impl MemoryPins {
                             live: 0,
                             seen: HashSet::default(),
                             took_empty: 0,
-                            numbers: [const { None }; NUMBER_CACHE],
                         },
                     }))
                 })
@@ -304,16 +309,38 @@ impl MemoryPins {
             .map_or(&self.lost, |(id, _)| id)
     }
 
-    fn number(&self, rooms: &mut Rooms, node: &NodeId) -> Option<u16> {
-        let cached = &mut rooms.numbers[(node.as_str().as_ptr() as usize >> 4) % NUMBER_CACHE];
-        if let Some((id, number)) = cached {
-            if id.same(node) {
-                return Some(*number);
-            }
+    /// Runs `f` on this thread's view of this table (made afresh if it last used another).
+    /// `None` only if called from within `f`.
+    fn with_view<R>(&self, f: impl FnOnce(&mut ThreadView) -> R) -> Option<R> {
+        VIEW.with(|view| {
+            let mut view = view.try_borrow_mut().ok()?;
+            let view = match &mut *view {
+                Some(view) if std::ptr::eq(view.index.arc_swap(), &*self.index) => view,
+                other => other.insert(ThreadView {
+                    index: Cache::new(self.index.clone()),
+                    numbers: HashMap::default(),
+                }),
+            };
+            Some(f(view))
+        })
+    }
+
+    fn number(&self, node: &NodeId) -> Option<u16> {
+        let address = node.as_str().as_ptr() as usize;
+        let cached = self.with_view(|view| view.numbers.get(&address).map(|(_, number)| *number));
+        if let Some(number) = cached.flatten() {
+            return Some(number);
         }
         let number = self.numbers.number(node);
         match number {
-            Some(number) => *cached = Some((node.clone(), number)),
+            Some(number) => {
+                self.with_view(|view| {
+                    if view.numbers.len() >= THREAD_NUMBERS {
+                        view.numbers.clear();
+                    }
+                    view.numbers.insert(address, (node.clone(), number));
+                });
+            }
             None if !self.numbers_exhausted.swap(true, Ordering::Relaxed) => tracing::error!(
                 node = %node,
                 "the pin table has numbered {} node names since start-up and pins no more \
@@ -368,7 +395,7 @@ impl MemoryPins {
                     return result;
                 }
                 Change::Put { node, data } => {
-                    let Some(number) = self.number(rooms, node) else {
+                    let Some(number) = self.number(node) else {
                         return result;
                     };
                     if slot
@@ -498,13 +525,8 @@ impl MemoryPins {
 impl PinStore for MemoryPins {
     fn lookup_with(&self, room: &str, found: &mut dyn FnMut(&NodeId, &IndexHint)) -> bool {
         let print = self.fingerprint(room);
-        let number = READER.with(|reader| {
-            let mut reader = reader.borrow_mut();
-            let cache = match &mut *reader {
-                Some(cache) if std::ptr::eq(cache.arc_swap(), &*self.index) => cache,
-                other => other.insert(Cache::new(self.index.clone())),
-            };
-            let (slot, key) = cache.load().find(print)?;
+        let number = self.with_view(|view| {
+            let (slot, key) = view.index.load().find(print)?;
             let data = slot.data.load(Ordering::Acquire);
             let now = self.now_ms();
             if self.expired(data, now) {
@@ -517,7 +539,7 @@ impl PinStore for MemoryPins {
                 .store(pin_index::touched(data, now), Ordering::Relaxed);
             Some(pin_index::number(key))
         });
-        let Some(number) = number else {
+        let Some(number) = number.flatten() else {
             return false;
         };
         match self.numbers.get(number) {
@@ -894,5 +916,24 @@ mod tests {
                 "kept through the rebuild"
             );
         }
+    }
+
+    #[test]
+    fn tables_used_in_turn_on_one_thread_keep_apart() {
+        let (one, two) = (
+            MemoryPins::new(Duration::from_secs(60)),
+            MemoryPins::new(Duration::from_secs(60)),
+        );
+        let (a, b) = (NodeId::new("a"), NodeId::new("b"));
+        for i in 0..3_000 {
+            let room = format!("r{i}");
+            // The same node ids in both tables, numbered in opposite orders.
+            let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            one.pin_if_absent(&room, first.clone());
+            two.pin_if_absent(&room, second.clone());
+            assert_eq!(one.lookup(&room).as_ref(), Some(first));
+            assert_eq!(two.lookup(&room).as_ref(), Some(second));
+        }
+        assert_eq!((one.len(), two.len()), (3_000, 3_000));
     }
 }
