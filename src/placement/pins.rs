@@ -111,7 +111,7 @@ pub trait PinStore: Send + Sync {
     /// Like [`lookup`](Self::lookup), but hands the node to `found` in place instead of cloning
     /// it: the request path then touches no reference count shared by every room of that node
     /// (a cache line all cores would otherwise keep taking from each other). With it comes the
-    /// pin's [`IndexHint`]. False if unpinned.
+    /// [`IndexHint`] of the pin's node. False if unpinned.
     fn lookup_with(&self, room: &str, found: &mut dyn FnMut(&NodeId, &IndexHint)) -> bool;
     /// Pins the room to `node` unless a live pin exists; returns the pin that holds.
     fn pin_if_absent(&self, room: &str, node: NodeId) -> Pinned;
