@@ -228,9 +228,8 @@ thread_local! {
 /// routing reads, and per-shard cold records (names, pin times) that writers keep beside it.
 ///
 /// The index is published with `arc-swap`. It grows (or sheds its tombstones, or shrinks after
-/// a sweep) by a writer that
-/// takes every shard, copies the taken slots into a new table and publishes it; readers go on
-/// reading the old one meanwhile, and an idle-clock update they make to it in that moment is
+/// a sweep) by a writer that takes every shard, copies the taken slots into a new table and
+/// publishes it; readers go on reading the old one meanwhile, and an idle-clock update they make to it in that moment is
 /// lost (the pin then looks idle since a few milliseconds earlier).
 pub struct MemoryPins {
     index: Arc<ArcSwap<Table>>,
@@ -482,24 +481,21 @@ impl MemoryPins {
         let live: usize = shards.iter().map(|writer| writer.rooms.live).sum();
         // At most a third full, so that it takes many new rooms before the next rebuild.
         let mut slots = (live * 3).max(MIN_SLOTS);
-        let new = loop {
+        // Each shard's pins, counted while copying: the slots the new index starts with taken.
+        let (new, taken) = loop {
             let new = Table::with_slots(slots);
-            if old
-                .taken()
-                .all(|(slot, key)| new.copy_in(key, slot.data.load(Ordering::Acquire)))
-            {
-                break new;
+            let mut taken = [0; SHARDS];
+            if old.taken().all(|(slot, key)| {
+                taken[Fingerprint::of_key(key).shard(SHARDS)] += 1;
+                new.copy_in(key, slot.data.load(Ordering::Acquire))
+            }) {
+                break (Arc::new(new), taken);
             }
             slots *= 2;
         };
-        let new = Arc::new(new);
-        for writer in &mut shards {
-            writer.rooms.took_empty = 0;
+        for (writer, taken) in shards.iter_mut().zip(taken) {
+            writer.rooms.took_empty = taken;
             writer.index = new.clone();
-        }
-        for (_, key) in new.taken() {
-            let print = Fingerprint::of_key(key);
-            shards[print.shard(SHARDS)].rooms.took_empty += 1;
         }
         self.index.store(new);
     }
