@@ -222,6 +222,28 @@ pub struct Prometheus {
     pub scale: Scale,
 }
 
+impl Prometheus {
+    /// A section with the default query and settings for this server and interval, as the
+    /// demo builds it in code.
+    pub fn built_in(url: &str, interval: Duration) -> Result<Prometheus, ConfigError> {
+        let check = Check {
+            file: Path::new("(built-in)"),
+        };
+        prometheus(
+            &check,
+            raw::Prometheus {
+                scale: None,
+                url: url.to_owned(),
+                query: None,
+                label: None,
+                interval: Some(humantime::format_duration(interval).to_string()),
+                timeout: None,
+                max_staleness: None,
+            },
+        )
+    }
+}
+
 /// One `[[nodes]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {

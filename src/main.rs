@@ -67,6 +67,10 @@ enum Command {
         /// Real XMPP signalling: each node runs prosody (Debian package `prosody`).
         #[arg(long)]
         prosody: bool,
+        /// Do not start Prometheus (by default the demo starts one when it is installed, so that
+        /// rooms are placed by the nodes' CPU).
+        #[arg(long)]
+        no_prometheus: bool,
     },
 }
 
@@ -98,9 +102,13 @@ fn main() -> ExitCode {
                     runtime().and_then(|rt| rt.block_on(serve(config)))
                 })
         }
-        Command::Demo { listen, prosody } => {
+        Command::Demo {
+            listen,
+            prosody,
+            no_prometheus,
+        } => {
             init_logging("info", LogFormat::Text);
-            runtime().and_then(|rt| rt.block_on(demo(listen, prosody)))
+            runtime().and_then(|rt| rt.block_on(demo(listen, prosody, !no_prometheus)))
         }
         Command::Simulate {
             nodes,
@@ -145,13 +153,13 @@ async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn demo(listen: Vec<SocketAddr>, prosody: bool) -> Result<(), String> {
+async fn demo(listen: Vec<SocketAddr>, prosody: bool, prometheus: bool) -> Result<(), String> {
     // The ::1 default is a convenience: skip it quietly where IPv6 loopback is missing.
     let listen: Vec<SocketAddr> = listen
         .into_iter()
         .filter(|a| a.is_ipv4() || std::net::TcpListener::bind((a.ip(), 0)).is_ok())
         .collect();
-    jitsi_router::demo::run(listen, prosody)
+    jitsi_router::demo::run(listen, prosody, prometheus)
         .await
         .map_err(|e| e.to_string())
 }

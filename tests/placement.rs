@@ -295,3 +295,53 @@ async fn pins_survive_a_restart_with_a_snapshot() {
         assert_eq!(&shard(&response), node, "kept-{i} moved across the restart");
     }
 }
+
+/// `demo` on a machine with Prometheus (the test command installs it) reads its nodes' CPU
+/// through a real Prometheus and sends a new room to the least busy node.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_places_rooms_by_its_nodes_cpu() {
+    use jitsi_router::demo::{NODE_BUSY, NODE_NAMES};
+    let demo = Demo::start(&[]);
+    assert!(
+        demo.banner.contains("CPU: Prometheus at"),
+        "{}",
+        demo.banner
+    );
+    let admin = demo
+        .banner
+        .split_whitespace()
+        .find_map(|word| word.strip_suffix("/api/nodes"))
+        .unwrap_or_else(|| panic!("no admin API in the banner: {}", demo.banner))
+        .to_owned();
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(20), "the demo's CPU readings", || {
+        let (http, admin) = (&http, &admin);
+        async move {
+            let Ok(answer) = http.get(format!("{admin}/api/nodes")).send().await else {
+                return false;
+            };
+            let nodes: serde_json::Value = answer.json().await.unwrap_or_default();
+            NODE_NAMES.iter().zip(NODE_BUSY).all(|(name, busy)| {
+                nodes.as_array().into_iter().flatten().any(|node| {
+                    node["name"] == *name
+                        && node["cpu"]
+                            .as_f64()
+                            .is_some_and(|cpu| (cpu - busy).abs() < 0.03)
+                })
+            })
+        }
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("localhost", ([127, 0, 0, 1], demo.port).into())
+        .build()
+        .unwrap();
+    let page = client
+        .get(format!("https://localhost:{}/FirstRoom", demo.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(shard(&page), NODE_NAMES[0], "the least busy node");
+}

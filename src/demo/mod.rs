@@ -1,19 +1,46 @@
 //! `jitsi-router demo`: a zero-setup fleet. Three simulated Jitsi nodes start in-process, a
 //! self-signed certificate for `localhost` is written to a temporary folder, and the router serves
 //! them on `https://localhost:8443`, printing which node each new room lands on.
+//!
+//! When Prometheus is installed, the demo also starts one that scrapes the nodes' CPU counters
+//! every second, and the nodes run at different loads ([`NODE_BUSY`]), so new rooms are placed
+//! by CPU as in a real fleet. Without it, placement falls back to rendezvous hashing within the
+//! bounded load, as the router does whenever its CPU data are missing.
 
+pub mod prometheus;
 pub mod prosody;
 mod relay;
 pub mod sim_node;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::config::{Config, NodeSpec};
 use crate::server::{Server, StartError};
+use prometheus::{PrometheusError, PrometheusServer};
 pub use sim_node::SimNode;
 
 /// Names of the demo's nodes.
 pub const NODE_NAMES: [&str; 3] = ["jitsi-a", "jitsi-b", "jitsi-c"];
+/// The busy CPU fraction each demo node reports, in the order of [`NODE_NAMES`].
+pub const NODE_BUSY: [f64; 3] = [0.20, 0.45, 0.70];
+/// How often the demo's Prometheus scrapes the nodes.
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
+/// How long the demo waits for Prometheus's first reading of every node.
+const FIRST_READINGS_WITHIN: Duration = Duration::from_secs(15);
+/// How often the demo's router reads CPU from Prometheus.
+const READ_EVERY: Duration = Duration::from_secs(2);
+
+/// The demo's CPU query: the default's, over the last two scrapes. The default's one-minute
+/// `rate` divides by the whole minute, so a Prometheus started a few seconds ago would read
+/// every node as nearly idle-less.
+const CPU_QUERY: &str =
+    r#"1 - avg by (instance) (irate(node_cpu_seconds_total{mode="idle"}[10s]))"#;
+
+/// A free loopback address: bound, then released for a child process to bind.
+fn free_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()
+}
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,25 +84,92 @@ impl Nodes {
         })
     }
 
-    /// Name and base URL of each node.
-    fn list(&self) -> Vec<(String, String)> {
+    /// What serves each node's HTTP (for a prosody node, its front), in order.
+    fn fronts(&self) -> Vec<&SimNode> {
         match self {
-            Nodes::Simulated(nodes) => nodes
-                .iter()
-                .map(|n| (n.name().to_owned(), n.url()))
-                .collect(),
+            Nodes::Simulated(nodes) => nodes.iter().collect(),
             Nodes::Prosody(nodes) => nodes
                 .iter()
-                .map(|n| (n.name().to_owned(), n.url()))
+                .filter_map(prosody::ProsodyNode::front)
                 .collect(),
         }
     }
 }
 
-/// Runs the demo until Ctrl-C; with `with_prosody` every node runs real XMPP signalling.
-pub async fn run(listen: Vec<SocketAddr>, with_prosody: bool) -> Result<(), DemoError> {
+/// Where the demo's CPU readings come from.
+enum Cpu {
+    Prometheus(PrometheusServer),
+    /// `--no-prometheus`.
+    Off,
+    /// Prometheus could not be started; why.
+    Missing(PrometheusError),
+}
+
+impl Cpu {
+    async fn start(wanted: bool, nodes: &[&SimNode]) -> Cpu {
+        if !wanted {
+            return Cpu::Off;
+        }
+        let targets: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
+        match PrometheusServer::start(&targets, SCRAPE_EVERY).await {
+            Ok(server) => {
+                // So that the first rooms are already placed by CPU.
+                let count = targets.len();
+                if !server
+                    .wait_for(CPU_QUERY, count, FIRST_READINGS_WITHIN)
+                    .await
+                {
+                    tracing::warn!(
+                        "prometheus has no CPU reading of every node yet; rooms are placed by \
+                         hashing until it has"
+                    );
+                }
+                Cpu::Prometheus(server)
+            }
+            Err(e) => Cpu::Missing(e),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Cpu::Prometheus(server) => {
+                let loads: Vec<String> = (NODE_NAMES.iter().zip(NODE_BUSY))
+                    .map(|(name, busy)| format!("{name} {:.0} %", busy * 100.0))
+                    .collect();
+                format!(
+                    "CPU: Prometheus at {} scrapes the nodes every second (busy: {}).\n     \
+                     A new room goes to the least busy node that is under its bounded share.",
+                    server.url(),
+                    loads.join(", ")
+                )
+            }
+            Cpu::Off => "CPU: not read (--no-prometheus); new rooms are placed by rendezvous \
+                         hashing within the bounded load."
+                .to_owned(),
+            Cpu::Missing(why) => format!(
+                "CPU: not read ({why}); new rooms are placed by rendezvous hashing within the \
+                 bounded load."
+            ),
+        }
+    }
+}
+
+/// Runs the demo until Ctrl-C; with `with_prosody` every node runs real XMPP signalling, with
+/// `with_prometheus` a real Prometheus (when installed) feeds placement the nodes' CPU.
+pub async fn run(
+    listen: Vec<SocketAddr>,
+    with_prosody: bool,
+    with_prometheus: bool,
+) -> Result<(), DemoError> {
     let nodes = Nodes::start(with_prosody).await?;
-    let list = nodes.list();
+    let fronts = nodes.fronts();
+    for (front, busy) in fronts.iter().zip(NODE_BUSY) {
+        front.set_busy(busy);
+    }
+    let list: Vec<(String, String)> = (fronts.iter())
+        .map(|n| (n.name().to_owned(), n.url()))
+        .collect();
+    let cpu = Cpu::start(with_prometheus, &fronts).await;
     let dir = tempfile::Builder::new()
         .prefix("jitsi-router-demo-")
         .tempdir()?;
@@ -85,6 +179,11 @@ pub async fn run(listen: Vec<SocketAddr>, with_prosody: bool) -> Result<(), Demo
         .map(|(name, url)| NodeSpec::new(name, url).expect("a demo node's URL is valid"))
         .collect();
     let mut config = Config::with_defaults(listen, cert.clone(), key, specs)?;
+    if let Cpu::Prometheus(server) = &cpu {
+        let mut section = crate::config::Prometheus::built_in(server.url(), READ_EVERY)?;
+        section.query = CPU_QUERY.to_owned();
+        config.prometheus = Some(section);
+    }
     // The admin listener's usual port when it is free, so the dashboard is where the README says.
     let usual: SocketAddr = ([127, 0, 0, 1], 9480).into();
     if std::net::TcpListener::bind(usual).is_ok() {
@@ -93,6 +192,7 @@ pub async fn run(listen: Vec<SocketAddr>, with_prosody: bool) -> Result<(), Demo
     let server = Server::bind(config).await?;
     let port = server.https_addrs().first().map_or(8443, |a| a.port());
     print_welcome(&list, port, &cert, with_prosody);
+    println!("{}\n", cpu.describe());
     if let Some(admin) = server.admin_addr() {
         println!("Fleet dashboard: http://{admin}/   (metrics: http://{admin}/metrics)");
         println!("Admin API: curl http://{admin}/api/nodes   curl http://{admin}/api/rooms\n");
@@ -111,6 +211,7 @@ pub async fn run(listen: Vec<SocketAddr>, with_prosody: bool) -> Result<(), Demo
         }
     });
     server.run(crate::server_shutdown_signal()).await;
+    drop(cpu);
     drop(nodes);
     drop(dir);
     Ok(())

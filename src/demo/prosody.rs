@@ -66,7 +66,7 @@ impl ProsodyNode {
             name: name.to_owned(),
             prosody: None,
             front: None,
-            http: free_port()?,
+            http: super::free_port()?,
             dir,
         };
         // A free port can be taken by someone else before prosody binds it; try a few.
@@ -89,7 +89,7 @@ impl ProsodyNode {
                 Err(e) if attempts == 2 => return Err(e),
                 Err(_) => {
                     node.stop();
-                    node.http = free_port()?;
+                    node.http = super::free_port()?;
                     attempts += 1;
                 }
             }
@@ -146,6 +146,11 @@ impl ProsodyNode {
         self.front.as_ref().map_or_else(String::new, SimNode::url)
     }
 
+    /// The front: what serves the room page, health and CPU `/metrics`; `None` once stopped.
+    pub fn front(&self) -> Option<&SimNode> {
+        self.front.as_ref()
+    }
+
     /// Stops prosody and the front, as a crashed or powered-off node: connections drop, new ones
     /// are refused.
     pub fn stop(&mut self) {
@@ -161,10 +166,6 @@ impl Drop for ProsodyNode {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()
 }
 
 fn lua_string(path: &Path) -> String {

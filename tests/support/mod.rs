@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub mod browser;
 pub mod xmpp;
 
+use jitsi_router::demo::prometheus::PrometheusServer;
 pub use jitsi_router::demo::SimNode;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
@@ -364,97 +365,28 @@ pub fn run_router(args: &[&str]) -> (Option<i32>, String, String) {
 
 /// A real Prometheus server (Debian package `prometheus`) scraping `targets` every second.
 pub struct Prometheus {
-    child: Child,
+    server: PrometheusServer,
     pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-fn prometheus_binary() -> PathBuf {
-    for candidate in ["/usr/bin/prometheus", "/usr/local/bin/prometheus"] {
-        if Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    panic!("the prometheus binary is missing: run the README's test command, which installs it");
 }
 
 impl Prometheus {
     pub async fn start(targets: &[SocketAddr]) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-        let yml = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: nodes\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        );
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, yml).unwrap();
-        let port = closed_port();
-        let child = Command::new(prometheus_binary())
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        let prometheus = Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = client
-                .get(format!("{}/-/ready", prometheus.url))
-                .send()
-                .await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return prometheus;
-            }
-            assert!(Instant::now() < deadline, "prometheus not ready after 30 s");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let server = PrometheusServer::start(targets, Duration::from_secs(1))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{e}: run the README's test command, which installs prometheus")
+            });
+        let url = server.url().to_owned();
+        Prometheus { server, url }
     }
 
     /// Runs an instant query and returns value by `instance`.
     pub async fn query(&self, promql: &str) -> std::collections::HashMap<String, f64> {
-        let answer: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", promql)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["data"]["result"]
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .filter_map(|row| {
-                        let instance = row["metric"]["instance"].as_str()?.to_owned();
-                        let value = row["value"][1].as_str()?.parse().ok()?;
-                        Some((instance, value))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.server.query(promql).await.unwrap()
     }
 
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }
 
