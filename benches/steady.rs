@@ -2,8 +2,9 @@
 //! fixed number of decisions on two threads at once and reports the best and the median round,
 //! in nanoseconds per decision per thread. A shared VM's neighbours only ever add time, so the
 //! best round is the one to compare changes by; the median shows how noisy the run was.
-//! Run with `cargo bench --bench steady [-- <filter>]`; the filter picks cases whose name
-//! contains it (for example `pinned/1000_nodes/100000`).
+//! Run with `cargo bench --bench steady [-- <filter>]`; the filter picks the case of that name
+//! (for example `pinned/1000_nodes/100000`), or else the cases whose name contains it
+//! (`1000_nodes`).
 
 use std::time::Duration;
 
@@ -19,12 +20,30 @@ fn main() {
         .skip(1)
         .find(|arg| !arg.starts_with('-'))
         .unwrap_or_default();
+    let names = [10, 100, 1_000].iter().flat_map(|nodes| {
+        [10_000usize, 100_000, 1_000_000]
+            .iter()
+            .flat_map(move |pins| {
+                [
+                    format!("pinned/{nodes}_nodes/{pins}"),
+                    format!("new_room/{nodes}_nodes/{pins}"),
+                ]
+            })
+    });
+    let exact = names.clone().any(|name| name == filter);
+    let picked = |name: &str| {
+        if exact {
+            name == filter
+        } else {
+            name.contains(&filter)
+        }
+    };
     println!("{:<36} {:>10} {:>10}", "case", "best ns", "median ns");
     for nodes in [10, 100, 1_000] {
         for pins in [10_000usize, 100_000, 1_000_000] {
             let pinned = format!("pinned/{nodes}_nodes/{pins}");
             let placed = format!("new_room/{nodes}_nodes/{pins}");
-            if !pinned.contains(&filter) && !placed.contains(&filter) {
+            if !picked(&pinned) && !picked(&placed) {
                 continue;
             }
             let router = router(nodes, Readings::Distinct);
@@ -33,10 +52,10 @@ fn main() {
             for key in &keys {
                 router.route_room(key);
             }
-            if pinned.contains(&filter) {
+            if picked(&pinned) {
                 report(&pinned, 2_000_000, &pinned_op(&router, &keys));
             }
-            if placed.contains(&filter) {
+            if picked(&placed) {
                 let fresh: Vec<RoomKey<'static>> =
                     (0..200_000).map(|i| key(&format!("fresh-{i}"))).collect();
                 report(
