@@ -20,17 +20,13 @@ fn main() {
         .skip(1)
         .find(|arg| !arg.starts_with('-'))
         .unwrap_or_default();
-    let names = [10, 100, 1_000].iter().flat_map(|nodes| {
-        [10_000usize, 100_000, 1_000_000]
-            .iter()
-            .flat_map(move |pins| {
-                [
-                    format!("pinned/{nodes}_nodes/{pins}"),
-                    format!("new_room/{nodes}_nodes/{pins}"),
-                ]
-            })
-    });
-    let exact = names.clone().any(|name| name == filter);
+    let cases: Vec<(usize, usize)> = [10, 100, 1_000]
+        .into_iter()
+        .flat_map(|nodes| [10_000, 100_000, 1_000_000].map(|pins| (nodes, pins)))
+        .collect();
+    let name = |kind: &str, (nodes, pins): (usize, usize)| format!("{kind}/{nodes}_nodes/{pins}");
+    let exact =
+        (cases.iter()).any(|&c| name("pinned", c) == filter || name("new_room", c) == filter);
     let picked = |name: &str| {
         if exact {
             name == filter
@@ -39,31 +35,28 @@ fn main() {
         }
     };
     println!("{:<36} {:>10} {:>10}", "case", "best ns", "median ns");
-    for nodes in [10, 100, 1_000] {
-        for pins in [10_000usize, 100_000, 1_000_000] {
-            let pinned = format!("pinned/{nodes}_nodes/{pins}");
-            let placed = format!("new_room/{nodes}_nodes/{pins}");
-            if !picked(&pinned) && !picked(&placed) {
-                continue;
-            }
-            let router = router(nodes, Readings::Distinct);
-            let keys: Vec<RoomKey<'static>> =
-                (0..pins).map(|i| key(&format!("room-{i}"))).collect();
-            for key in &keys {
-                router.route_room(key);
-            }
-            if picked(&pinned) {
-                report(&pinned, 2_000_000, &pinned_op(&router, &keys));
-            }
-            if picked(&placed) {
-                let fresh: Vec<RoomKey<'static>> =
-                    (0..200_000).map(|i| key(&format!("fresh-{i}"))).collect();
-                report(
-                    &placed,
-                    200_000,
-                    &new_rooms_op(&router, &fresh, Readings::Distinct),
-                );
-            }
+    for &(nodes, pins) in &cases {
+        let pinned = name("pinned", (nodes, pins));
+        let placed = name("new_room", (nodes, pins));
+        if !picked(&pinned) && !picked(&placed) {
+            continue;
+        }
+        let router = router(nodes, Readings::Distinct);
+        let keys: Vec<RoomKey<'static>> = (0..pins).map(|i| key(&format!("room-{i}"))).collect();
+        for key in &keys {
+            router.route_room(key);
+        }
+        if picked(&pinned) {
+            report(&pinned, 2_000_000, &pinned_op(&router, &keys));
+        }
+        if picked(&placed) {
+            let fresh: Vec<RoomKey<'static>> =
+                (0..200_000).map(|i| key(&format!("fresh-{i}"))).collect();
+            report(
+                &placed,
+                200_000,
+                &new_rooms_op(&router, &fresh, Readings::Distinct),
+            );
         }
     }
 }

@@ -223,9 +223,9 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// A section with the default query and settings for this server and interval, as the
-    /// demo builds it in code.
-    pub fn built_in(url: &str, interval: Duration) -> Result<Prometheus, ConfigError> {
+    /// A section for this server, query and interval, with the other settings at their
+    /// defaults, as the demo builds it in code.
+    pub fn built_in(url: &str, query: &str, interval: Duration) -> Result<Prometheus, ConfigError> {
         let check = Check {
             file: Path::new("(built-in)"),
         };
@@ -234,7 +234,7 @@ impl Prometheus {
             raw::Prometheus {
                 scale: None,
                 url: url.to_owned(),
-                query: None,
+                query: Some(query.to_owned()),
                 label: None,
                 interval: Some(humantime::format_duration(interval).to_string()),
                 timeout: None,

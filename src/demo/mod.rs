@@ -32,8 +32,8 @@ const FIRST_READINGS_WITHIN: Duration = Duration::from_secs(15);
 const READ_EVERY: Duration = Duration::from_secs(2);
 
 /// The demo's CPU query: the default's, over the last two scrapes. The default's one-minute
-/// `rate` divides by the whole minute, so a Prometheus started a few seconds ago would read
-/// every node as nearly idle-less.
+/// `rate` divides by the whole minute, so for its first minute a fresh Prometheus reads every
+/// node as almost fully busy.
 const CPU_QUERY: &str =
     r#"1 - avg by (instance) (irate(node_cpu_seconds_total{mode="idle"}[10s]))"#;
 
@@ -114,9 +114,8 @@ impl Cpu {
         match PrometheusServer::start(&targets, SCRAPE_EVERY).await {
             Ok(server) => {
                 // So that the first rooms are already placed by CPU.
-                let count = targets.len();
                 if !server
-                    .wait_for(CPU_QUERY, count, FIRST_READINGS_WITHIN)
+                    .wait_for(CPU_QUERY, targets.len(), FIRST_READINGS_WITHIN)
                     .await
                 {
                     tracing::warn!(
@@ -180,8 +179,7 @@ pub async fn run(
         .collect();
     let mut config = Config::with_defaults(listen, cert.clone(), key, specs)?;
     if let Cpu::Prometheus(server) = &cpu {
-        let mut section = crate::config::Prometheus::built_in(server.url(), READ_EVERY)?;
-        section.query = CPU_QUERY.to_owned();
+        let section = crate::config::Prometheus::built_in(server.url(), CPU_QUERY, READ_EVERY)?;
         config.prometheus = Some(section);
     }
     // The admin listener's usual port when it is free, so the dashboard is where the README says.
