@@ -37,6 +37,14 @@ const READ_EVERY: Duration = Duration::from_secs(2);
 const CPU_QUERY: &str =
     r#"1 - avg by (instance) (irate(node_cpu_seconds_total{mode="idle"}[10s]))"#;
 
+/// Where Debian (or a local install) puts the program `name`, if it is installed.
+fn installed(name: &str) -> Option<std::path::PathBuf> {
+    ["/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| std::path::Path::new(dir).join(name))
+        .find(|path| path.exists())
+}
+
 /// A free loopback address: bound, then released for a child process to bind.
 fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()

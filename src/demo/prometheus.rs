@@ -13,10 +13,7 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 
 /// Where Prometheus is installed, if it is.
 pub fn binary() -> Option<PathBuf> {
-    ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    super::installed("prometheus")
 }
 
 /// Why Prometheus could not start.

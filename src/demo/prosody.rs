@@ -19,10 +19,7 @@ pub const MUC: &str = "muc.meet.jitsi";
 
 /// Where prosody is installed, if it is.
 pub fn binary() -> Option<PathBuf> {
-    ["/usr/bin/prosody", "/usr/local/bin/prosody"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    super::installed("prosody")
 }
 
 /// Why a node could not start.
