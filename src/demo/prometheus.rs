@@ -39,6 +39,8 @@ pub struct PrometheusServer {
     child: Child,
     url: String,
     dir: tempfile::TempDir,
+    /// For the readiness check and queries.
+    client: reqwest::Client,
 }
 
 impl PrometheusServer {
@@ -81,16 +83,16 @@ impl PrometheusServer {
             child,
             url: format!("http://127.0.0.1:{port}"),
             dir,
+            client: reqwest::Client::new(),
         };
         server.ready().await?;
         Ok(server)
     }
 
     async fn ready(&mut self) -> Result<(), PrometheusError> {
-        let client = reqwest::Client::new();
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            let answer = client
+            let answer = (self.client)
                 .get(format!("{}/-/ready", self.url))
                 .timeout(Duration::from_secs(2))
                 .send()
@@ -111,7 +113,7 @@ impl PrometheusServer {
     /// Runs an instant query; the values by their `instance` label (rows without one, or with
     /// a value that is not a number, are left out).
     pub async fn query(&self, promql: &str) -> Result<HashMap<String, f64>, reqwest::Error> {
-        let answer: serde_json::Value = reqwest::Client::new()
+        let answer: serde_json::Value = (self.client)
             .get(format!("{}/api/v1/query", self.url))
             .query(&[("query", promql)])
             .timeout(Duration::from_secs(5))
