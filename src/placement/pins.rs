@@ -149,27 +149,72 @@ const MIN_SLOTS: usize = 4096;
 /// outlive its idle timeout.
 const CLOCK_START_MS: u64 = 1 << 36;
 
-/// What routing never reads of a pin: its name and when it was made.
+/// A record of the shard's log: what routing never reads of a pin (its name and when it was
+/// made), or that the pin with this fingerprint was removed.
 struct Cold {
     print: Fingerprint,
     room: CompactString,
+    /// When the pin was made; [`Cold::REMOVED`] in a removal's record.
     pinned_at_ms: u64,
+}
+
+impl Cold {
+    const REMOVED: u64 = u64::MAX;
+
+    fn removal(print: Fingerprint) -> Cold {
+        Cold {
+            print,
+            room: CompactString::default(),
+            pinned_at_ms: Cold::REMOVED,
+        }
+    }
+
+    fn is_removal(&self) -> bool {
+        self.pinned_at_ms == Cold::REMOVED
+    }
 }
 
 /// One shard's rooms and bookkeeping, behind its writers' lock.
 struct Rooms {
-    /// The shard's pins as they were made, newest last. A pin's record is the newest one with
-    /// its fingerprint while the index holds that fingerprint. Appending costs no cache miss (a
-    /// map of a million names would take two per new room); records of removed pins stay until
-    /// the log is twice the shard's live pins, when [`MemoryPins::compact`] drops them.
+    /// The shard's pins as they were made and removed, newest last: a fingerprint's newest
+    /// record is its pin's, or a removal when the index holds no pin with it. Appending costs no
+    /// cache miss (a map of a million names would take two per new room); older records stay
+    /// until the log is twice the shard's live pins, when [`Rooms::compact`] drops them, reading
+    /// the log alone (looking each record up in the index would cost a miss per record).
     log: Vec<Cold>,
-    /// Pins of this shard in the index.
+    /// Pins of this shard in the index: those whose fingerprint's newest record is a pin's.
     live: usize,
-    /// Scratch for [`MemoryPins::compact`], kept for its capacity.
+    /// Scratch for [`Rooms::compact`], kept for its capacity.
     seen: HashSet<Fingerprint, RandomState>,
     /// Empty slots this shard's writers took since the index was last built: the index is
     /// rebuilt when any shard has taken its share of 60 % of the slots.
     took_empty: usize,
+}
+
+impl Rooms {
+    /// Appends a record, then compacts the log if it is twice the live pins (and a little).
+    fn record(&mut self, cold: Cold) {
+        self.log.push(cold);
+        if self.log.len() > 2 * self.live + 1024 {
+            self.compact();
+        }
+    }
+
+    /// Notes that the pin with this fingerprint left the index.
+    fn removed(&mut self, print: Fingerprint) {
+        self.live = self.live.saturating_sub(1);
+        self.record(Cold::removal(print));
+    }
+
+    /// Keeps only the newest record of each fingerprint, and of those only pins'.
+    fn compact(&mut self) {
+        let Rooms { log, seen, .. } = self;
+        seen.clear();
+        log.reverse();
+        log.retain(|cold| seen.insert(cold.print) && !cold.is_removal());
+        log.reverse();
+        debug_assert_eq!(self.live, self.log.len(), "live pins and their records");
+    }
 }
 
 /// What a shard's lock guards: its rooms, and the index as it stands while the lock is held
@@ -392,7 +437,7 @@ impl MemoryPins {
                     if seen != EMPTY && seen != GONE {
                         slot.key.store(GONE, Ordering::Release);
                         slot.data.store(0, Ordering::Relaxed);
-                        rooms.live = rooms.live.saturating_sub(1);
+                        rooms.removed(print);
                     }
                     return result;
                 }
@@ -414,17 +459,14 @@ impl MemoryPins {
                         continue;
                     }
                     slot.data.store(data, Ordering::Release);
-                    rooms.log.push(Cold {
+                    if seen == EMPTY || seen == GONE {
+                        rooms.live += 1;
+                    }
+                    rooms.record(Cold {
                         print,
                         room: room.into(),
                         pinned_at_ms: now,
                     });
-                    if seen == EMPTY || seen == GONE {
-                        rooms.live += 1;
-                    }
-                    if rooms.log.len() > 2 * rooms.live + 1024 {
-                        MemoryPins::compact(rooms, index);
-                    }
                     let grow = seen == EMPTY && {
                         rooms.took_empty += 1;
                         rooms.took_empty > MemoryPins::share(index)
@@ -453,16 +495,6 @@ impl MemoryPins {
                 Pinned::made(node.clone(), held.map(|held| held.node.clone())),
             ),
         })
-    }
-
-    /// Keeps only the newest record of each pin the index holds.
-    fn compact(rooms: &mut Rooms, index: &Table) {
-        let Rooms { log, seen, .. } = rooms;
-        seen.clear();
-        log.reverse();
-        log.retain(|cold| seen.insert(cold.print) && index.find(cold.print).is_some());
-        log.reverse();
-        rooms.live = rooms.log.len();
     }
 
     /// How many empty slots one shard may take before the index is rebuilt: its share of 60 %.
@@ -576,18 +608,22 @@ impl PinStore for MemoryPins {
             let print = Fingerprint::of_key(key);
             let mut writer = self.shards[print.shard(SHARDS)].lock();
             // Looked at again with the shard held: a request may have used it, or a writer
-            // replaced it, since; and the index may have been rebuilt (then the next sweep).
+            // replaced it (even with another shard's room) since; and the index may have been
+            // rebuilt (then the next sweep).
             if !Arc::ptr_eq(&index, &writer.index) {
                 break;
             }
             let key = slot.key.load(Ordering::Acquire);
-            if key == EMPTY || key == GONE || !self.expired(slot.data.load(Ordering::Acquire), now)
+            if key == EMPTY
+                || key == GONE
+                || Fingerprint::of_key(key) != print
+                || !self.expired(slot.data.load(Ordering::Acquire), now)
             {
                 continue;
             }
             slot.key.store(GONE, Ordering::Release);
             slot.data.store(0, Ordering::Relaxed);
-            writer.rooms.live = writer.rooms.live.saturating_sub(1);
+            writer.rooms.removed(print);
             dropped(self.node(key));
             count += 1;
         }
@@ -615,7 +651,7 @@ impl PinStore for MemoryPins {
             let writer = shard.lock();
             seen.clear();
             for cold in writer.rooms.log.iter().rev() {
-                if !seen.insert(cold.print) {
+                if !seen.insert(cold.print) || cold.is_removal() {
                     continue;
                 }
                 let Some((slot, key)) = writer.index.find(cold.print) else {
@@ -887,6 +923,45 @@ mod tests {
         assert_eq!(pins.index.load().slots(), MIN_SLOTS);
         assert_eq!(pins.lookup("r199999"), Some(NodeId::new("a")));
         assert_eq!(pins.lookup("r199899"), None);
+        let logged: usize = (pins.shards.iter()).map(|s| s.lock().rooms.log.len()).sum();
+        assert!(
+            logged <= SHARDS * 1025 + 200,
+            "the logs were compacted: {logged}"
+        );
+        let mut listed: Vec<String> = pins.export().into_iter().map(|p| p.room).collect();
+        listed.sort();
+        let mut live: Vec<String> = (199_900..200_000).map(|i| format!("r{i}")).collect();
+        live.sort();
+        assert_eq!(listed, live);
+    }
+
+    #[test]
+    fn compacted_logs_keep_exactly_the_pins_the_index_holds() {
+        // 256 fingerprints for thousands of names: pins are shared, replaced, removed and
+        // made again many times over while the logs are compacted.
+        let pins = MemoryPins::colliding(Duration::from_secs(60), 0xff << 16);
+        for i in 0..40_000u32 {
+            let room = format!("room-{}", i.wrapping_mul(2_654_435_761) % 5_000);
+            match i % 5 {
+                0 | 1 => drop(pins.pin_if_absent(&room, NodeId::new(&format!("n{}", i % 3)))),
+                2 => drop(pins.set(&room, NodeId::new("s"))),
+                _ => drop(pins.unpin(&room)),
+            }
+        }
+        let exported = pins.export();
+        let prints: HashSet<Fingerprint> =
+            exported.iter().map(|p| pins.fingerprint(&p.room)).collect();
+        assert_eq!(prints.len(), exported.len(), "one record per pin");
+        assert_eq!(exported.len(), pins.len());
+        assert_eq!(pins.index.load().taken().count(), pins.len());
+        for pin in &exported {
+            assert_eq!(
+                pins.lookup(&pin.room).as_ref(),
+                Some(&pin.node),
+                "{}",
+                pin.room
+            );
+        }
     }
 
     #[test]
