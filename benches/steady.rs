@@ -4,7 +4,9 @@
 //! best round is the one to compare changes by; the median shows how noisy the run was.
 //! Run with `cargo bench --bench steady [-- <filter>]`; the filter picks the case of that name
 //! (for example `pinned/1000_nodes/100000`), or else the cases whose name contains it
-//! (`1000_nodes`).
+//! (`1000_nodes`). The first case, `floor/dependent_miss_64MiB`, runs unless the filter names
+//! another case: it is not a decision but one load that misses every cache, the least a pinned
+//! decision with a large table can take, timed in the same run.
 
 use std::time::Duration;
 
@@ -25,8 +27,8 @@ fn main() {
         .flat_map(|nodes| [10_000, 100_000, 1_000_000].map(|pins| (nodes, pins)))
         .collect();
     let name = |kind: &str, (nodes, pins): (usize, usize)| format!("{kind}/{nodes}_nodes/{pins}");
-    let exact =
-        (cases.iter()).any(|&c| name("pinned", c) == filter || name("new_room", c) == filter);
+    let exact = filter == FLOOR
+        || (cases.iter()).any(|&c| name("pinned", c) == filter || name("new_room", c) == filter);
     let picked = |name: &str| {
         if exact {
             name == filter
@@ -35,6 +37,9 @@ fn main() {
         }
     };
     println!("{:<36} {:>10} {:>10}", "case", "best ns", "median ns");
+    if !exact || filter == FLOOR {
+        floor();
+    }
     for &(nodes, pins) in &cases {
         let pinned = name("pinned", (nodes, pins));
         let placed = name("new_room", (nodes, pins));
@@ -59,6 +64,41 @@ fn main() {
             );
         }
     }
+}
+
+/// The reference case: what one cache miss costs on this machine.
+const FLOOR: &str = "floor/dependent_miss_64MiB";
+
+/// Times loads that each miss every cache and each wait for the one before (a random cycle
+/// through 64 MiB, one load per 64-byte line, on two threads at once, as the other cases run).
+/// A pinned decision with a million pins reads one line no cache holds, so its time cannot go
+/// below this; the case shows the floor in the same run as the decisions.
+fn floor() {
+    const LINE: usize = 16; // u32 words per cache line
+    let lines = (64 << 20) / 64;
+    // Sattolo's shuffle makes one cycle through every line; a fixed xorshift makes it repeatable.
+    let mut next: Vec<u32> = (0..lines as u32).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in (1..lines).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        next.swap(i, (x % i as u64) as usize);
+    }
+    let mut words = vec![0u32; lines * LINE];
+    for (line, &to) in next.iter().enumerate() {
+        words[line * LINE] = to;
+    }
+    let words = &words;
+    let walk = move |t: u64, i: u64| {
+        // Each thread's place in the cycle, kept in a thread-local between calls.
+        thread_local!(static AT: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) });
+        AT.with(|at| {
+            let from = if i == 0 { (t as u32) * 7_919 } else { at.get() };
+            at.set(words[from as usize * LINE]);
+        });
+    };
+    report(FLOOR, 2_000_000, &walk);
 }
 
 fn report(name: &str, iters: u64, op: &(dyn Fn(u64, u64) + Sync)) {
