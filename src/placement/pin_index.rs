@@ -148,16 +148,22 @@ impl Table {
         (0..self.lines.len()).flat_map(move |i| &self.lines[(start + i) & self.mask].0)
     }
 
-    /// The room's slot and key word, if the room is in the table.
+    /// The room's slot and key word, if the room is in the table. The same walk as
+    /// [`path`](Self::path), written out: it is every pinned request's, and the iterator
+    /// version took 15 more instructions a lookup (callgrind, `pinned/1000_nodes/10000`).
     pub(crate) fn find(&self, room: Fingerprint) -> Option<(&Slot, u64)> {
-        for slot in self.path(room) {
-            let key = slot.key.load(Ordering::Acquire);
-            if key == EMPTY {
-                return None;
+        let mut line = room.0 as usize;
+        for _ in 0..self.lines.len() {
+            for slot in &self.lines[line & self.mask].0 {
+                let key = slot.key.load(Ordering::Acquire);
+                if key == EMPTY {
+                    return None;
+                }
+                if Fingerprint::of_key(key) == room {
+                    return Some((slot, key));
+                }
             }
-            if Fingerprint::of_key(key) == room {
-                return Some((slot, key));
-            }
+            line = line.wrapping_add(1);
         }
         None
     }
