@@ -6,9 +6,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use jitsi_router::config::NodeSpec;
-use jitsi_router::fleet::Fleet;
+use jitsi_router::fleet::{Fleet, Node};
 use jitsi_router::placement::pins::MemoryPins;
-use jitsi_router::placement::{Router, Settings};
+use jitsi_router::placement::{Decision, Router, Settings};
 use jitsi_router::room::{RoomKey, RoomLimits};
 
 /// The allocator the `jitsi-router` binary runs with, so that what the benches allocate costs
@@ -90,6 +90,13 @@ pub fn hammer(iters: u64, op: &(dyn Fn(u64, u64) + Sync)) -> Duration {
     times.into_iter().max().unwrap_or_default()
 }
 
+/// What a bench keeps of a decision, as the proxy does: the node (there, a clone of its `Arc`
+/// to hold across the request; here the address of its name, so that the time is the
+/// decision's alone).
+fn decided(node: &Arc<Node>, decision: Decision) -> (*const u8, Decision) {
+    (node.id.as_str().as_ptr(), decision)
+}
+
 /// Placements between two CPU readings. The router reads every interval (15 to 30 s), and every
 /// room placed since the last reading raises its node's estimate by the room cost: a bench
 /// that never read again would, after a few hundred thousand rooms, find every node over
@@ -111,7 +118,7 @@ pub fn new_rooms_op<'a>(
             read_cpu(router.fleet(), readings);
         }
         let room = &fresh[(t * half + i % half) as usize];
-        std::hint::black_box(router.route_room(room));
+        std::hint::black_box(router.route_room_with(room, decided));
         router.unpin(room.as_str());
     }
 }
@@ -127,6 +134,6 @@ pub fn pinned_op<'a>(
     let pins = keys.len() as u64;
     move |t, i| {
         let k = &keys[((i + t * pins / 2) % pins) as usize];
-        std::hint::black_box(router.route_room(k));
+        std::hint::black_box(router.route_room_with(k, decided));
     }
 }

@@ -240,7 +240,7 @@ struct Inputs {
 
 /// The published fleet state plus the inputs it is rebuilt from.
 pub struct Fleet {
-    state: ArcSwap<FleetState>,
+    state: Arc<ArcSwap<FleetState>>,
     inputs: Mutex<Inputs>,
 }
 
@@ -261,7 +261,7 @@ impl Fleet {
         };
         apply_specs(&mut inputs, specs);
         Fleet {
-            state: ArcSwap::from_pointee(build(&inputs)),
+            state: Arc::new(ArcSwap::from_pointee(build(&inputs))),
             inputs: Mutex::new(inputs),
         }
     }
@@ -269,6 +269,29 @@ impl Fleet {
     /// The current state; lock-free.
     pub fn load(&self) -> arc_swap::Guard<Arc<FleetState>> {
         self.state.load()
+    }
+
+    /// Runs `f` on the current state, read through this thread's cache of it: while the state
+    /// is unchanged that is one plain load, where [`load`](Self::load) takes two atomic
+    /// read-modify-writes (each a full barrier on x86, which keeps a request's cache misses from
+    /// overlapping anything before it). The cache keeps the state it last saw alive until the
+    /// thread's next call, so a thread that stops routing may hold one replaced state.
+    pub fn with_state<R>(&self, f: impl FnOnce(&FleetState) -> R) -> R {
+        type Cached = arc_swap::Cache<Arc<ArcSwap<FleetState>>, Arc<FleetState>>;
+        thread_local! {
+            static CACHED: std::cell::RefCell<Option<Cached>> = const { std::cell::RefCell::new(None) };
+        }
+        CACHED.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut cached) => {
+                let cache = match &mut *cached {
+                    Some(cache) if std::ptr::eq(cache.arc_swap(), &*self.state) => cache,
+                    other => other.insert(arc_swap::Cache::new(self.state.clone())),
+                };
+                f(cache.load())
+            }
+            // Called from within `f`: the state `load` gives.
+            Err(_) => f(&self.state.load()),
+        })
     }
 
     /// The current state as an owned handle, for readers that keep it across awaits or loops.
@@ -550,6 +573,33 @@ mod tests {
         assert!(fleet.load().cpu(now).is_empty());
         fleet.set_cpu(HashMap::from([("10.0.0.2:80".to_owned(), 0.3)]), now);
         assert_eq!(fleet.load().cpu(now), &[None, Some(0.3)]);
+    }
+
+    #[test]
+    fn a_threads_cached_state_follows_changes_and_fleets_keep_apart() {
+        let (one, two) = (fleet(), fleet());
+        let names = |state: &FleetState| -> Vec<String> {
+            state.nodes().iter().map(|n| n.id.to_string()).collect()
+        };
+        assert_eq!(one.with_state(names), ["a", "b"]);
+        one.set_nodes(vec![NodeSpec::new("c", "http://10.0.0.3:80").unwrap()]);
+        assert_eq!(
+            one.with_state(names),
+            ["c"],
+            "a replaced state is seen at once"
+        );
+        assert_eq!(
+            two.with_state(names),
+            ["a", "b"],
+            "another fleet, same thread"
+        );
+        assert_eq!(one.with_state(names), ["c"]);
+        // Called from within itself, it reads the state without the cache.
+        let nested = one.with_state(|outer| (names(outer), two.with_state(names)));
+        assert_eq!(
+            nested,
+            (vec!["c".to_owned()], vec!["a".to_owned(), "b".to_owned()])
+        );
     }
 
     #[test]

@@ -171,19 +171,24 @@ impl Proxy {
         let uri = req.uri();
         match room::classify(uri.path(), uri.query(), &self.room_limits)? {
             Target::Room { key, page } => {
-                let routed = self.router.route_room(&key).ok_or(Refusal::NoNodeForRoom)?;
+                let (node, kind) = self
+                    .router
+                    .route_room_with(&key, |node, decision| {
+                        let kind = match decision {
+                            Decision::Pinned => DecisionKind::Pinned,
+                            Decision::Placed => DecisionKind::Placed,
+                            Decision::Replaced { .. } => DecisionKind::Replaced,
+                        };
+                        (node.clone(), kind)
+                    })
+                    .ok_or(Refusal::NoNodeForRoom)?;
                 let keepalive = websocket.then(|| tunnel::Keepalive {
                     room: key.to_string(),
                     pins: self.router.pins().clone(),
                     every: self.keepalive_every,
                 });
-                let kind = match routed.decision {
-                    Decision::Pinned => DecisionKind::Pinned,
-                    Decision::Placed => DecisionKind::Placed,
-                    Decision::Replaced { .. } => DecisionKind::Replaced,
-                };
                 Ok(Choice {
-                    node: routed.node().clone(),
+                    node,
                     page,
                     keepalive,
                     kind,
