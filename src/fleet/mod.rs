@@ -2,7 +2,8 @@
 //!
 //! Two inputs change the fleet — the node list (config) and CPU readings (Prometheus). Each change
 //! builds a new immutable [`FleetState`] and publishes it through `arc-swap`; the request path only
-//! ever loads the current state, so it takes no lock. Writers serialise on a mutex of their own.
+//! ever reads the current state, through a per-thread cache of it ([`Fleet::with_state`]), so it
+//! takes no lock and no atomic read-modify-write. Writers serialise on a mutex of their own.
 //! This module knows nothing of requests.
 
 pub mod health;
