@@ -482,19 +482,27 @@ impl MemoryPins {
     }
 
     /// Pins the room to `node` unless a live pin whose node `holds` is there.
+    ///
+    /// `node` moves into the answer rather than being cloned for it: every new room of a node
+    /// would otherwise count its name's reference up and down once more, a cache line the
+    /// cores placing rooms on that node take from each other.
     fn pin_unless_held(&self, room: &str, node: NodeId, holds: impl Fn(&NodeId) -> bool) -> Pinned {
-        self.write(room, |held, now| match held {
+        let outcome = self.write(room, |held, now| match held {
             Some(held) if holds(held.node) && !self.expired(held.data, now) => {
-                (Change::Keep, Pinned::kept(held.node.clone()))
+                (Change::Keep, Err(held.node.clone()))
             }
             held => (
                 Change::Put {
                     node: &node,
                     data: pin_index::data(now, 1),
                 },
-                Pinned::made(node.clone(), held.map(|held| held.node.clone())),
+                Ok(held.map(|held| held.node.clone())),
             ),
-        })
+        });
+        match outcome {
+            Ok(displaced) => Pinned::made(node, displaced),
+            Err(kept) => Pinned::kept(kept),
+        }
     }
 
     /// How many empty slots one shard may take before the index is rebuilt: its share of 60 %.
