@@ -50,6 +50,18 @@ impl PrometheusServer {
         targets: &[SocketAddr],
         scrape: Duration,
     ) -> Result<PrometheusServer, PrometheusError> {
+        PrometheusServer::start_on(targets, scrape, || Ok(super::free_port()?.port())).await
+    }
+
+    /// [`start`](Self::start) on ports from `ports`. A port is free when it is picked, and
+    /// someone else may bind it before Prometheus does (Prometheus then exits: "address already
+    /// in use"); it is given up for the next port, three ports at most, as the demo's prosody
+    /// nodes do.
+    async fn start_on(
+        targets: &[SocketAddr],
+        scrape: Duration,
+        mut ports: impl FnMut() -> std::io::Result<u16>,
+    ) -> Result<PrometheusServer, PrometheusError> {
         let binary = binary().ok_or(PrometheusError::Missing)?;
         let dir = tempfile::Builder::new()
             .prefix("jitsi-router-prometheus-")
@@ -65,27 +77,40 @@ impl PrometheusServer {
                 targets.join(", ")
             ),
         )?;
-        // Free now; Prometheus binds it a moment later.
-        let port = super::free_port()?.port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+        let spawn = |dir: &std::path::Path, port: u16| {
+            let log = std::fs::File::create(dir.join("prometheus.log"))?;
+            Command::new(&binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+        };
+        let port = ports()?;
         let mut server = PrometheusServer {
-            child,
+            child: spawn(dir.path(), port)?,
             url: format!("http://127.0.0.1:{port}"),
             dir,
             client: reqwest::Client::new(),
         };
-        server.ready().await?;
+        for attempt in 1.. {
+            match server.ready().await {
+                Ok(()) => break,
+                Err(PrometheusError::NotReady { log })
+                    if attempt < 3 && log.contains("address already in use") =>
+                {
+                    let port = ports()?;
+                    server.child = spawn(server.dir.path(), port)?;
+                    server.url = format!("http://127.0.0.1:{port}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(server)
     }
 
@@ -170,5 +195,34 @@ impl PrometheusServer {
 impl Drop for PrometheusServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_taken_before_prometheus_binds_it_is_given_up_for_another() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let mut first = Some(taken_port);
+        let server =
+            PrometheusServer::start_on(&[], Duration::from_secs(1), || match first.take() {
+                Some(port) => Ok(port),
+                None => Ok(crate::demo::free_port()?.port()),
+            })
+            .await
+            .expect("Prometheus (Debian package `prometheus`, which scripts/test installs) starts");
+        assert!(
+            !server.url().ends_with(&format!(":{taken_port}")),
+            "{}",
+            server.url()
+        );
+        assert!(
+            server.query("up").await.is_ok(),
+            "it answers on its new port"
+        );
+        drop(taken);
     }
 }
