@@ -171,7 +171,9 @@ pub fn choose(
     let totals = state.totals().filter(|_| listed);
     if let Some(totals) = totals {
         if let Some(list) = &*state.shortlist().load() {
-            if let Some(index) = list.choose(state, settings, &keying, room_hash, totals) {
+            if let Some(index) =
+                Shortlist::choose(list, state, settings, &keying, room_hash, totals)
+            {
                 return Some(Chosen {
                     index,
                     over_max_cpu: false,
