@@ -80,18 +80,18 @@ pub struct Node {
 }
 
 /// An immutable view of the fleet, published whole.
+///
+/// A CPU reading makes a new state every interval; its nodes and name maps are the last
+/// state's, shared (see [`Names`]), so that a reading of a large fleet allocates a few vectors
+/// and no node.
 #[derive(Debug)]
 pub struct FleetState {
-    nodes: Vec<Arc<Node>>,
+    nodes: Arc<[Arc<Node>]>,
+    names: Arc<Names>,
     slots: Vec<Slot>,
     cpu: Vec<Option<f64>>,
     cpu_read_at: Option<Instant>,
     max_staleness: Duration,
-    by_name: HashMap<NodeId, usize, RandomState>,
-    by_server_id: HashMap<String, usize, RandomState>,
-    lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
-    /// Those of `lives` not in `nodes`.
-    removed: Vec<Arc<NodeLive>>,
     learned_room_cost: Option<f64>,
     /// The bounded-load cap the last placement on this state found (see `placement::policy`).
     cap_hint: AtomicU64,
@@ -100,6 +100,16 @@ pub struct FleetState {
     totals: Option<Arc<Totals>>,
     /// The nodes the next new rooms can go to, found by the last full placement on this state.
     shortlist: arc_swap::ArcSwapOption<Shortlist>,
+}
+
+/// A state's lookups by name, which change only with the node list.
+#[derive(Debug)]
+struct Names {
+    by_name: HashMap<NodeId, usize, RandomState>,
+    by_server_id: HashMap<String, usize, RandomState>,
+    lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
+    /// Those of `lives` not in the nodes.
+    removed: Vec<Arc<NodeLive>>,
 }
 
 /// What placement reads of each node, stored contiguously (aligned with
@@ -157,12 +167,15 @@ impl FleetState {
 
     /// The position in [`nodes`](Self::nodes) of the node with this name.
     pub fn index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        self.names.by_name.get(name).copied()
     }
 
     /// The node that declared this videobridge server id.
     pub fn node_for_server_id(&self, server_id: &str) -> Option<&Arc<Node>> {
-        self.by_server_id.get(server_id).map(|&i| &self.nodes[i])
+        self.names
+            .by_server_id
+            .get(server_id)
+            .map(|&i| &self.nodes[i])
     }
 
     /// Busy-CPU fractions aligned with [`nodes`](Self::nodes); all `None` when there is no reading
@@ -182,7 +195,7 @@ impl FleetState {
     /// Live state of a node known now or earlier (removed nodes keep theirs, so their rooms can
     /// still be counted out as they move).
     pub fn live(&self, name: &str) -> Option<&Arc<NodeLive>> {
-        self.lives.get(name)
+        self.names.lives.get(name)
     }
 
     /// Busy CPU one more room adds, learned from consecutive readings; `None` until enough rooms
@@ -208,7 +221,7 @@ impl FleetState {
 
     /// Nodes known from earlier states but not in this one.
     pub(crate) fn removed(&self) -> &[Arc<NodeLive>] {
-        &self.removed
+        &self.names.removed
     }
 
     /// Placement's short list of nodes for the next new rooms (see `placement::shortlist`).
@@ -237,7 +250,14 @@ struct Inputs {
     arena: live::Arena,
     learned_room_cost: Option<f64>,
     rooms_at_reading: HashMap<NodeId, u32, RandomState>,
+    /// The nodes and name maps of the state last built, while the node list has not changed
+    /// since; [`apply_specs`] clears it.
+    layout: Option<Layout>,
 }
+
+/// What states share while the node list is unchanged: the nodes, the lookups by name, and the
+/// counters every node counts into (see [`FleetState::totals`]).
+type Layout = (Arc<[Arc<Node>]>, Arc<Names>, Option<Arc<Totals>>);
 
 /// The published fleet state plus the inputs it is rebuilt from.
 pub struct Fleet {
@@ -259,10 +279,11 @@ impl Fleet {
             arena: live::Arena::default(),
             learned_room_cost: None,
             rooms_at_reading: HashMap::default(),
+            layout: None,
         };
         apply_specs(&mut inputs, specs);
         Fleet {
-            state: Arc::new(ArcSwap::from_pointee(build(&inputs))),
+            state: Arc::new(ArcSwap::from_pointee(build(&mut inputs))),
             inputs: Mutex::new(inputs),
         }
     }
@@ -386,7 +407,7 @@ impl Fleet {
         // A poisoned lock only means a writer panicked mid-change; the inputs are still whole.
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         change(&mut inputs);
-        self.state.store(Arc::new(build(&inputs)));
+        self.state.store(Arc::new(build(&mut inputs)));
     }
 }
 
@@ -425,6 +446,7 @@ fn effective(inputs: &Inputs) -> Vec<NodeSpec> {
 }
 
 fn apply_specs(inputs: &mut Inputs, specs: Vec<NodeSpec>) {
+    inputs.layout = None;
     for spec in &specs {
         let previous = inputs.specs.iter().find(|old| old.name == spec.name);
         let arena = &mut inputs.arena;
@@ -479,29 +501,15 @@ fn learn_room_cost(inputs: &Inputs, cpu_by_instance: &HashMap<String, f64>) -> O
     )
 }
 
-fn build(inputs: &Inputs) -> FleetState {
-    let nodes: Vec<Arc<Node>> = inputs
+fn build(inputs: &mut Inputs) -> FleetState {
+    let (nodes, names, totals) = match &inputs.layout {
+        Some(shared) => shared.clone(),
+        None => inputs.layout.insert(layout(inputs)).clone(),
+    };
+    let cpu: Vec<Option<f64>> = inputs
         .specs
         .iter()
-        .map(|spec| {
-            // The id the node got when it first joined, so that every state (a new one comes
-            // with every reading) hands out the same one: pins hold it, and routing tells a
-            // pin's node by it (`NodeId::same`) before it looks the name up.
-            let (id, live) = match inputs.lives.get_key_value(spec.name.as_str()) {
-                Some((id, live)) => (id.clone(), live.clone()),
-                None => (NodeId::new(&spec.name), Arc::default()),
-            };
-            Arc::new(Node {
-                seed: rendezvous::seed(spec.name.as_bytes()),
-                live,
-                id,
-                spec: spec.clone(),
-            })
-        })
-        .collect();
-    let cpu: Vec<Option<f64>> = nodes
-        .iter()
-        .map(|n| inputs.cpu_by_instance.get(&n.spec.instance).copied())
+        .map(|spec| inputs.cpu_by_instance.get(&spec.instance).copied())
         .collect();
     let slots = nodes
         .iter()
@@ -512,6 +520,42 @@ fn build(inputs: &Inputs) -> FleetState {
             seed: n.seed,
             // + 0.0 turns a reading of -0 into 0, so the bits of every base order as the values.
             base: cpu.map_or(f64::INFINITY, |c| c + 0.0),
+        })
+        .collect();
+    FleetState {
+        nodes,
+        names,
+        slots,
+        cpu,
+        cpu_read_at: inputs.cpu_read_at,
+        max_staleness: inputs.max_staleness,
+        learned_room_cost: inputs.learned_room_cost,
+        cap_hint: AtomicU64::new(0),
+        totals,
+        shortlist: arc_swap::ArcSwapOption::empty(),
+    }
+}
+
+/// The nodes of `inputs.specs` (in that order) and the lookups by name: what states share
+/// until the node list changes.
+fn layout(inputs: &Inputs) -> Layout {
+    let nodes: Arc<[Arc<Node>]> = inputs
+        .specs
+        .iter()
+        .map(|spec| {
+            // The id the node got when it first joined, so that every state hands out the same
+            // one: pins hold it, and routing tells a pin's node by it (`NodeId::same`) before it
+            // looks the name up.
+            let (id, live) = match inputs.lives.get_key_value(spec.name.as_str()) {
+                Some((id, live)) => (id.clone(), live.clone()),
+                None => (NodeId::new(&spec.name), Arc::default()),
+            };
+            Arc::new(Node {
+                seed: rendezvous::seed(spec.name.as_bytes()),
+                live,
+                id,
+                spec: spec.clone(),
+            })
         })
         .collect();
     let by_name: HashMap<NodeId, usize, RandomState> = nodes
@@ -529,21 +573,13 @@ fn build(inputs: &Inputs) -> FleetState {
         .filter(|&(id, _)| !by_name.contains_key(id))
         .map(|(_, live)| live.clone())
         .collect();
-    FleetState {
-        nodes,
-        slots,
-        cpu,
-        cpu_read_at: inputs.cpu_read_at,
-        max_staleness: inputs.max_staleness,
+    let names = Names {
         by_name,
         by_server_id,
         lives: inputs.lives.clone(),
         removed,
-        learned_room_cost: inputs.learned_room_cost,
-        cap_hint: AtomicU64::new(0),
-        totals,
-        shortlist: arc_swap::ArcSwapOption::empty(),
-    }
+    };
+    (nodes, Arc::new(names), totals)
 }
 
 /// The totals every known node counts into, if they all count into the same.
@@ -678,6 +714,28 @@ mod tests {
         assert!(state.nodes()[1].id.same(&first));
         assert!(!state.nodes()[0].id.same(&first));
         assert!(NodeId::new("a") == first && !NodeId::new("a").same(&first));
+    }
+
+    #[test]
+    fn a_reading_shares_the_nodes_and_a_node_change_rebuilds_them() {
+        let fleet = fleet();
+        let before = fleet.snapshot();
+        let now = Instant::now();
+        fleet.set_cpu(HashMap::from([("10.0.0.1:80".to_owned(), 0.4)]), now);
+        let read = fleet.snapshot();
+        assert!(Arc::ptr_eq(&before.nodes, &read.nodes));
+        assert!(Arc::ptr_eq(&before.names, &read.names));
+        assert_eq!(read.cpu(now), &[Some(0.4), None]);
+        assert_eq!(read.slots()[0].base(), 0.4);
+        assert_eq!(read.node_for_server_id("jvb-b").unwrap().id.as_str(), "b");
+        fleet
+            .put_node(NodeSpec::new("c", "http://10.0.0.3:80").unwrap())
+            .unwrap();
+        let grown = fleet.snapshot();
+        assert!(!Arc::ptr_eq(&read.nodes, &grown.nodes));
+        assert_eq!(grown.index("c"), Some(2));
+        assert!(grown.nodes()[0].id.same(&read.nodes()[0].id));
+        assert_eq!(grown.cpu(now), &[Some(0.4), None, None], "the reading still applies");
     }
 
     #[test]
