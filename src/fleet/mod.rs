@@ -82,7 +82,7 @@ pub struct Node {
 /// An immutable view of the fleet, published whole.
 ///
 /// A CPU reading makes a new state every interval; its nodes and name maps are the last
-/// state's, shared (see [`Names`]), so that a reading of a large fleet allocates a few vectors
+/// state's, shared, so that a reading of a large fleet allocates a few vectors
 /// and no node.
 #[derive(Debug)]
 pub struct FleetState {
@@ -735,7 +735,11 @@ mod tests {
         assert!(!Arc::ptr_eq(&read.nodes, &grown.nodes));
         assert_eq!(grown.index("c"), Some(2));
         assert!(grown.nodes()[0].id.same(&read.nodes()[0].id));
-        assert_eq!(grown.cpu(now), &[Some(0.4), None, None], "the reading still applies");
+        assert_eq!(
+            grown.cpu(now),
+            &[Some(0.4), None, None],
+            "the reading still applies"
+        );
     }
 
     #[test]
