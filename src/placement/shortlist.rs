@@ -316,27 +316,16 @@ impl Order {
             if kept != key {
                 continue;
             }
-            match read(i) {
-                (now, true) if now == kept => {
+            match recheck(heap, capped, at, &read) {
+                Recheck::Kept(_) => {
                     tied.push(i);
                     walk.extend([2 * at + 1, 2 * at + 2]);
                 }
-                (now, true) if now < kept => return None,
-                (now, true) => {
-                    heap[at].0 = now;
-                    sift_down(heap, at);
-                    walk.push(at);
-                }
-                (_, false) => {
-                    // Rare: set it aside, and start again.
-                    heap.swap_remove(at);
-                    if at < heap.len() {
-                        sift_down(heap, at);
-                        sift_up(heap, at);
-                    }
-                    capped.push(i);
-                    return self.lowest(read);
-                }
+                Recheck::Fell => return None,
+                Recheck::Rose => walk.push(at),
+                // Rare: the last entry took its place, and may be one already walked; start
+                // again.
+                Recheck::Capped => return self.lowest(read),
             }
         }
         Some(key)
@@ -351,20 +340,53 @@ fn top(
     read: impl Fn(u32) -> (u64, bool),
 ) -> Top {
     loop {
-        let Some(&(kept, i)) = heap.first() else {
+        if heap.is_empty() {
             return Top::Empty;
-        };
-        match read(i) {
-            (key, true) if key == kept => return Top::Key(key),
-            (key, true) if key < kept => return Top::Fell,
-            (key, true) => {
-                heap[0].0 = key;
-                sift_down(heap, 0);
+        }
+        match recheck(heap, capped, 0, &read) {
+            Recheck::Kept(key) => return Top::Key(key),
+            Recheck::Fell => return Top::Fell,
+            Recheck::Rose | Recheck::Capped => {}
+        }
+    }
+}
+
+/// What reading a heap entry's member again found.
+enum Recheck {
+    /// Its key as kept, under the cap.
+    Kept(u64),
+    /// A key lower than kept (see [`Top::Fell`]).
+    Fell,
+    /// A higher key: the entry now holds it and has moved down to its place.
+    Rose,
+    /// At the cap: set aside, and the heap's last entry moved into its place.
+    Capped,
+}
+
+/// Reads the member of the heap entry at `at` again and brings the heap up to date with it.
+fn recheck(
+    heap: &mut Vec<(u64, u32)>,
+    capped: &mut Vec<u32>,
+    at: usize,
+    read: impl Fn(u32) -> (u64, bool),
+) -> Recheck {
+    let (kept, i) = heap[at];
+    match read(i) {
+        (key, true) if key == kept => Recheck::Kept(key),
+        (key, true) if key < kept => Recheck::Fell,
+        (key, true) => {
+            heap[at].0 = key;
+            sift_down(heap, at);
+            Recheck::Rose
+        }
+        (_, false) => {
+            heap.swap_remove(at);
+            if at < heap.len() {
+                sift_down(heap, at);
+                sift_up(heap, at);
             }
-            (_, false) => {
-                pop(heap);
-                capped.push(i);
-            }
+            capped.push(i);
+            Recheck::Capped
         }
     }
 }
@@ -386,15 +408,6 @@ fn sift_up(heap: &mut [(u64, u32)], mut at: usize) {
         heap.swap(parent, at);
         at = parent;
     }
-}
-
-/// Takes a min-heap's top entry off.
-fn pop(heap: &mut Vec<(u64, u32)>) {
-    if heap.is_empty() {
-        return;
-    }
-    heap.swap_remove(0);
-    sift_down(heap, 0);
 }
 
 /// Moves the entry at `at` down a min-heap to its place.
