@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jitsi_router::demo::prosody::ProsodyNode;
 use support::xmpp::{Participant, Transport};
@@ -330,4 +330,86 @@ async fn demo_with_prosody_lets_a_browser_join_a_room() {
     drop(tab);
     drop(browser);
     assert!(demo.stop(Duration::from_secs(40)), "the demo did not stop");
+}
+
+/// A demo killed outright (SIGKILL: no code of its own runs) takes its prosody processes and its
+/// Prometheus with it; a closed terminal's SIGHUP stops it as Ctrl-C does, temporary folders
+/// and all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_demo_leaves_no_prosody_or_prometheus_behind() {
+    let mut demo = Demo::start(&["--prosody"]);
+    let children = demo.children();
+    let count = |name: &str| {
+        children
+            .iter()
+            .filter(|(_, cmd)| cmd.contains(name))
+            .count()
+    };
+    assert_eq!(count("/usr/bin/prosody"), 3, "{children:?}");
+    assert_eq!(count("/usr/bin/prometheus"), 1, "{children:?}");
+    assert!(demo.signal("KILL", Duration::from_secs(5)));
+    let left = still_running(&children).await;
+    assert!(
+        left.is_empty(),
+        "still running after the demo was killed: {left:?}"
+    );
+    // What a killed demo cannot remove: its children's temporary folders and its own.
+    let (own, temp) = (demo_folder(&demo.banner), std::env::temp_dir());
+    let folders = (children.iter())
+        .flat_map(|(_, cmd)| cmd.split([' ', '=']))
+        .chain([own.to_str().unwrap()]);
+    for path in folders.filter(|arg| arg.starts_with(temp.to_str().unwrap())) {
+        let path = std::path::Path::new(path);
+        let folder = if path.is_dir() {
+            path
+        } else {
+            path.parent().unwrap()
+        };
+        let _ = std::fs::remove_dir_all(folder);
+    }
+
+    let mut demo = Demo::start(&[]);
+    let folder = demo_folder(&demo.banner);
+    assert!(folder.exists(), "{}", folder.display());
+    let children = demo.children();
+    assert!(
+        !children.is_empty(),
+        "the demo started no Prometheus: {}",
+        demo.banner
+    );
+    assert!(
+        demo.signal("HUP", Duration::from_secs(20)),
+        "SIGHUP did not stop the demo"
+    );
+    let left = still_running(&children).await;
+    assert!(left.is_empty(), "still running after SIGHUP: {left:?}");
+    assert!(!folder.exists(), "{} left behind", folder.display());
+}
+
+/// Which of `children` still run a few seconds on; those are killed, so that a failing test
+/// leaves nothing behind.
+async fn still_running(children: &[(u32, String)]) -> Vec<(u32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children.iter().any(|&(pid, _)| process_runs(pid)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<_> = (children.iter())
+        .filter(|&&(pid, _)| process_runs(pid))
+        .cloned()
+        .collect();
+    for (pid, _) in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "KILL", &pid.to_string()])
+            .status();
+    }
+    left
+}
+
+/// The demo's temporary folder: where the banner says its certificate is.
+fn demo_folder(banner: &str) -> std::path::PathBuf {
+    banner
+        .lines()
+        .find_map(|line| line.split_once("localhost: ")?.1.split(' ').next())
+        .map(|cert| std::path::Path::new(cert).parent().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no certificate path in the banner: {banner}"))
 }

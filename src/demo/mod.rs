@@ -45,6 +45,27 @@ fn installed(name: &str) -> Option<std::path::PathBuf> {
         .find(|path| path.exists())
 }
 
+/// A command for the program at `binary`, started so that it dies with this process.
+///
+/// DESIGN note. The demo's Prometheus and prosody processes are stopped when the demo stops
+/// (Ctrl-C, SIGTERM, SIGHUP). A demo killed outright (SIGKILL, the OOM killer, a crash) runs no
+/// code on the way out, so the kernel must do it: `setpriv --pdeathsig KILL` (util-linux, on every
+/// Debian system) sets the child's parent-death signal and then runs the program. The kernel
+/// sends it when the *thread* that started the child exits, so start children from a thread that
+/// lives as long as they should: the demo's main thread, a test's thread, or a runtime worker —
+/// not a `spawn_blocking` thread, which exits when idle. Without `setpriv` the program runs
+/// directly (and outlives a killed demo, as it did before).
+fn dies_with_us(binary: &std::path::Path) -> std::process::Command {
+    match installed("setpriv") {
+        Some(setpriv) => {
+            let mut command = std::process::Command::new(setpriv);
+            command.args(["--pdeathsig", "KILL", "--"]).arg(binary);
+            command
+        }
+        None => std::process::Command::new(binary),
+    }
+}
+
 /// A free loopback address: bound, then released for a child process to bind.
 fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()
@@ -216,11 +237,32 @@ pub async fn run(
             }
         }
     });
-    server.run(crate::server_shutdown_signal()).await;
+    server.run(stop_signal()).await;
     drop(cpu);
     drop(nodes);
     drop(dir);
     Ok(())
+}
+
+/// What stops the demo: Ctrl-C, SIGTERM, or SIGHUP. A closed terminal sends SIGHUP to the demo
+/// and to its Prometheus and prosody, which take it as "reload your config" and would outlive a
+/// demo that died of it; stopping on it stops them and removes the temporary folders.
+async fn stop_signal() {
+    #[cfg(unix)]
+    let hangup = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let hangup = std::future::pending::<()>();
+    tokio::select! {
+        () = crate::server_shutdown_signal() => {}
+        () = hangup => {}
+    }
 }
 
 fn print_welcome(nodes: &[(String, String)], port: u16, cert: &std::path::Path, prosody: bool) {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long Prometheus may take to answer `/-/ready`.
@@ -79,7 +79,7 @@ impl PrometheusServer {
         )?;
         let spawn = |dir: &std::path::Path, port: u16| {
             let log = std::fs::File::create(dir.join("prometheus.log"))?;
-            Command::new(&binary)
+            super::dies_with_us(&binary)
                 .arg(format!("--config.file={}", config.display()))
                 .arg(format!(
                     "--storage.tsdb.path={}",

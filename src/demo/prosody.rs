@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use super::SimNode;
@@ -72,7 +72,7 @@ impl ProsodyNode {
         loop {
             std::fs::write(&config_file, config(node.dir.path(), node.http))?;
             node.prosody = Some(
-                Command::new(&binary)
+                super::dies_with_us(&binary)
                     .arg("--config")
                     .arg(&config_file)
                     .arg("-F")

@@ -639,8 +639,14 @@ impl Demo {
 
     /// SIGTERM, then waits up to `limit` for the exit; whether it exited.
     pub fn stop(&mut self, limit: Duration) -> bool {
+        self.signal("TERM", limit)
+    }
+
+    /// Sends the signal `name` (`kill -s` spelling), then waits up to `limit` for the exit;
+    /// whether it exited.
+    pub fn signal(&mut self, name: &str, limit: Duration) -> bool {
         let _ = Command::new("kill")
-            .args(["-s", "TERM", &self.child.id().to_string()])
+            .args(["-s", name, &self.child.id().to_string()])
             .status();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
@@ -651,6 +657,44 @@ impl Demo {
         }
         false
     }
+}
+
+impl Demo {
+    /// The demo's child processes: pid and command line (arguments joined by spaces).
+    pub fn children(&self) -> Vec<(u32, String)> {
+        let parent = self.child.id();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if process_state(pid).is_some_and(|(_, ppid)| ppid == parent) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                found.push((pid, cmdline.trim_end().to_owned()));
+            }
+        }
+        found
+    }
+}
+
+/// A process's state letter and parent pid from `/proc/<pid>/stat`; `None` once it is gone.
+pub fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces; the fields after it are plain.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether the process runs (a zombie waiting for its parent to reap it does not).
+pub fn process_runs(pid: u32) -> bool {
+    process_state(pid).is_some_and(|(state, _)| state != 'Z')
 }
 
 impl Drop for Demo {
