@@ -3,7 +3,8 @@
 # hash-balance-factor 125, as meet.jit.si runs it) and nginx (`hash $arg_room consistent`), all
 # terminating TLS in front of the same three upstream "nodes" (nginx answering a small BOSH-like
 # body). wrk drives BOSH-style requests over 10,000 rooms through each in turn; the table gives
-# requests/s and latency with ratios against jitsi-router measured in the same round.
+# requests/s and latency with ratios against jitsi-router measured in the same round, and the CPU
+# time each proxy used per request (user + system; steadier than requests/s on a shared machine).
 #
 #   benches/load.sh [seconds per run, default 10] [connections, default 50] [rounds, default 3]
 #   JITSI_ROUTER_BIN=path/to/jitsi-router benches/load.sh   (a build other than this tree's)
@@ -72,6 +73,7 @@ router_port="$(free_port)"
   done
 } > "$work/router.toml"
 RUST_LOG=warn "$router_bin" serve --config "$work/router.toml" 2>"$work/router.log" & pids+=($!)
+router_pid=$!
 
 # HAProxy: hash on the room parameter, consistent, bounded load.
 haproxy_port="$(free_port)"
@@ -86,6 +88,7 @@ haproxy_port="$(free_port)"
   done
 } > "$work/haproxy.cfg"
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+haproxy_pid=$!
 
 # nginx: hash $arg_room consistent.
 nginx_port="$(free_port)"
@@ -102,6 +105,7 @@ nginx_port="$(free_port)"
 } > "$work/proxy.conf"
 mkdir -p "$work/proxy"
 nginx -c "$work/proxy.conf" -p "$work/proxy" & pids+=($!)
+nginx_pid=$!
 
 for entry in "jitsi-router:$router_port:router.log" "haproxy:$haproxy_port:haproxy.log" "nginx:$nginx_port:proxy.err"; do
   IFS=: read -r name port log <<<"$entry"
@@ -127,14 +131,27 @@ request = function()
 end
 LUA
 
+# CPU time (user + system, clock ticks) of a process and its children (nginx's workers).
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$1" $(ps -o pid= --ppid "$1"); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
 run() {
-  local name="$1" port="$2"
+  local name="$1" port="$2" pid="$3" before
+  before=$(cpu_ticks "$pid")
   wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/rooms.lua" "https://127.0.0.1:$port" > "$work/$name.wrk"
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name.wrk")
   p50=$(awk '$1 == "50%" {print $2}' "$work/$name.wrk")
   p99=$(awk '$1 == "99%" {print $2}' "$work/$name.wrk")
-  echo "$name $rps $p50 $p99"
+  # CPU microseconds per request: how much of the shared machine the proxy itself used.
+  local cpu
+  cpu=$(python3 -c "print(($(cpu_ticks "$pid") - $before) / $(getconf CLK_TCK) / ($rps * $duration) * 1e6)")
+  echo "$name $rps $p50 $p99 $cpu"
 }
 
 # Rounds, each running the three in a rotated order, so that a slow phase of a shared machine
@@ -142,10 +159,11 @@ run() {
 # of its ratio to jitsi-router's round.
 names=(jitsi-router haproxy nginx)
 ports=("$router_port" "$haproxy_port" "$nginx_port")
+proxy_pids=("$router_pid" "$haproxy_pid" "$nginx_pid")
 for round in $(seq 0 $((rounds - 1))); do
   for k in 0 1 2; do
     i=$(((k + round) % 3))
-    run "${names[$i]}" "${ports[$i]}" >> "$work/rounds.txt"
+    run "${names[$i]}" "${ports[$i]}" "${proxy_pids[$i]}" >> "$work/rounds.txt"
   done
 done
 python3 - "$work/rounds.txt" "$rounds" <<'PY'
@@ -158,7 +176,7 @@ base = [float(r[1]) for r in by["jitsi-router"]]
 def ms(text):
     return float(text[:-2]) if text.endswith("ms") else float(text[:-2]) / 1000 if text.endswith("us") else float(text[:-1]) * 1000
 print(f"{rounds} rounds; median round per proxy; ratio = proxy / jitsi-router in the same round")
-print(f"{'proxy':<14} {'requests/s':>12} {'p50':>9} {'p99':>9} {'vs jitsi-router':>16} {'ratio range':>14}")
+print(f"{'proxy':<14} {'requests/s':>12} {'p50':>9} {'p99':>9} {'vs jitsi-router':>16} {'ratio range':>14} {'CPU us/req':>11}")
 for n in names:
     rps = [float(r[1]) for r in by[n]]
     ratios = [a / b for a, b in zip(rps, base)]
@@ -166,5 +184,6 @@ for n in names:
     p99 = statistics.median(ms(r[3]) for r in by[n])
     print(f"{n:<14} {statistics.median(rps):>12.0f} {p50:>7.2f}ms {p99:>7.2f}ms "
           f"{statistics.median(rps) / statistics.median(base):>15.2f}x "
-          f"{min(ratios):>6.2f}-{max(ratios):.2f}x")
+          f"{min(ratios):>6.2f}-{max(ratios):.2f}x "
+          f"{statistics.median(float(r[4]) for r in by[n]):>11.1f}")
 PY
