@@ -245,6 +245,93 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+/// `pool_idle_timeout` retires idle upstream connections, and `pool_max_idle_per_node = 0`
+/// keeps none.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_upstream_connections_are_retired_as_configured() {
+    let peer = |client: reqwest::Client, url: String| async move {
+        let (seen, _) = report(&client, &url).await;
+        seen["peer"].as_str().unwrap().to_owned()
+    };
+    let (_certs, _nodes, router) = fleet(1, "[upstream]\npool_idle_timeout = \"300ms\"\n").await;
+    let client = router.client_h1();
+    let first = peer(client.clone(), router.url("/idle")).await;
+    let again = peer(client.clone(), router.url("/idle")).await;
+    assert_eq!(first, again, "a connection used a moment ago is used again");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let later = peer(client.clone(), router.url("/idle")).await;
+    assert_ne!(
+        first, later,
+        "a connection idle past pool_idle_timeout was used again"
+    );
+
+    let (_certs, _nodes, router) = fleet(1, "[upstream]\npool_max_idle_per_node = 0\n").await;
+    let client = router.client_h1();
+    let mut peers = HashSet::new();
+    for _ in 0..5 {
+        peers.insert(peer(client.clone(), router.url("/none-kept")).await);
+    }
+    assert_eq!(peers.len(), 5, "no idle connection may be kept: {peers:?}");
+}
+
+/// A node that closes each connection after its answer (without saying `Connection: close`, as
+/// a node whose keep-alive timer ran out does): every request still gets its answer, each on a
+/// new connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_closing_idle_connections_costs_no_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Routed requests, not the router's health checks.
+                if head.starts_with(b"GET /closer-") {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Closed a moment later, as an idle keep-alive timer would.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    let certs = Certs::new();
+    let entries = [("closer", format!("http://{addr}"))];
+    let router = Router::start(&certs, &config(&certs, "", &entries));
+    let client = router.client_h1();
+    for i in 0..10 {
+        let answer = client
+            .get(router.url(&format!("/closer-{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status(),
+            200,
+            "request {i}: {}",
+            answer.text().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // One connection each: a second request on a connection would be counted again too, so
+    // this says no routed request went to a connection the node had closed.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_1_2_and_1_3_are_both_served() {
     let (certs, _nodes, router) = fleet(1, "").await;

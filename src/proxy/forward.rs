@@ -4,41 +4,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Uri};
+use http::uri::PathAndQuery;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use super::headers::{self, Forwarded};
+use super::upstream::UpstreamClient;
 use super::{errors, tunnel, Body};
-use crate::config::Upstream;
 use crate::fleet::Node;
-use crate::tls::TlsError;
-
-/// The pooled client all nodes share.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
-
-/// Builds the upstream client from `[upstream]`.
-pub fn client(cfg: &Upstream) -> Result<UpstreamClient, TlsError> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(cfg.connect_timeout));
-    let tls = crate::tls::upstream_client_config(cfg.ca.as_deref())?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle_per_node)
-        .build(connector))
-}
 
 /// Settings the forwarder needs per request.
 pub struct ForwardSettings {
@@ -76,12 +50,12 @@ pub async fn forward(
     } = upgrade;
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let Some(uri) = upstream_uri(&node.spec.upstream, parts.uri.path_and_query()) else {
-        return errors::plain(
-            StatusCode::BAD_REQUEST,
-            "request target cannot be forwarded",
-        );
-    };
+    // Origin form (`/path?query`); the node's scheme and authority pick the connection.
+    let target = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let host = parts
         .headers
         .get(header::HOST)
@@ -98,9 +72,9 @@ pub async fn forward(
             upgrade,
         },
     );
-    parts.uri = uri;
+    parts.uri = target.into();
     parts.version = http::Version::HTTP_11;
-    let sent = client.request(Request::from_parts(parts, body));
+    let sent = client.send(&node.spec.upstream, Request::from_parts(parts, body));
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(settings.response_timeout, sent).await;
     node.live.upstream.observe(started.elapsed());
@@ -146,17 +120,6 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     headers::prepare_response(&mut parts.headers, upgraded);
     Response::from_parts(parts, Either::Left(body))
-}
-
-fn upstream_uri(base: &Uri, path: Option<&PathAndQuery>) -> Option<Uri> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = base.scheme().cloned();
-    parts.authority = base.authority().cloned();
-    parts.path_and_query = Some(
-        path.cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).ok()
 }
 
 /// The error and its causes on one line (hyper's top-level messages are terse).

@@ -6,6 +6,7 @@ pub mod forward;
 pub mod headers;
 pub mod redirect;
 pub mod tunnel;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,10 +23,11 @@ use crate::metrics::{DecisionKind, Metrics};
 use crate::placement::{rendezvous, Decision, Router};
 use crate::room::{self, RoomLimits, Target};
 use crate::tls::TlsError;
-use forward::{ForwardSettings, UpstreamClient};
+use forward::ForwardSettings;
+use upstream::{Pooled, UpstreamClient};
 
 /// Response body: a node's streamed body, or a small body of the router's own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Pooled, Full<Bytes>>;
 
 /// Everything the handler needs, shared by all connections.
 pub struct Proxy {
@@ -57,7 +59,7 @@ impl Proxy {
     pub fn new(router: Arc<Router>, config: &Config) -> Result<Proxy, TlsError> {
         Ok(Proxy {
             router,
-            client: forward::client(&config.upstream)?,
+            client: UpstreamClient::new(&config.upstream)?,
             mode: config.routing.mode,
             forward: ForwardSettings {
                 response_timeout: config.upstream.response_timeout,
