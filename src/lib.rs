@@ -13,8 +13,8 @@
 //! - [`placement`]: the pin table ([`placement::pins`]), the placement rule
 //!   ([`placement::policy`]: estimated CPU, bounded load, `max_cpu`, rendezvous ties) and
 //!   rendezvous hashing; knows nothing of hyper.
-//! - [`proxy`]: the hyper service — forwarding with header hygiene, WebSocket tunnels, redirects
-//!   and error answers.
+//! - [`proxy`]: the hyper service — forwarding with header hygiene over a per-node pool of
+//!   keep-alive connections ([`proxy::upstream`]), WebSocket tunnels, redirects and error answers.
 //! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
 //! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener, graceful shutdown.
 //! - [`admin`]: the admin listener: JSON API (nodes, rooms, drain, readiness), the fleet

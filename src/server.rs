@@ -162,6 +162,10 @@ impl Server {
             self.proxy.router().clone(),
             self.config.routing.pin_idle_timeout,
         ));
+        tasks.spawn(close_idle_connections(
+            self.proxy.clone(),
+            self.config.upstream.pool_idle_timeout,
+        ));
         // With `listen = "...:0"` the configured port says nothing; use the bound one.
         let https_port = self.https_addrs().first().map_or(443, |a| a.port());
         let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(self.certs.clone())));
@@ -359,6 +363,18 @@ fn to_https(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
             "request target cannot be redirected\n".into(),
             None,
         ),
+    }
+}
+
+async fn close_idle_connections(proxy: Arc<Proxy>, idle: Duration) {
+    let period = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let closed = proxy.close_idle_connections();
+        if closed > 0 {
+            tracing::debug!(closed, "idle upstream connections closed");
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -274,41 +276,61 @@ async fn idle_upstream_connections_are_retired_as_configured() {
     assert_eq!(peers.len(), 5, "no idle connection may be kept: {peers:?}");
 }
 
-/// A node that closes each connection after its answer (without saying `Connection: close`, as
-/// a node whose keep-alive timer ran out does): every request still gets its answer, each on a
-/// new connection.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_node_closing_idle_connections_costs_no_request() {
+/// A node on a bare socket answering `GET /<path>` with `ok`: after each answer it closes the
+/// connection 20 ms later (`closing`, without saying `Connection: close`, as a node whose
+/// keep-alive timer ran out does) or waits for the next request. Counts routed requests (not
+/// the router's health checks) and routed connections the router closed.
+async fn bare_node(closing: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = accepted.clone();
+    let (requests, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counts = (requests.clone(), closed.clone());
     tokio::spawn(async move {
         loop {
             let (mut tcp, _) = listener.accept().await.unwrap();
-            let counted = counted.clone();
+            let (requests, closed) = counts.clone();
             tokio::spawn(async move {
+                let mut routed = false;
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                if routed {
+                                    closed.fetch_add(1, Ordering::SeqCst);
+                                }
+                                return;
+                            }
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if !head.starts_with(b"GET /about/health") {
+                        routed = true;
+                        requests.fetch_add(1, Ordering::SeqCst);
+                    }
+                    head.clear();
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if tcp.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if closing {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        return;
                     }
                 }
-                // Routed requests, not the router's health checks.
-                if head.starts_with(b"GET /closer-") {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                // Closed a moment later, as an idle keep-alive timer would.
-                tokio::time::sleep(Duration::from_millis(20)).await;
             });
         }
     });
+    (addr, requests, closed)
+}
+
+/// A node that closes each connection after its answer: every request still gets its answer,
+/// each on a new connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_closing_idle_connections_costs_no_request() {
+    let (addr, requests, _) = bare_node(true).await;
     let certs = Certs::new();
     let entries = [("closer", format!("http://{addr}"))];
     let router = Router::start(&certs, &config(&certs, "", &entries));
@@ -327,9 +349,28 @@ async fn a_node_closing_idle_connections_costs_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    // One connection each: a second request on a connection would be counted again too, so
-    // this says no routed request went to a connection the node had closed.
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
+    assert_eq!(requests.load(Ordering::SeqCst), 10);
+}
+
+/// An idle upstream connection is closed once `pool_idle_timeout` passes, with no request
+/// coming to find it expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_upstream_connections_are_closed_after_the_timeout() {
+    let (addr, requests, closed) = bare_node(false).await;
+    let certs = Certs::new();
+    let entries = [("keeper", format!("http://{addr}"))];
+    let sections = "[upstream]\npool_idle_timeout = \"300ms\"\n";
+    let router = Router::start(&certs, &config(&certs, sections, &entries));
+    let client = router.client_h1();
+    let answer = client.get(router.url("/keeper")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    eventually(
+        Duration::from_secs(5),
+        "the idle connection closed",
+        || async { closed.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -78,6 +78,11 @@ impl Proxy {
         })
     }
 
+    /// Closes pooled upstream connections idle past `pool_idle_timeout`; how many it closed.
+    pub fn close_idle_connections(&self) -> usize {
+        self.client.close_idle()
+    }
+
     /// Open WebSocket tunnels.
     pub fn tunnels(&self) -> &Arc<tunnel::Tunnels> {
         &self.forward.tunnels

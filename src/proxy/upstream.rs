@@ -11,10 +11,9 @@
 //! What the legacy client did that this keeps:
 //! - A request that a pooled connection could not send (the node closed the connection while it
 //!   sat idle) is sent again on another connection; one that was sent is never sent twice.
-//! - Connections idle for longer than `pool_idle_timeout` are not used again, and at most
-//!   `pool_max_idle_per_node` idle ones are kept per node (the oldest go first). Idle ones are
-//!   dropped when their pool is next used; a node that closes idle connections (nginx after 75 s)
-//!   frees them sooner.
+//! - Connections idle for longer than `pool_idle_timeout` are closed (by the server's sweep every
+//!   half timeout, and when their pool is next used), and at most `pool_max_idle_per_node` idle
+//!   ones are kept per node (the oldest go first).
 //! - Connections take `Upgrade` (WebSocket): an upgraded connection leaves the pool for good.
 
 use std::collections::HashMap;
@@ -141,16 +140,35 @@ impl UpstreamClient {
         made.expect("rcu ran its update at least once")
     }
 
+    /// Closes every pooled connection idle for longer than `pool_idle_timeout` (and those the
+    /// node closed); the server calls it every half timeout.
+    pub fn close_idle(&self) -> usize {
+        let mut closed = 0;
+        for pool in self.pools.load().values() {
+            let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = idle.len();
+            self.drop_expired(&mut idle);
+            idle.retain(|conn| !conn.sender.is_closed());
+            closed += before - idle.len();
+        }
+        closed
+    }
+
+    /// Drops the connections idle for too long: the oldest, at the front.
+    fn drop_expired(&self, idle: &mut Vec<Idle>) {
+        let expired = idle
+            .iter()
+            .take_while(|conn| conn.since.elapsed() > self.idle_timeout)
+            .count();
+        idle.drain(..expired);
+    }
+
     /// An idle connection to the pool's node that is still open and free, if there is one.
     async fn checkout(&self, pool: &Pool) -> Option<SendRequest<Incoming>> {
         loop {
             let idle = {
                 let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let expired = idle
-                    .iter()
-                    .take_while(|conn| conn.since.elapsed() > self.idle_timeout)
-                    .count();
-                idle.drain(..expired);
+                self.drop_expired(&mut idle);
                 idle.pop()?
             };
             let mut sender = idle.sender;
