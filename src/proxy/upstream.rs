@@ -68,8 +68,13 @@ pub struct UpstreamClient {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    pools: ArcSwap<HashMap<Uri, Arc<Pool>, foldhash::fast::RandomState>>,
+    /// Pools by node authority, `http://` nodes first, `https://` second. Keyed by the authority
+    /// text rather than the `Uri`: hashing a `Uri` (scheme, then the authority byte by byte,
+    /// lowercased) took 900 instructions a request.
+    pools: ArcSwap<[Pools; 2]>,
 }
+
+type Pools = HashMap<Box<str>, Arc<Pool>, foldhash::fast::RandomState>;
 
 /// One node's idle connections, most recently used last.
 #[derive(Default)]
@@ -128,13 +133,15 @@ impl UpstreamClient {
     }
 
     fn pool(&self, base: &Uri) -> Arc<Pool> {
-        if let Some(pool) = self.pools.load().get(base) {
+        let https = usize::from(base.scheme() == Some(&Scheme::HTTPS));
+        let authority = base.authority().map_or("", |a| a.as_str());
+        if let Some(pool) = self.pools.load()[https].get(authority) {
             return pool.clone();
         }
         let mut made = None;
         self.pools.rcu(|pools| {
-            let mut pools = HashMap::clone(pools);
-            made = Some(pools.entry(base.clone()).or_default().clone());
+            let mut pools = <[Pools; 2]>::clone(pools);
+            made = Some(pools[https].entry(authority.into()).or_default().clone());
             pools
         });
         made.expect("rcu ran its update at least once")
@@ -144,7 +151,7 @@ impl UpstreamClient {
     /// node closed); the server calls it every half timeout.
     pub fn close_idle(&self) -> usize {
         let mut closed = 0;
-        for pool in self.pools.load().values() {
+        for pool in self.pools.load().iter().flat_map(HashMap::values) {
             let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
             let before = idle.len();
             self.drop_expired(&mut idle);
