@@ -75,18 +75,22 @@ pub async fn server_shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     };
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+    let term = unix_signal(tokio::signal::unix::SignalKind::terminate());
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// Completes when the process receives the signal `kind`; never, if it cannot be listened for.
+#[cfg(unix)]
+pub(crate) async fn unix_signal(kind: tokio::signal::unix::SignalKind) {
+    match tokio::signal::unix::signal(kind) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
     }
 }

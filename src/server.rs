@@ -366,23 +366,29 @@ fn to_https(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
     }
 }
 
-async fn close_idle_connections(proxy: Arc<Proxy>, idle: Duration) {
+/// Runs `sweep` every half of `idle` (between 0.1 s and a minute), so that nothing stays more
+/// than half as long again as its idle timeout.
+async fn every_half(idle: Duration, mut sweep: impl FnMut()) {
     let period = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
+        sweep();
+    }
+}
+
+async fn close_idle_connections(proxy: Arc<Proxy>, idle: Duration) {
+    every_half(idle, || {
         let closed = proxy.close_idle_connections();
         if closed > 0 {
             tracing::debug!(closed, "idle upstream connections closed");
         }
-    }
+    })
+    .await;
 }
 
 async fn sweep_pins(router: Arc<Router>, idle: Duration) {
-    let period = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    let mut tick = tokio::time::interval(period);
-    loop {
-        tick.tick().await;
+    every_half(idle, || {
         let dropped = router.sweep();
         if dropped > 0 {
             tracing::debug!(
@@ -391,5 +397,6 @@ async fn sweep_pins(router: Arc<Router>, idle: Duration) {
                 "idle pins forgotten"
             );
         }
-    }
+    })
+    .await;
 }

@@ -249,14 +249,7 @@ pub async fn run(
 /// demo that died of it; stopping on it stops them and removes the temporary folders.
 async fn stop_signal() {
     #[cfg(unix)]
-    let hangup = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+    let hangup = crate::unix_signal(tokio::signal::unix::SignalKind::hangup());
     #[cfg(not(unix))]
     let hangup = std::future::pending::<()>();
     tokio::select! {
