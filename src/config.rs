@@ -158,7 +158,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Time allowed for a node to start its response (BOSH holds requests for 60 s).
     pub response_timeout: Duration,
-    /// How long an idle pooled connection is kept.
+    /// How long an idle pooled connection is kept (default 60 s, under the nodes' nginx
+    /// `keepalive_timeout` of 65 s).
     pub pool_idle_timeout: Duration,
     /// Most idle pooled connections kept per node.
     pub pool_max_idle_per_node: usize,
@@ -676,7 +677,9 @@ fn upstream(check: &Check, raw: raw::Upstream) -> Result<Upstream, ConfigError> 
         pool_idle_timeout: check.duration(
             "upstream.pool_idle_timeout",
             raw.pool_idle_timeout.as_deref(),
-            Duration::from_secs(90),
+            // Under the 65 s `keepalive_timeout` of the nginx in front of a Jitsi node (Debian's
+            // and Jitsi's packages), so that the router, not the node, ends an idle connection.
+            Duration::from_secs(60),
         )?,
         pool_max_idle_per_node: raw.pool_max_idle_per_node.unwrap_or(256),
         ca: raw

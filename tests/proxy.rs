@@ -276,11 +276,24 @@ async fn idle_upstream_connections_are_retired_as_configured() {
     assert_eq!(peers.len(), 5, "no idle connection may be kept: {peers:?}");
 }
 
-/// A node on a bare socket answering `GET /<path>` with `ok`: after each answer it closes the
-/// connection 20 ms later (`closing`, without saying `Connection: close`, as a node whose
-/// keep-alive timer ran out does) or waits for the next request. Counts routed requests (not
-/// the router's health checks) and routed connections the router closed.
-async fn bare_node(closing: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+/// What a [`bare_node`] does after it answers a request on a connection.
+#[derive(Clone, Copy, PartialEq)]
+enum AfterAnswer {
+    /// Waits for the next request.
+    Keep,
+    /// Closes the connection 20 ms later, without having said `Connection: close` (a node whose
+    /// keep-alive timer ran out).
+    Close,
+    /// Reads the connection's next request and closes without answering it (a node closing an
+    /// idle connection just as a request arrives on it).
+    DropNext,
+}
+
+/// A node on a bare socket answering each request with `ok`, then doing `after`. Counts routed
+/// requests (not the router's health checks) and routed connections the router closed.
+async fn bare_node(
+    after: AfterAnswer,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -292,6 +305,7 @@ async fn bare_node(closing: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>, Ar
             let (requests, closed) = counts.clone();
             tokio::spawn(async move {
                 let mut routed = false;
+                let mut answered = false;
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
                 loop {
@@ -306,16 +320,27 @@ async fn bare_node(closing: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>, Ar
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
-                    if !head.starts_with(b"GET /about/health") {
+                    let health = head.starts_with(b"GET /about/health");
+                    let bodiless = head.starts_with(b"HEAD ");
+                    head.clear();
+                    if !health {
                         routed = true;
                         requests.fetch_add(1, Ordering::SeqCst);
+                        if answered && after == AfterAnswer::DropNext {
+                            return;
+                        }
                     }
-                    head.clear();
                     let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    let answer = if bodiless {
+                        &answer[..answer.len() - 2]
+                    } else {
+                        answer
+                    };
                     if tcp.write_all(answer).await.is_err() {
                         return;
                     }
-                    if closing {
+                    answered |= !health;
+                    if after == AfterAnswer::Close {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         return;
                     }
@@ -326,11 +351,64 @@ async fn bare_node(closing: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>, Ar
     (addr, requests, closed)
 }
 
+/// A node that closes a pooled connection as a request arrives on it: an idempotent request
+/// without a body is sent again on a new connection and gets its answer; a `POST` is never sent
+/// twice and gets a 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_lost_on_a_pooled_connection_is_sent_again_only_when_safe() {
+    let (addr, requests, _) = bare_node(AfterAnswer::DropNext).await;
+    let certs = Certs::new();
+    let entries = [("dropper", format!("http://{addr}"))];
+    let router = Router::start(&certs, &config(&certs, "", &entries));
+    let client = router.client_h1();
+    let first = client.get(router.url("/dropped")).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    // The pooled connection takes the GET and closes: the router sends it again on a new one.
+    for (method, seen) in [(reqwest::Method::GET, 3), (reqwest::Method::HEAD, 5)] {
+        let again = client
+            .request(method.clone(), router.url("/dropped"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            again.status(),
+            200,
+            "{method} on a connection the node closed"
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), seen, "{method}");
+    }
+    // A BOSH POST on the pooled connection: the node sees it once, the client gets the 502.
+    let post = client
+        .post(router.url("/http-bind?room=dropped"))
+        .body("<body rid='1'/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 502);
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        6,
+        "the POST went to the node once"
+    );
+    // A GET with a body is not sent twice either.
+    let get = client.get(router.url("/dropped")).send().await.unwrap();
+    assert_eq!(get.status(), 200, "a new connection after the 502");
+    let with_body = client
+        .get(router.url("/dropped"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_body.status(), 502);
+    assert_eq!(requests.load(Ordering::SeqCst), 8);
+}
+
 /// A node that closes each connection after its answer: every request still gets its answer,
 /// each on a new connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_closing_idle_connections_costs_no_request() {
-    let (addr, requests, _) = bare_node(true).await;
+    let (addr, requests, _) = bare_node(AfterAnswer::Close).await;
     let certs = Certs::new();
     let entries = [("closer", format!("http://{addr}"))];
     let router = Router::start(&certs, &config(&certs, "", &entries));
@@ -356,7 +434,7 @@ async fn a_node_closing_idle_connections_costs_no_request() {
 /// coming to find it expired.
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_upstream_connections_are_closed_after_the_timeout() {
-    let (addr, requests, closed) = bare_node(false).await;
+    let (addr, requests, closed) = bare_node(AfterAnswer::Keep).await;
     let certs = Certs::new();
     let entries = [("keeper", format!("http://{addr}"))];
     let sections = "[upstream]\npool_idle_timeout = \"300ms\"\n";
@@ -368,6 +446,36 @@ async fn idle_upstream_connections_are_closed_after_the_timeout() {
     eventually(
         Duration::from_secs(5),
         "the idle connection closed",
+        || async { closed.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
+}
+
+/// A node taken out of the fleet loses its pooled connections at the next sweep (every half
+/// `pool_idle_timeout`), long before they would have expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_node_keeps_no_pooled_connections() {
+    let (gone, _, closed) = bare_node(AfterAnswer::Keep).await;
+    let (stays, _, _) = bare_node(AfterAnswer::Keep).await;
+    let certs = Certs::new();
+    let sections = "[upstream]\npool_idle_timeout = \"6s\"\n";
+    let before = [("gone", format!("http://{gone}"))];
+    let router = Router::start(&certs, &config(&certs, sections, &before));
+    let answer = router
+        .client_h1()
+        .get(router.url("/room"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let after = [("stays", format!("http://{stays}"))];
+    std::fs::write(router.config_path(), config(&certs, sections, &after)).unwrap();
+    router.signal("HUP");
+    // Sweeps come every 3 s: the pooled connection goes at the first one after the reload,
+    // where expiry alone would take it 6 to 9 s after its request.
+    eventually(
+        Duration::from_millis(4_500),
+        "the removed node's pooled connection closed",
         || async { closed.load(Ordering::SeqCst) == 1 },
     )
     .await;

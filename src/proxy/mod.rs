@@ -8,6 +8,7 @@ pub mod redirect;
 pub mod tunnel;
 pub mod upstream;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,9 +79,18 @@ impl Proxy {
         })
     }
 
-    /// Closes pooled upstream connections idle past `pool_idle_timeout`; how many it closed.
+    /// Closes pooled upstream connections idle past `pool_idle_timeout`, and those to nodes no
+    /// longer in the fleet; how many it closed.
     pub fn close_idle_connections(&self) -> usize {
-        self.client.close_idle()
+        let state = self.router.fleet().load();
+        let upstreams: HashSet<(&str, &str)> = (state.nodes().iter())
+            .filter_map(|node| {
+                let upstream = &node.spec.upstream;
+                Some((upstream.scheme_str()?, upstream.authority()?.as_str()))
+            })
+            .collect();
+        self.client
+            .close_idle(&|scheme, authority| upstreams.contains(&(scheme, authority)))
     }
 
     /// Open WebSocket tunnels.

@@ -10,7 +10,15 @@
 //!
 //! What the legacy client did that this keeps:
 //! - A request that a pooled connection could not send (the node closed the connection while it
-//!   sat idle) is sent again on another connection; one that was sent is never sent twice.
+//!   sat idle) is sent again on another connection.
+//!
+//! What it adds: a request that a pooled connection did send, but that the node closed (or
+//! reset) without a byte of answer, is sent once more on a new connection when that is safe —
+//! an idempotent method (`GET`, `HEAD`, `OPTIONS`, ...) with no body, as nginx's
+//! `proxy_next_upstream error` does. That is the race of a node closing an idle keep-alive
+//! connection (its `keepalive_timeout`, or an `nginx -s reload` closing every idle one) just as
+//! a request goes out on it. A request with a body, or a `POST` (BOSH), is never sent twice: the
+//! client gets the 502 and its own retry logic decides.
 //! - Connections idle for longer than `pool_idle_timeout` are closed (by the server's sweep every
 //!   half timeout, and when their pool is next used), and at most `pool_max_idle_per_node` idle
 //!   ones are kept per node (the oldest go first).
@@ -26,6 +34,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::{Scheme, Uri};
 use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -76,14 +85,20 @@ pub struct UpstreamClient {
 
 type Pools = HashMap<Box<str>, Arc<Pool>, foldhash::fast::RandomState>;
 
+/// The scheme of each of [`UpstreamClient`]'s two pool maps.
+const SCHEMES: [&str; 2] = ["http", "https"];
+
 /// One node's idle connections, most recently used last.
 #[derive(Default)]
 struct Pool {
     idle: Mutex<Vec<Idle>>,
 }
 
+/// What goes to a node: the client's body, or none (a bodiless request sent again).
+type Outgoing = Either<Incoming, Empty<Bytes>>;
+
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Outgoing>,
     since: Instant,
 }
 
@@ -105,14 +120,23 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         base: &Uri,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Result<Response<Pooled>, UpstreamError> {
         let pool = self.pool(base);
+        let mut req = req.map(Either::Left);
+        // After a sent request was lost, its copy goes out on a new connection, once.
+        let mut fresh = false;
         loop {
-            let (mut sender, reused) = match self.checkout(&pool).await {
+            let pooled = if fresh {
+                None
+            } else {
+                self.checkout(&pool).await
+            };
+            let (mut sender, reused) = match pooled {
                 Some(sender) => (sender, true),
                 None => (self.connect(base).await?, false),
             };
+            let copy = (reused && replayable(&req)).then(|| bodiless_copy(&req));
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -123,9 +147,20 @@ impl UpstreamClient {
                         back,
                     }));
                 }
-                Err(mut failed) => match failed.take_message() {
+                Err(mut failed) => match (failed.take_message(), copy) {
                     // Never sent: a pooled connection closed under it. Another one may do.
-                    Some(unsent) if reused => req = unsent,
+                    (Some(unsent), _) if reused => req = unsent,
+                    // Sent, and the node closed the connection without answering: safe to send
+                    // again, on a connection opened for it.
+                    (None, Some(copy)) if closed_unanswered(failed.error()) => {
+                        tracing::debug!(
+                            node = %base,
+                            error = %failed.error(),
+                            "pooled connection closed under an idempotent request; sending it again"
+                        );
+                        req = copy;
+                        fresh = true;
+                    }
                     _ => return Err(failed.into_error().into()),
                 },
             }
@@ -148,15 +183,36 @@ impl UpstreamClient {
     }
 
     /// Closes every pooled connection idle for longer than `pool_idle_timeout` (and those the
-    /// node closed); the server calls it every half timeout.
-    pub fn close_idle(&self) -> usize {
+    /// node closed), and forgets the pools of nodes no longer in the fleet (`in_fleet` says which
+    /// upstreams are) with their idle connections; the server calls it every half timeout.
+    pub fn close_idle(&self, in_fleet: &dyn Fn(&str, &str) -> bool) -> usize {
         let mut closed = 0;
-        for pool in self.pools.load().iter().flat_map(HashMap::values) {
-            let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let before = idle.len();
-            self.drop_expired(&mut idle);
-            idle.retain(|conn| !conn.sender.is_closed());
-            closed += before - idle.len();
+        let mut gone = false;
+        let pools = self.pools.load();
+        for (https, pools) in pools.iter().enumerate() {
+            for (authority, pool) in pools {
+                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let before = idle.len();
+                if in_fleet(SCHEMES[https], authority) {
+                    self.drop_expired(&mut idle);
+                    idle.retain(|conn| !conn.sender.is_closed());
+                } else {
+                    idle.clear();
+                    gone = true;
+                }
+                closed += before - idle.len();
+            }
+        }
+        if gone {
+            // A connection still out with a request goes back to its forgotten pool, which
+            // closes it when the last such request ends.
+            self.pools.rcu(|pools| {
+                let mut pools = <[Pools; 2]>::clone(pools);
+                for (https, pools) in pools.iter_mut().enumerate() {
+                    pools.retain(|authority, _| in_fleet(SCHEMES[https], authority));
+                }
+                pools
+            });
         }
         closed
     }
@@ -171,7 +227,7 @@ impl UpstreamClient {
     }
 
     /// An idle connection to the pool's node that is still open and free, if there is one.
-    async fn checkout(&self, pool: &Pool) -> Option<SendRequest<Incoming>> {
+    async fn checkout(&self, pool: &Pool) -> Option<SendRequest<Outgoing>> {
         loop {
             let idle = {
                 let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -186,7 +242,7 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(&self, base: &Uri) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn connect(&self, base: &Uri) -> Result<SendRequest<Outgoing>, UpstreamError> {
         let authority = base.authority().map_or("", |a| a.as_str());
         let failed = |reason: String| UpstreamError::Connect {
             authority: authority.to_owned(),
@@ -226,12 +282,44 @@ impl UpstreamClient {
     }
 }
 
+/// Whether a request may go to the node a second time: an idempotent method and no body.
+fn replayable(req: &Request<Outgoing>) -> bool {
+    req.method().is_idempotent() && req.body().is_end_stream()
+}
+
+/// The request line and headers of a bodiless request, to send again.
+fn bodiless_copy(req: &Request<Outgoing>) -> Request<Outgoing> {
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Whether a sent request's connection ended with no answer: closed before a response (hyper's
+/// "incomplete message"), or reset or aborted by the node.
+fn closed_unanswered(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            return matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe);
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// A node's response body; dropped after its end, it gives its connection back to the pool.
 pub struct Pooled {
     body: Incoming,
     /// The body said it had no more frames (a chunked body's length stays unknown to the end).
     ended: bool,
-    back: Option<(SendRequest<Incoming>, Arc<Pool>, usize)>,
+    back: Option<(SendRequest<Outgoing>, Arc<Pool>, usize)>,
 }
 
 impl Body for Pooled {
