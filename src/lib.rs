@@ -14,7 +14,8 @@
 //!   ([`placement::policy`]: estimated CPU, bounded load, `max_cpu`, rendezvous ties) and
 //!   rendezvous hashing; knows nothing of hyper.
 //! - [`proxy`]: the hyper service — forwarding with header hygiene over a per-node pool of
-//!   keep-alive connections ([`proxy::upstream`]), WebSocket tunnels, redirects and error answers.
+//!   keep-alive connections ([`proxy::upstream`]), WebSocket tunnels (copied both ways with no
+//!   buffer held while idle), redirects and error answers.
 //! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
 //! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener, graceful shutdown.
 //! - [`admin`]: the admin listener: JSON API (nodes, rooms, drain, readiness), the fleet

@@ -6,7 +6,9 @@
 /// headers and futures across tokio's worker threads. In `benches/load.sh` (eight interleaved
 /// pairs of builds, 2026-11-27) HAProxy's and nginx's lead over the router shrank by 3–18 %
 /// depending on the sitting, for about 12 MB more resident memory under 50 connections (30 MB
-/// against 17.5 MB).
+/// against 17.5 MB). Its 2.x line (the crate's `v2` feature) rather than 3.x: open WebSocket
+/// tunnels cost 8.1–9.9 KiB each with it against 11.3–12.3 KiB with 3.x (glibc's: 8.9–9.5;
+/// `cargo bench --bench tunnels`, three runs each), with the same requests/s in `load.sh`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

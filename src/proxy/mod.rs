@@ -1,6 +1,7 @@
 //! The request handler: classify the request, ask placement for a node, then forward (proxy mode)
 //! or redirect (redirect mode), and mark the answer with the node's name.
 
+mod copy;
 pub mod errors;
 pub mod forward;
 pub mod headers;

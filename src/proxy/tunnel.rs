@@ -12,9 +12,6 @@ use tokio::sync::Notify;
 use crate::fleet::NodeId;
 use crate::placement::pins::PinStore;
 
-/// Per-direction copy buffer. Jitsi signalling frames are small; keep idle tunnels cheap.
-const BUFFER: usize = 4 * 1024;
-
 /// Keeps a room's pin alive while its WebSocket is open: after the upgrade a client sends no more
 /// HTTP requests, so without this a conference held entirely over WebSockets would be forgotten
 /// after `pin_idle_timeout` and its next participant could be placed on another node.
@@ -63,8 +60,7 @@ pub fn splice(
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        let copy =
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER);
+        let copy = super::copy::both_ways(&mut client, &mut upstream);
         let ended = match &keepalive {
             None => copy.await,
             Some(keepalive) => keepalive.while_open(copy).await,
