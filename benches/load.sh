@@ -8,6 +8,8 @@
 #
 #   benches/load.sh [seconds per run, default 10] [connections, default 50] [rounds, default 3]
 #   JITSI_ROUTER_BIN=path/to/jitsi-router benches/load.sh   (a build other than this tree's)
+#   NEW_CONNECTIONS=1 benches/load.sh   (every request on a new TLS connection: `Connection: close`,
+#                                        so requests/s is full handshakes per second)
 #
 # Installs haproxy, nginx and wrk from Debian when missing. Loopback only; temporary folder.
 set -euo pipefail
@@ -99,6 +101,9 @@ nginx_port="$(free_port)"
   echo "  upstream nodes { hash \$arg_room consistent; keepalive 64;"
   for port in "${node_ports[@]}"; do echo "    server 127.0.0.1:$port;"; done
   echo "  }"
+  # TLS 1.3 as well, as nginx has by default since 1.23.4 (Debian 12's 1.22 offers only up to 1.2,
+  # whose resumed handshakes skip the key exchange that TLS 1.3's still make).
+  echo "  ssl_protocols TLSv1.2 TLSv1.3;"
   echo "  server { listen 127.0.0.1:$nginx_port ssl; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;"
   echo "    location / { proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
   echo "}"
@@ -121,13 +126,16 @@ for entry in "jitsi-router:$router_port:router.log" "haproxy:$haproxy_port:hapro
   fi
 done
 
-# BOSH-style POSTs spread over 10,000 rooms.
-cat > "$work/rooms.lua" <<'LUA'
+# BOSH-style POSTs spread over 10,000 rooms (with NEW_CONNECTIONS=1, each on a new connection).
+connection="keep-alive"
+[ "${NEW_CONNECTIONS:-}" = 1 ] && connection="close"
+cat > "$work/rooms.lua" <<LUA
 counter = 0
 request = function()
   counter = counter + 1
   local room = "room-" .. (counter * 7919 % 10000)
-  return wrk.format("POST", "/http-bind?room=" .. room, {["Content-Type"] = "text/xml"}, "<body rid='1'/>")
+  return wrk.format("POST", "/http-bind?room=" .. room,
+    {["Content-Type"] = "text/xml", ["Connection"] = "$connection"}, "<body rid='1'/>")
 end
 LUA
 
@@ -166,7 +174,7 @@ for round in $(seq 0 $((rounds - 1))); do
     run "${names[$i]}" "${ports[$i]}" "${proxy_pids[$i]}" >> "$work/rounds.txt"
   done
 done
-python3 - "$work/rounds.txt" "$rounds" <<'PY'
+python3 - "$work/rounds.txt" "$rounds" "$connection" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 rounds = int(sys.argv[2])
@@ -175,7 +183,8 @@ by = {n: [r for r in rows if r[0] == n] for n in names}
 base = [float(r[1]) for r in by["jitsi-router"]]
 def ms(text):
     return float(text[:-2]) if text.endswith("ms") else float(text[:-2]) / 1000 if text.endswith("us") else float(text[:-1]) * 1000
-print(f"{rounds} rounds; median round per proxy; ratio = proxy / jitsi-router in the same round")
+print(f"{rounds} rounds; median round per proxy; ratio = proxy / jitsi-router in the same round"
+      + ("; every request on a new TLS connection" if sys.argv[3] == "close" else ""))
 print(f"{'proxy':<14} {'requests/s':>12} {'p50':>9} {'p99':>9} {'vs jitsi-router':>16} {'ratio range':>14} {'CPU us/req':>11}")
 for n in names:
     rps = [float(r[1]) for r in by[n]]

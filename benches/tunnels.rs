@@ -236,7 +236,7 @@ impl Proxy {
                         "worker_processes 2; worker_rlimit_nofile 20000; pid {p}/nginx.pid;\n\
                          error_log {p}/error.log; daemon off;\n\
                          events {{ worker_connections 10000; }}\n\
-                         http {{ access_log off;\n\
+                         http {{ access_log off; ssl_protocols TLSv1.2 TLSv1.3;\n\
                            upstream nodes {{ hash $arg_room consistent; server {node}; }}\n\
                            server {{ listen {addr} ssl; ssl_certificate {cert}; \
                          ssl_certificate_key {key};\n\
