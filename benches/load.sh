@@ -10,6 +10,9 @@
 #   JITSI_ROUTER_BIN=path/to/jitsi-router benches/load.sh   (a build other than this tree's)
 #   NEW_CONNECTIONS=1 benches/load.sh   (every request on a new TLS connection: `Connection: close`,
 #                                        so requests/s is full handshakes per second)
+#   REDIRECT=1 benches/load.sh          (room-page GETs, each answered with a 307 to its node: the router
+#                                        in redirect mode; HAProxy and nginx redirecting by a hash of
+#                                        the path, HAProxy's `djb2`, nginx's `split_clients`)
 #
 # Installs haproxy, nginx and wrk from Debian when missing. Loopback only; temporary folder.
 set -euo pipefail
@@ -68,9 +71,10 @@ router_port="$(free_port)"
   printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n' "$router_port" "$(free_port)"
   printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$work/cert.pem" "$work/key.pem"
   printf '[log]\nformat = "text"\n'
+  [ "${REDIRECT:-}" = 1 ] && printf '[routing]\nmode = "redirect"\n'
   i=0
   for port in "${node_ports[@]}"; do
-    printf '[[nodes]]\nname = "node-%s"\nupstream = "http://127.0.0.1:%s"\n' "$i" "$port"
+    printf '[[nodes]]\nname = "node-%s"\nupstream = "http://127.0.0.1:%s"\npublic_url = "https://node-%s.example"\n' "$i" "$port" "$i"
     i=$((i + 1))
   done
 } > "$work/router.toml"
@@ -82,6 +86,10 @@ haproxy_port="$(free_port)"
 {
   printf 'global\n  maxconn 4096\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n'
   printf 'frontend fe\n  bind 127.0.0.1:%s ssl crt %s alpn h2,http/1.1\n  default_backend nodes\n' "$haproxy_port" "$work/haproxy.pem"
+  if [ "${REDIRECT:-}" = 1 ]; then
+    printf '  http-request set-var(txn.node) path,djb2,mod(%s)\n' "${#node_ports[@]}"
+    printf '  http-request redirect location https://node-%%[var(txn.node)].example%%[capture.req.uri] code 307\n'
+  fi
   printf 'backend nodes\n  balance url_param room\n  hash-type consistent\n  hash-balance-factor 125\n  http-reuse always\n'
   i=0
   for port in "${node_ports[@]}"; do
@@ -104,8 +112,13 @@ nginx_port="$(free_port)"
   # TLS 1.3 as well, as nginx has by default since 1.23.4 (Debian 12's 1.22 offers only up to 1.2,
   # whose resumed handshakes skip the key exchange that TLS 1.3's still make).
   echo "  ssl_protocols TLSv1.2 TLSv1.3;"
+  echo "  split_clients \$uri \$node { 33.3% node-0; 33.3% node-1; * node-2; }"
   echo "  server { listen 127.0.0.1:$nginx_port ssl; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;"
-  echo "    location / { proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+  if [ "${REDIRECT:-}" = 1 ]; then
+    echo "    location / { return 307 https://\$node.example\$request_uri; } }"
+  else
+    echo "    location / { proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+  fi
   echo "}"
 } > "$work/proxy.conf"
 mkdir -p "$work/proxy"
@@ -126,16 +139,19 @@ for entry in "jitsi-router:$router_port:router.log" "haproxy:$haproxy_port:hapro
   fi
 done
 
-# BOSH-style POSTs spread over 10,000 rooms (with NEW_CONNECTIONS=1, each on a new connection).
+# BOSH-style POSTs spread over 10,000 rooms (with NEW_CONNECTIONS=1, each on a new connection;
+# with REDIRECT=1, GETs of the rooms' pages, as participants open a room link).
 connection="keep-alive"
 [ "${NEW_CONNECTIONS:-}" = 1 ] && connection="close"
+method="POST"; target='"/http-bind?room=" .. room'; body="\"<body rid='1'/>\""
+[ "${REDIRECT:-}" = 1 ] && { method="GET"; target='"/" .. room'; body="nil"; }
 cat > "$work/rooms.lua" <<LUA
 counter = 0
 request = function()
   counter = counter + 1
   local room = "room-" .. (counter * 7919 % 10000)
-  return wrk.format("POST", "/http-bind?room=" .. room,
-    {["Content-Type"] = "text/xml", ["Connection"] = "$connection"}, "<body rid='1'/>")
+  return wrk.format("$method", $target,
+    {["Content-Type"] = "text/xml", ["Connection"] = "$connection"}, $body)
 end
 LUA
 
@@ -174,7 +190,7 @@ for round in $(seq 0 $((rounds - 1))); do
     run "${names[$i]}" "${ports[$i]}" "${proxy_pids[$i]}" >> "$work/rounds.txt"
   done
 done
-python3 - "$work/rounds.txt" "$rounds" "$connection" <<'PY'
+python3 - "$work/rounds.txt" "$rounds" "$connection" "${REDIRECT:-0}" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 rounds = int(sys.argv[2])
@@ -184,7 +200,8 @@ base = [float(r[1]) for r in by["jitsi-router"]]
 def ms(text):
     return float(text[:-2]) if text.endswith("ms") else float(text[:-2]) / 1000 if text.endswith("us") else float(text[:-1]) * 1000
 print(f"{rounds} rounds; median round per proxy; ratio = proxy / jitsi-router in the same round"
-      + ("; every request on a new TLS connection" if sys.argv[3] == "close" else ""))
+      + ("; every request on a new TLS connection" if sys.argv[3] == "close" else "")
+      + ("; every request answered with a redirect" if sys.argv[4] == "1" else ""))
 print(f"{'proxy':<14} {'requests/s':>12} {'p50':>9} {'p99':>9} {'vs jitsi-router':>16} {'ratio range':>14} {'CPU us/req':>11}")
 for n in names:
     rps = [float(r[1]) for r in by[n]]
