@@ -333,8 +333,8 @@ async fn demo_with_prosody_lets_a_browser_join_a_room() {
 }
 
 /// A demo killed outright (SIGKILL: no code of its own runs) takes its prosody processes and its
-/// Prometheus with it; a closed terminal's SIGHUP stops it as Ctrl-C does, temporary folders
-/// and all.
+/// Prometheus with it, and the next demo removes the temporary folders it left; a closed
+/// terminal's SIGHUP stops a demo as Ctrl-C does, temporary folders and all.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_demo_leaves_no_prosody_or_prometheus_behind() {
     let mut demo = Demo::start(&["--prosody"]);
@@ -353,22 +353,34 @@ async fn a_killed_demo_leaves_no_prosody_or_prometheus_behind() {
         left.is_empty(),
         "still running after the demo was killed: {left:?}"
     );
-    // What a killed demo cannot remove: its children's temporary folders and its own.
+    // What a killed demo cannot remove, its children's temporary folders and its own, the next
+    // demo removes as it starts.
     let (own, temp) = (demo_folder(&demo.banner), std::env::temp_dir());
-    let folders = (children.iter())
+    let folders: Vec<std::path::PathBuf> = (children.iter())
         .flat_map(|(_, cmd)| cmd.split([' ', '=']))
-        .chain([own.to_str().unwrap()]);
-    for path in folders.filter(|arg| arg.starts_with(temp.to_str().unwrap())) {
-        let path = std::path::Path::new(path);
-        let folder = if path.is_dir() {
-            path
-        } else {
-            path.parent().unwrap()
-        };
-        let _ = std::fs::remove_dir_all(folder);
-    }
+        .chain([own.to_str().unwrap()])
+        .filter(|arg| arg.starts_with(temp.to_str().unwrap()))
+        .map(|arg| {
+            // The folder under the temporary directory that holds this path.
+            let inside = std::path::Path::new(arg).strip_prefix(&temp).unwrap();
+            temp.join(inside.components().next().unwrap())
+        })
+        .collect();
+    assert!(
+        folders.len() >= 5,
+        "the demo's and its children's folders: {folders:?}"
+    );
+    assert!(folders.iter().all(|f| f.exists()), "{folders:?}");
 
     let mut demo = Demo::start(&[]);
+    let left: Vec<_> = folders.iter().filter(|f| f.exists()).collect();
+    for folder in &left {
+        let _ = std::fs::remove_dir_all(folder);
+    }
+    assert!(
+        left.is_empty(),
+        "a killed demo's folders left behind: {left:?}"
+    );
     let folder = demo_folder(&demo.banner);
     assert!(folder.exists(), "{}", folder.display());
     let children = demo.children();

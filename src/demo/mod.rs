@@ -66,6 +66,50 @@ fn dies_with_us(binary: &std::path::Path) -> std::process::Command {
     }
 }
 
+/// The file in each of the demo's temporary folders naming the process that made it.
+const OWNER_FILE: &str = "jitsi-router-demo.pid";
+
+/// A temporary folder named `<prefix>XXXXXX`, marked with this process's id, so that a later
+/// demo can remove it if this process dies without doing so (see [`remove_abandoned_folders`]).
+fn temp_folder(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())?;
+    Ok(dir)
+}
+
+/// Removes the temporary folders of demos that were killed before they could (SIGKILL, a
+/// crash): `jitsi-router-*` folders whose owner file names a process that no longer runs. A
+/// folder without that file, or whose process runs (even if its id was reused), is left alone.
+/// Only where `/proc` tells which processes run.
+fn remove_abandoned_folders() {
+    let proc = std::path::Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("jitsi-router-")
+        {
+            continue;
+        }
+        let folder = entry.path();
+        let Ok(owner) = std::fs::read_to_string(folder.join(OWNER_FILE)) else {
+            continue;
+        };
+        let Ok(pid) = owner.trim().parse::<u32>() else {
+            continue;
+        };
+        if !proc.join(pid.to_string()).exists() && std::fs::remove_dir_all(&folder).is_ok() {
+            tracing::info!(folder = %folder.display(), "removed a killed demo's folder");
+        }
+    }
+}
+
 /// A free loopback address: bound, then released for a child process to bind.
 fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()
@@ -189,6 +233,7 @@ pub async fn run(
     with_prosody: bool,
     with_prometheus: bool,
 ) -> Result<(), DemoError> {
+    remove_abandoned_folders();
     let nodes = Nodes::start(with_prosody).await?;
     let fronts = nodes.fronts();
     for (front, busy) in fronts.iter().zip(NODE_BUSY) {
@@ -198,9 +243,7 @@ pub async fn run(
         .map(|n| (n.name().to_owned(), n.url()))
         .collect();
     let cpu = Cpu::start(with_prometheus, &fronts).await;
-    let dir = tempfile::Builder::new()
-        .prefix("jitsi-router-demo-")
-        .tempdir()?;
+    let dir = temp_folder("jitsi-router-demo-")?;
     let (cert, key) = crate::tls::write_self_signed(dir.path())?;
     let specs = list
         .iter()

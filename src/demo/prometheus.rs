@@ -63,9 +63,7 @@ impl PrometheusServer {
         mut ports: impl FnMut() -> std::io::Result<u16>,
     ) -> Result<PrometheusServer, PrometheusError> {
         let binary = binary().ok_or(PrometheusError::Missing)?;
-        let dir = tempfile::Builder::new()
-            .prefix("jitsi-router-prometheus-")
-            .tempdir()?;
+        let dir = super::temp_folder("jitsi-router-prometheus-")?;
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let every = humantime::format_duration(scrape);
         let config = dir.path().join("prometheus.yml");

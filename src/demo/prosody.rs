@@ -56,9 +56,7 @@ impl ProsodyNode {
     /// answers BOSH.
     pub async fn start(name: &str, front_bind: SocketAddr) -> Result<ProsodyNode, ProsodyError> {
         let binary = binary().ok_or(ProsodyError::Missing)?;
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("jitsi-router-{name}-"))
-            .tempdir()?;
+        let dir = super::temp_folder(&format!("jitsi-router-{name}-"))?;
         let mut node = ProsodyNode {
             name: name.to_owned(),
             prosody: None,
