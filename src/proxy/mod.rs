@@ -9,7 +9,6 @@ pub mod redirect;
 pub mod tunnel;
 pub mod upstream;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,14 +83,8 @@ impl Proxy {
     /// longer in the fleet; how many it closed.
     pub fn close_idle_connections(&self) -> usize {
         let state = self.router.fleet().load();
-        let upstreams: HashSet<(&str, &str)> = (state.nodes().iter())
-            .filter_map(|node| {
-                let upstream = &node.spec.upstream;
-                Some((upstream.scheme_str()?, upstream.authority()?.as_str()))
-            })
-            .collect();
         self.client
-            .close_idle(&|scheme, authority| upstreams.contains(&(scheme, authority)))
+            .close_idle(state.nodes().iter().map(|node| &node.spec.upstream))
     }
 
     /// Open WebSocket tunnels.

@@ -24,7 +24,7 @@
 //!   ones are kept per node (the oldest go first).
 //! - Connections take `Upgrade` (WebSocket): an upgraded connection leaves the pool for good.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -84,9 +84,6 @@ pub struct UpstreamClient {
 }
 
 type Pools = HashMap<Box<str>, Arc<Pool>, foldhash::fast::RandomState>;
-
-/// The scheme of each of [`UpstreamClient`]'s two pool maps.
-const SCHEMES: [&str; 2] = ["http", "https"];
 
 /// One node's idle connections, most recently used last.
 #[derive(Default)]
@@ -168,8 +165,7 @@ impl UpstreamClient {
     }
 
     fn pool(&self, base: &Uri) -> Arc<Pool> {
-        let https = usize::from(base.scheme() == Some(&Scheme::HTTPS));
-        let authority = base.authority().map_or("", |a| a.as_str());
+        let (https, authority) = pool_key(base);
         if let Some(pool) = self.pools.load()[https].get(authority) {
             return pool.clone();
         }
@@ -183,17 +179,18 @@ impl UpstreamClient {
     }
 
     /// Closes every pooled connection idle for longer than `pool_idle_timeout` (and those the
-    /// node closed), and forgets the pools of nodes no longer in the fleet (`in_fleet` says which
-    /// upstreams are) with their idle connections; the server calls it every half timeout.
-    pub fn close_idle(&self, in_fleet: &dyn Fn(&str, &str) -> bool) -> usize {
+    /// node closed), and forgets the pools of nodes whose upstream is not in `fleet`, with their
+    /// idle connections; the server calls it every half timeout.
+    pub fn close_idle<'a>(&self, fleet: impl IntoIterator<Item = &'a Uri>) -> usize {
+        let fleet: HashSet<(usize, &str)> = fleet.into_iter().map(pool_key).collect();
+        let in_fleet = |https: usize, authority: &str| fleet.contains(&(https, authority));
         let mut closed = 0;
         let mut gone = false;
-        let pools = self.pools.load();
-        for (https, pools) in pools.iter().enumerate() {
+        for (https, pools) in self.pools.load().iter().enumerate() {
             for (authority, pool) in pools {
                 let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 let before = idle.len();
-                if in_fleet(SCHEMES[https], authority) {
+                if in_fleet(https, authority) {
                     self.drop_expired(&mut idle);
                     idle.retain(|conn| !conn.sender.is_closed());
                 } else {
@@ -209,7 +206,7 @@ impl UpstreamClient {
             self.pools.rcu(|pools| {
                 let mut pools = <[Pools; 2]>::clone(pools);
                 for (https, pools) in pools.iter_mut().enumerate() {
-                    pools.retain(|authority, _| in_fleet(SCHEMES[https], authority));
+                    pools.retain(|authority, _| in_fleet(https, authority));
                 }
                 pools
             });
@@ -280,6 +277,12 @@ impl UpstreamClient {
         });
         Ok(sender)
     }
+}
+
+/// Which pool map (`http://` 0, `https://` 1) and key a node's upstream has.
+fn pool_key(base: &Uri) -> (usize, &str) {
+    let https = usize::from(base.scheme() == Some(&Scheme::HTTPS));
+    (https, base.authority().map_or("", |a| a.as_str()))
 }
 
 /// Whether a request may go to the node a second time: an idempotent method and no body.
