@@ -88,6 +88,9 @@ pub struct Config {
     pub health: Health,
     /// Where pins are kept across restarts; `None` keeps them in memory only.
     pub pins_snapshot: Option<PathBuf>,
+    /// Pins shared with other router replicas through Redis (`[pins.redis]`); `None`: this
+    /// router's own memory only.
+    pub shared_pins: Option<SharedPins>,
     /// Admin API access.
     pub admin: Admin,
     /// Log line format.
@@ -149,6 +152,20 @@ pub struct Routing {
     pub pin_idle_timeout: Duration,
     /// Name of the cookie that keeps a browser's assets on its room's node.
     pub affinity_cookie: String,
+}
+
+/// `[pins.redis]`: the Redis server router replicas share their pins through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedPins {
+    /// `redis://[user:password@]host[:port][/db]` or `unix:///path/to/socket`.
+    pub url: String,
+    /// What every key starts with; replicas of one fleet must use the same.
+    pub prefix: String,
+    /// The longest a request waits for Redis before this router places the room alone.
+    pub timeout: Duration,
+    /// How often this router checks its pins against the shared ones and refreshes their
+    /// expiry there.
+    pub sync_interval: Duration,
 }
 
 /// `[upstream]`
@@ -378,6 +395,16 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Pins {
         pub snapshot_path: Option<String>,
+        pub redis: Option<Redis>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Redis {
+        pub url: String,
+        pub prefix: Option<String>,
+        pub timeout: Option<String>,
+        pub sync_interval: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -556,6 +583,7 @@ impl Config {
             .as_deref()
             .map(|p| check.path("pins.snapshot_path", p))
             .transpose()?;
+        let shared_pins = raw.pins.redis.map(|r| shared_pins(&check, r)).transpose()?;
         let admin = admin(&check, raw.admin, server.admin_listen)?;
         let log_format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -576,6 +604,7 @@ impl Config {
             placement,
             health,
             pins_snapshot,
+            shared_pins,
             admin,
             log_format,
             prometheus,
@@ -659,6 +688,40 @@ fn routing(check: &Check, raw: raw::Routing) -> Result<Routing, ConfigError> {
             Duration::from_secs(600),
         )?,
         affinity_cookie,
+    })
+}
+
+fn shared_pins(check: &Check, raw: raw::Redis) -> Result<SharedPins, ConfigError> {
+    use redis::IntoConnectionInfo;
+    let url = raw.url;
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    if !matches!(scheme, "redis" | "unix" | "redis+unix") {
+        return Err(check.invalid(
+            "pins.redis.url",
+            &url,
+            "must start with redis:// or unix:// (TLS to Redis is not built in)",
+        ));
+    }
+    if let Err(e) = url.as_str().into_connection_info() {
+        return Err(check.invalid("pins.redis.url", &url, format!("not a Redis URL ({e})")));
+    }
+    let prefix = raw.prefix.unwrap_or_else(|| "jitsi-router:pin:".to_owned());
+    if prefix.is_empty() {
+        return Err(check.invalid("pins.redis.prefix", &prefix, "must not be empty"));
+    }
+    Ok(SharedPins {
+        url,
+        prefix,
+        timeout: check.duration(
+            "pins.redis.timeout",
+            raw.timeout.as_deref(),
+            Duration::from_millis(250),
+        )?,
+        sync_interval: check.duration(
+            "pins.redis.sync_interval",
+            raw.sync_interval.as_deref(),
+            Duration::from_secs(5),
+        )?,
     })
 }
 
@@ -956,6 +1019,7 @@ impl Config {
             placement: placement(&check, raw::Placement::default())?,
             health: health(&check, raw::Health::default())?,
             pins_snapshot: None,
+            shared_pins: None,
             admin: Admin {
                 token: None,
                 open_metrics: false,
@@ -1070,6 +1134,42 @@ upstream = "http://10.0.0.11:80"
         assert_eq!(c.nodes[0].jvb_server_ids, ["jitsi-1"]);
         assert_eq!(c.nodes[0].instance, "10.0.0.11:80");
         assert!(c.prometheus.is_none());
+    }
+
+    #[test]
+    fn shared_pins_take_a_redis_url_and_defaults() {
+        assert!(parse(MINIMAL).unwrap().shared_pins.is_none());
+        let text = MINIMAL.replace(
+            "[tls]",
+            "[pins.redis]\nurl = \"redis://:pw@10.0.0.9:6379/1\"\n[tls]",
+        );
+        let shared = parse(&text).unwrap().shared_pins.unwrap();
+        assert_eq!(shared.url, "redis://:pw@10.0.0.9:6379/1");
+        assert_eq!(shared.prefix, "jitsi-router:pin:");
+        assert_eq!(shared.timeout, Duration::from_millis(250));
+        assert_eq!(shared.sync_interval, Duration::from_secs(5));
+        for (section, message) in [
+            (
+                "url = \"https://10.0.0.9\"",
+                r#"pins.redis.url = "https://10.0.0.9": must start with redis:// or unix:// (TLS to Redis is not built in)"#,
+            ),
+            (
+                "url = \"redis://10.0.0.9:notaport\"",
+                r#"pins.redis.url = "redis://10.0.0.9:notaport": not a Redis URL"#,
+            ),
+            (
+                "url = \"redis://h\"\nprefix = \"\"",
+                r#"pins.redis.prefix = "": must not be empty"#,
+            ),
+            (
+                "url = \"redis://h\"\nsync_interval = \"0s\"",
+                r#"pins.redis.sync_interval = "0s": must be greater than zero"#,
+            ),
+            ("urls = \"redis://h\"", "unknown field `urls`"),
+        ] {
+            let e = error(&MINIMAL.replace("[tls]", &format!("[pins.redis]\n{section}\n[tls]")));
+            assert!(e.contains(message), "{e}");
+        }
     }
 
     #[test]

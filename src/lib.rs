@@ -11,8 +11,9 @@
 //!   health ([`fleet::health`]) and live counters ([`fleet::live`]: rooms, drain), published as an
 //!   immutable [`fleet::FleetState`] through `arc-swap`; knows nothing of requests.
 //! - [`placement`]: the pin table ([`placement::pins`]), the placement rule
-//!   ([`placement::policy`]: estimated CPU, bounded load, `max_cpu`, rendezvous ties) and
-//!   rendezvous hashing; knows nothing of hyper.
+//!   ([`placement::policy`]: estimated CPU, bounded load, `max_cpu`, rendezvous ties),
+//!   rendezvous hashing, and the pins router replicas share through Redis
+//!   ([`placement::shared`]); knows nothing of hyper.
 //! - [`proxy`]: the hyper service — forwarding with header hygiene over a per-node pool of
 //!   keep-alive connections ([`proxy::upstream`]), WebSocket tunnels (copied both ways with no
 //!   buffer held while idle), redirects and error answers.
@@ -37,7 +38,9 @@
 //!   node leaving or failing its health checks moves its rooms (on their next request), and a
 //!   moved room stays where it landed. Draining keeps rooms and takes no new ones.
 //! - Replicas agree without talking: Prometheus is read at wall-clock-aligned instants and every
-//!   tie is broken by the room's hash, never by arrival order or randomness.
+//!   tie is broken by the room's hash, never by arrival order or randomness. With
+//!   `[pins.redis]` they also share pins, so a room placed by one is where every other sends it,
+//!   whatever their readings (see [`placement::shared`]).
 //! - The hot paths share no written cache line they can avoid. A pinned room's decision reads one
 //!   16-byte slot of the pin index, with no lock (stamping the pin's idle timer from the kernel's
 //!   coarse clock), and its

@@ -231,6 +231,20 @@ fn describe(c: &Config, path: &Path) -> String {
         humantime::format_duration(c.routing.pin_idle_timeout),
         c.routing.affinity_cookie
     );
+    let shared = match &c.shared_pins {
+        Some(r) => format!(
+            "shared with other replicas through {} (keys {}…, timeout {}, synced every {})",
+            jitsi_router::placement::shared::redacted(&r.url),
+            r.prefix,
+            humantime::format_duration(r.timeout),
+            humantime::format_duration(r.sync_interval)
+        ),
+        None => "this router's memory only".to_owned(),
+    };
+    let snapshot = c.pins_snapshot.as_ref().map_or(String::new(), |path| {
+        format!(", saved to {} on shutdown", path.display())
+    });
+    let _ = writeln!(out, "pins:        {shared}{snapshot}");
     let _ = writeln!(
         out,
         "upstream:    connect timeout {}, response timeout {}, host header {}",

@@ -22,6 +22,8 @@
 //! | `jitsi_router_prometheus_snapshot_age_seconds` | gauge | |
 //! | `jitsi_router_tls_handshake_failures_total` | counter | |
 //! | `jitsi_router_config_reloads_total` | counter | `result`: `ok`, `failed` |
+//! | `jitsi_router_shared_pin_store_failures_total` | counter (with `[pins.redis]`) | |
+//! | `jitsi_router_shared_pin_store_connected` | gauge (0/1, with `[pins.redis]`) | |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -391,6 +393,20 @@ impl Collector for Exporter {
             "Client TLS handshakes that failed or timed out.",
             m.tls_handshake_failures.load(Ordering::Relaxed),
         )?;
+        if let Some(shared) = self.router.shared_pins() {
+            counter(
+                &mut encoder,
+                "jitsi_router_shared_pin_store_failures",
+                "Questions to the shared pin store (Redis) that got no answer in time.",
+                shared.errors(),
+            )?;
+            single(
+                &mut encoder,
+                "jitsi_router_shared_pin_store_connected",
+                "1 once a connection to the shared pin store has been made.",
+                f64::from(u8::from(shared.connected())),
+            )?;
+        }
         let (ok, failed) = m.reloads();
         let mut family = encoder.encode_descriptor(
             "jitsi_router_config_reloads",

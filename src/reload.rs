@@ -145,7 +145,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("limits", old.limits != new.limits),
         ("placement", old.placement != new.placement),
         ("health", old.health != new.health),
-        ("pins", old.pins_snapshot != new.pins_snapshot),
+        (
+            "pins",
+            old.pins_snapshot != new.pins_snapshot || old.shared_pins != new.shared_pins,
+        ),
         ("prometheus", old.prometheus != new.prometheus),
     ]
     .into_iter()

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::fleet::{health, prometheus, Fleet};
 use crate::placement::pins::MemoryPins;
+use crate::placement::shared::SharedPins;
 use crate::placement::{snapshot, Router};
 use crate::proxy::Proxy;
 use crate::tls::{self, CertStore, TlsError};
@@ -36,6 +37,9 @@ pub enum StartError {
     /// The health checker's client could not be built.
     #[error(transparent)]
     HealthClient(#[from] health::ClientError),
+    /// The shared pin store cannot be used.
+    #[error("pins.redis: {0}")]
+    SharedPins(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -69,6 +73,11 @@ impl Server {
         let fleet = Arc::new(Fleet::new(config.nodes.clone(), staleness));
         let pins = Arc::new(MemoryPins::new(config.routing.pin_idle_timeout));
         let router = Arc::new(Router::new(fleet, pins, config.placement));
+        if let Some(shared) = &config.shared_pins {
+            let shared = SharedPins::new(shared, config.routing.pin_idle_timeout)
+                .map_err(|e| StartError::SharedPins(e.to_string()))?;
+            router.share_pins(Arc::new(shared));
+        }
         if let Some(path) = &config.pins_snapshot {
             match snapshot::load(&router, path) {
                 Ok(count) => tracing::info!(count, file = %path.display(), "pins restored"),
@@ -157,6 +166,9 @@ impl Server {
             self.proxy.metrics().clone(),
         ) {
             tasks.spawn(reloader.run());
+        }
+        if let Some(shared) = self.proxy.router().shared_pins() {
+            tasks.spawn(shared.clone().run(self.proxy.router().clone()));
         }
         tasks.spawn(sweep_pins(
             self.proxy.router().clone(),

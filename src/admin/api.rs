@@ -52,6 +52,10 @@ pub(super) fn status(admin: &Admin) -> Answer {
             "pinned_rooms": admin.router.pins().len(),
             "websocket_tunnels": admin.tunnels.count(),
             "snapshot_age_seconds": admin.router.fleet().snapshot_age().map(|a| a.as_secs_f64()),
+            "shared_pins": admin.router.shared_pins().map(|shared| json!({
+                "connected": shared.connected(),
+                "errors": shared.errors(),
+            })),
         }),
     )
 }
@@ -200,6 +204,7 @@ pub(super) fn room(admin: &Admin, method: &Method, raw: &str, body: &[u8]) -> An
         },
         Method::DELETE => match router.unpin(room) {
             Some(node) => {
+                tell_replicas(router, room, None);
                 tracing::info!(room, node = %node, "room unpinned through the admin API");
                 json(
                     StatusCode::OK,
@@ -225,10 +230,13 @@ pub(super) fn room(admin: &Admin, method: &Method, raw: &str, body: &[u8]) -> An
                 Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
             };
             match router.move_room(room, &node) {
-                Some(from) => json(
-                    StatusCode::OK,
-                    &json!({ "room": room, "node": node, "from": from.as_ref().map(|f| f.as_str()) }),
-                ),
+                Some(from) => {
+                    tell_replicas(router, room, Some(&node));
+                    json(
+                        StatusCode::OK,
+                        &json!({ "room": room, "node": node, "from": from.as_ref().map(|f| f.as_str()) }),
+                    )
+                }
                 None => error(StatusCode::NOT_FOUND, &format!("no node named {node:?}")),
             }
         }
@@ -237,4 +245,23 @@ pub(super) fn room(admin: &Admin, method: &Method, raw: &str, body: &[u8]) -> An
             "use GET, PUT or DELETE on a room",
         ),
     }
+}
+
+/// Passes an operator's move (`Some(node)`) or unpin (`None`) on to the other replicas through
+/// the shared pin store, if there is one. The answer does not wait for it: the store takes it
+/// within its timeout, and a failure is logged and counted like any other.
+fn tell_replicas(router: &crate::placement::Router, room: &str, node: Option<&str>) {
+    let Some(shared) = router.shared_pins().cloned() else {
+        return;
+    };
+    let (room, node) = (room.to_owned(), node.map(str::to_owned));
+    tokio::spawn(async move {
+        let told = match &node {
+            Some(node) => shared.moved(&room, node).await,
+            None => shared.unpinned(&room).await,
+        };
+        if let Err(e) = told {
+            tracing::warn!(room, error = %e, "the other replicas were not told of this change");
+        }
+    });
 }

@@ -12,11 +12,12 @@ pub(crate) mod pin_index;
 pub mod pins;
 pub mod policy;
 pub mod rendezvous;
+pub mod shared;
 pub mod shortlist;
 pub mod snapshot;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -25,6 +26,7 @@ use crate::fleet::{Fleet, FleetState, Node, NodeId};
 use crate::room::RoomKey;
 use pins::{PinStore, Pinned};
 pub use policy::Settings;
+use shared::SharedPins;
 
 /// How a room's node was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +91,22 @@ pub struct Router {
     epoch: Instant,
     over_max_cpu: AtomicU64,
     last_overload_warning_ms: AtomicU64,
+    shared: OnceLock<Arc<SharedPins>>,
+}
+
+/// What a router with a shared pin store does with a room before it asks the store.
+#[derive(Debug)]
+pub enum Proposal {
+    /// This router holds a pin on a node that may keep the room: no need to ask.
+    Held(Arc<Node>),
+    /// The node placement chooses now, and the node of this router's stale pin, if any.
+    New {
+        /// The chosen node; `None` when no node here can take a new room (the store may still
+        /// hold the room on a node that keeps its rooms, a draining one).
+        node: Option<NodeId>,
+        /// The node this router's pin points to that may no longer keep the room.
+        stale: Option<NodeId>,
+    },
 }
 
 impl Router {
@@ -103,6 +121,7 @@ impl Router {
             epoch: Instant::now(),
             over_max_cpu: AtomicU64::new(0),
             last_overload_warning_ms: AtomicU64::new(0),
+            shared: OnceLock::new(),
         }
     }
 
@@ -163,25 +182,7 @@ impl Router {
         f: impl FnOnce(&Arc<Node>, Decision) -> R,
     ) -> Option<R> {
         let room = key.as_str();
-        let mut pinned = None;
-        self.pins.lookup_with(room, &mut |id, hint| {
-            let index = hint
-                .get()
-                .filter(|&at| {
-                    let node = state.nodes().get(at);
-                    node.is_some_and(|node| node.id.same(id) || node.id == *id)
-                })
-                .or_else(|| {
-                    let index = state.index(id.as_str())?;
-                    hint.set(index);
-                    Some(index)
-                });
-            pinned = Some(match index {
-                Some(index) if state.slots()[index].load().healthy() => Ok(index),
-                _ => Err(id.clone()),
-            });
-        });
-        let stale = match pinned {
+        let stale = match self.held(state, room) {
             Some(Ok(index)) => return Some(f(&state.nodes()[index], Decision::Pinned)),
             Some(Err(id)) => Some(id),
             None => None,
@@ -208,6 +209,31 @@ impl Router {
             self.announce(room, &state.nodes()[index].id, &decision);
         }
         Some(f(&state.nodes()[index], decision))
+    }
+
+    /// The room's pin in this router's table: `Ok` with its node's index in `state` when that
+    /// node may keep it (in the fleet and healthy; draining nodes keep their rooms), `Err` with
+    /// the node when it may not, `None` when the room is not pinned.
+    fn held(&self, state: &FleetState, room: &str) -> Option<Result<usize, NodeId>> {
+        let mut pinned = None;
+        self.pins.lookup_with(room, &mut |id, hint| {
+            let index = hint
+                .get()
+                .filter(|&at| {
+                    let node = state.nodes().get(at);
+                    node.is_some_and(|node| node.id.same(id) || node.id == *id)
+                })
+                .or_else(|| {
+                    let index = state.index(id.as_str())?;
+                    hint.set(index);
+                    Some(index)
+                });
+            pinned = Some(match index {
+                Some(index) if state.slots()[index].load().healthy() => Ok(index),
+                _ => Err(id.clone()),
+            });
+        });
+        pinned
     }
 
     /// The index of the node chosen for a new room.
@@ -319,6 +345,12 @@ impl Router {
     /// Pins a room to a named node whatever it was (operators fixing a room by hand); returns the
     /// node it left, if any. `None` from the outer option: no such node.
     pub fn move_room(&self, room: &str, node: &str) -> Option<Option<NodeId>> {
+        let old = self.set_pin(room, node)?;
+        tracing::info!(room, node, from = ?old.as_ref().map(NodeId::as_str), "room moved by operator");
+        Some(old)
+    }
+
+    fn set_pin(&self, room: &str, node: &str) -> Option<Option<NodeId>> {
         let state = self.fleet.load();
         let target = state.node(node)?;
         let old = self.pins.set(room, target.id.clone());
@@ -326,8 +358,112 @@ impl Router {
         if let Some(live) = old.as_ref().and_then(|o| state.live(o.as_str())) {
             live.room_left();
         }
-        tracing::info!(room, node, from = ?old.as_ref().map(NodeId::as_str), "room moved by operator");
         Some(old)
+    }
+
+    /// With a shared pin store: the room's node when this router holds a pin on a node that may
+    /// keep it, handed to `f` in place as [`route_room_with`](Self::route_room_with) does; `None`
+    /// when the store must be asked (no pin here, or a stale one).
+    pub fn route_held_with<R>(
+        &self,
+        key: &RoomKey<'_>,
+        f: impl FnOnce(&Arc<Node>) -> R,
+    ) -> Option<R> {
+        self.fleet
+            .with_state(|state| match self.held(state, key.as_str()) {
+                Some(Ok(index)) => Some(f(&state.nodes()[index])),
+                _ => None,
+            })
+    }
+
+    /// Shares this router's pins with other replicas through `shared` from now on.
+    pub fn share_pins(&self, shared: Arc<SharedPins>) {
+        let _set_once = self.shared.set(shared);
+    }
+
+    /// The shared pin store, when there is one.
+    pub fn shared_pins(&self) -> Option<&Arc<SharedPins>> {
+        self.shared.get()
+    }
+
+    /// For a shared pin store: a pin this router holds on a node that may keep the room, or
+    /// else the node placement would choose now (nothing is pinned here yet).
+    pub fn propose(&self, room: &str) -> Proposal {
+        let state = self.fleet.load();
+        let stale = match self.held(&state, room) {
+            Some(Ok(index)) => return Proposal::Held(state.nodes()[index].clone()),
+            Some(Err(id)) => Some(id),
+            None => None,
+        };
+        Proposal::New {
+            node: self
+                .place(&state, room)
+                .map(|chosen| state.nodes()[chosen].id.clone()),
+            stale,
+        }
+    }
+
+    /// Whether a node named `node` may hold rooms here (in the fleet and healthy; draining
+    /// nodes keep the rooms they have).
+    pub fn usable(&self, node: &str) -> bool {
+        self.fleet
+            .load()
+            .node(node)
+            .is_some_and(|node| node.live.healthy())
+    }
+
+    /// Pins the room here to the node the shared store holds it on (moving it from `stale`, this
+    /// router's pin to a node that may not keep it). `placed_here`: this router's proposal is
+    /// what the store took. `None` when the node left the fleet meanwhile.
+    pub fn adopt(
+        &self,
+        room: &str,
+        node: &str,
+        stale: Option<&NodeId>,
+        placed_here: bool,
+    ) -> Option<(Arc<Node>, Decision)> {
+        let state = self.fleet.load();
+        let chosen = state.index(node)?;
+        let id = state.nodes()[chosen].id.clone();
+        let held = match stale {
+            Some(old) => self.pins.repin(room, old, id),
+            None => self.pins.pin_if_absent(room, id),
+        };
+        // A request racing this one may have pinned the room here first: its pin holds.
+        let index = if held.node.as_str() == node {
+            chosen
+        } else {
+            state.index(held.node.as_str())?
+        };
+        self.count(&state, Some(index), &held);
+        let decision = match held.displaced.clone() {
+            Some(from) if held.created && stale.is_some() => Decision::Replaced { from },
+            _ if held.created && placed_here => Decision::Placed,
+            _ => Decision::Pinned,
+        };
+        if held.created {
+            if placed_here || stale.is_some() {
+                self.announce(room, &held.node, &decision);
+            } else {
+                tracing::debug!(room, node, "room pinned as another replica pinned it");
+            }
+        }
+        Some((state.nodes()[index].clone(), decision))
+    }
+
+    /// The shared store holds the room on another node than this router's pin (another replica
+    /// moved it): follow it. False when that node is not usable here.
+    pub fn follow(&self, room: &str, node: &str) -> bool {
+        if !self.usable(node) {
+            return false;
+        }
+        match self.set_pin(room, node) {
+            Some(old) => {
+                tracing::info!(room, node, from = ?old.as_ref().map(NodeId::as_str), "room moved by another replica");
+                true
+            }
+            None => false,
+        }
     }
 
     /// Unpins a room (operators); its node counts it out.

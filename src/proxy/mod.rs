@@ -118,7 +118,7 @@ impl Proxy {
         }
         let websocket = headers::is_websocket_upgrade(&req);
         let started = std::time::Instant::now();
-        let choice = match self.choose(&req, peer, websocket) {
+        let choice = match self.choose(&req, peer, websocket).await {
             Ok(choice) => choice,
             Err(refusal) => {
                 if !matches!(refusal, Refusal::BadRoom(_)) {
@@ -173,7 +173,7 @@ impl Proxy {
         errors::plain(status, reason)
     }
 
-    fn choose(
+    async fn choose(
         &self,
         req: &Request<Incoming>,
         peer: SocketAddr,
@@ -182,17 +182,23 @@ impl Proxy {
         let uri = req.uri();
         match room::classify(uri.path(), uri.query(), &self.room_limits)? {
             Target::Room { key, page } => {
-                let (node, kind) = self
-                    .router
-                    .route_room_with(&key, |node, decision| {
-                        let kind = match decision {
-                            Decision::Pinned => DecisionKind::Pinned,
-                            Decision::Placed => DecisionKind::Placed,
-                            Decision::Replaced { .. } => DecisionKind::Replaced,
-                        };
-                        (node.clone(), kind)
-                    })
-                    .ok_or(Refusal::NoNodeForRoom)?;
+                let kind = |decision: &Decision| match decision {
+                    Decision::Pinned => DecisionKind::Pinned,
+                    Decision::Placed => DecisionKind::Placed,
+                    Decision::Replaced { .. } => DecisionKind::Replaced,
+                };
+                let routed = match self.router.shared_pins() {
+                    None => self
+                        .router
+                        .route_room_with(&key, |node, decision| (node.clone(), kind(&decision))),
+                    // With replicas: this router's pin if it holds a usable one, else ask them.
+                    Some(shared) => match self.router.route_held_with(&key, Arc::clone) {
+                        Some(node) => Some((node, DecisionKind::Pinned)),
+                        None => (shared.route(&self.router, &key).await)
+                            .map(|(node, decision)| (node, kind(&decision))),
+                    },
+                };
+                let (node, kind) = routed.ok_or(Refusal::NoNodeForRoom)?;
                 let keepalive = websocket.then(|| tunnel::Keepalive {
                     room: key.to_string(),
                     pins: self.router.pins().clone(),

@@ -705,3 +705,76 @@ impl Drop for Demo {
         }
     }
 }
+
+/// A real Redis server (Debian package `redis-server`) on a loopback port, keeping nothing on
+/// disk; stopped when dropped.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one on a free port.
+    pub async fn start() -> Redis {
+        Redis::start_on(closed_port()).await
+    }
+
+    /// Starts one on `port` (a port a router was told of before anything listened there).
+    pub async fn start_on(port: u16) -> Redis {
+        let dir = tempfile::Builder::new()
+            .prefix("jitsi-router-redis-")
+            .tempdir()
+            .unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server: {e}: run the README's test command, which installs it")
+            });
+        let redis = Redis {
+            child,
+            port,
+            _dir: dir,
+        };
+        eventually(
+            Duration::from_secs(10),
+            "redis-server to answer",
+            || async { redis.connection().await.is_ok() },
+        )
+        .await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// The value of a key, if any.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let mut connection = self.connection().await.unwrap();
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,365 @@
+//! Pins shared by several router replicas through Redis (`[pins.redis]`).
+//!
+//! DESIGN note. Each replica keeps its own pin table ([`MemoryPins`](super::pins::MemoryPins))
+//! and routes a room it holds a live pin for without asking anyone: the request path stays one
+//! memory lookup. Redis is asked only when this replica has no pin for the room, or a pin to a
+//! node that may no longer keep it. The question is one Lua script, run atomically by Redis:
+//! "the room's node, or else this one" (insert-if-absent, with the pin's idle timeout as the
+//! key's expiry). The first replica to ask places the room; every other replica adopts its
+//! answer, so a room's participants meet on one node whichever replica their requests reach.
+//! A replica that finds the room on a node it cannot use (down, or not in its fleet) moves it
+//! with a compare-and-set on the node it found, so two replicas moving one room agree too.
+//!
+//! Every `sync_interval` each replica sends the store its live pins in batches; the store
+//! refreshes their expiry (a room busy on one replica stays pinned for all) and answers with
+//! those it holds elsewhere. So a room an operator moved or unpinned on one replica (an unpin
+//! leaves a short-lived tombstone, `-`) is moved or unpinned on the others within one interval.
+//!
+//! When Redis does not answer within `timeout` (or is not reachable), the replica places the
+//! room on its own, as a router without a shared store does, logs a warning (at most every
+//! ten seconds) and counts the failure: requests never wait on a dead store. Rooms first seen
+//! during such an outage may land on different nodes through different replicas; the next sync
+//! after Redis is back moves them together (the first pin written wins).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{Decision, Proposal, Router};
+use crate::config;
+use crate::fleet::Node;
+use crate::room::RoomKey;
+
+/// The value an unpinned room's key holds for a while, so that every replica unpins it.
+const TOMBSTONE: &str = "-";
+
+/// Pins sent to the store in one script call while syncing.
+const SYNC_BATCH: usize = 256;
+
+/// How often a failing store is warned about.
+const WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// KEYS[1] the room; ARGV[1] the proposed node, ARGV[2] the expiry (ms), ARGV[3] a node the
+/// room may be taken from ("" for none). Answers the room's node and 1 if it is the proposal
+/// just written, 0 if the room was already there.
+const CLAIM: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held == false or held == '-' or held == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {ARGV[1], 1}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {held, 0}
+";
+
+/// KEYS the rooms; ARGV[1] the expiry (ms), ARGV[i + 1] this replica's node for KEYS[i].
+/// Answers, for each room, "" when the store agrees (its expiry refreshed, or the pin written
+/// back if it had expired there), else what the store holds (a node, or the tombstone).
+const SYNC: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local ours = ARGV[i + 1]
+  local held = redis.call('GET', key)
+  if held == ours then
+    redis.call('PEXPIRE', key, ARGV[1])
+    out[i] = ''
+  elseif held == false then
+    redis.call('SET', key, ours, 'PX', ARGV[1])
+    out[i] = ''
+  else
+    out[i] = held
+  end
+end
+return out
+";
+
+/// Why the store gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    /// No connection has been made yet.
+    #[error("not connected to Redis")]
+    NotConnected,
+    /// The store took longer than the configured timeout.
+    #[error("no answer from Redis within {0:?}")]
+    Timeout(Duration),
+    /// The store or the connection failed.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The shared pin store of one router replica.
+pub struct SharedPins {
+    client: redis::Client,
+    url: String,
+    connection: OnceLock<ConnectionManager>,
+    prefix: String,
+    expiry_ms: u64,
+    timeout: Duration,
+    sync_interval: Duration,
+    claim: redis::Script,
+    sync: redis::Script,
+    errors: AtomicU64,
+    epoch: Instant,
+    last_warning_ms: AtomicU64,
+}
+
+impl SharedPins {
+    /// A store for `config`, whose pins expire after `idle` without a request on any replica.
+    /// Connects in [`run`](Self::run).
+    pub fn new(config: &config::SharedPins, idle: Duration) -> Result<SharedPins, SharedError> {
+        Ok(SharedPins {
+            client: redis::Client::open(config.url.as_str())?,
+            url: config.url.clone(),
+            connection: OnceLock::new(),
+            prefix: config.prefix.clone(),
+            expiry_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1),
+            timeout: config.timeout,
+            sync_interval: config.sync_interval,
+            claim: redis::Script::new(CLAIM),
+            sync: redis::Script::new(SYNC),
+            errors: AtomicU64::new(0),
+            epoch: Instant::now(),
+            last_warning_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether a connection to Redis has been made (the connection reconnects by itself
+    /// afterwards).
+    pub fn connected(&self) -> bool {
+        self.connection.get().is_some()
+    }
+
+    /// Questions to the store that got no answer so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Connects (trying again every second until Redis answers), then syncs this replica's pins
+    /// every `sync_interval`. Runs until dropped.
+    pub async fn run(self: Arc<Self>, router: Arc<Router>) {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_secs(1))))
+            .set_response_timeout(Some(self.timeout.max(Duration::from_secs(1))))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        loop {
+            match ConnectionManager::new_with_config(self.client.clone(), config.clone()).await {
+                Ok(connection) => {
+                    let _only_this_task_sets_it = self.connection.set(connection);
+                    tracing::info!(url = %redacted(&self.url), "sharing pins through redis");
+                    break;
+                }
+                Err(e) => {
+                    self.failed(&SharedError::Redis(e));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        let mut every = tokio::time::interval(self.sync_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(e) = self.sync(&router).await {
+                self.failed(&e);
+            }
+        }
+    }
+
+    /// The node for a room this router holds no usable pin for, agreed with the other
+    /// replicas through the store; placed by this router alone when the store does not answer.
+    pub async fn route(&self, router: &Router, key: &RoomKey<'_>) -> Option<(Arc<Node>, Decision)> {
+        let room = key.as_str();
+        let (proposal, stale) = match router.propose(room) {
+            Proposal::Held(node) => return Some((node, Decision::Pinned)),
+            Proposal::New { node, stale } => (node, stale),
+        };
+        let mut replaceable = stale.as_ref().map(|id| id.as_str().to_owned());
+        // Twice is enough: a node this router cannot use is replaced by the proposal, which it
+        // can; the third try covers another replica replacing it at the same moment.
+        for _ in 0..3 {
+            let answer = match &proposal {
+                Some(node) => {
+                    self.claim(room, node.as_str(), replaceable.as_deref())
+                        .await
+                }
+                // Nothing to propose: only a room the store holds can be routed.
+                None => self
+                    .held(room)
+                    .await
+                    .map(|held| (held.unwrap_or_default(), false)),
+            };
+            match answer {
+                Ok((node, placed_here)) if router.usable(&node) => {
+                    if let Some(routed) = router.adopt(room, &node, stale.as_ref(), placed_here) {
+                        return Some(routed);
+                    }
+                    break;
+                }
+                Ok(_) if proposal.is_none() => return None,
+                Ok((node, _)) => {
+                    tracing::info!(
+                        room,
+                        node,
+                        "room pinned by another replica to a node unusable here; moving it"
+                    );
+                    replaceable = Some(node);
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    break;
+                }
+            }
+        }
+        router.route_room_with(key, |node, decision| (node.clone(), decision))
+    }
+
+    /// Asks the store for the room's node, giving `node` if it has none (or has `replaceable`).
+    /// Answers the node and whether it is `node`, just written.
+    pub async fn claim(
+        &self,
+        room: &str,
+        node: &str,
+        replaceable: Option<&str>,
+    ) -> Result<(String, bool), SharedError> {
+        let mut connection = self.connection()?;
+        let mut call = self.claim.key(self.key(room));
+        call.arg(node)
+            .arg(self.expiry_ms)
+            .arg(replaceable.unwrap_or(""));
+        let (held, written): (String, i64) = self.timed(call.invoke_async(&mut connection)).await?;
+        Ok((held, written == 1))
+    }
+
+    /// The room's node in the store, if it holds one.
+    pub async fn held(&self, room: &str) -> Result<Option<String>, SharedError> {
+        let mut connection = self.connection()?;
+        let mut get = redis::cmd("GET");
+        get.arg(self.key(room));
+        let held: Option<String> = self.timed(get.query_async(&mut connection)).await?;
+        Ok(held.filter(|node| node != TOMBSTONE))
+    }
+
+    /// Tells the store an operator moved the room to `node` here.
+    pub async fn moved(&self, room: &str, node: &str) -> Result<(), SharedError> {
+        let mut connection = self.connection()?;
+        let mut set = redis::cmd("SET");
+        set.arg(self.key(room))
+            .arg(node)
+            .arg("PX")
+            .arg(self.expiry_ms);
+        self.timed(set.query_async::<()>(&mut connection)).await
+    }
+
+    /// Tells the store an operator unpinned the room here: a tombstone for three sync intervals,
+    /// so that every replica unpins it too.
+    pub async fn unpinned(&self, room: &str) -> Result<(), SharedError> {
+        let mut connection = self.connection()?;
+        let lasts = u64::try_from((self.sync_interval * 3).as_millis()).unwrap_or(u64::MAX);
+        let mut set = redis::cmd("SET");
+        set.arg(self.key(room))
+            .arg(TOMBSTONE)
+            .arg("PX")
+            .arg(lasts.max(1));
+        self.timed(set.query_async::<()>(&mut connection)).await
+    }
+
+    /// Sends this router's live pins to the store (refreshing their expiry there) and follows
+    /// the store where it holds a room elsewhere. Returns how many rooms changed here.
+    pub async fn sync(&self, router: &Router) -> Result<usize, SharedError> {
+        let mut connection = self.connection()?;
+        let pins = router.pins().export();
+        let mut changed = 0;
+        for batch in pins.chunks(SYNC_BATCH) {
+            let mut call = self.sync.prepare_invoke();
+            call.arg(self.expiry_ms);
+            for pin in batch {
+                call.key(self.key(&pin.room)).arg(pin.node.as_str());
+            }
+            let held: Vec<String> = self.timed(call.invoke_async(&mut connection)).await?;
+            for (pin, held) in batch.iter().zip(held) {
+                if held.is_empty() || held == pin.node.as_str() {
+                    continue;
+                }
+                if held == TOMBSTONE {
+                    if router.unpin(&pin.room).is_some() {
+                        tracing::info!(room = %pin.room, "room unpinned by another replica");
+                        changed += 1;
+                    }
+                } else if router.follow(&pin.room, &held) {
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    fn key(&self, room: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + room.len());
+        key.push_str(&self.prefix);
+        key.push_str(room);
+        key
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, SharedError> {
+        self.connection
+            .get()
+            .cloned()
+            .ok_or(SharedError::NotConnected)
+    }
+
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, SharedError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(SharedError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Counts a question the store did not answer; warns at most every ten seconds.
+    fn failed(&self, e: &SharedError) {
+        let count = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= WARNING_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %e, failures = count, url = %redacted(&self.url), "shared pin store did not answer; placing rooms on this router alone meanwhile");
+        }
+    }
+}
+
+/// A Redis URL without its password, for logs.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
+            let userinfo = &rest[..at - scheme.len() - 3];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redacted("redis://app:s3cret@10.0.0.5:6379/2"),
+            "redis://app:***@10.0.0.5:6379/2"
+        );
+        assert_eq!(redacted("redis://:s3cret@h/0"), "redis://:***@h/0");
+        assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redacted("unix:///run/redis.sock"), "unix:///run/redis.sock");
+    }
+}

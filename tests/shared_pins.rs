@@ -1,0 +1,265 @@
+//! Router replicas sharing their pins through a real Redis (`[pins.redis]`): whichever replica a
+//! participant's request reaches, a room meets on one node — on first placement, when its node
+//! fails, and after an operator moves or unpins it on one replica. A dead Redis costs no request.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// The `[pins.redis]` section for `url`, syncing every 300 ms.
+fn shared(url: &str) -> String {
+    format!("[pins.redis]\nurl = {url:?}\nsync_interval = \"300ms\"\n")
+}
+
+/// A replica whose fleet drains every node but `open`: left alone it places every new room on
+/// `open`, so two replicas with different `open` nodes would split every room they share.
+fn replica(certs: &Certs, nodes: &[SimNode], open: &str, sections: &str) -> Router {
+    let sections = format!("[health]\ninterval = \"200ms\"\nfall = 1\nrise = 1\n\n{sections}");
+    let text = config(certs, &sections, &[])
+        + &nodes_with_instances(nodes, &|n| {
+            if n.name() == open {
+                String::new()
+            } else {
+                "drain = true\n".into()
+            }
+        });
+    Router::start(certs, &text)
+}
+
+/// The node that answers a room page through `router`.
+async fn node_of(router: &Router, room: &str) -> String {
+    let response = router
+        .client()
+        .get(router.url(&format!("/{room}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{room}");
+    shard(&response)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_sharing_redis_put_each_room_on_one_node() {
+    let certs = Certs::new();
+    let redis = Redis::start().await;
+    let nodes = sim_nodes(2).await;
+    let one = replica(&certs, &nodes, "jitsi-a", &shared(&redis.url()));
+    let two = replica(&certs, &nodes, "jitsi-b", &shared(&redis.url()));
+    // Without the store, the second replica places alone: the split this feature prevents.
+    let alone = replica(&certs, &nodes, "jitsi-b", "");
+
+    let mut placed_by = std::collections::BTreeMap::new();
+    for i in 0..40 {
+        let room = format!("shared-{i}");
+        // The first participant arrives through either replica, the second through the other.
+        let (first, second) = if i % 2 == 0 {
+            (&one, &two)
+        } else {
+            (&two, &one)
+        };
+        let node = node_of(first, &room).await;
+        assert_eq!(
+            node_of(second, &room).await,
+            node,
+            "{room} split between replicas"
+        );
+        assert_eq!(node_of(first, &room).await, node, "{room} moved");
+        *placed_by.entry(node.clone()).or_insert(0) += 1;
+        assert_eq!(
+            redis
+                .get(&format!("jitsi-router:pin:{room}"))
+                .await
+                .as_deref(),
+            Some(node.as_str()),
+            "{room} in the store"
+        );
+    }
+    // Each replica placed the rooms it saw first, on its own open node.
+    assert_eq!(placed_by.get("jitsi-a"), Some(&20), "{placed_by:?}");
+    assert_eq!(placed_by.get("jitsi-b"), Some(&20), "{placed_by:?}");
+
+    let room = "shared-0"; // placed through `one`, on jitsi-a
+    assert_eq!(
+        node_of(&alone, room).await,
+        "jitsi-b",
+        "a replica without the store splits it"
+    );
+
+    // A replica whose every node drains takes no new room, but routes those the store holds
+    // (draining nodes keep their rooms).
+    let drained = replica(&certs, &nodes, "none", &shared(&redis.url()));
+    assert_eq!(node_of(&drained, "shared-1").await, "jitsi-b");
+    let new = drained
+        .client()
+        .get(drained.url("/never-seen"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(new.status(), 503);
+
+    let status: serde_json::Value = reqwest::get(two.admin_url("/api/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["shared_pins"]["connected"], true, "{status}");
+    let metrics = metrics(&two).await;
+    assert_eq!(metrics["jitsi_router_shared_pin_store_connected"], 1.0);
+    assert_eq!(metrics["jitsi_router_shared_pin_store_failures_total"], 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_move_a_failed_nodes_rooms_to_one_node() {
+    let certs = Certs::new();
+    let redis = Redis::start().await;
+    let nodes = sim_nodes(3).await;
+    // Both replicas drain all but jitsi-a, so the rooms start there.
+    let one = replica(&certs, &nodes, "jitsi-a", &shared(&redis.url()));
+    let two = replica(&certs, &nodes, "jitsi-a", &shared(&redis.url()));
+    let rooms: Vec<String> = (0..10).map(|i| format!("failover-{i}")).collect();
+    for room in &rooms {
+        assert_eq!(node_of(&one, room).await, "jitsi-a");
+        assert_eq!(node_of(&two, room).await, "jitsi-a");
+    }
+    // Then each opens another node: once jitsi-a fails, `one` alone would move the rooms to
+    // jitsi-b and `two` to jitsi-c.
+    let client = reqwest::Client::new();
+    for (router, node) in [(&one, "jitsi-b"), (&two, "jitsi-c")] {
+        let url = router.admin_url(&format!("/api/nodes/{node}/undrain"));
+        assert_eq!(client.post(url).send().await.unwrap().status(), 200);
+    }
+    nodes[0].set_healthy(false);
+    eventually(
+        Duration::from_secs(10),
+        "both replicas to see jitsi-a down",
+        || async {
+            let down = |router: &Router| {
+                let url = router.admin_url("/api/nodes");
+                async move {
+                    let nodes: serde_json::Value =
+                        reqwest::get(url).await.unwrap().json().await.unwrap();
+                    nodes.to_string().contains("\"healthy\":false")
+                }
+            };
+            down(&one).await && down(&two).await
+        },
+    )
+    .await;
+    for (i, room) in rooms.iter().enumerate() {
+        let (first, second) = if i % 2 == 0 {
+            (&one, &two)
+        } else {
+            (&two, &one)
+        };
+        let node = node_of(first, room).await;
+        assert_ne!(node, "jitsi-a");
+        assert_eq!(
+            node_of(second, room).await,
+            node,
+            "{room} split after its node failed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_move_or_unpin_on_one_replica_reaches_the_others() {
+    let certs = Certs::new();
+    let redis = Redis::start().await;
+    let nodes = sim_nodes(2).await;
+    let one = replica(&certs, &nodes, "jitsi-a", &shared(&redis.url()));
+    let two = replica(&certs, &nodes, "jitsi-a", &shared(&redis.url()));
+    let client = reqwest::Client::new();
+    let room = "moved-by-hand";
+    assert_eq!(node_of(&one, room).await, "jitsi-a");
+    assert_eq!(node_of(&two, room).await, "jitsi-a");
+
+    let moved = client
+        .put(one.admin_url(&format!("/api/rooms/{room}")))
+        .body(r#"{"node": "jitsi-b"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200);
+    assert_eq!(node_of(&one, room).await, "jitsi-b");
+    eventually(
+        Duration::from_secs(5),
+        "the other replica to follow the move",
+        || async { node_of(&two, room).await == "jitsi-b" },
+    )
+    .await;
+
+    let unpinned = client
+        .delete(two.admin_url(&format!("/api/rooms/{room}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unpinned.status(), 200);
+    eventually(
+        Duration::from_secs(5),
+        "the other replica to unpin it",
+        || async {
+            let pin = client
+                .get(one.admin_url(&format!("/api/rooms/{room}")))
+                .send()
+                .await
+                .unwrap();
+            pin.status() == 404
+        },
+    )
+    .await;
+    // Placed afresh (both replicas would choose jitsi-a), and shared again.
+    assert_eq!(node_of(&two, room).await, "jitsi-a");
+    assert_eq!(node_of(&one, room).await, "jitsi-a");
+    assert!(
+        one.logs().contains("room unpinned by another replica"),
+        "{}",
+        one.logs()
+    );
+    assert!(
+        two.logs().contains("room moved by another replica"),
+        "{}",
+        two.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_redis_costs_no_request_and_is_used_once_it_answers() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    let port = closed_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let router = replica(&certs, &nodes, "jitsi-a", &shared(&url));
+    let client = router.client();
+    for i in 0..5 {
+        let response = client
+            .get(router.url(&format!("/alone-{i}")))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(shard(&response), "jitsi-a");
+    }
+    log_shows(&router, "shared pin store did not answer").await;
+    let metrics = metrics(&router).await;
+    assert_eq!(metrics["jitsi_router_shared_pin_store_connected"], 0.0);
+    assert!(metrics["jitsi_router_shared_pin_store_failures_total"] >= 1.0);
+
+    // Redis comes up where it was expected: the router connects, and its pins (the ones it
+    // made alone included) reach the store at the next sync.
+    let redis = Redis::start_on(port).await;
+    eventually(
+        Duration::from_secs(15),
+        "the router to reach redis",
+        || async { redis.get("jitsi-router:pin:alone-0").await.as_deref() == Some("jitsi-a") },
+    )
+    .await;
+    assert_eq!(node_of(&router, "after-redis").await, "jitsi-a");
+    assert_eq!(
+        redis.get("jitsi-router:pin:after-redis").await.as_deref(),
+        Some("jitsi-a")
+    );
+}
