@@ -42,6 +42,19 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// What a pin change means: a pin made in place of a stale one (`moved`) is a re-placement,
+    /// one made for a room this router placed (`placed_here`) a placement, anything else (the
+    /// pin existed, or another replica placed the room) a pinned room.
+    fn of(held: &Pinned, moved: bool, placed_here: bool) -> Decision {
+        match held.displaced.clone() {
+            Some(from) if held.created && moved => Decision::Replaced { from },
+            _ if held.created && placed_here => Decision::Placed,
+            _ => Decision::Pinned,
+        }
+    }
+}
+
 /// A room's node and how it was chosen, owned (see [`Router::route_room`]).
 pub struct Routed {
     node: Arc<Node>,
@@ -200,11 +213,7 @@ impl Router {
                 (&**newer, index)
             }
         };
-        let decision = match held.displaced.clone() {
-            Some(from) if held.created && stale.is_some() => Decision::Replaced { from },
-            _ if held.created => Decision::Placed,
-            _ => Decision::Pinned,
-        };
+        let decision = Decision::of(&held, stale.is_some(), true);
         if held.created {
             self.announce(room, &state.nodes()[index].id, &decision);
         }
@@ -436,11 +445,7 @@ impl Router {
             state.index(held.node.as_str())?
         };
         self.count(&state, Some(index), &held);
-        let decision = match held.displaced.clone() {
-            Some(from) if held.created && stale.is_some() => Decision::Replaced { from },
-            _ if held.created && placed_here => Decision::Placed,
-            _ => Decision::Pinned,
-        };
+        let decision = Decision::of(&held, stale.is_some(), placed_here);
         if held.created {
             if placed_here || stale.is_some() {
                 self.announce(room, &held.node, &decision);
