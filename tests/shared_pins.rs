@@ -262,4 +262,27 @@ async fn a_dead_redis_costs_no_request_and_is_used_once_it_answers() {
         redis.get("jitsi-router:pin:after-redis").await.as_deref(),
         Some("jitsi-a")
     );
+
+    // Redis restarts (empty): requests meanwhile are answered, and sharing resumes.
+    drop(redis);
+    for i in 0..5 {
+        let response = client
+            .get(router.url(&format!("/during-restart-{i}")))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let redis = Redis::start_on(port).await;
+    eventually(Duration::from_secs(15), "sharing to resume", || async {
+        node_of(&router, "after-restart").await == "jitsi-a"
+            && redis.get("jitsi-router:pin:after-restart").await.as_deref() == Some("jitsi-a")
+            && redis
+                .get("jitsi-router:pin:during-restart-0")
+                .await
+                .as_deref()
+                == Some("jitsi-a")
+    })
+    .await;
 }

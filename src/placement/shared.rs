@@ -17,7 +17,8 @@
 //!
 //! When Redis does not answer within `timeout` (or is not reachable), the replica places the
 //! room on its own, as a router without a shared store does, logs a warning (at most every
-//! ten seconds) and counts the failure: requests never wait on a dead store. Rooms first seen
+//! ten seconds) and counts the failure: requests never wait on a dead store, and for a second
+//! after a failure they do not ask it at all. Rooms first seen
 //! during such an outage may land on different nodes through different replicas; the next sync
 //! after Redis is back moves them together (the first pin written wins).
 
@@ -37,6 +38,9 @@ const TOMBSTONE: &str = "-";
 
 /// Pins sent to the store in one script call while syncing.
 const SYNC_BATCH: usize = 256;
+
+/// How long requests place rooms alone after the store failed.
+const REST: Duration = Duration::from_secs(1);
 
 /// How often a failing store is warned about.
 const WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -81,6 +85,9 @@ pub enum SharedError {
     /// No connection has been made yet.
     #[error("not connected to Redis")]
     NotConnected,
+    /// Redis failed under a second ago: not asked again yet.
+    #[error("Redis failed under a second ago")]
+    Resting,
     /// The store took longer than the configured timeout.
     #[error("no answer from Redis within {0:?}")]
     Timeout(Duration),
@@ -103,6 +110,8 @@ pub struct SharedPins {
     errors: AtomicU64,
     epoch: Instant,
     last_warning_ms: AtomicU64,
+    /// Until when (ms since `epoch`) requests do not ask Redis, after a failure.
+    resting_until_ms: AtomicU64,
 }
 
 impl SharedPins {
@@ -122,6 +131,7 @@ impl SharedPins {
             errors: AtomicU64::new(0),
             epoch: Instant::now(),
             last_warning_ms: AtomicU64::new(0),
+            resting_until_ms: AtomicU64::new(0),
         })
     }
 
@@ -303,10 +313,17 @@ impl SharedPins {
     }
 
     fn connection(&self) -> Result<ConnectionManager, SharedError> {
+        if self.now_ms() < self.resting_until_ms.load(Ordering::Relaxed) {
+            return Err(SharedError::Resting);
+        }
         self.connection
             .get()
             .cloned()
             .ok_or(SharedError::NotConnected)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     async fn timed<T>(
@@ -319,10 +336,17 @@ impl SharedPins {
         }
     }
 
-    /// Counts a question the store did not answer; warns at most every ten seconds.
+    /// Counts a question the store did not answer, and lets requests place rooms alone for a
+    /// second (rather than each wait `timeout` for a store that just failed); warns at most
+    /// every ten seconds.
     fn failed(&self, e: &SharedError) {
+        if matches!(e, SharedError::Resting) {
+            return;
+        }
         let count = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = self.now_ms();
+        self.resting_until_ms
+            .store(now + REST.as_millis() as u64, Ordering::Relaxed);
         let last = self.last_warning_ms.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= WARNING_EVERY.as_millis() as u64;
         if due
