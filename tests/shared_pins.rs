@@ -183,6 +183,8 @@ async fn an_operator_move_or_unpin_on_one_replica_reaches_the_others() {
         .await
         .unwrap();
     assert_eq!(moved.status(), 200);
+    let moved: serde_json::Value = moved.json().await.unwrap();
+    assert_eq!(moved["replicas_told"], true, "{moved}");
     assert_eq!(node_of(&one, room).await, "jitsi-b");
     eventually(
         Duration::from_secs(5),
@@ -223,6 +225,39 @@ async fn an_operator_move_or_unpin_on_one_replica_reaches_the_others() {
         "{}",
         two.logs()
     );
+
+    // The admin API of a replica that never saw the room finds it in the store, and unpins it
+    // there (and so on the replica that holds it).
+    let elsewhere = "seen-by-one-only";
+    assert_eq!(node_of(&one, elsewhere).await, "jitsi-a");
+    let url = two.admin_url(&format!("/api/rooms/{elsewhere}"));
+    let pin: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(pin["node"], "jitsi-a", "{pin}");
+    assert_eq!(pin["pinned_by"], "another replica", "{pin}");
+    let unpinned = client.delete(&url).send().await.unwrap();
+    assert_eq!(unpinned.status(), 200);
+    let unpinned: serde_json::Value = unpinned.json().await.unwrap();
+    assert_eq!(unpinned["unpinned_from"], "jitsi-a", "{unpinned}");
+    assert_eq!(unpinned["replicas_told"], true, "{unpinned}");
+    eventually(
+        Duration::from_secs(5),
+        "the holding replica to unpin it",
+        || async {
+            let pin = client
+                .get(one.admin_url(&format!("/api/rooms/{elsewhere}")))
+                .send()
+                .await
+                .unwrap();
+            pin.status() == 404
+        },
+    )
+    .await;
+    let never = client
+        .get(two.admin_url("/api/rooms/never-pinned"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(never.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,6 +279,28 @@ async fn a_dead_redis_costs_no_request_and_is_used_once_it_answers() {
         assert_eq!(shard(&response), "jitsi-a");
     }
     log_shows(&router, "shared pin store did not answer").await;
+    // The admin API says so too: an unpin here works, but the others were not told; a room
+    // this router does not hold cannot be looked up.
+    let admin = reqwest::Client::new();
+    let unpinned = admin
+        .delete(router.admin_url("/api/rooms/alone-4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unpinned.status(), 200);
+    let unpinned: serde_json::Value = unpinned.json().await.unwrap();
+    assert_eq!(unpinned["replicas_told"], false, "{unpinned}");
+    let unknown = admin
+        .get(router.admin_url("/api/rooms/never-seen"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 503);
+    assert!(unknown
+        .text()
+        .await
+        .unwrap()
+        .contains("the shared pin store did not answer"));
     let metrics = metrics(&router).await;
     assert_eq!(metrics["jitsi_router_shared_pin_store_connected"], 0.0);
     assert!(metrics["jitsi_router_shared_pin_store_failures_total"] >= 1.0);

@@ -9,6 +9,7 @@ use super::{error, json, Admin, Answer};
 use crate::config::{NodeFields, NodeSpec};
 use crate::placement::pins::PinInfo;
 use crate::placement::policy;
+use crate::placement::shared::SharedError;
 use crate::room::{RoomKey, RoomLimits};
 
 /// Most rooms one listing returns.
@@ -187,35 +188,68 @@ pub(super) fn rooms(admin: &Admin, query: &str) -> Answer {
     json(StatusCode::OK, &json!({ "total": total, "rooms": rooms }))
 }
 
-pub(super) fn room(admin: &Admin, method: &Method, raw: &str, body: &[u8]) -> Answer {
+/// One room's pin. With a shared pin store (router replicas), a room this router holds no pin
+/// for is looked up there, an unpin also unpins it there (and so on every replica), and a move
+/// is written there; the answer then says whether the store took the change (`replicas_told`).
+pub(super) async fn room(admin: &Admin, method: &Method, raw: &str, body: &[u8]) -> Answer {
     let key = match RoomKey::parse(raw, &RoomLimits::default()) {
         Ok(key) => key,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid room: {e}")),
     };
     let room = key.as_str();
     let router = &admin.router;
+    let shared = router.shared_pins();
+    let not_pinned = || {
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("room {room:?} is not pinned"),
+        )
+    };
+    let store_silent = |e: &SharedError| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("room {room:?} is not pinned on this router, and the shared pin store did not answer: {e}"),
+        )
+    };
     match *method {
-        Method::GET => match router.pins().info(room) {
-            Some(pin) => json(StatusCode::OK, &room_json(&pin)),
-            None => error(
-                StatusCode::NOT_FOUND,
-                &format!("room {room:?} is not pinned"),
-            ),
-        },
-        Method::DELETE => match router.unpin(room) {
-            Some(node) => {
-                tell_replicas(router, room, None);
-                tracing::info!(room, node = %node, "room unpinned through the admin API");
-                json(
+        Method::GET => match (router.pins().info(room), shared) {
+            (Some(pin), _) => json(StatusCode::OK, &room_json(&pin)),
+            (None, None) => not_pinned(),
+            (None, Some(shared)) => match shared.held(room).await {
+                Ok(Some(node)) => json(
                     StatusCode::OK,
-                    &json!({ "room": room, "unpinned_from": node.as_str() }),
-                )
-            }
-            None => error(
-                StatusCode::NOT_FOUND,
-                &format!("room {room:?} is not pinned"),
-            ),
+                    &json!({ "room": room, "node": node, "pinned_by": "another replica" }),
+                ),
+                Ok(None) => not_pinned(),
+                Err(e) => store_silent(&e),
+            },
         },
+        Method::DELETE => {
+            let here = router.unpin(room).map(|node| node.as_str().to_owned());
+            let mut answer = json!({ "room": room, "unpinned_from": here });
+            if let Some(shared) = shared {
+                match shared.unpinned(room).await {
+                    Ok(held) => {
+                        answer["replicas_told"] = true.into();
+                        if here.is_none() {
+                            answer["unpinned_from"] = held.into();
+                        }
+                    }
+                    Err(e) if here.is_none() => return store_silent(&e),
+                    Err(e) => {
+                        tracing::warn!(room, error = %e, "unpinned here; the other replicas were not told");
+                        answer["replicas_told"] = false.into();
+                    }
+                }
+            }
+            match answer["unpinned_from"].as_str() {
+                Some(node) => {
+                    tracing::info!(room, node, "room unpinned through the admin API");
+                    json(StatusCode::OK, &answer)
+                }
+                None => not_pinned(),
+            }
+        }
         Method::PUT => {
             let node = match serde_json::from_slice::<Value>(body) {
                 Ok(value) => match value.get("node").and_then(Value::as_str) {
@@ -229,39 +263,23 @@ pub(super) fn room(admin: &Admin, method: &Method, raw: &str, body: &[u8]) -> An
                 },
                 Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
             };
-            match router.move_room(room, &node) {
-                Some(from) => {
-                    tell_replicas(router, room, Some(&node));
-                    json(
-                        StatusCode::OK,
-                        &json!({ "room": room, "node": node, "from": from.as_ref().map(|f| f.as_str()) }),
-                    )
+            let Some(from) = router.move_room(room, &node) else {
+                return error(StatusCode::NOT_FOUND, &format!("no node named {node:?}"));
+            };
+            let mut answer =
+                json!({ "room": room, "node": node, "from": from.as_ref().map(|f| f.as_str()) });
+            if let Some(shared) = shared {
+                let told = shared.moved(room, &node).await;
+                if let Err(e) = &told {
+                    tracing::warn!(room, error = %e, "moved here; the other replicas were not told");
                 }
-                None => error(StatusCode::NOT_FOUND, &format!("no node named {node:?}")),
+                answer["replicas_told"] = told.is_ok().into();
             }
+            json(StatusCode::OK, &answer)
         }
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET, PUT or DELETE on a room",
         ),
     }
-}
-
-/// Passes an operator's move (`Some(node)`) or unpin (`None`) on to the other replicas through
-/// the shared pin store, if there is one. The answer does not wait for it: the store takes it
-/// within its timeout, and a failure is logged and counted like any other.
-fn tell_replicas(router: &crate::placement::Router, room: &str, node: Option<&str>) {
-    let Some(shared) = router.shared_pins().cloned() else {
-        return;
-    };
-    let (room, node) = (room.to_owned(), node.map(str::to_owned));
-    tokio::spawn(async move {
-        let told = match &node {
-            Some(node) => shared.moved(&room, node).await,
-            None => shared.unpinned(&room).await,
-        };
-        if let Err(e) = told {
-            tracing::warn!(room, error = %e, "the other replicas were not told of this change");
-        }
-    });
 }

@@ -15,6 +15,10 @@
 //! | `GET`, `DELETE /api/rooms/{room}` | one room's pin; unpin it |
 //! | `PUT /api/rooms/{room}` with `{"node": …}` | moves a room's pin |
 //!
+//! With a shared pin store (`[pins.redis]`) the room calls reach the other replicas: a room this
+//! router holds no pin for is looked up in the store, an unpin and a move are written there, and
+//! their answers say whether the store took them (`replicas_told`).
+//!
 //! With a token configured every request needs `Authorization: Bearer <token>` (compared in
 //! constant time), except `/healthz` and `/metrics` under `open_metrics`. Errors answer JSON
 //! `{"error": "…"}` saying what was wrong. Node changes are layered over the config file, so they
@@ -132,7 +136,7 @@ impl Admin {
             (&Method::POST, ["api", "nodes", name, "undrain"]) => api::drain(self, name, false),
             (&Method::GET, ["api", "rooms"]) => api::rooms(self, &query),
             (_, ["api", "rooms", room @ ..]) if !room.is_empty() => {
-                api::room(self, &method, &room.join("/"), &body)
+                api::room(self, &method, &room.join("/"), &body).await
             }
             (
                 _,

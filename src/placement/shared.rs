@@ -262,17 +262,19 @@ impl SharedPins {
         self.timed(set.query_async::<()>(&mut connection)).await
     }
 
-    /// Tells the store an operator unpinned the room here: a tombstone for three sync intervals,
-    /// so that every replica unpins it too.
-    pub async fn unpinned(&self, room: &str) -> Result<(), SharedError> {
+    /// Tells the store an operator unpinned the room: a tombstone for three sync intervals, so
+    /// that every replica unpins it too. Answers the node the store held it on, if any.
+    pub async fn unpinned(&self, room: &str) -> Result<Option<String>, SharedError> {
         let mut connection = self.connection()?;
         let lasts = u64::try_from((self.sync_interval * 3).as_millis()).unwrap_or(u64::MAX);
         let mut set = redis::cmd("SET");
         set.arg(self.key(room))
             .arg(TOMBSTONE)
             .arg("PX")
-            .arg(lasts.max(1));
-        self.timed(set.query_async::<()>(&mut connection)).await
+            .arg(lasts.max(1))
+            .arg("GET");
+        let held: Option<String> = self.timed(set.query_async(&mut connection)).await?;
+        Ok(held.filter(|node| node != TOMBSTONE))
     }
 
     /// Sends this router's live pins to the store (refreshing their expiry there) and follows
