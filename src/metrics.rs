@@ -10,7 +10,7 @@
 //! | metric | type | labels |
 //! | --- | --- | --- |
 //! | `jitsi_router_requests_total` | counter | `node` (`none` when no node answered), `class` (`2xx`…) |
-//! | `jitsi_router_routing_decisions_total` | counter | `kind`: `pinned`, `placed`, `replaced`, `fallback`, `bridge`, `unrouted`, `refused` |
+//! | `jitsi_router_routing_decisions_total` | counter | `kind`: `pinned`, `placed`, `replaced`, `shared`, `fallback`, `bridge`, `unrouted`, `refused` |
 //! | `jitsi_router_routing_decision_seconds` | histogram | |
 //! | `jitsi_router_upstream_response_seconds` | histogram | `node` |
 //! | `jitsi_router_websocket_tunnels` | gauge | |
@@ -135,6 +135,8 @@ pub enum DecisionKind {
     Placed,
     /// A room moved off a node that left or failed.
     Replaced,
+    /// A room another router replica placed, taken from the shared pin store.
+    Shared,
     /// A videobridge WebSocket routed by server id.
     Bridge,
     /// A request without a room (assets, cookie or client hash).
@@ -143,10 +145,11 @@ pub enum DecisionKind {
     Refused,
 }
 
-const DECISION_KINDS: [(DecisionKind, &str); 6] = [
+const DECISION_KINDS: [(DecisionKind, &str); 7] = [
     (DecisionKind::Pinned, "pinned"),
     (DecisionKind::Placed, "placed"),
     (DecisionKind::Replaced, "replaced"),
+    (DecisionKind::Shared, "shared"),
     (DecisionKind::Bridge, "bridge"),
     (DecisionKind::Unrouted, "unrouted"),
     (DecisionKind::Refused, "refused"),

@@ -109,6 +109,11 @@ async fn replicas_sharing_redis_put_each_room_on_one_node() {
     let metrics = metrics(&two).await;
     assert_eq!(metrics["jitsi_router_shared_pin_store_connected"], 1.0);
     assert_eq!(metrics["jitsi_router_shared_pin_store_failures_total"], 0.0);
+    let decisions =
+        |kind: &str| metrics[&format!("jitsi_router_routing_decisions_total{{kind=\"{kind}\"}}")];
+    // `two` placed the odd rooms and took the even ones, which `one` placed, from the store.
+    assert_eq!(decisions("placed"), 20.0);
+    assert_eq!(decisions("shared"), 20.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,16 +40,20 @@ pub enum Decision {
         /// The node it was pinned to.
         from: NodeId,
     },
+    /// First visit here, but another router replica had placed the room: its pin from the
+    /// shared store was taken (see [`shared`]).
+    Shared,
 }
 
 impl Decision {
     /// What a pin change means: a pin made in place of a stale one (`moved`) is a re-placement,
-    /// one made for a room this router placed (`placed_here`) a placement, anything else (the
-    /// pin existed, or another replica placed the room) a pinned room.
+    /// one made for a room this router placed (`placed_here`) a placement, one made for a room
+    /// another replica placed a shared one, and no pin made (it existed) a pinned room.
     fn of(held: &Pinned, moved: bool, placed_here: bool) -> Decision {
         match held.displaced.clone() {
             Some(from) if held.created && moved => Decision::Replaced { from },
             _ if held.created && placed_here => Decision::Placed,
+            _ if held.created => Decision::Shared,
             _ => Decision::Pinned,
         }
     }
@@ -446,12 +450,14 @@ impl Router {
         };
         self.count(&state, Some(index), &held);
         let decision = Decision::of(&held, stale.is_some(), placed_here);
-        if held.created {
-            if placed_here || stale.is_some() {
-                self.announce(room, &held.node, &decision);
-            } else {
-                tracing::debug!(room, node, "room pinned as another replica pinned it");
+        match decision {
+            Decision::Placed | Decision::Replaced { .. } => {
+                self.announce(room, &held.node, &decision)
             }
+            Decision::Shared => {
+                tracing::debug!(room, node, "room pinned as another replica pinned it")
+            }
+            Decision::Pinned => {}
         }
         Some((state.nodes()[index].clone(), decision))
     }

@@ -186,6 +186,7 @@ impl Proxy {
                     Decision::Pinned => DecisionKind::Pinned,
                     Decision::Placed => DecisionKind::Placed,
                     Decision::Replaced { .. } => DecisionKind::Replaced,
+                    Decision::Shared => DecisionKind::Shared,
                 };
                 let routed = match self.router.shared_pins() {
                     None => self
