@@ -117,6 +117,28 @@ async fn replicas_sharing_redis_put_each_room_on_one_node() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_room_opened_at_once_through_both_replicas_meets_on_one_node() {
+    let certs = Certs::new();
+    let redis = Redis::start().await;
+    let nodes = sim_nodes(2).await;
+    let one = replica(&certs, &nodes, "jitsi-a", &shared(&redis.url()));
+    let two = replica(&certs, &nodes, "jitsi-b", &shared(&redis.url()));
+    for i in 0..20 {
+        let room = format!("rush-{i}");
+        // Ten participants through each replica, all at the same moment.
+        let asks = (0..20).map(|k| {
+            let router = if k % 2 == 0 { &one } else { &two };
+            node_of(router, &room)
+        });
+        let nodes: std::collections::BTreeSet<String> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .collect();
+        assert_eq!(nodes.len(), 1, "{room} split: {nodes:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn replicas_move_a_failed_nodes_rooms_to_one_node() {
     let certs = Certs::new();
     let redis = Redis::start().await;
