@@ -406,7 +406,7 @@ impl Collector for Exporter {
             single(
                 &mut encoder,
                 "jitsi_router_shared_pin_store_connected",
-                "1 once a connection to the shared pin store has been made.",
+                "1 while the shared pin store answers (its last question got an answer).",
                 f64::from(u8::from(shared.connected())),
             )?;
         }

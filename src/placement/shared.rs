@@ -112,6 +112,9 @@ pub struct SharedPins {
     last_warning_ms: AtomicU64,
     /// Until when (ms since `epoch`) requests do not ask Redis, after a failure.
     resting_until_ms: AtomicU64,
+    /// When (ms since `epoch`, plus one) Redis last answered, and last failed to.
+    last_answer_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
 }
 
 impl SharedPins {
@@ -132,13 +135,16 @@ impl SharedPins {
             epoch: Instant::now(),
             last_warning_ms: AtomicU64::new(0),
             resting_until_ms: AtomicU64::new(0),
+            last_answer_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
         })
     }
 
-    /// Whether a connection to Redis has been made (the connection reconnects by itself
-    /// afterwards).
+    /// Whether Redis answers: it answered the last question put to it (a sync asks every
+    /// `sync_interval`, so this is at most that old). False before the first answer.
     pub fn connected(&self) -> bool {
-        self.connection.get().is_some()
+        let answered = self.last_answer_ms.load(Ordering::Relaxed);
+        answered > 0 && answered >= self.last_failure_ms.load(Ordering::Relaxed)
     }
 
     /// Questions to the store that got no answer so far.
@@ -146,26 +152,35 @@ impl SharedPins {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// Connects to Redis, unless connected already. The server calls it before it serves, so
+    /// that a replica starting next to running ones asks Redis from its first request.
+    pub async fn connect(&self) -> Result<(), SharedError> {
+        if self.connection.get().is_some() {
+            return Ok(());
+        }
+        let patience = self.timeout.max(Duration::from_secs(1));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(patience))
+            .set_response_timeout(Some(patience))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
+        let connection = match tokio::time::timeout(patience * 2, connecting).await {
+            Ok(connection) => connection?,
+            Err(_) => return Err(SharedError::Timeout(patience * 2)),
+        };
+        if self.connection.set(connection).is_ok() {
+            tracing::info!(url = %redacted(&self.url), "sharing pins through redis");
+        }
+        Ok(())
+    }
+
     /// Connects (trying again every second until Redis answers), then syncs this replica's pins
     /// every `sync_interval`. Runs until dropped.
     pub async fn run(self: Arc<Self>, router: Arc<Router>) {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_secs(1))))
-            .set_response_timeout(Some(self.timeout.max(Duration::from_secs(1))))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        loop {
-            match ConnectionManager::new_with_config(self.client.clone(), config.clone()).await {
-                Ok(connection) => {
-                    let _only_this_task_sets_it = self.connection.set(connection);
-                    tracing::info!(url = %redacted(&self.url), "sharing pins through redis");
-                    break;
-                }
-                Err(e) => {
-                    self.failed(&SharedError::Redis(e));
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+        while let Err(e) = self.connect().await {
+            self.failed(&e);
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let mut every = tokio::time::interval(self.sync_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -332,10 +347,13 @@ impl SharedPins {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, SharedError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(answer) => Ok(answer?),
-            Err(_) => Err(SharedError::Timeout(self.timeout)),
-        }
+        let answer = match tokio::time::timeout(self.timeout, call).await {
+            Ok(answer) => answer?,
+            Err(_) => return Err(SharedError::Timeout(self.timeout)),
+        };
+        self.last_answer_ms
+            .fetch_max(self.now_ms() + 1, Ordering::Relaxed);
+        Ok(answer)
     }
 
     /// Counts a question the store did not answer, and lets requests place rooms alone for a
@@ -347,6 +365,7 @@ impl SharedPins {
         }
         let count = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
         let now = self.now_ms();
+        self.last_failure_ms.fetch_max(now + 1, Ordering::Relaxed);
         self.resting_until_ms
             .store(now + REST.as_millis() as u64, Ordering::Relaxed);
         let last = self.last_warning_ms.load(Ordering::Relaxed);
