@@ -42,6 +42,12 @@ async fn node_of(router: &Router, room: &str) -> String {
     shard(&response)
 }
 
+/// The status of `GET /api/rooms/{room}` on `router`'s admin API.
+async fn pin_status(router: &Router, room: &str) -> u16 {
+    let url = router.admin_url(&format!("/api/rooms/{room}"));
+    reqwest::get(url).await.unwrap().status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_sharing_redis_put_each_room_on_one_node() {
     let certs = Certs::new();
@@ -231,14 +237,7 @@ async fn an_operator_move_or_unpin_on_one_replica_reaches_the_others() {
     eventually(
         Duration::from_secs(5),
         "the other replica to unpin it",
-        || async {
-            let pin = client
-                .get(one.admin_url(&format!("/api/rooms/{room}")))
-                .send()
-                .await
-                .unwrap();
-            pin.status() == 404
-        },
+        || async { pin_status(&one, room).await == 404 },
     )
     .await;
     // Placed afresh (both replicas would choose jitsi-a), and shared again.
@@ -271,22 +270,10 @@ async fn an_operator_move_or_unpin_on_one_replica_reaches_the_others() {
     eventually(
         Duration::from_secs(5),
         "the holding replica to unpin it",
-        || async {
-            let pin = client
-                .get(one.admin_url(&format!("/api/rooms/{elsewhere}")))
-                .send()
-                .await
-                .unwrap();
-            pin.status() == 404
-        },
+        || async { pin_status(&one, elsewhere).await == 404 },
     )
     .await;
-    let never = client
-        .get(two.admin_url("/api/rooms/never-pinned"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(never.status(), 404);
+    assert_eq!(pin_status(&two, "never-pinned").await, 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
