@@ -132,6 +132,9 @@ pub struct Admin {
     pub token: Option<String>,
     /// Leave `/metrics` and `/healthz` open without the token.
     pub open_metrics: bool,
+    /// Host names the admin listener answers to besides its own address and `localhost`
+    /// (lower-case, without port): the names of a reverse proxy in front of it.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[tls]`
@@ -186,7 +189,9 @@ pub struct Upstream {
     pub preserve_host: bool,
 }
 
-/// `[limits]`
+/// `[limits]`: what one client may hold or send, and how long each state of a client connection
+/// may last. Defaults follow what nginx and HAProxy ship; the README's "Security and limits"
+/// section says why each is what it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Largest request head (request line and headers), in bytes; larger gets `431`.
@@ -195,9 +200,42 @@ pub struct Limits {
     pub max_room_chars: usize,
     /// Time allowed for a client's TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Time for a request head: the first one after the TLS handshake (for HTTP/2, the
+    /// preface and the first stream's headers), and an HTTP/1.1 head from its first byte.
+    pub request_head_timeout: Duration,
+    /// Time a connection may sit with no request in flight before it is closed (HTTP/1.1) or
+    /// sent `GOAWAY` (HTTP/2).
+    pub keepalive_timeout: Duration,
+    /// Longest pause in a request body the node is waiting for.
+    pub request_body_timeout: Duration,
+    /// Longest pause in a node's response body after its head.
+    pub response_body_timeout: Duration,
+    /// Longest a client may take no bytes of what the router sends it.
+    pub send_timeout: Duration,
+    /// Open client connections, all listeners together; `None`: half the open-file limit
+    /// (the other half is for the upstream connections those clients' requests need).
+    pub max_connections: Option<usize>,
+    /// Open client connections from one address (an IPv6 client: its /64).
+    pub max_connections_per_client: usize,
+    /// New rooms one client address may create per second, on average.
+    pub new_rooms_per_second: f64,
+    /// New rooms one client address may create at once before the rate applies.
+    pub new_room_burst: u32,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before the router has read them, per connection.
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 streams the router may reset for protocol errors before it closes the connection.
+    pub h2_max_local_reset_streams: usize,
+    /// HTTP/2 streams a client may cancel before their answer within
+    /// [`CANCELLED_STREAMS_WINDOW`]; one more and the connection gets `GOAWAY`.
+    pub h2_max_cancelled_streams: u32,
     /// Seconds announced in `Retry-After` when no node can take a room.
     pub retry_after: Duration,
 }
+
+/// The window [`Limits::h2_max_cancelled_streams`] counts in.
+pub const CANCELLED_STREAMS_WINDOW: Duration = Duration::from_secs(10);
 
 /// `[health]`
 #[derive(Debug, Clone, PartialEq)]
@@ -346,6 +384,7 @@ mod raw {
     pub struct Admin {
         pub token: Option<String>,
         pub open_metrics: Option<bool>,
+        pub allowed_hosts: Option<Vec<String>>,
     }
 
     #[derive(Deserialize)]
@@ -380,6 +419,19 @@ mod raw {
         pub max_request_head: Option<usize>,
         pub max_room_chars: Option<usize>,
         pub tls_handshake_timeout: Option<String>,
+        pub request_head_timeout: Option<String>,
+        pub keepalive_timeout: Option<String>,
+        pub request_body_timeout: Option<String>,
+        pub response_body_timeout: Option<String>,
+        pub send_timeout: Option<String>,
+        pub max_connections: Option<usize>,
+        pub max_connections_per_client: Option<usize>,
+        pub new_rooms_per_second: Option<f64>,
+        pub new_room_burst: Option<u32>,
+        pub h2_max_concurrent_streams: Option<u32>,
+        pub h2_max_pending_reset_streams: Option<usize>,
+        pub h2_max_local_reset_streams: Option<usize>,
+        pub h2_max_cancelled_streams: Option<u32>,
         pub retry_after: Option<String>,
     }
 
@@ -771,19 +823,82 @@ fn limits(check: &Check, raw: raw::Limits) -> Result<Limits, ConfigError> {
             "must be between 1 and 4096",
         ));
     }
+    let at_least_one = |key: &str, value: Option<usize>, default: usize| match value {
+        Some(0) => Err(check.invalid(key, 0, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let new_rooms_per_second = raw.new_rooms_per_second.unwrap_or(10.0);
+    if !(new_rooms_per_second.is_finite() && new_rooms_per_second > 0.0) {
+        return Err(check.invalid(
+            "limits.new_rooms_per_second",
+            new_rooms_per_second,
+            "must be a number above 0",
+        ));
+    }
+    let duration = |key: &str, value: &Option<String>, seconds: u64| {
+        check.duration(key, value.as_deref(), Duration::from_secs(seconds))
+    };
+    let as_u32 = |key: &str, value: Option<u32>, default: u32| {
+        at_least_one(key, value.map(|v| v as usize), default as usize).map(|v| v as u32)
+    };
     Ok(Limits {
         max_request_head,
         max_room_chars,
-        tls_handshake_timeout: check.duration(
+        tls_handshake_timeout: duration(
             "limits.tls_handshake_timeout",
-            raw.tls_handshake_timeout.as_deref(),
-            Duration::from_secs(10),
+            &raw.tls_handshake_timeout,
+            10,
         )?,
-        retry_after: check.duration(
-            "limits.retry_after",
-            raw.retry_after.as_deref(),
-            Duration::from_secs(5),
+        request_head_timeout: duration(
+            "limits.request_head_timeout",
+            &raw.request_head_timeout,
+            30,
         )?,
+        keepalive_timeout: duration("limits.keepalive_timeout", &raw.keepalive_timeout, 75)?,
+        request_body_timeout: duration(
+            "limits.request_body_timeout",
+            &raw.request_body_timeout,
+            60,
+        )?,
+        response_body_timeout: duration(
+            "limits.response_body_timeout",
+            &raw.response_body_timeout,
+            60,
+        )?,
+        send_timeout: duration("limits.send_timeout", &raw.send_timeout, 60)?,
+        max_connections: raw
+            .max_connections
+            .map(|n| at_least_one("limits.max_connections", Some(n), n))
+            .transpose()?,
+        max_connections_per_client: at_least_one(
+            "limits.max_connections_per_client",
+            raw.max_connections_per_client,
+            5000,
+        )?,
+        new_rooms_per_second,
+        new_room_burst: as_u32("limits.new_room_burst", raw.new_room_burst, 100)?,
+        h2_max_concurrent_streams: as_u32(
+            "limits.h2_max_concurrent_streams",
+            raw.h2_max_concurrent_streams,
+            100,
+        )?,
+        h2_max_pending_reset_streams: at_least_one(
+            "limits.h2_max_pending_reset_streams",
+            raw.h2_max_pending_reset_streams,
+            20,
+        )?,
+        h2_max_local_reset_streams: at_least_one(
+            "limits.h2_max_local_reset_streams",
+            raw.h2_max_local_reset_streams,
+            1024,
+        )?,
+        h2_max_cancelled_streams: as_u32(
+            "limits.h2_max_cancelled_streams",
+            raw.h2_max_cancelled_streams,
+            50,
+        )?,
+        retry_after: duration("limits.retry_after", &raw.retry_after, 5)?,
     })
 }
 
@@ -802,9 +917,26 @@ fn admin(check: &Check, raw: raw::Admin, listen: SocketAddr) -> Result<Admin, Co
             format!("an admin listener off loopback needs [admin] token or {ADMIN_TOKEN_ENV}"),
         ));
     }
+    let mut allowed_hosts = Vec::new();
+    for host in raw.allowed_hosts.unwrap_or_default() {
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+        if !valid {
+            return Err(check.invalid(
+                "admin.allowed_hosts",
+                host,
+                "must be a host name (letters, digits, '-' and '.'), without port or scheme",
+            ));
+        }
+        allowed_hosts.push(host.to_ascii_lowercase());
+    }
     Ok(Admin {
         token,
         open_metrics: raw.open_metrics.unwrap_or(false),
+        allowed_hosts,
     })
 }
 
@@ -1023,6 +1155,7 @@ impl Config {
             admin: Admin {
                 token: None,
                 open_metrics: false,
+                allowed_hosts: Vec::new(),
             },
             log_format: LogFormat::Text,
             prometheus: None,

@@ -22,6 +22,10 @@
 //! | `jitsi_router_prometheus_snapshot_age_seconds` | gauge | |
 //! | `jitsi_router_tls_handshake_failures_total` | counter | |
 //! | `jitsi_router_config_reloads_total` | counter | `result`: `ok`, `failed` |
+//! | `jitsi_router_client_connections` | gauge | |
+//! | `jitsi_router_timeouts_total` | counter | `state`: `request_head`, `keepalive`, `request_body`, `response_body`, `send` |
+//! | `jitsi_router_limited_total` | counter | `limit`: `max_connections`, `max_connections_per_client`, `new_rooms_per_second`, `h2_max_cancelled_streams` |
+//! | `jitsi_router_local_faults_total` | counter | `kind`: `process_files`, `system_files`, `memory`, `ports` |
 //! | `jitsi_router_shared_pin_store_failures_total` | counter (with `[pins.redis]`) | |
 //! | `jitsi_router_shared_pin_store_connected` | gauge (0/1, with `[pins.redis]`) | |
 
@@ -34,6 +38,7 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::local_fault::LocalFault;
 use crate::placement::{policy, Router};
 use crate::proxy::tunnel::Tunnels;
 
@@ -155,6 +160,49 @@ const DECISION_KINDS: [(DecisionKind, &str); 7] = [
     (DecisionKind::Refused, "refused"),
 ];
 
+/// A time limit of `[limits]` that ran out, for `jitsi_router_timeouts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// No request head in time (the first after TLS, or one in progress).
+    RequestHead,
+    /// A connection idle past `keepalive_timeout`.
+    Keepalive,
+    /// A request body paused past `request_body_timeout`.
+    RequestBody,
+    /// A node's response body paused past `response_body_timeout`.
+    ResponseBody,
+    /// A client took no bytes for `send_timeout`.
+    Send,
+}
+
+const TIMEOUTS: [(Timeout, &str); 5] = [
+    (Timeout::RequestHead, "request_head"),
+    (Timeout::Keepalive, "keepalive"),
+    (Timeout::RequestBody, "request_body"),
+    (Timeout::ResponseBody, "response_body"),
+    (Timeout::Send, "send"),
+];
+
+/// A cap of `[limits]` a client reached, for `jitsi_router_limited_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A connection closed at accept: `max_connections`.
+    Connections,
+    /// A connection closed at accept: `max_connections_per_client`.
+    ClientConnections,
+    /// A new room refused (`429`): `new_rooms_per_second`.
+    NewRooms,
+    /// An HTTP/2 connection sent `GOAWAY`: `h2_max_cancelled_streams`.
+    CancelledStreams,
+}
+
+const LIMITS: [(Limit, &str); 4] = [
+    (Limit::Connections, "max_connections"),
+    (Limit::ClientConnections, "max_connections_per_client"),
+    (Limit::NewRooms, "new_rooms_per_second"),
+    (Limit::CancelledStreams, "h2_max_cancelled_streams"),
+];
+
 /// Counters that belong to no node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -166,6 +214,10 @@ pub struct Metrics {
     prometheus_failures: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    client_connections: AtomicU64,
+    timeouts: [AtomicU64; TIMEOUTS.len()],
+    limited: [AtomicU64; LIMITS.len()],
+    local_faults: [AtomicU64; LocalFault::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -178,6 +230,10 @@ impl Default for Metrics {
             prometheus_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            client_connections: AtomicU64::new(0),
+            timeouts: Default::default(),
+            limited: Default::default(),
+            local_faults: Default::default(),
         }
     }
 }
@@ -207,6 +263,44 @@ impl Metrics {
             &self.reloads_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client connection in (HTTPS and plain-HTTP listeners).
+    pub fn client_connection_opened(&self) {
+        self.client_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client connection out.
+    pub fn client_connection_closed(&self) {
+        self.client_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a time limit that ran out.
+    pub fn timed_out(&self, timeout: Timeout) {
+        self.timeouts[timeout as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client stopped by a cap.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limited[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an operation that failed for a shortage of the router's own.
+    pub fn local_fault(&self, fault: LocalFault) {
+        let at = LocalFault::ALL
+            .iter()
+            .position(|&f| f == fault)
+            .unwrap_or(0);
+        self.local_faults[at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Operations that failed for a shortage of the router's own, so far.
+    pub fn local_faults(&self, fault: LocalFault) -> u64 {
+        let at = LocalFault::ALL
+            .iter()
+            .position(|&f| f == fault)
+            .unwrap_or(0);
+        self.local_faults[at].load(Ordering::Relaxed)
     }
 
     /// Reload attempts so far: (applied, rejected).
@@ -272,6 +366,22 @@ fn counter(
     encoder
         .encode_descriptor(name, help, None, MetricType::Counter)?
         .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+fn labelled<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, &'a AtomicU64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value_label, count) in values {
+        family
+            .encode_family(&[(label, value_label)])?
+            .encode_counter::<NoLabelSet, _, u64>(&count.load(Ordering::Relaxed), None)?;
+    }
+    Ok(())
 }
 
 impl Collector for Exporter {
@@ -410,6 +520,40 @@ impl Collector for Exporter {
                 f64::from(u8::from(shared.connected())),
             )?;
         }
+        single(
+            &mut encoder,
+            "jitsi_router_client_connections",
+            "Open client connections (HTTPS and plain-HTTP listeners).",
+            m.client_connections.load(Ordering::Relaxed),
+        )?;
+        labelled(
+            &mut encoder,
+            "jitsi_router_timeouts",
+            "Time limits of [limits] that ran out, by the connection state they limit.",
+            "state",
+            TIMEOUTS
+                .iter()
+                .map(|&(t, name)| (name, &m.timeouts[t as usize])),
+        )?;
+        labelled(
+            &mut encoder,
+            "jitsi_router_limited",
+            "Clients stopped by a cap of [limits], by the cap.",
+            "limit",
+            LIMITS
+                .iter()
+                .map(|&(l, name)| (name, &m.limited[l as usize])),
+        )?;
+        labelled(
+            &mut encoder,
+            "jitsi_router_local_faults",
+            "Operations that failed for a shortage of the router's own (never counted against a node).",
+            "kind",
+            LocalFault::ALL
+                .iter()
+                .zip(&m.local_faults)
+                .map(|(fault, count)| (fault.label(), count)),
+        )?;
         let (ok, failed) = m.reloads();
         let mut family = encoder.encode_descriptor(
             "jitsi_router_config_reloads",

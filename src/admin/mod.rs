@@ -19,6 +19,11 @@
 //! router holds no pin for is looked up in the store, an unpin and a move are written there, and
 //! their answers say whether the store took them (`replicas_told`).
 //!
+//! Only requests whose `Host` names this listener are answered: its own address or `localhost`
+//! on its port, or a name in `admin.allowed_hosts`; any other gets `421` before anything else,
+//! so a page on a DNS-rebinding domain can neither read nor change anything. Changes sent with
+//! an `Origin` must come from the listener's own origin (scheme, host and port).
+//!
 //! With a token configured every request needs `Authorization: Bearer <token>` (compared in
 //! constant time), except `/healthz` and `/metrics` under `open_metrics`. Errors answer JSON
 //! `{"error": "…"}` saying what was wrong. Node changes are layered over the config file, so they
@@ -26,18 +31,13 @@
 
 mod api;
 
-use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 
 use crate::config::{Admin as AdminConfig, Mode};
 use crate::metrics::Exporter;
@@ -58,6 +58,7 @@ pub struct Admin {
     tunnels: Arc<Tunnels>,
     token: Option<String>,
     open_metrics: bool,
+    allowed_hosts: Vec<String>,
     mode: Mode,
     registry: Registry,
 }
@@ -72,6 +73,7 @@ impl Admin {
             tunnels: proxy.tunnels().clone(),
             token: config.token.clone(),
             open_metrics: config.open_metrics,
+            allowed_hosts: config.allowed_hosts.clone(),
             mode: proxy.mode(),
             registry: Exporter::registry(
                 proxy.metrics().clone(),
@@ -101,7 +103,16 @@ impl Admin {
         open || constant_time_eq(offered.as_bytes(), token.as_bytes())
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Answer {
+    /// Answers one request that reached the admin listener at `local`.
+    pub async fn handle(&self, req: Request<Incoming>, local: SocketAddr) -> Answer {
+        // First of all: a page on a rebinding domain reaches this listener with its own name
+        // in `Host`; nothing it asks is answered, not even whether a token is needed.
+        let Some(host) = self.own_host(&req, local) else {
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "Host is not this admin listener's address, localhost or a name in admin.allowed_hosts",
+            );
+        };
         if !self.authorised(&req) {
             let mut answer = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             answer
@@ -109,10 +120,10 @@ impl Admin {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return answer;
         }
-        if !same_origin(&req) {
+        if !self.same_origin(&req, &host) {
             return error(
                 StatusCode::FORBIDDEN,
-                "cross-origin changes are refused: the Origin header does not match the Host",
+                "cross-origin changes are refused: the Origin header is not this listener's own",
             );
         }
         let method = req.method().clone();
@@ -176,26 +187,90 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Answer> {
     }
 }
 
-/// Browsers send `Origin` with cross-site requests: a page elsewhere must not drain nodes through
-/// an operator's browser (the listener is often on loopback without a token). Reads pass, and so
-/// do clients that send no `Origin` (curl, scripts).
-fn same_origin(req: &Request<Incoming>) -> bool {
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
-        return true;
+/// A request's `Host`, as the admin listener accepted it.
+#[derive(Debug, PartialEq, Eq)]
+struct Host {
+    /// Lower-case host name or address, IPv6 without brackets.
+    name: String,
+    /// The port, if `Host` named one.
+    port: Option<u16>,
+    /// Named in `admin.allowed_hosts` (a reverse proxy's name: its `Origin` may be `https`).
+    proxied: bool,
+}
+
+impl Admin {
+    /// The request's `Host` if it names this listener: its own address (the one the connection
+    /// reached) or `localhost`, on its own port, or a name in `admin.allowed_hosts` (any port).
+    /// A DNS-rebinding page sends its own name and gets nothing.
+    fn own_host(&self, req: &Request<Incoming>, local: SocketAddr) -> Option<Host> {
+        let authority: http::uri::Authority = req
+            .headers()
+            .get(header::HOST)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        let name = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = authority.port_u16();
+        if self.allowed_hosts.contains(&name) {
+            return Some(Host {
+                name,
+                port,
+                proxied: true,
+            });
+        }
+        let own_address = name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip == local.ip());
+        let own = (own_address || name == "localhost") && port.unwrap_or(80) == local.port();
+        own.then_some(Host {
+            name,
+            port,
+            proxied: false,
+        })
     }
-    let Some(origin) = req.headers().get(header::ORIGIN) else {
-        return true;
-    };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest);
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+
+    /// Browsers send `Origin` with cross-site requests: a page elsewhere must not drain nodes
+    /// through an operator's browser (the listener is often on loopback without a token).
+    /// Reads pass, and so do clients that send no `Origin` (curl, scripts); a change must come
+    /// from this listener's own origin: `http://` (or, through a reverse proxy named in
+    /// `admin.allowed_hosts`, `https://`), its host and its port.
+    fn same_origin(&self, req: &Request<Incoming>, host: &Host) -> bool {
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            return true;
+        }
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            return true;
+        };
+        let Some(origin) = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.parse::<http::Uri>().ok())
+        else {
+            return false;
+        };
+        let scheme = origin.scheme_str().unwrap_or("");
+        let default_port = match scheme {
+            "http" => 80,
+            "https" if host.proxied => 443,
+            _ => return false,
+        };
+        let origin_host = origin
+            .host()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        matches!(origin.path(), "" | "/")
+            && origin_host.eq_ignore_ascii_case(&host.name)
+            && origin.port_u16().unwrap_or(default_port)
+                == host
+                    .port
+                    .unwrap_or(if host.proxied { default_port } else { 80 })
+    }
 }
 
 fn page() -> Answer {
@@ -244,34 +319,4 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Answer {
 
 fn error(status: StatusCode, reason: &str) -> Answer {
     json(status, &serde_json::json!({ "error": reason }))
-}
-
-/// Serves the admin API on `listener` until the task is dropped; connections are watched by
-/// `graceful` so shutdown lets them finish.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, graceful: Arc<GracefulShutdown>) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let admin = admin.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(tcp), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
-        });
-    }
 }

@@ -9,6 +9,8 @@ use futures_util::future::join_all;
 
 use super::{Fleet, Node};
 use crate::config::Health;
+use crate::local_fault::LocalFault;
+use crate::metrics::Metrics;
 use crate::tls::TlsError;
 
 /// Why the checker's client could not be built.
@@ -37,15 +39,27 @@ pub fn client(
         .build()?)
 }
 
-/// Checks one node once; `Err` says why it failed.
-async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Result<(), String> {
+/// How one check of a node went.
+enum Checked {
+    Passed,
+    /// The node's fault, and why.
+    Failed(String),
+    /// The router could not check for a shortage of its own: no verdict on the node.
+    Local(LocalFault),
+}
+
+/// Checks one node once.
+async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Checked {
     let base = node.spec.upstream.to_string();
     let url = format!("{}{path}", base.trim_end_matches('/'));
     match client.get(url).send().await {
-        Ok(response) if response.status().is_success() => Ok(()),
-        Ok(response) => Err(format!("status {}", response.status().as_u16())),
-        Err(e) if e.is_timeout() => Err("timed out".into()),
-        Err(e) => Err(format!("unreachable ({e})")),
+        Ok(response) if response.status().is_success() => Checked::Passed,
+        Ok(response) => Checked::Failed(format!("status {}", response.status().as_u16())),
+        Err(e) if e.is_timeout() => Checked::Failed("timed out".into()),
+        Err(e) => match LocalFault::find(&e) {
+            Some(fault) => Checked::Local(fault),
+            None => Checked::Failed(format!("unreachable ({e})")),
+        },
     }
 }
 
@@ -60,21 +74,23 @@ pub fn record(node: &Node, ok: bool, reason: &str, cfg: &Health) {
     }
 }
 
-/// Checks every node forever.
-pub async fn run(fleet: Arc<Fleet>, client: reqwest::Client, cfg: Health) {
+/// Checks every node forever. A check the router could not make for a shortage of its own
+/// (out of file descriptors) counts for nothing: the node keeps its health and its rooms.
+pub async fn run(fleet: Arc<Fleet>, client: reqwest::Client, cfg: Health, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let state = fleet.snapshot();
         let checks = state.nodes().iter().map(|node| async {
-            let result = check(&client, node, &cfg.path).await;
-            record(
-                node,
-                result.is_ok(),
-                result.as_ref().err().map_or("", String::as_str),
-                &cfg,
-            );
+            match check(&client, node, &cfg.path).await {
+                Checked::Passed => record(node, true, "", &cfg),
+                Checked::Failed(reason) => record(node, false, &reason, &cfg),
+                Checked::Local(fault) => {
+                    metrics.local_fault(fault);
+                    tracing::warn!(node = %node.id, reason = %fault, "health check not made; the node keeps its health");
+                }
+            }
         });
         join_all(checks).await;
     }

@@ -1,6 +1,12 @@
-//! Listeners and accept loops: HTTPS (h2 and HTTP/1.1 over rustls) for clients, and an optional
-//! plain-HTTP listener that answers `308` to the same URL on HTTPS. Also starts the background
-//! work the router needs: the Prometheus poller and the pin sweeper.
+//! Listeners and accept loops: HTTPS (h2 and HTTP/1.1 over rustls) for clients, an optional
+//! plain-HTTP listener that answers `308` to the same URL on HTTPS, and the admin listener.
+//! Every accepted connection is counted against the caps ([`caps`]) and watched for the time
+//! limits of its state ([`conn`]). Also starts the background work the router needs: the
+//! Prometheus poller, health checks, the pin sweeper.
+
+pub mod caps;
+pub mod conn;
+mod parse_errors;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,17 +21,23 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use std::pin::Pin;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::fleet::{health, prometheus, Fleet};
+use crate::local_fault::LocalFault;
+use crate::metrics::{Limit, Metrics};
 use crate::placement::pins::MemoryPins;
 use crate::placement::shared::SharedPins;
 use crate::placement::{snapshot, Router};
 use crate::proxy::Proxy;
 use crate::tls::{self, CertStore, TlsError};
+use caps::{Admitted, Connections, Refused};
+use conn::{supervise, Activity, ConnLimits, Graceful, Tracked, Watched};
 
 /// Why the router could not start; each is one line for stderr.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +70,13 @@ pub struct Server {
     proxy: Arc<Proxy>,
     certs: Arc<CertStore>,
     health_client: reqwest::Client,
+    connections: Arc<Connections>,
+    admin_connections: Arc<Connections>,
     config: Config,
 }
+
+/// The admin listener's own caps: it serves operators and their dashboards, not the public.
+const ADMIN_CONNECTIONS: usize = 256;
 
 impl Server {
     /// Loads the certificate, builds the routing core and binds every listener.
@@ -102,6 +119,13 @@ impl Server {
             None => None,
         };
         let admin = listen(config.server.admin_listen).await?;
+        let connections = Arc::new(Connections::new(
+            max_connections(&config),
+            config.limits.max_connections_per_client,
+            Some(proxy.metrics().clone()),
+        ));
+        let admin_connections =
+            Arc::new(Connections::new(ADMIN_CONNECTIONS, ADMIN_CONNECTIONS, None));
         Ok(Server {
             https,
             http,
@@ -109,6 +133,8 @@ impl Server {
             proxy,
             certs,
             health_client,
+            connections,
+            admin_connections,
             config,
         })
     }
@@ -147,13 +173,13 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut tasks = tokio::task::JoinSet::new();
         let mut accepting = tokio::task::JoinSet::new();
-        let graceful = Arc::new(GracefulShutdown::new());
+        let metrics = self.proxy.metrics().clone();
         if let Some(cfg) = self.config.prometheus.clone() {
             tracing::info!(url = %cfg.url, interval = ?cfg.interval, "reading node CPU from prometheus");
             tasks.spawn(prometheus::poll(
                 self.proxy.router().fleet().clone(),
                 cfg,
-                self.proxy.metrics().clone(),
+                metrics.clone(),
             ));
         }
         let fleet = self.proxy.router().fleet().clone();
@@ -161,13 +187,14 @@ impl Server {
             fleet,
             self.health_client.clone(),
             self.config.health.clone(),
+            metrics.clone(),
         ));
         let fleet = self.proxy.router().fleet().clone();
         if let Some(reloader) = crate::reload::Reloader::new(
             self.config.clone(),
             fleet,
             self.certs.clone(),
-            self.proxy.metrics().clone(),
+            metrics.clone(),
         ) {
             tasks.spawn(reloader.run());
         }
@@ -184,40 +211,51 @@ impl Server {
         ));
         // With `listen = "...:0"` the configured port says nothing; use the bound one.
         let https_port = self.https_addrs().first().map_or(443, |a| a.port());
+        let (stop, stopping) = watch::channel(false);
+        let listener = Listener {
+            limits: ConnLimits::of(&self.config.limits),
+            connections: self.connections.clone(),
+            metrics: metrics.clone(),
+            stopping,
+        };
         let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(self.certs.clone())));
         let builder = Arc::new(connection_builder(&self.config));
-        for listener in self.https {
-            log_listening("https", &listener);
+        for https in self.https {
+            log_listening("https", &https);
             accepting.spawn(accept_https(
-                listener,
+                https,
                 acceptor.clone(),
                 builder.clone(),
                 self.proxy.clone(),
                 self.config.limits.tls_handshake_timeout,
-                graceful.clone(),
+                listener.clone(),
             ));
         }
-        if let Some(listener) = self.http {
-            log_listening("http", &listener);
+        if let Some(http) = self.http {
+            log_listening("http", &http);
             let port = match self.config.server.public_https_port {
                 0 => https_port,
                 port => port,
             };
-            accepting.spawn(accept_http(listener, port, graceful.clone()));
+            accepting.spawn(accept_http(http, port, listener.clone()));
         }
         log_listening("admin", &self.admin);
         let admin = Arc::new(crate::admin::Admin::new(&self.proxy, &self.config.admin));
-        accepting.spawn(crate::admin::serve(self.admin, admin, graceful.clone()));
+        let admin_listener = Listener {
+            connections: self.admin_connections.clone(),
+            ..listener.clone()
+        };
+        accepting.spawn(accept_admin(self.admin, admin, admin_listener));
         shutdown.await;
         let grace = self.config.server.shutdown_grace;
         tracing::info!(grace = ?grace, "shutting down: no new connections, waiting for open ones");
         accepting.shutdown().await;
+        let _ = stop.send(true);
         let tunnels = self.proxy.tunnels().clone();
+        let (connections, admin_connections) = (self.connections, self.admin_connections);
         let drained = async move {
-            // Only the accept loops held other references, and they are gone.
-            if let Ok(graceful) = Arc::try_unwrap(graceful) {
-                graceful.shutdown().await;
-            }
+            connections.all_closed().await;
+            admin_connections.all_closed().await;
             tunnels.idle().await;
         };
         tokio::select! {
@@ -237,6 +275,26 @@ impl Server {
     }
 }
 
+/// Raises the open-file limit and settles the cap on client connections, logging both.
+fn max_connections(config: &Config) -> usize {
+    let open_files = caps::raise_open_file_limit();
+    let default = open_files.map_or(usize::MAX, caps::default_max_connections);
+    let max = config.limits.max_connections.unwrap_or(default);
+    tracing::info!(
+        open_files = open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+        max_connections = max,
+        "open-file limit raised to the hard limit"
+    );
+    if max > default {
+        tracing::warn!(
+            max_connections = max,
+            open_files = open_files.unwrap_or_default(),
+            "limits.max_connections leaves less than half the open-file limit for connections to nodes; raise LimitNOFILE"
+        );
+    }
+    max
+}
+
 async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -250,34 +308,92 @@ fn log_listening(kind: &str, listener: &TcpListener) {
 }
 
 fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    // hyper answers a bare 431 past its buffer; keep it well above our own limit so clients
-    // normally get our 431 with a reason.
-    let buffer = (config.limits.max_request_head * 4).max(16 * 1024);
+    let limits = &config.limits;
+    // The read buffer holds a request head: just over `max_request_head`, so that our own
+    // check answers heads up to it and hyper's (given a reason, `parse_errors`) anything
+    // larger. It also bounds what a slow reader's answer may queue (see `proxy::upstream`).
+    let buffer = limits.max_request_head + 2048;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        // `conn::supervise` times request heads and keep-alive instead (see there).
+        .header_read_timeout(None)
+        // Header fields are bounded by bytes (`max_request_head`), not by count.
+        .max_headers(limits.max_request_head / 4)
         .max_buf_size(buffer);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(buffer).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(buffer).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_reset_streams)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .initial_stream_window_size(H2_RECEIVE_WINDOW)
+        .initial_connection_window_size(H2_RECEIVE_WINDOW * 4);
     builder
 }
 
-/// Accept errors such as EMFILE must not spin or kill the loop.
-async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(conn) => return conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+/// Bytes of a response an HTTP/2 stream queues for a client that is slow to read.
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
+/// Bytes of a request body an HTTP/2 client may send ahead per stream (four times that per
+/// connection) while its node is slow to take them.
+const H2_RECEIVE_WINDOW: u32 = 128 * 1024;
+
+/// What every accept loop shares.
+#[derive(Clone)]
+struct Listener {
+    limits: ConnLimits,
+    connections: Arc<Connections>,
+    metrics: Arc<Metrics>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Listener {
+    /// The next connection within the caps; those over a cap are closed here, before any TLS.
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+        warned: &mut Option<Instant>,
+    ) -> (TcpStream, SocketAddr, Admitted) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and the like must not spin or kill the loop.
+                    if let Some(fault) = LocalFault::find(&e) {
+                        self.metrics.local_fault(fault);
+                    }
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.connections.admit(peer.ip()) {
+                Ok(admitted) => return (tcp, peer, admitted),
+                Err(refused) => {
+                    let (limit, cap) = match refused {
+                        Refused::Full => (Limit::Connections, "limits.max_connections"),
+                        Refused::ClientFull => (
+                            Limit::ClientConnections,
+                            "limits.max_connections_per_client",
+                        ),
+                    };
+                    self.metrics.limit_hit(limit);
+                    if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                        *warned = Some(Instant::now());
+                        tracing::warn!(%peer, cap, open = self.connections.count(), "connection over a cap closed at accept (warned at most every 10 s)");
+                    }
+                }
             }
         }
     }
 }
+
+/// At most one warning this often for connections closed at accept.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 async fn accept_https(
     listener: TcpListener,
@@ -285,16 +401,18 @@ async fn accept_https(
     builder: Arc<auto::Builder<TokioExecutor>>,
     proxy: Arc<Proxy>,
     handshake_timeout: Duration,
-    graceful: Arc<GracefulShutdown>,
+    shared: Listener,
 ) {
+    let mut warned = None;
     loop {
-        let (tcp, peer) = accept(&listener).await;
+        let (tcp, peer, admitted) = shared.accept(&listener, &mut warned).await;
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let proxy = proxy.clone();
-        let watcher = graceful.watcher();
+        let shared = shared.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -308,34 +426,111 @@ async fn accept_https(
                     return;
                 }
             };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let activity = Activity::new(h2, shared.limits, shared.metrics.clone());
+            let io = TokioIo::new(Watched::new(tls, activity.clone()));
+            let requests = activity.clone();
             let service = service_fn(move |req: Request<Incoming>| {
+                let in_flight = requests.request_started();
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                async move {
+                    let response = proxy.handle(req, peer).await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+                }
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            if let Err(e) = supervise(conn, &activity, shared.stopping).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
 }
 
-async fn accept_http(listener: TcpListener, https_port: u16, graceful: Arc<GracefulShutdown>) {
+/// A plain HTTP/1.1 connection on `tcp` answered by `answer`, watched like every client
+/// connection.
+async fn serve_plain<F, Fut>(tcp: TcpStream, peer: SocketAddr, shared: Listener, answer: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let activity = Activity::new(false, shared.limits, shared.metrics.clone());
+    let io = TokioIo::new(Watched::new(tcp, activity.clone()));
+    let requests = activity.clone();
+    let answer = Arc::new(answer);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let in_flight = requests.request_started();
+        let answer = answer.clone();
+        async move { Ok::<_, Infallible>(answer(req).await.map(|body| Tracked::new(body, in_flight))) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(shared.limits.head.max_request_head + 2048)
+        .serve_connection(io, service);
+    if let Err(e) = supervise(conn, &activity, shared.stopping).await {
+        tracing::debug!(%peer, error = %e, "plain http connection ended with an error");
+    }
+}
+
+async fn accept_http(listener: TcpListener, https_port: u16, shared: Listener) {
+    let mut warned = None;
     loop {
-        let (tcp, peer) = accept(&listener).await;
-        let watcher = graceful.watcher();
+        let (tcp, peer, admitted) = shared.accept(&listener, &mut warned).await;
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| async move {
-                Ok::<_, Infallible>(to_https(&req, https_port))
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(tcp), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "http connection ended with an error");
-            }
+            let _admitted = admitted;
+            serve_plain(tcp, peer, shared, move |req| async move {
+                to_https(&req, https_port)
+            })
+            .await;
         });
+    }
+}
+
+async fn accept_admin(listener: TcpListener, admin: Arc<crate::admin::Admin>, shared: Listener) {
+    let mut warned = None;
+    loop {
+        let (tcp, peer, admitted) = shared.accept(&listener, &mut warned).await;
+        let Ok(local) = tcp.local_addr() else {
+            continue;
+        };
+        let admin = admin.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            serve_plain(tcp, peer, shared, move |req| {
+                let admin = admin.clone();
+                async move { admin.handle(req, local).await }
+            })
+            .await;
+        });
+    }
+}
+
+impl<I, S, E, B> Graceful for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self);
     }
 }
 

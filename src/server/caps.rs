@@ -1,0 +1,181 @@
+//! Caps on open client connections, all clients together and per client, and the open-file
+//! limit they are sized against.
+//!
+//! A connection over a cap is closed as it is accepted, before its TLS handshake: it costs a
+//! file descriptor for a moment and nothing else, and the connections already open are not
+//! touched.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+use crate::peer::ClientKey;
+
+/// File descriptors kept out of the connection budget: listeners, the Redis, Prometheus and
+/// health-check connections, log and config files.
+const RESERVED_FILES: u64 = 64;
+
+/// Raises this process's soft open-file limit to its hard limit, as far as the system allows;
+/// the limit in force afterwards, if it can be read.
+pub fn raise_open_file_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// The default cap on client connections for an open-file limit: half of what is left after
+/// the reserve, because a proxied request or tunnel holds a connection to a node as well.
+pub fn default_max_connections(open_files: u64) -> usize {
+    let budget = open_files.saturating_sub(RESERVED_FILES) / 2;
+    usize::try_from(budget.max(1)).unwrap_or(usize::MAX)
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The cap on all client connections.
+    Full,
+    /// The cap on one client's connections.
+    ClientFull,
+}
+
+/// The open client connections of one or more listeners, and their caps.
+pub struct Connections {
+    max: usize,
+    max_per_client: usize,
+    open: AtomicUsize,
+    per_client: Mutex<HashMap<ClientKey, usize>>,
+    closed: Notify,
+    /// Where the open count is shown (`None` for the admin listener's own connections).
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// An admitted connection; dropping it counts the connection out.
+pub struct Admitted {
+    connections: Arc<Connections>,
+    client: ClientKey,
+}
+
+impl Connections {
+    /// Caps of `max` connections in all and `max_per_client` from one client.
+    pub fn new(max: usize, max_per_client: usize, metrics: Option<Arc<Metrics>>) -> Connections {
+        Connections {
+            max,
+            max_per_client,
+            open: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+            closed: Notify::new(),
+            metrics,
+        }
+    }
+
+    /// Counts in a connection from `ip`, unless a cap is reached.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
+        let client = ClientKey::of(ip);
+        let mut per_client = self
+            .per_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            return Err(Refused::Full);
+        }
+        let count = per_client.entry(client).or_insert(0);
+        if *count >= self.max_per_client {
+            return Err(Refused::ClientFull);
+        }
+        *count += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.client_connection_opened();
+        }
+        Ok(Admitted {
+            connections: self.clone(),
+            client,
+        })
+    }
+
+    /// Connections open now.
+    pub fn count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The cap on all connections.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Completes when no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches it even before it is polled.
+            let closed = self.closed.notified();
+            if self.count() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let connections = &self.connections;
+        {
+            let mut per_client = connections
+                .per_client
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(count) = per_client.get_mut(&self.client) {
+                *count -= 1;
+                if *count == 0 {
+                    per_client.remove(&self.client);
+                }
+            }
+        }
+        if let Some(metrics) = &connections.metrics {
+            metrics.client_connection_closed();
+        }
+        if connections.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            connections.closed.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_hold_and_release_per_client_and_in_all() {
+        let connections = Arc::new(Connections::new(3, 2, None));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = connections.admit(a).unwrap();
+        let _second = connections.admit(a).unwrap();
+        assert_eq!(connections.admit(a).err(), Some(Refused::ClientFull));
+        let _third = connections.admit(b).unwrap();
+        assert_eq!(connections.admit(b).err(), Some(Refused::Full));
+        assert_eq!(connections.count(), 3);
+        drop(first);
+        assert_eq!(connections.count(), 2);
+        let _again = connections.admit(a).unwrap();
+        assert!(connections.per_client.lock().unwrap().len() == 2);
+    }
+
+    #[test]
+    fn the_default_cap_leaves_half_the_files_for_upstream_connections() {
+        assert_eq!(default_max_connections(1024), 480);
+        assert_eq!(default_max_connections(524_288), 262_112);
+        assert_eq!(default_max_connections(10), 1);
+    }
+}

@@ -1,0 +1,567 @@
+//! One client connection's life after it is accepted: what it is doing, and how long it may do
+//! it.
+//!
+//! DESIGN note. A connection is in one of a few states, and each has its own time limit
+//! (`[limits]`):
+//!
+//! | state | limit | then |
+//! | --- | --- | --- |
+//! | no request yet (TLS done; HTTP/2 preface and first `HEADERS` included) | `request_head_timeout` | closed (HTTP/2: `GOAWAY`) |
+//! | HTTP/1.1 head in progress (a byte of it arrived) | `request_head_timeout` from that byte | closed |
+//! | no request in flight (keep-alive) | `keepalive_timeout` since the last answer | closed (HTTP/2: `GOAWAY`) |
+//! | request body the node waits for | `request_body_timeout` between bytes | `408` (see `proxy::body`) |
+//! | node's response body | `response_body_timeout` between bytes | answer cut (see `proxy::upstream`) |
+//! | client takes no bytes of what it is sent (also in WebSocket tunnels) | `send_timeout` | closed |
+//!
+//! hyper's own `header_read_timeout` is not used: it starts when a connection becomes idle, so
+//! it would also be the keep-alive timeout, and the auto-detecting server (HTTP/1.1 or HTTP/2)
+//! does not apply it before the protocol is known, which left silent connections open forever.
+//! Instead three pieces share an [`Activity`] record: the connection's reader and writer
+//! ([`Watched`]) note arriving bytes and time out a stalled write; each request holds an
+//! [`InFlight`] mark until its answer is written ([`Tracked`]); and [`supervise`] drives the
+//! hyper connection, sleeping until the next deadline the record implies, then closing the
+//! connection or asking it to go away (an HTTP/2 client that does not leave within
+//! [`CLOSE_GRACE`] is dropped). A deadline is checked again when it comes, so a request that
+//! started meanwhile moves it on; nothing runs per request beyond two atomic updates and a
+//! clock read.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, Notify};
+use tokio::time::{Instant, Sleep};
+
+use super::parse_errors::{self, HeadLimits};
+use crate::config::{Limits, CANCELLED_STREAMS_WINDOW};
+use crate::metrics::{Limit, Metrics, Timeout};
+
+/// How long a connection asked to go away may take to leave before it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The per-connection limits, from `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// See [`Limits::request_head_timeout`].
+    pub request_head_timeout: Duration,
+    /// See [`Limits::keepalive_timeout`].
+    pub keepalive_timeout: Duration,
+    /// See [`Limits::send_timeout`].
+    pub send_timeout: Duration,
+    /// See [`Limits::h2_max_cancelled_streams`].
+    pub max_cancelled_streams: u32,
+    /// What the reasons of hyper's bare error answers mention.
+    pub head: HeadLimits,
+}
+
+impl ConnLimits {
+    /// The connection limits of `[limits]`.
+    pub fn of(limits: &Limits) -> ConnLimits {
+        ConnLimits {
+            request_head_timeout: limits.request_head_timeout,
+            keepalive_timeout: limits.keepalive_timeout,
+            send_timeout: limits.send_timeout,
+            max_cancelled_streams: limits.h2_max_cancelled_streams,
+            head: HeadLimits {
+                max_request_head: limits.max_request_head,
+            },
+        }
+    }
+}
+
+/// No time recorded.
+const NEVER: u64 = u64::MAX;
+
+/// What one connection is doing, shared by its reader and writer, its requests and its
+/// supervisor. Times are milliseconds since the connection was accepted.
+pub struct Activity {
+    born: Instant,
+    limits: ConnLimits,
+    metrics: Arc<Metrics>,
+    /// Requests started whose answer is not yet written.
+    in_flight: AtomicU32,
+    /// Whether any request started.
+    served: AtomicBool,
+    /// When the last answer was written.
+    idle_since: AtomicU64,
+    /// When bytes first arrived while no request was in flight; [`NEVER`] if none did.
+    head_since: AtomicU64,
+    /// HTTP/2: bytes between requests are frames (pings, window updates), not a head.
+    h2: AtomicBool,
+    /// Streams the client cancelled before their answer: (window start, count).
+    cancelled: Mutex<(u64, u32)>,
+    /// Rung when the client cancelled too many streams.
+    alarm: Notify,
+}
+
+/// What the supervisor does when a deadline comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Nothing yet; look again then.
+    Wait,
+    /// Ask the connection to go away (HTTP/2 `GOAWAY`; HTTP/1.1 closes when idle).
+    GoAway(Timeout),
+    /// Drop it.
+    Close(Timeout),
+}
+
+impl Activity {
+    /// A new connection's record; `h2` when ALPN chose HTTP/2.
+    pub fn new(h2: bool, limits: ConnLimits, metrics: Arc<Metrics>) -> Arc<Activity> {
+        Arc::new(Activity {
+            born: Instant::now(),
+            limits,
+            metrics,
+            in_flight: AtomicU32::new(0),
+            served: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(NEVER),
+            h2: AtomicBool::new(h2),
+            cancelled: Mutex::new((0, 0)),
+            alarm: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(NEVER - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.born + Duration::from_millis(ms)
+    }
+
+    /// Marks a request as started; the mark ends it when dropped.
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.served.store(true, Ordering::Relaxed);
+        self.head_since.store(NEVER, Ordering::Relaxed);
+        InFlight {
+            activity: self.clone(),
+            answered: false,
+        }
+    }
+
+    fn request_ended(&self, answered: bool) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle_since.store(self.now_ms(), Ordering::Relaxed);
+            self.head_since.store(NEVER, Ordering::Relaxed);
+        }
+        if !answered {
+            self.cancelled_one();
+        }
+    }
+
+    fn cancelled_one(&self) {
+        let now = self.now_ms();
+        let window = CANCELLED_STREAMS_WINDOW.as_millis() as u64;
+        let mut cancelled = self
+            .cancelled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if now.saturating_sub(cancelled.0) >= window {
+            *cancelled = (now, 0);
+        }
+        cancelled.1 += 1;
+        if cancelled.1 > self.limits.max_cancelled_streams {
+            self.alarm.notify_one();
+        }
+    }
+
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == NEVER
+        {
+            let _ = self.head_since.compare_exchange(
+                NEVER,
+                self.now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The next deadline and what is due then.
+    fn next(&self) -> (u64, Action) {
+        let limits = &self.limits;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NEVER / 2);
+        let h2 = self.h2.load(Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return (self.now_ms() + ms(limits.keepalive_timeout), Action::Wait);
+        }
+        if !self.served.load(Ordering::Relaxed) {
+            let due = ms(limits.request_head_timeout);
+            let action = if h2 { Action::GoAway } else { Action::Close };
+            return (due, action(Timeout::RequestHead));
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        if !h2 && head != NEVER {
+            let due = head + ms(limits.request_head_timeout);
+            return (due, Action::Close(Timeout::RequestHead));
+        }
+        let idle = self.idle_since.load(Ordering::Relaxed);
+        (
+            idle + ms(limits.keepalive_timeout),
+            Action::GoAway(Timeout::Keepalive),
+        )
+    }
+}
+
+/// A request in flight on its connection, until its answer is written (or it is cancelled).
+pub struct InFlight {
+    activity: Arc<Activity>,
+    answered: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity.request_ended(self.answered);
+    }
+}
+
+/// A response body that keeps its request in flight until it is written.
+pub struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    /// `body` answers the request `in_flight` marks.
+    pub fn new(body: B, mut in_flight: InFlight) -> Tracked<B> {
+        in_flight.answered = true;
+        Tracked {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A hyper connection the supervisor can ask to go away.
+pub trait Graceful {
+    /// Starts a graceful shutdown: no new requests, `GOAWAY` on HTTP/2.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+/// Drives `conn` to its end, closing it or asking it to go away when a deadline of `activity`
+/// passes, when the client cancels too many streams, or when `stopping` turns true (the
+/// server's own shutdown, whose grace period is the server's to enforce).
+pub async fn supervise<C, E>(
+    conn: C,
+    activity: &Activity,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>> + Graceful,
+{
+    tokio::pin!(conn);
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    let mut going = false;
+    let mut drop_at: Option<Instant> = None;
+    let mut stopped = false;
+    let go = |conn: Pin<&mut C>, going: &mut bool| {
+        if !std::mem::replace(going, true) {
+            conn.graceful_shutdown();
+        }
+    };
+    if *stopping.borrow() {
+        go(conn.as_mut(), &mut going);
+        stopped = true;
+    }
+    loop {
+        let (due, action) = activity.next();
+        // Once asked to go for a reason of its own, a connection only has its grace left.
+        sleep
+            .as_mut()
+            .reset(drop_at.unwrap_or_else(|| activity.at(due)));
+        tokio::select! {
+            ended = conn.as_mut() => return ended,
+            () = &mut sleep => {
+                if let Some(at) = drop_at {
+                    if at <= Instant::now() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                if activity.now_ms() < due {
+                    continue;
+                }
+                match action {
+                    Action::Wait => {}
+                    Action::GoAway(timeout) => {
+                        activity.metrics.timed_out(timeout);
+                        go(conn.as_mut(), &mut going);
+                        drop_at = Some(Instant::now() + CLOSE_GRACE);
+                    }
+                    Action::Close(timeout) => {
+                        activity.metrics.timed_out(timeout);
+                        return Ok(());
+                    }
+                }
+            }
+            () = activity.alarm.notified(), if drop_at.is_none() => {
+                activity.metrics.limit_hit(Limit::CancelledStreams);
+                go(conn.as_mut(), &mut going);
+                drop_at = Some(Instant::now() + CLOSE_GRACE);
+            }
+            changed = stopping.changed(), if !stopped => {
+                stopped = true;
+                if changed.is_ok() {
+                    go(conn.as_mut(), &mut going);
+                }
+            }
+        }
+    }
+}
+
+/// A client connection's reader and writer: notes arriving bytes in its [`Activity`], fails a
+/// write the client takes nothing of for `send_timeout`, and gives hyper's bare error answers
+/// their reason ([`parse_errors`]) on HTTP/1.1.
+pub struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+    /// The pause of a write that is waiting for the client, once one is.
+    stalled: Option<Pin<Box<Sleep>>>,
+    /// `Some` on HTTP/1.1: bare error answers get a reason.
+    parse_errors: Option<HeadLimits>,
+    /// A rewritten answer being written: its bytes, how many are out, the length to report.
+    rewritten: Option<(Vec<u8>, usize, usize)>,
+    first_read: bool,
+}
+
+impl<T> Watched<T> {
+    /// Watches `inner` for `activity`'s connection.
+    pub fn new(inner: T, activity: Arc<Activity>) -> Watched<T> {
+        let h2 = activity.h2.load(Ordering::Relaxed);
+        let head = activity.limits.head;
+        Watched {
+            inner,
+            activity,
+            stalled: None,
+            parse_errors: (!h2).then_some(head),
+            rewritten: None,
+            first_read: true,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Watched<T> {
+    /// Passes a write's outcome on, timing the pause while it is pending.
+    fn timed<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Ready(result) => {
+                self.stalled = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let limit = self.activity.limits.send_timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    self.activity.metrics.timed_out(Timeout::Send);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client took no bytes for limits.send_timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Starts writing hyper's bare error answer in `bytes` with its reason instead, if it is
+    /// one.
+    fn rewrite(&mut self, bytes: &[u8]) {
+        if let Some(limits) = self.parse_errors {
+            if self.rewritten.is_none() && parse_errors::may_be_bare_error(bytes) {
+                if let Some(answer) = parse_errors::with_reason(bytes, limits) {
+                    self.rewritten = Some((answer, 0, bytes.len()));
+                }
+            }
+        }
+    }
+
+    /// Writes the rewritten answer on; ready with the length hyper asked to write.
+    fn poll_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            let Some((bytes, at, report)) = &mut self.rewritten else {
+                return Poll::Ready(Ok(0));
+            };
+            if *at == bytes.len() {
+                let report = *report;
+                self.rewritten = None;
+                return Poll::Ready(Ok(report));
+            }
+            let polled = Pin::new(&mut self.inner).poll_write(cx, &bytes[*at..]);
+            match self.timed(cx, polled) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    if let Some((_, at, _)) = &mut self.rewritten {
+                        *at += n;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            if std::mem::take(&mut self.first_read) && read.starts_with(b"PRI ") {
+                // HTTP/2 with prior knowledge (no ALPN): its bytes between requests are frames.
+                self.activity.h2.store(true, Ordering::Relaxed);
+                self.parse_errors = None;
+            }
+            self.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.rewrite(buf);
+        if self.rewritten.is_some() {
+            return self.poll_rewritten(cx);
+        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next()) {
+            self.rewrite(only);
+        }
+        if self.rewritten.is_some() {
+            return self.poll_rewritten(cx);
+        }
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timed(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.timed(cx, polled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnLimits {
+        ConnLimits {
+            request_head_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
+            max_cancelled_streams: 2,
+            head: HeadLimits {
+                max_request_head: 16384,
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_state_has_its_deadline() {
+        let activity = Activity::new(false, limits(), Arc::default());
+        assert_eq!(
+            activity.next(),
+            (30_000, Action::Close(Timeout::RequestHead))
+        );
+        let request = activity.request_started();
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(activity.next().1, Action::Wait);
+        drop(Tracked::new((), request));
+        assert_eq!(
+            activity.next(),
+            (175_000, Action::GoAway(Timeout::Keepalive))
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.bytes_arrived();
+        assert_eq!(
+            activity.next(),
+            (131_000, Action::Close(Timeout::RequestHead))
+        );
+
+        let h2 = Activity::new(true, limits(), Arc::default());
+        assert_eq!(h2.next(), (30_000, Action::GoAway(Timeout::RequestHead)));
+        drop(h2.request_started());
+        h2.bytes_arrived();
+        assert_eq!(h2.next().1, Action::GoAway(Timeout::Keepalive));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_many_cancelled_streams_ring_the_alarm() {
+        let activity = Activity::new(true, limits(), Arc::default());
+        drop(activity.request_started());
+        drop(activity.request_started());
+        let rung = activity.alarm.notified();
+        tokio::pin!(rung);
+        assert!(futures_util::poll!(rung.as_mut()).is_pending());
+        tokio::time::advance(CANCELLED_STREAMS_WINDOW).await;
+        drop(activity.request_started());
+        drop(activity.request_started());
+        assert!(futures_util::poll!(rung.as_mut()).is_pending());
+        drop(activity.request_started());
+        assert!(futures_util::poll!(rung.as_mut()).is_ready());
+    }
+}
