@@ -73,6 +73,7 @@ pub mod reload;
 pub mod room;
 pub mod server;
 pub mod simulate;
+pub mod stall;
 pub mod tls;
 
 /// Completes on Ctrl-C or SIGTERM: the signals that stop a router.

@@ -42,9 +42,11 @@ async fn a_burst_of_200_new_rooms_between_two_readings_spreads() {
     let certs = Certs::new();
     let nodes = sim_nodes(3).await;
     let prometheus = prometheus_with_data(&nodes, &[0.30, 0.10, 0.30]).await;
-    // One reading at start-up, the next one long after the burst.
-    let text = config(&certs, &prometheus_section(&prometheus.url, "10m"), &[])
-        + &nodes_with_instances(&nodes, &|_| String::new());
+    // One reading at start-up, the next one long after the burst; the burst comes from one
+    // client, so its new-room rate is raised.
+    let sections =
+        prometheus_section(&prometheus.url, "10m") + "\n[limits]\nnew_room_burst = 200\n";
+    let text = config(&certs, &sections, &[]) + &nodes_with_instances(&nodes, &|_| String::new());
     let router = Router::start(&certs, &text);
     log_shows(&router, "cpu snapshot series=3").await;
 

@@ -59,6 +59,8 @@ pub struct Admin {
     token: Option<String>,
     open_metrics: bool,
     allowed_hosts: Vec<String>,
+    /// Held while the rooms are listed.
+    listing: tokio::sync::Mutex<()>,
     mode: Mode,
     registry: Registry,
 }
@@ -74,6 +76,7 @@ impl Admin {
             token: config.token.clone(),
             open_metrics: config.open_metrics,
             allowed_hosts: config.allowed_hosts.clone(),
+            listing: tokio::sync::Mutex::new(()),
             mode: proxy.mode(),
             registry: Exporter::registry(
                 proxy.metrics().clone(),
@@ -145,7 +148,7 @@ impl Admin {
             (&Method::DELETE, ["api", "nodes", name]) => api::delete_node(self, name),
             (&Method::POST, ["api", "nodes", name, "drain"]) => api::drain(self, name, true),
             (&Method::POST, ["api", "nodes", name, "undrain"]) => api::drain(self, name, false),
-            (&Method::GET, ["api", "rooms"]) => api::rooms(self, &query),
+            (&Method::GET, ["api", "rooms"]) => api::rooms(self, &query).await,
             (_, ["api", "rooms", room @ ..]) if !room.is_empty() => {
                 api::room(self, &method, &room.join("/"), &body).await
             }

@@ -9,15 +9,23 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::body::{ClientBody, ClientBodyError};
 use super::headers::{self, Forwarded};
-use super::upstream::UpstreamClient;
+use super::upstream::{UpstreamClient, UpstreamError};
 use super::{errors, tunnel, Body};
 use crate::fleet::Node;
+use crate::metrics::Timeout;
 
 /// Settings the forwarder needs per request.
 pub struct ForwardSettings {
     /// Time allowed for the node to start answering.
     pub response_timeout: Duration,
+    /// Longest pause in a request body the node waits for.
+    pub request_body_timeout: Duration,
+    /// `Retry-After` of a `503` for a shortage of the router's own.
+    pub retry_after: Duration,
+    /// Where timeouts and local faults are counted.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Keep the client's `Host`.
     pub preserve_host: bool,
     /// Health settings: connection failures count toward `fall`.
@@ -35,7 +43,18 @@ pub struct Upgrade {
     pub keepalive: Option<tunnel::Keepalive>,
 }
 
-/// Sends the request to `node` and returns its response (or a 502/504 of ours).
+/// Whose answer the client got: the node's (its own, or a `502`/`504` for its failure), or the
+/// router's for a fault that is not the node's (the client's body, the router's own shortage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// The node's answer, or the node's fault.
+    Node,
+    /// Not the node's doing: counted under `node="none"`.
+    Router,
+}
+
+/// Sends the request to `node` and returns its response (or an error answer of ours), and
+/// whose answer it is.
 pub async fn forward(
     client: &UpstreamClient,
     settings: &ForwardSettings,
@@ -43,7 +62,7 @@ pub async fn forward(
     node: &Node,
     peer: SocketAddr,
     upgrade: Upgrade,
-) -> Response<Body> {
+) -> (Response<Body>, Answered) {
     let Upgrade {
         websocket: upgrade,
         keepalive,
@@ -74,6 +93,7 @@ pub async fn forward(
     );
     parts.uri = target.into();
     parts.version = http::Version::HTTP_11;
+    let body = ClientBody::new(body, settings.request_body_timeout);
     let sent = client.send(&node.spec.upstream, Request::from_parts(parts, body));
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(settings.response_timeout, sent).await;
@@ -81,22 +101,13 @@ pub async fn forward(
     let mut response = match answer {
         Err(_) => {
             tracing::warn!(node = %node.id, timeout = ?settings.response_timeout, "node did not answer in time");
-            return errors::plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!("node {} did not answer in time", node.id),
+            let reason = format!("node {} did not answer in time", node.id);
+            return (
+                errors::plain(StatusCode::GATEWAY_TIMEOUT, &reason),
+                Answered::Node,
             );
         }
-        Ok(Err(e)) => {
-            let reason = error_chain(&e);
-            tracing::warn!(node = %node.id, error = %reason, "node unreachable");
-            if e.is_connect() {
-                crate::fleet::health::record(node, false, &reason, &settings.health);
-            }
-            return errors::plain(
-                StatusCode::BAD_GATEWAY,
-                &format!("node {} is unreachable", node.id),
-            );
-        }
+        Ok(Err(e)) => return failed(&e, node, settings),
         Ok(Ok(response)) => response,
     };
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -110,16 +121,63 @@ pub async fn forward(
                 keepalive,
             ),
             None => {
-                return errors::plain(
-                    StatusCode::BAD_GATEWAY,
-                    "node switched protocols without being asked",
+                let reason = "node switched protocols without being asked";
+                return (
+                    errors::plain(StatusCode::BAD_GATEWAY, reason),
+                    Answered::Node,
                 );
             }
         }
     }
     let (mut parts, body) = response.into_parts();
     headers::prepare_response(&mut parts.headers, upgraded);
-    Response::from_parts(parts, Either::Left(body))
+    (
+        Response::from_parts(parts, Either::Left(body)),
+        Answered::Node,
+    )
+}
+
+/// The answer to an exchange that failed before the node's head arrived, by whose fault it
+/// was: the client's body (`400`, `408`), a shortage of the router's own (`503`), or the node
+/// (`502`; a failed connection also counts toward its `fall`).
+fn failed(
+    e: &UpstreamError,
+    node: &Node,
+    settings: &ForwardSettings,
+) -> (Response<Body>, Answered) {
+    if let Some(client) = ClientBodyError::find(e) {
+        tracing::debug!(node = %node.id, error = %client, "request body not passed on");
+        let response = match client {
+            ClientBodyError::Stalled => {
+                settings.metrics.timed_out(Timeout::RequestBody);
+                errors::plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body stopped arriving (limits.request_body_timeout)",
+                )
+            }
+            _ => errors::plain(StatusCode::BAD_REQUEST, &client.to_string()),
+        };
+        return (response, Answered::Router);
+    }
+    if let UpstreamError::Local { fault, .. } = e {
+        settings.metrics.local_fault(*fault);
+        tracing::warn!(node = %node.id, reason = %fault, "request not forwarded: a shortage of the router's own, not the node's fault");
+        let reason = format!("{fault}; try again shortly");
+        return (
+            errors::unavailable(&reason, settings.retry_after),
+            Answered::Router,
+        );
+    }
+    let reason = error_chain(e);
+    tracing::warn!(node = %node.id, error = %reason, "node unreachable");
+    if e.is_connect() {
+        crate::fleet::health::record(node, false, &reason, &settings.health);
+    }
+    let reason = format!("node {} is unreachable", node.id);
+    (
+        errors::plain(StatusCode::BAD_GATEWAY, &reason),
+        Answered::Node,
+    )
 }
 
 /// The error and its causes on one line (hyper's top-level messages are terse).

@@ -1,10 +1,12 @@
 //! The request handler: classify the request, ask placement for a node, then forward (proxy mode)
 //! or redirect (redirect mode), and mark the answer with the node's name.
 
+pub mod body;
 mod copy;
 pub mod errors;
 pub mod forward;
 pub mod headers;
+pub mod new_rooms;
 pub mod redirect;
 pub mod tunnel;
 pub mod upstream;
@@ -14,13 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::{Config, Mode};
 use crate::fleet::Node;
-use crate::metrics::{DecisionKind, Metrics};
+use crate::metrics::{DecisionKind, Limit, Metrics};
+use crate::peer::ClientKey;
 use crate::placement::{rendezvous, Decision, Router};
 use crate::room::{self, RoomLimits, Target};
 use crate::tls::TlsError;
@@ -41,6 +44,7 @@ pub struct Proxy {
     retry_after: Duration,
     affinity_cookie: String,
     keepalive_every: Duration,
+    new_rooms: new_rooms::NewRooms,
     metrics: Arc<Metrics>,
 }
 
@@ -58,12 +62,16 @@ struct Choice {
 impl Proxy {
     /// A handler over this router, configured by `config`.
     pub fn new(router: Arc<Router>, config: &Config) -> Result<Proxy, TlsError> {
+        let metrics = Arc::<Metrics>::default();
         Ok(Proxy {
             router,
-            client: UpstreamClient::new(&config.upstream)?,
+            client: UpstreamClient::new(&config.upstream, &config.limits, metrics.clone())?,
             mode: config.routing.mode,
             forward: ForwardSettings {
                 response_timeout: config.upstream.response_timeout,
+                request_body_timeout: config.limits.request_body_timeout,
+                retry_after: config.limits.retry_after,
+                metrics: metrics.clone(),
                 preserve_host: config.upstream.preserve_host,
                 health: config.health.clone(),
                 tunnels: Arc::default(),
@@ -75,7 +83,11 @@ impl Proxy {
             retry_after: config.limits.retry_after,
             affinity_cookie: config.routing.affinity_cookie.clone(),
             keepalive_every: (config.routing.pin_idle_timeout / 3).max(Duration::from_millis(100)),
-            metrics: Arc::default(),
+            new_rooms: new_rooms::NewRooms::new(
+                config.limits.new_rooms_per_second,
+                config.limits.new_room_burst,
+            ),
+            metrics,
         })
     }
 
@@ -121,8 +133,10 @@ impl Proxy {
         let choice = match self.choose(&req, peer, websocket).await {
             Ok(choice) => choice,
             Err(refusal) => {
-                if !matches!(refusal, Refusal::BadRoom(_)) {
-                    self.metrics.decided(DecisionKind::Refused, started);
+                match refusal {
+                    Refusal::BadRoom(_) => {}
+                    Refusal::TooManyNewRooms(_) => self.metrics.limit_hit(Limit::NewRooms),
+                    _ => self.metrics.decided(DecisionKind::Refused, started),
                 }
                 let response = refusal.response(self.retry_after);
                 self.metrics.no_node_requests.count(response.status());
@@ -133,8 +147,11 @@ impl Proxy {
         let method = req.method().clone();
         let log_path =
             tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
-        let mut response = match self.mode {
-            Mode::Redirect => redirect::to_node(&choice.node, req.uri()),
+        let (mut response, answered) = match self.mode {
+            Mode::Redirect => (
+                redirect::to_node(&choice.node, req.uri()),
+                forward::Answered::Node,
+            ),
             Mode::Proxy => {
                 let upgrade = forward::Upgrade {
                     websocket,
@@ -151,15 +168,21 @@ impl Proxy {
                 .await
             }
         };
-        headers::mark_shard(response.headers_mut(), choice.node.id.as_str());
-        if choice.page && self.mode == Mode::Proxy && method == Method::GET {
-            if let Some(cookie) =
-                headers::affinity_cookie(&self.affinity_cookie, choice.node.id.as_str())
-            {
-                response.headers_mut().append(header::SET_COOKIE, cookie);
+        match answered {
+            forward::Answered::Node => {
+                headers::mark_shard(response.headers_mut(), choice.node.id.as_str());
+                if choice.page && self.mode == Mode::Proxy && method == Method::GET {
+                    if let Some(cookie) =
+                        headers::affinity_cookie(&self.affinity_cookie, choice.node.id.as_str())
+                    {
+                        response.headers_mut().append(header::SET_COOKIE, cookie);
+                    }
+                }
+                choice.node.live.requests.count(response.status());
             }
+            // The client's fault or the router's own: not the node's answer.
+            forward::Answered::Router => self.metrics.no_node_requests.count(response.status()),
         }
-        choice.node.live.requests.count(response.status());
         if let Some(path) = log_path {
             let status = response.status().as_u16();
             tracing::debug!(%method, %path, node = %choice.node.id, status, "request");
@@ -188,16 +211,27 @@ impl Proxy {
                     Decision::Replaced { .. } => DecisionKind::Replaced,
                     Decision::Shared => DecisionKind::Shared,
                 };
-                let routed = match self.router.shared_pins() {
-                    None => self
-                        .router
-                        .route_room_with(&key, |node, decision| (node.clone(), kind(&decision))),
-                    // With replicas: this router's pin if it holds a usable one, else ask them.
-                    Some(shared) => match self.router.route_held_with(&key, Arc::clone) {
-                        Some(node) => Some((node, DecisionKind::Pinned)),
-                        None => (shared.route(&self.router, &key).await)
-                            .map(|(node, decision)| (node, kind(&decision))),
-                    },
+                let routed = match self.router.route_held_with(&key, Arc::clone) {
+                    Some(node) => Some((node, DecisionKind::Pinned)),
+                    None => {
+                        let client = ClientKey::of(peer.ip());
+                        self.new_rooms
+                            .take(client)
+                            .map_err(Refusal::TooManyNewRooms)?;
+                        let routed = match self.router.shared_pins() {
+                            None => self.router.route_room_with(&key, |node, decision| {
+                                (node.clone(), kind(&decision))
+                            }),
+                            // With replicas, a room this router holds no usable pin for may be
+                            // theirs: ask them.
+                            Some(shared) => (shared.route(&self.router, &key).await)
+                                .map(|(node, decision)| (node, kind(&decision))),
+                        };
+                        if !matches!(routed, Some((_, DecisionKind::Placed))) {
+                            self.new_rooms.give_back(client);
+                        }
+                        routed
+                    }
                 };
                 let (node, kind) = routed.ok_or(Refusal::NoNodeForRoom)?;
                 let keepalive = websocket.then(|| tunnel::Keepalive {
@@ -261,6 +295,12 @@ pub enum Refusal {
     /// A colibri-ws path names a server id no node declared: 404.
     #[error("unknown videobridge server id")]
     UnknownBridge,
+    /// The client created new rooms faster than `limits.new_rooms_per_second`: 429, with the
+    /// wait until it may create the next.
+    #[error(
+        "too many new rooms from your address (limits.new_rooms_per_second); try again shortly"
+    )]
+    TooManyNewRooms(Duration),
 }
 
 impl Refusal {
@@ -270,6 +310,14 @@ impl Refusal {
             Refusal::BadRoom(_) => errors::plain(StatusCode::BAD_REQUEST, &reason),
             Refusal::NoNodeForRoom | Refusal::NoNode => errors::unavailable(&reason, retry_after),
             Refusal::UnknownBridge => errors::plain(StatusCode::NOT_FOUND, &reason),
+            Refusal::TooManyNewRooms(wait) => {
+                let mut response = errors::plain(StatusCode::TOO_MANY_REQUESTS, &reason);
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                response
+            }
         }
     }
 }

@@ -23,9 +23,19 @@
 //!   half timeout, and when their pool is next used), and at most `pool_max_idle_per_node` idle
 //!   ones are kept per node (the oldest go first).
 //! - Connections take `Upgrade` (WebSocket): an upgraded connection leaves the pool for good.
+//! - A request whose client goes away before the node answered (an HTTP/2 stream reset, a
+//!   closed connection) is not cut off mid-exchange, which would close its connection: the
+//!   exchange finishes in the background (at most [`MAX_DETACHED`] at once, each within
+//!   `response_timeout`, its answer read and dropped up to [`DRAIN_CAP`]) and the connection
+//!   goes back to the pool. A client resetting stream after stream costs the node its
+//!   requests, not a new connection each.
+//! - A node's answer is read [`UPSTREAM_READ_BUFFER`] at a time, and a pause in its body
+//!   longer than `response_body_timeout` cuts the answer off (counted, and logged).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,16 +44,35 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::{Scheme, Uri};
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::Upstream;
+use super::body::ClientBody;
+use crate::config::{Limits, Upstream};
+use crate::local_fault::LocalFault;
+use crate::metrics::{Metrics, Timeout};
+use crate::stall::Stall;
 use crate::tls::TlsError;
+
+/// Most bytes read from a node at once. Each read becomes a chunk of the client's answer, and
+/// a client slow to read holds its answer's chunks: with hyper's write buffer (just over
+/// `max_request_head`) and rustls's (64 KiB) this keeps a slow reader under 128 KiB of router
+/// memory (`cargo bench --bench slow_readers`).
+const UPSTREAM_READ_BUFFER: usize = 32 * 1024;
+
+/// Most exchanges finishing in the background at once (see the module docs); past it an
+/// abandoned exchange closes its connection as it used to.
+const MAX_DETACHED: usize = 1024;
+
+/// Most bytes of an abandoned exchange's answer read (and dropped) to keep its connection.
+const DRAIN_CAP: usize = 1024 * 1024;
 
 /// Why a request did not get a response from its node.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +88,15 @@ pub enum UpstreamError {
     /// The connection failed while the request was sent or its answer read.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// No connection could be made for a shortage of the router's own (out of file
+    /// descriptors, ports): not the node's fault.
+    #[error("cannot connect to {authority}: {fault}")]
+    Local {
+        /// The node's host and port.
+        authority: String,
+        /// Which shortage.
+        fault: LocalFault,
+    },
 }
 
 impl UpstreamError {
@@ -77,6 +115,11 @@ pub struct UpstreamClient {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Time an abandoned exchange gets to finish in the background (`response_timeout`).
+    detached_timeout: Duration,
+    detached: Arc<AtomicUsize>,
+    body_timeout: Duration,
+    metrics: Arc<Metrics>,
     /// Pools by node authority, `http://` nodes first, `https://` second. Keyed by the authority
     /// text rather than the `Uri`: hashing a `Uri` (scheme, then the authority byte by byte,
     /// lowercased) took 900 instructions a request.
@@ -92,7 +135,7 @@ struct Pool {
 }
 
 /// What goes to a node: the client's body, or none (a bodiless request sent again).
-type Outgoing = Either<Incoming, Empty<Bytes>>;
+type Outgoing = Either<ClientBody, Empty<Bytes>>;
 
 struct Idle {
     sender: SendRequest<Outgoing>,
@@ -100,8 +143,12 @@ struct Idle {
 }
 
 impl UpstreamClient {
-    /// A client configured by `[upstream]`.
-    pub fn new(cfg: &Upstream) -> Result<UpstreamClient, TlsError> {
+    /// A client configured by `[upstream]` and `[limits]`, counting into `metrics`.
+    pub fn new(
+        cfg: &Upstream,
+        limits: &Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<UpstreamClient, TlsError> {
         let mut tls = crate::tls::upstream_client_config(cfg.ca.as_deref())?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(UpstreamClient {
@@ -109,6 +156,10 @@ impl UpstreamClient {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.pool_idle_timeout,
             max_idle: cfg.pool_max_idle_per_node,
+            detached_timeout: cfg.response_timeout,
+            detached: Arc::default(),
+            body_timeout: limits.response_body_timeout,
+            metrics,
             pools: ArcSwap::default(),
         })
     }
@@ -117,7 +168,7 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         base: &Uri,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> Result<Response<Pooled>, UpstreamError> {
         let pool = self.pool(base);
         let mut req = req.map(Either::Left);
@@ -134,15 +185,13 @@ impl UpstreamClient {
                 None => (self.connect(base).await?, false),
             };
             let copy = (reused && replayable(&req)).then(|| bodiless_copy(&req));
-            match sender.try_send_request(req).await {
+            let answer = sender.try_send_request(req);
+            let (answer, sender) = Sent::new(answer, sender, self, &pool).await;
+            match answer {
                 Ok(response) => {
                     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     let back = (!upgraded).then(|| (sender, pool.clone(), self.max_idle));
-                    return Ok(response.map(|body| Pooled {
-                        body,
-                        ended: false,
-                        back,
-                    }));
+                    return Ok(response.map(|body| self.pooled(body, back)));
                 }
                 Err(mut failed) => match (failed.take_message(), copy) {
                     // Never sent: a pooled connection closed under it. Another one may do.
@@ -161,6 +210,16 @@ impl UpstreamClient {
                     _ => return Err(failed.into_error().into()),
                 },
             }
+        }
+    }
+
+    fn pooled(&self, body: Incoming, back: Option<Back>) -> Pooled {
+        Pooled {
+            body,
+            ended: false,
+            back,
+            stall: Stall::new(self.body_timeout),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -253,7 +312,13 @@ impl UpstreamClient {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
             .await
             .map_err(|_| failed(format!("timed out after {:?}", self.connect_timeout)))?
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| match LocalFault::find(&e) {
+                Some(fault) => UpstreamError::Local {
+                    authority: authority.to_owned(),
+                    fault,
+                },
+                None => failed(e.to_string()),
+            })?;
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = if https {
             let name = ServerName::try_from(host.to_owned())
@@ -267,6 +332,7 @@ impl UpstreamClient {
             Box::new(tcp)
         };
         let (sender, connection) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_BUFFER)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| failed(e.to_string()))?;
@@ -317,25 +383,171 @@ fn closed_unanswered(error: &hyper::Error) -> bool {
     false
 }
 
+/// Where a connection goes back when its answer is read to the end.
+type Back = (SendRequest<Outgoing>, Arc<Pool>, usize);
+
+/// A request on its way to a node, until its answer's head arrives; see the module docs for
+/// what happens when it is dropped before that.
+struct Sent<F>
+where
+    F: Future<Output = Answer> + Send + 'static,
+{
+    answer: Option<Pin<Box<F>>>,
+    sender: Option<SendRequest<Outgoing>>,
+    pool: Arc<Pool>,
+    client: Detach,
+}
+
+/// What an abandoned exchange needs to finish in the background.
+#[derive(Clone)]
+struct Detach {
+    timeout: Duration,
+    running: Arc<AtomicUsize>,
+    max_idle: usize,
+    body_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+type Answer = Result<Response<Incoming>, TrySendError<Request<Outgoing>>>;
+
+impl<F: Future<Output = Answer> + Send + 'static> Sent<F> {
+    fn new(
+        answer: F,
+        sender: SendRequest<Outgoing>,
+        client: &UpstreamClient,
+        pool: &Arc<Pool>,
+    ) -> Self {
+        Sent {
+            answer: Some(Box::pin(answer)),
+            sender: Some(sender),
+            pool: pool.clone(),
+            client: Detach {
+                timeout: client.detached_timeout,
+                running: client.detached.clone(),
+                max_idle: client.max_idle,
+                body_timeout: client.body_timeout,
+                metrics: client.metrics.clone(),
+            },
+        }
+    }
+}
+
+impl<F: Future<Output = Answer> + Send + 'static> Future for Sent<F> {
+    type Output = (Answer, SendRequest<Outgoing>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(answer) = self.answer.as_mut() else {
+            return Poll::Pending;
+        };
+        let answer = std::task::ready!(answer.as_mut().poll(cx));
+        self.answer = None;
+        let sender = self
+            .sender
+            .take()
+            .expect("the sender stays until the answer");
+        Poll::Ready((answer, sender))
+    }
+}
+
+impl<F> Drop for Sent<F>
+where
+    F: Future<Output = Answer> + Send + 'static,
+{
+    fn drop(&mut self) {
+        let (Some(answer), Some(sender)) = (self.answer.take(), self.sender.take()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let detach = self.client.clone();
+        if detach.running.fetch_add(1, Ordering::Relaxed) >= MAX_DETACHED {
+            detach.running.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let pool = self.pool.clone();
+        runtime.spawn(async move {
+            let running = detach.running.clone();
+            let timeout = detach.timeout;
+            let _ = tokio::time::timeout(timeout, detach.finish(answer, sender, pool)).await;
+            running.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+impl Detach {
+    /// Waits for an abandoned exchange's answer and reads it to its end, so that its
+    /// connection goes back to the pool.
+    async fn finish<F: Future<Output = Answer>>(
+        self,
+        answer: Pin<Box<F>>,
+        sender: SendRequest<Outgoing>,
+        pool: Arc<Pool>,
+    ) {
+        let Ok(response) = answer.await else {
+            return;
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return;
+        }
+        let mut body = Pooled {
+            body: response.into_body(),
+            ended: false,
+            back: Some((sender, pool, self.max_idle)),
+            stall: Stall::new(self.body_timeout),
+            metrics: self.metrics,
+        };
+        let mut read = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > DRAIN_CAP {
+                return;
+            }
+        }
+    }
+}
+
 /// A node's response body; dropped after its end, it gives its connection back to the pool.
 pub struct Pooled {
     body: Incoming,
     /// The body said it had no more frames (a chunked body's length stays unknown to the end).
     ended: bool,
-    back: Option<(SendRequest<Outgoing>, Arc<Pool>, usize)>,
+    back: Option<Back>,
+    /// A pause in the body past `response_body_timeout` ends it with an error.
+    stall: Stall,
+    metrics: Arc<Metrics>,
 }
+
+/// A node's response body paused past `response_body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the node sent no more of its answer for limits.response_body_timeout")]
+pub struct NodeStalled;
 
 impl Body for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
-        self.ended |= frame.is_none();
-        Poll::Ready(frame)
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(frame)) => Poll::Ready(frame.map_err(Self::Error::from)),
+            Poll::Pending => Poll::Pending,
+        };
+        let metrics = &this.metrics;
+        this.stall
+            .check(cx, polled, || {
+                metrics.timed_out(Timeout::ResponseBody);
+                tracing::warn!("a node stopped sending its answer's body; answer cut off");
+                Box::new(NodeStalled).into()
+            })
+            .map(Some)
     }
 
     fn is_end_stream(&self) -> bool {

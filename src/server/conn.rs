@@ -37,11 +37,12 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::parse_errors::{self, HeadLimits};
 use crate::config::{Limits, CANCELLED_STREAMS_WINDOW};
 use crate::metrics::{Limit, Metrics, Timeout};
+use crate::stall::Stall;
 
 /// How long a connection asked to go away may take to leave before it is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -346,8 +347,8 @@ where
 pub struct Watched<T> {
     inner: T,
     activity: Arc<Activity>,
-    /// The pause of a write that is waiting for the client, once one is.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// The pause of a write that is waiting for the client.
+    stalled: Stall,
     /// `Some` on HTTP/1.1: bare error answers get a reason.
     parse_errors: Option<HeadLimits>,
     /// A rewritten answer being written: its bytes, how many are out, the length to report.
@@ -362,8 +363,8 @@ impl<T> Watched<T> {
         let head = activity.limits.head;
         Watched {
             inner,
+            stalled: Stall::new(activity.limits.send_timeout),
             activity,
-            stalled: None,
             parse_errors: (!h2).then_some(head),
             rewritten: None,
             first_read: true,
@@ -378,26 +379,14 @@ impl<T: AsyncWrite + Unpin> Watched<T> {
         cx: &mut Context<'_>,
         polled: Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
-        match polled {
-            Poll::Ready(result) => {
-                self.stalled = None;
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                let limit = self.activity.limits.send_timeout;
-                let stalled = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                if stalled.as_mut().poll(cx).is_ready() {
-                    self.activity.metrics.timed_out(Timeout::Send);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client took no bytes for limits.send_timeout",
-                    )));
-                }
-                Poll::Pending
-            }
-        }
+        let metrics = &self.activity.metrics;
+        self.stalled.check(cx, polled, || {
+            metrics.timed_out(Timeout::Send);
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no bytes for limits.send_timeout",
+            )
+        })
     }
 
     /// Starts writing hyper's bare error answer in `bytes` with its reason instead, if it is

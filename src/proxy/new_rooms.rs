@@ -1,0 +1,103 @@
+//! How fast one client may create rooms.
+//!
+//! Every new room is a pin the router keeps for `pin_idle_timeout` and a placement that adds
+//! its estimated cost to a node until the next CPU reading. A client creating rooms as fast as
+//! it can send requests would fill the pin table and make busy nodes of idle ones. So each
+//! client ([`ClientKey`]: an address, an IPv6 /64) has a token bucket: `new_room_burst` rooms
+//! at once, then `new_rooms_per_second`. A request that would create a room past it gets `429`
+//! with `Retry-After`; requests for rooms that exist never take a token.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::peer::ClientKey;
+
+/// Buckets kept before full ones are forgotten (a full bucket is the same as none).
+const FORGET_FULL_PAST: usize = 64 * 1024;
+
+/// The new-room buckets of every client.
+#[derive(Debug)]
+pub struct NewRooms {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<ClientKey, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl NewRooms {
+    /// Buckets of `burst` tokens refilled at `per_second`.
+    pub fn new(per_second: f64, burst: u32) -> NewRooms {
+        NewRooms {
+            per_second,
+            burst: f64::from(burst),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
+        let earned = now.saturating_duration_since(bucket.at).as_secs_f64() * self.per_second;
+        (bucket.tokens + earned).min(self.burst)
+    }
+
+    /// Takes a token for a new room of `client`; `Err` with the wait until the next one.
+    pub fn take(&self, client: ClientKey) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= FORGET_FULL_PAST {
+            buckets.retain(|_, bucket| self.refilled(*bucket, now) < self.burst);
+        }
+        let tokens = buckets
+            .get(&client)
+            .map_or(self.burst, |bucket| self.refilled(*bucket, now));
+        if tokens < 1.0 {
+            let wait = (1.0 - tokens) / self.per_second;
+            return Err(Duration::from_secs_f64(wait));
+        }
+        buckets.insert(
+            client,
+            Bucket {
+                tokens: tokens - 1.0,
+                at: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives back the token of a request that created no room after all (another request
+    /// created it first, or another replica had).
+    pub fn give_back(&self, client: ClientKey) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bucket) = buckets.get_mut(&client) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_rate_per_client() {
+        let rooms = NewRooms::new(2.0, 3);
+        let a = ClientKey::of("192.0.2.1".parse().unwrap());
+        let b = ClientKey::of("192.0.2.2".parse().unwrap());
+        for _ in 0..3 {
+            rooms.take(a).unwrap();
+        }
+        let wait = rooms.take(a).unwrap_err();
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
+        rooms.take(b).unwrap();
+        rooms.give_back(a);
+        rooms.take(a).unwrap();
+        assert!(rooms.take(a).is_err());
+        std::thread::sleep(Duration::from_millis(600));
+        rooms.take(a).unwrap();
+    }
+}

@@ -1,0 +1,88 @@
+//! Timing a pause: how long one side of a transfer has been waiting for the other.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Sleep;
+
+/// A limit on one pause of a transfer (a body that stops arriving, a client that stops
+/// reading). The clock runs only while the side being timed keeps the other waiting: it starts
+/// at the first pending poll, and any progress stops it. Nothing is allocated while the
+/// transfer flows.
+#[derive(Debug)]
+pub struct Stall {
+    limit: Duration,
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    /// A pause limit of `limit`.
+    pub fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// Passes `polled` on, stopping the clock on progress and running it while pending; a
+    /// pause past the limit becomes `Ready(Err(timed_out()))`.
+    pub fn check<T, E>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<Result<T, E>>,
+        timed_out: impl FnOnce() -> E,
+    ) -> Poll<Result<T, E>> {
+        match polled {
+            Poll::Ready(result) => {
+                self.waiting = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let waiting = self
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match waiting.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.waiting = None;
+                        Poll::Ready(Err(timed_out()))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn only_an_unbroken_pause_past_the_limit_fails() {
+        async fn check(stall: &mut Stall, ready: bool) -> Poll<Result<(), &'static str>> {
+            std::future::poll_fn(|cx| {
+                let polled = if ready {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+                Poll::Ready(stall.check(cx, polled, || "stalled"))
+            })
+            .await
+        }
+        let mut stall = Stall::new(Duration::from_secs(10));
+        assert!(check(&mut stall, false).await.is_pending());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(check(&mut stall, false).await.is_pending());
+        assert!(check(&mut stall, true).await.is_ready());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(check(&mut stall, false).await.is_pending());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(check(&mut stall, false).await.is_pending());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(check(&mut stall, false).await, Poll::Ready(Err("stalled")));
+    }
+}
