@@ -296,7 +296,7 @@ where
         stopped = true;
     }
     loop {
-        let (due, action) = activity.next();
+        let (due, _) = activity.next();
         // Once asked to go for a reason of its own, a connection only has its grace left.
         sleep
             .as_mut()
@@ -310,6 +310,8 @@ where
                     }
                     continue;
                 }
+                // Requests may have come and gone while it slept: what is due now?
+                let (due, action) = activity.next();
                 if activity.now_ms() < due {
                     continue;
                 }

@@ -280,11 +280,14 @@ fn max_connections(config: &Config) -> usize {
     let open_files = caps::raise_open_file_limit();
     let default = open_files.map_or(usize::MAX, caps::default_max_connections);
     let max = config.limits.max_connections.unwrap_or(default);
-    tracing::info!(
-        open_files = open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
-        max_connections = max,
-        "open-file limit raised to the hard limit"
-    );
+    match open_files {
+        Some(open_files) => tracing::info!(
+            open_files,
+            max_connections = max,
+            "open-file limit raised to the hard limit"
+        ),
+        None => tracing::warn!(max_connections = max, "open-file limit unknown"),
+    }
     if max > default {
         tracing::warn!(
             max_connections = max,

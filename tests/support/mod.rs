@@ -103,6 +103,11 @@ impl Certs {
 
     /// A rustls client config trusting the test CA (for WebSocket clients).
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.client_config_alpn(b"http/1.1")
+    }
+
+    /// A rustls client config trusting the test CA and offering one ALPN protocol.
+    pub fn client_config_alpn(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
@@ -114,8 +119,35 @@ impl Certs {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Arc::new(config)
+    }
+
+    /// A TLS connection to `addr` from `from` (any loopback address), offering `alpn`.
+    pub async fn connect_from(
+        &self,
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+        alpn: &[u8],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from, 0))?;
+        let tcp = socket.connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(self.client_config_alpn(alpn))
+            .connect(name, tcp)
+            .await
+    }
+
+    /// A TLS connection to `addr` offering `alpn`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.connect_from("127.0.0.1".parse().unwrap(), addr, alpn)
+            .await
+            .unwrap()
     }
 
     fn reqwest_ca(&self) -> reqwest::Certificate {
@@ -215,10 +247,29 @@ impl Router {
     }
 
     pub fn try_start(certs: &Certs, config: &str) -> Result<Router, Failed> {
+        Router::launch(certs, config, Command::new(ROUTER))
+    }
+
+    /// Starts the router under `wrapper` (a command that runs the rest of its arguments, such
+    /// as `prlimit --nofile=64:64 --`) with `env` added.
+    pub fn start_under(
+        certs: &Certs,
+        config: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Router {
+        let mut command = Command::new(wrapper[0]);
+        command.args(&wrapper[1..]).arg(ROUTER);
+        command.envs(env.iter().copied());
+        Router::launch(certs, config, command)
+            .unwrap_or_else(|f| panic!("router did not start: {f:?}"))
+    }
+
+    fn launch(certs: &Certs, config: &str, mut command: Command) -> Result<Router, Failed> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("router.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(ROUTER)
+        let mut child = command
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info,jitsi_router=debug")
@@ -313,6 +364,33 @@ impl Router {
     /// The config file the router was started with (rewrite it to test reloads).
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("router.toml")
+    }
+
+    /// The router's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The router's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// File descriptors the router holds open.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    }
+
+    /// A client trusting the test CA that connects from `from` (any loopback address).
+    pub fn client_from(&self, from: std::net::IpAddr) -> reqwest::Client {
+        self.client_builder().local_address(from).build().unwrap()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -777,4 +855,143 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How a [`RawNode`] answers a routed request (health checks always get `200 ok`).
+#[derive(Debug, Clone, Copy)]
+pub enum RawAnswer {
+    /// `200 ok` after this long.
+    After(Duration),
+    /// `200` with a body of this many bytes.
+    Big(usize),
+    /// The head of a 1,000-byte answer and three bytes of it, then nothing.
+    StallAfterHead,
+}
+
+/// A node on a bare socket whose answers a test scripts; counts the connections the router
+/// opened for routed requests and the routed requests.
+pub struct RawNode {
+    pub addr: SocketAddr,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawNode {
+    pub async fn start(answer: RawAnswer) -> RawNode {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counts = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (connections, requests) = counts.clone();
+                tokio::spawn(async move {
+                    let mut routed = false;
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tcp.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let health = head.starts_with(b"GET /about/health");
+                        head.clear();
+                        if health {
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if tcp.write_all(ok).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        if !std::mem::replace(&mut routed, true) {
+                            connections.fetch_add(1, Ordering::SeqCst);
+                        }
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        let written = match answer {
+                            RawAnswer::After(delay) => {
+                                tokio::time::sleep(delay).await;
+                                tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                    .await
+                            }
+                            RawAnswer::Big(size) => {
+                                let head =
+                                    format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                                let mut answer = head.into_bytes();
+                                answer.resize(answer.len() + size, b'x');
+                                tcp.write_all(&answer).await
+                            }
+                            RawAnswer::StallAfterHead => {
+                                let _ = tcp
+                                    .write_all(
+                                        b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nabc",
+                                    )
+                                    .await;
+                                std::future::pending::<()>().await;
+                                Ok(())
+                            }
+                        };
+                        if written.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawNode {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads from `stream` until it closes (`true`) or `limit` passes (`false`), keeping what came.
+pub async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (got, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A metric's value, 0 when absent.
+pub async fn metric(router: &Router, series: &str) -> f64 {
+    metrics(router).await.get(series).copied().unwrap_or(0.0)
 }

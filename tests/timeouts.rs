@@ -1,0 +1,220 @@
+//! Every state of a client connection has a time limit (`[limits]`): silent connections after
+//! TLS, half an HTTP/2 preface, an unfinished header block, a head dripping in, idle
+//! keep-alive on both HTTP versions, a request body that stops, a node's body that stops, and a
+//! client that stops reading.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+/// Limits short enough to watch each one run out.
+const SHORT: &str = "[limits]\nrequest_head_timeout = \"1s\"\nkeepalive_timeout = \"2s\"\nrequest_body_timeout = \"1s\"\nresponse_body_timeout = \"1s\"\nsend_timeout = \"1s\"\n";
+
+/// Waits for `stream` to be closed by the router, at most `limit`; what it sent meanwhile and
+/// how long it took.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+    what: &str,
+) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let (got, closed) = read_until_closed(stream, limit).await;
+    assert!(closed, "{what}: still open after {limit:?}");
+    (got, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_that_never_send_a_request_are_closed() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(&certs, &config(&certs, SHORT, &node_entries(&nodes)));
+
+    let mut silent_h1 = certs.connect(router.https, b"http/1.1").await;
+    let mut silent_h2 = certs.connect(router.https, b"h2").await;
+    let mut half_preface = certs.connect(router.https, b"h2").await;
+    half_preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // The preface, empty SETTINGS, then HEADERS for stream 1 without END_HEADERS: the header
+    // block never finishes.
+    let mut open_block = certs.connect(router.https, b"h2").await;
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&[0, 0, 1, 1, 1, 0, 0, 0, 1, 0x82]);
+    open_block.write_all(&frames).await.unwrap();
+
+    let (got, _) = closed_within(&mut silent_h1, Duration::from_secs(10), "silent HTTP/1.1").await;
+    assert!(got.is_empty(), "{got:?}");
+    closed_within(&mut silent_h2, Duration::from_secs(10), "silent h2").await;
+    closed_within(&mut half_preface, Duration::from_secs(10), "half preface").await;
+    closed_within(
+        &mut open_block,
+        Duration::from_secs(10),
+        "open header block",
+    )
+    .await;
+    let timeouts = metric(
+        &router,
+        "jitsi_router_timeouts_total{state=\"request_head\"}",
+    )
+    .await;
+    assert_eq!(timeouts, 4.0);
+
+    // The router serves on as before.
+    let response = router
+        .client()
+        .get(router.url("/room"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_dripping_in_is_cut_off_from_its_first_byte() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(&certs, &config(&certs, SHORT, &node_entries(&nodes)));
+    let mut slow = certs.connect(router.https, b"http/1.1").await;
+    slow.write_all(b"GET /room HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let drip = async {
+        for i in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow
+                .write_all(format!("X-{i}: a\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), drip).await;
+    let (got, _) = closed_within(&mut slow, Duration::from_secs(1), "slowloris").await;
+    assert!(got.is_empty(), "a head never finished got {got:?}");
+    assert_eq!(
+        metric(
+            &router,
+            "jitsi_router_timeouts_total{state=\"request_head\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keepalive_closes_http1_and_sends_goaway_on_http2() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(&certs, &config(&certs, SHORT, &node_entries(&nodes)));
+
+    let mut h1 = certs.connect(router.https, b"http/1.1").await;
+    h1.write_all(b"GET /room HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, took) = closed_within(&mut h1, Duration::from_secs(10), "idle HTTP/1.1").await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "closed after {took:?}, before keepalive_timeout\n{:?}\n{}",
+        metrics(&router).await,
+        router.logs()
+    );
+
+    let tls = certs.connect(router.https, b"h2").await;
+    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(router.url("/room")).body(()).unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+    // A GOAWAY with no error ends the client's connection cleanly.
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    let ended = ended.expect("an idle HTTP/2 connection was not sent GOAWAY");
+    let ended = ended.unwrap();
+    assert!(ended.is_ok(), "GOAWAY carried an error: {ended:?}");
+    assert_eq!(
+        metric(&router, "jitsi_router_timeouts_total{state=\"keepalive\"}").await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_body_that_stops_gets_408_and_no_node_is_blamed() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(&certs, &config(&certs, SHORT, &node_entries(&nodes)));
+    let mut tls = certs.connect(router.https, b"http/1.1").await;
+    tls.write_all(b"POST /http-bind?room=stuck HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n<body rid='1'")
+        .await
+        .unwrap();
+    let (got, _) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "{text}\n{}",
+        router.logs()
+    );
+    assert!(text.contains("request body stopped arriving"), "{text}");
+    let m = metrics(&router).await;
+    assert_eq!(
+        m.get("jitsi_router_timeouts_total{state=\"request_body\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        m.get("jitsi_router_requests_total{node=\"none\",class=\"4xx\"}"),
+        Some(&1.0)
+    );
+    assert!(!m.contains_key("jitsi_router_requests_total{node=\"jitsi-a\",class=\"5xx\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_body_that_stops_is_cut_off() {
+    let certs = Certs::new();
+    let node = RawNode::start(RawAnswer::StallAfterHead).await;
+    let router = Router::start(&certs, &config(&certs, SHORT, &[("stalling", node.url())]));
+    let response = router
+        .client()
+        .get(router.url("/room"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), response.bytes()).await;
+    let body = body.expect("the client was left waiting for a stalled node's body");
+    assert!(
+        body.is_err(),
+        "a body cut short must end in an error, got {body:?}"
+    );
+    assert_eq!(
+        metric(
+            &router,
+            "jitsi_router_timeouts_total{state=\"response_body\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_closed() {
+    let certs = Certs::new();
+    let node = RawNode::start(RawAnswer::Big(64 * 1024 * 1024)).await;
+    let router = Router::start(&certs, &config(&certs, SHORT, &[("big", node.url())]));
+    let mut tls = certs.connect(router.https, b"http/1.1").await;
+    tls.write_all(b"GET /room HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Never read: the router's writes stop, and after send_timeout it gives up.
+    eventually(Duration::from_secs(20), "the send timeout", || async {
+        metric(&router, "jitsi_router_timeouts_total{state=\"send\"}").await >= 1.0
+    })
+    .await;
+    drop(tls);
+}
