@@ -1232,6 +1232,7 @@ impl NodeSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const MINIMAL: &str = r#"
 [server]
@@ -1366,5 +1367,93 @@ upstream = "http://10.0.0.11:80"
         assert_eq!(p.query, DEFAULT_QUERY);
         assert_eq!(p.interval, Duration::from_secs(30));
         assert_eq!(p.max_staleness, Duration::from_secs(90));
+    }
+
+    /// Keys of every section, and a value an attacker or a typo might give each.
+    const KEYS: &[(&str, &str)] = &[
+        ("server", "listen"),
+        ("server", "http_listen"),
+        ("server", "public_https_port"),
+        ("server", "shutdown_grace"),
+        ("server", "admin_listen"),
+        ("routing", "mode"),
+        ("routing", "pin_idle_timeout"),
+        ("routing", "affinity_cookie"),
+        ("upstream", "connect_timeout"),
+        ("upstream", "response_timeout"),
+        ("upstream", "pool_max_idle_per_node"),
+        ("upstream", "ca"),
+        ("limits", "max_request_head"),
+        ("limits", "request_head_timeout"),
+        ("limits", "max_connections"),
+        ("limits", "max_connections_per_client"),
+        ("limits", "new_rooms_per_second"),
+        ("limits", "new_room_burst"),
+        ("limits", "h2_max_concurrent_streams"),
+        ("placement", "max_cpu"),
+        ("placement", "balance_factor"),
+        ("health", "fall"),
+        ("health", "interval"),
+        ("admin", "token"),
+        ("admin", "allowed_hosts"),
+        ("prometheus", "url"),
+        ("prometheus", "interval"),
+        ("pins", "snapshot_path"),
+    ];
+
+    fn hostile_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            Just("nan".to_owned()),
+            Just("-inf".to_owned()),
+            Just("true".to_owned()),
+            Just("[]".to_owned()),
+            Just("[\"\"]".to_owned()),
+            Just("{}".to_owned()),
+            "\\PC{0,40}".prop_map(|text| toml::Value::String(text).to_string()),
+            "[0-9]{1,30}(ns|ms|s|m|h|d|y)?".prop_map(|text| toml::Value::String(text).to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the file holds, loading it ends in a config or an error naming the file;
+        /// never a panic.
+        #[test]
+        fn any_text_loads_or_names_the_file(text in "\\PC{0,300}") {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(e.to_string().starts_with("/etc/jitsi-router/router.toml"), "{e}");
+            }
+        }
+
+        /// A hostile value for a known key is taken or rejected with the file and the key.
+        #[test]
+        fn hostile_values_name_their_key(at in 0..KEYS.len(), value in hostile_value()) {
+            let (section, key) = KEYS[at];
+            let base = MINIMAL.replace(&format!("[{section}]\n"), "");
+            let existing = MINIMAL
+                .split("\n[")
+                .find(|part| part.starts_with(&format!("{section}]")))
+                .map(|part| part.trim_start_matches(&format!("{section}]")).to_owned())
+                .unwrap_or_default();
+            let base = base.replace(existing.trim(), "");
+            let own = existing
+                .lines()
+                .filter(|line| !line.starts_with(&format!("{key} ")))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let text = format!("{base}\n[{section}]\n{own}\n{key} = {value}\n");
+            match parse(&text) {
+                Ok(_) => {}
+                Err(e) => {
+                    let message = e.to_string();
+                    proptest::prop_assert!(message.starts_with("/etc/jitsi-router/router.toml"), "{message}");
+                    proptest::prop_assert!(
+                        message.contains(key) || message.contains(section),
+                        "{text}\n{message}"
+                    );
+                }
+            }
+        }
     }
 }

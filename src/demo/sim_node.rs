@@ -191,7 +191,9 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shar
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(answer(req, &shared, peer).await) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // A Jitsi node's nginx takes as many header fields as fit its buffers.
+            builder.http1().max_headers(1000);
             let _ = match tls {
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
