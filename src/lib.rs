@@ -16,9 +16,15 @@
 //!   ([`placement::shared`]); knows nothing of hyper.
 //! - [`proxy`]: the hyper service — forwarding with header hygiene over a per-node pool of
 //!   keep-alive connections ([`proxy::upstream`]), WebSocket tunnels (copied both ways with no
-//!   buffer held while idle), redirects and error answers.
+//!   buffer held while idle), redirects and error answers, the new-room rate per client
+//!   ([`proxy::new_rooms`]).
 //! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
-//! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener, graceful shutdown.
+//! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener, graceful shutdown;
+//!   the caps on client connections ([`server::caps`]) and the time limit of each state of a
+//!   client connection ([`server::conn`]).
+//! - [`local_fault`]: telling a shortage of the router's own (out of file descriptors) from a
+//!   node's fault; [`peer`]: the client key per-client limits count by; [`stall`]: the timer of
+//!   a pause in a transfer.
 //! - [`admin`]: the admin listener: JSON API (nodes, rooms, drain, readiness), the fleet
 //!   dashboard and `/metrics` ([`metrics`]: lock-free counters, gauges read at scrape time).
 //! - [`reload`]: config and certificate reload on SIGHUP or file change, all-or-nothing.

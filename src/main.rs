@@ -2,15 +2,24 @@
 
 #![forbid(unsafe_code)]
 
-/// mimalloc instead of the system allocator: a proxied request allocates and frees buffers,
-/// headers and futures across tokio's worker threads. In `benches/load.sh` (eight interleaved
-/// pairs of builds, 2026-11-27) HAProxy's and nginx's lead over the router shrank by 3–18 %
-/// depending on the sitting, for about 12 MB more resident memory under 50 connections (30 MB
-/// against 17.5 MB). Its 2.x line (the crate's `v2` feature) rather than 3.x: open WebSocket
-/// tunnels cost 8.1–9.9 KiB each with it against 11.3–12.3 KiB with 3.x (glibc's: 8.9–9.5;
-/// `cargo bench --bench tunnels`, three runs each), with the same requests/s in `load.sh`.
+/// jemalloc instead of the system allocator: a proxied request allocates and frees buffers,
+/// headers and futures across tokio's worker threads, and memory that slow or departed clients
+/// held must go back to the system. Built with `background_thread:true,dirty_decay_ms:1000,
+/// muzzy_decay_ms:0` (`.cargo/config.toml`), a background thread returns freed pages a second
+/// after they are freed, whether or not the thread that freed them allocates again.
+///
+/// DESIGN note. The router ran on mimalloc 2.x before 2026-12-05: 3–18 % fewer CPU cycles a
+/// request than glibc's allocator in `benches/load.sh`. But mimalloc returns a thread's freed
+/// pages only when that thread allocates again, and its options cannot be set without `unsafe`:
+/// after 200 clients that never read an 8 MiB answer disconnected, the router's own memory
+/// grew for a minute and stayed (`tests/memory.rs`: 23 MiB against a baseline of 12), where
+/// jemalloc's came back to its baseline within seconds (3.7 MiB baseline, 28 MiB held, then
+/// under 6). glibc's kept 15 MiB of a 3 MiB baseline. In `benches/load.sh` (two sittings of two
+/// rounds each, 2026-12-05) jemalloc cost 42.9 and 45.0 µs of CPU a keep-alive request against
+/// mimalloc's 35.9 and 42.7, with the router ahead of HAProxy (0.63–0.68×) and nginx
+/// (0.52–0.55×) either way.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ use jitsi_router::room::{RoomKey, RoomLimits};
 /// The allocator the `jitsi-router` binary runs with, so that what the benches allocate costs
 /// what it costs in service.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Threads working the table at once.
 pub const THREADS: u64 = 2;

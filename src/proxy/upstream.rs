@@ -65,7 +65,7 @@ use crate::tls::TlsError;
 /// a client slow to read holds its answer's chunks: with hyper's write buffer (just over
 /// `max_request_head`) and rustls's (64 KiB) this keeps a slow reader under 128 KiB of router
 /// memory (`cargo bench --bench slow_readers`).
-const UPSTREAM_READ_BUFFER: usize = 32 * 1024;
+const UPSTREAM_READ_BUFFER: usize = 8 * 1024;
 
 /// Most exchanges finishing in the background at once (see the module docs); past it an
 /// abandoned exchange closes its connection as it used to.

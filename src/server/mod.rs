@@ -338,6 +338,9 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Bytes of TLS records queued for a client that is slow to read (rustls's default: 64 KiB).
+const TLS_SEND_BUFFER: usize = 16 * 1024;
+
 /// Bytes of a response an HTTP/2 stream queues for a client that is slow to read.
 const H2_SEND_BUFFER: usize = 64 * 1024;
 
@@ -429,6 +432,8 @@ async fn accept_https(
                     return;
                 }
             };
+            let mut tls = tls;
+            tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let activity = Activity::new(h2, shared.limits, shared.metrics.clone());
             let io = TokioIo::new(Watched::new(tls, activity.clone()));

@@ -371,12 +371,13 @@ impl Router {
         self.child.id()
     }
 
-    /// The router's resident memory, in KiB.
+    /// The router's resident memory of its own (anonymous: what it allocated, not the pages
+    /// of its binary that running code maps in), in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix("RssAnon:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
@@ -864,6 +865,8 @@ pub enum RawAnswer {
     After(Duration),
     /// `200` with a body of this many bytes.
     Big(usize),
+    /// `200` with a body of as many bytes as the request's `bytes=` query says (2 without).
+    Sized,
     /// The head of a 1,000-byte answer and three bytes of it, then nothing.
     StallAfterHead,
 }
@@ -904,6 +907,15 @@ impl RawNode {
                             }
                         }
                         let health = head.starts_with(b"GET /about/health");
+                        let asked: usize = String::from_utf8_lossy(&head)
+                            .split_once("bytes=")
+                            .and_then(|(_, rest)| {
+                                rest.split(|c: char| !c.is_ascii_digit())
+                                    .next()?
+                                    .parse()
+                                    .ok()
+                            })
+                            .unwrap_or(2);
                         head.clear();
                         if health {
                             let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -922,7 +934,11 @@ impl RawNode {
                                 tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                                     .await
                             }
-                            RawAnswer::Big(size) => {
+                            RawAnswer::Big(_) | RawAnswer::Sized => {
+                                let size = match answer {
+                                    RawAnswer::Big(size) => size,
+                                    _ => asked,
+                                };
                                 let head =
                                     format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
                                 let mut answer = head.into_bytes();
