@@ -61,10 +61,10 @@ use crate::metrics::{Metrics, Timeout};
 use crate::stall::Stall;
 use crate::tls::TlsError;
 
-/// Most bytes read from a node at once. Each read becomes a chunk of the client's answer, and
-/// a client slow to read holds its answer's chunks: with hyper's write buffer (just over
-/// `max_request_head`) and rustls's (64 KiB) this keeps a slow reader under 128 KiB of router
-/// memory (`cargo bench --bench slow_readers`).
+/// Most bytes read from a node at once (hyper's least). Each read becomes a chunk of the
+/// client's answer, and a client slow to read holds its answer's chunks: with hyper's write
+/// buffer (just over `max_request_head`) and the TLS records queued for it (16 KiB), a slow
+/// reader holds under 128 KiB of router memory (`tests/memory.rs`: 75 KiB).
 const UPSTREAM_READ_BUFFER: usize = 8 * 1024;
 
 /// Most exchanges finishing in the background at once (see the module docs); past it an
