@@ -150,6 +150,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             old.pins_snapshot != new.pins_snapshot || old.shared_pins != new.shared_pins,
         ),
         ("prometheus", old.prometheus != new.prometheus),
+        ("admin", old.admin != new.admin),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

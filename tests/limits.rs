@@ -257,3 +257,69 @@ async fn the_router_raises_its_open_file_limit_and_sizes_its_cap_by_it() {
         "soft limit not raised: {files}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rapid_reset_flood_gets_goaway() {
+    let certs = Certs::new();
+    let node = RawNode::start(RawAnswer::After(Duration::from_millis(50))).await;
+    // Only the limit on streams reset before the router read them is in play.
+    let limits = "[limits]\nh2_max_pending_reset_streams = 5\nh2_max_cancelled_streams = 100000\n";
+    let router = Router::start(&certs, &config(&certs, limits, &[("slow", node.url())]));
+    let (client, connection) = h2_client(&certs, &router).await;
+    let mut sent = 0;
+    for i in 0..2000 {
+        let Ok(mut ready) = client.clone().ready().await else {
+            break;
+        };
+        let request = http::Request::get(router.url(&format!("/flood-{}", i % 50)))
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = ready.send_request(request, true) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    let ended = ended.expect("a rapid-reset flood was not stopped");
+    assert!(
+        ended.unwrap().is_err(),
+        "the flood's connection ends with an error (GOAWAY)"
+    );
+    assert!(
+        node.requests() < sent,
+        "{} of {sent} reset streams reached the node",
+        node.requests()
+    );
+    let response = router
+        .client()
+        .get(router.url("/about"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "others are served");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_tunnels_count_under_the_caps_while_they_are_open() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let limits = "[limits]\nmax_connections_per_client = 2\n";
+    let router = Router::start(&certs, &config(&certs, limits, &node_entries(&nodes)));
+    let (mut first, _) = websocket(&certs, &router, "/xmpp-websocket?room=capped").await;
+    let (second, _) = websocket(&certs, &router, "/xmpp-websocket?room=capped").await;
+    // Two tunnels are this address's two connections, though their HTTP is long over.
+    assert!(!served_from(&certs, &router, "127.0.0.1").await);
+    assert_eq!(
+        metric(&router, "jitsi_router_client_connections").await,
+        2.0
+    );
+    echoes(&mut first, "still open").await;
+    drop(second);
+    eventually(
+        Duration::from_secs(5),
+        "the closed tunnel's place",
+        || async { served_from(&certs, &router, "127.0.0.1").await },
+    )
+    .await;
+}

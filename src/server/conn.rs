@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::caps::Admitted;
 use super::parse_errors::{self, HeadLimits};
 use crate::config::{Limits, CANCELLED_STREAMS_WINDOW};
 use crate::metrics::{Limit, Metrics, Timeout};
@@ -349,6 +350,9 @@ where
 pub struct Watched<T> {
     inner: T,
     activity: Arc<Activity>,
+    /// The connection's place under the caps, held as long as its reader and writer live:
+    /// through a WebSocket tunnel too, which outlives the HTTP connection.
+    _admitted: Admitted,
     /// The pause of a write that is waiting for the client.
     stalled: Stall,
     /// `Some` on HTTP/1.1: bare error answers get a reason.
@@ -359,12 +363,13 @@ pub struct Watched<T> {
 }
 
 impl<T> Watched<T> {
-    /// Watches `inner` for `activity`'s connection.
-    pub fn new(inner: T, activity: Arc<Activity>) -> Watched<T> {
+    /// Watches `inner` for `activity`'s connection, which holds its place under the caps.
+    pub fn new(inner: T, activity: Arc<Activity>, admitted: Admitted) -> Watched<T> {
         let h2 = activity.h2.load(Ordering::Relaxed);
         let head = activity.limits.head;
         Watched {
             inner,
+            _admitted: admitted,
             stalled: Stall::new(activity.limits.send_timeout),
             activity,
             parse_errors: (!h2).then_some(head),

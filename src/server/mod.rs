@@ -418,7 +418,6 @@ async fn accept_https(
         let proxy = proxy.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _admitted = admitted;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -436,7 +435,7 @@ async fn accept_https(
             tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let activity = Activity::new(h2, shared.limits, shared.metrics.clone());
-            let io = TokioIo::new(Watched::new(tls, activity.clone()));
+            let io = TokioIo::new(Watched::new(tls, activity.clone(), admitted));
             let requests = activity.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let in_flight = requests.request_started();
@@ -456,13 +455,18 @@ async fn accept_https(
 
 /// A plain HTTP/1.1 connection on `tcp` answered by `answer`, watched like every client
 /// connection.
-async fn serve_plain<F, Fut>(tcp: TcpStream, peer: SocketAddr, shared: Listener, answer: F)
-where
+async fn serve_plain<F, Fut>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    shared: Listener,
+    answer: F,
+) where
     F: Fn(Request<Incoming>) -> Fut + Send + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let activity = Activity::new(false, shared.limits, shared.metrics.clone());
-    let io = TokioIo::new(Watched::new(tcp, activity.clone()));
+    let io = TokioIo::new(Watched::new(tcp, activity.clone(), admitted));
     let requests = activity.clone();
     let answer = Arc::new(answer);
     let service = service_fn(move |req: Request<Incoming>| {
@@ -486,8 +490,7 @@ async fn accept_http(listener: TcpListener, https_port: u16, shared: Listener) {
         let (tcp, peer, admitted) = shared.accept(&listener, &mut warned).await;
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _admitted = admitted;
-            serve_plain(tcp, peer, shared, move |req| async move {
+            serve_plain(tcp, peer, admitted, shared, move |req| async move {
                 to_https(&req, https_port)
             })
             .await;
@@ -505,8 +508,7 @@ async fn accept_admin(listener: TcpListener, admin: Arc<crate::admin::Admin>, sh
         let admin = admin.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _admitted = admitted;
-            serve_plain(tcp, peer, shared, move |req| {
+            serve_plain(tcp, peer, admitted, shared, move |req| {
                 let admin = admin.clone();
                 async move { admin.handle(req, local).await }
             })
