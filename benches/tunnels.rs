@@ -191,6 +191,7 @@ impl Proxy {
                     format!(
                         "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\n\
                          [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+                         [limits]\nnew_room_burst = 1000000\n\
                          [[nodes]]\nname = \"jitsi-a\"\nupstream = \"http://{node}\"\n"
                     ),
                 )

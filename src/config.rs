@@ -196,6 +196,8 @@ pub struct Upstream {
 pub struct Limits {
     /// Largest request head (request line and headers), in bytes; larger gets `431`.
     pub max_request_head: usize,
+    /// Most header fields in an HTTP/1.1 request head; more gets `431`.
+    pub max_request_headers: usize,
     /// Longest room key, in characters; longer gets `400`.
     pub max_room_chars: usize,
     /// Time allowed for a client's TLS handshake.
@@ -417,6 +419,7 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Limits {
         pub max_request_head: Option<usize>,
+        pub max_request_headers: Option<usize>,
         pub max_room_chars: Option<usize>,
         pub tls_handshake_timeout: Option<String>,
         pub request_head_timeout: Option<String>,
@@ -842,8 +845,17 @@ fn limits(check: &Check, raw: raw::Limits) -> Result<Limits, ConfigError> {
     let as_u32 = |key: &str, value: Option<u32>, default: u32| {
         at_least_one(key, value.map(|v| v as usize), default as usize).map(|v| v as u32)
     };
+    let max_request_headers = raw.max_request_headers.unwrap_or(100);
+    if !(16..=4096).contains(&max_request_headers) {
+        return Err(check.invalid(
+            "limits.max_request_headers",
+            max_request_headers,
+            "must be between 16 and 4096",
+        ));
+    }
     Ok(Limits {
         max_request_head,
+        max_request_headers,
         max_room_chars,
         tls_handshake_timeout: duration(
             "limits.tls_handshake_timeout",

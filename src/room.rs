@@ -1,4 +1,4 @@
-//! Request → room key (DESIGN §2). Pure: no I/O, no hyper, so it can be fuzzed and property-tested.
+//! Request → room key. Pure: no I/O, no hyper, so it can be fuzzed and property-tested.
 //!
 //! A Jitsi client names its room in two ways: the room page `/<room>` (or `/<tenant>/<room>`), and
 //! the `room=` query parameter of the signalling endpoints (`/http-bind`, `/xmpp-websocket`,
@@ -6,7 +6,7 @@
 //! same normalisation as the web client (percent-decode, NFKC, lower-case), so every form of one
 //! room yields one [`RoomKey`].
 //!
-//! DESIGN note: besides the reserved names of DESIGN §2, a single path segment ending in a static-file
+//! DESIGN note: besides the reserved names ([`classify`]), a single path segment ending in a static-file
 //! extension (`.js`, `.css`, `.html`, …) is treated as an asset, not a room: jitsi-meet serves files
 //! such as `/logging_config.js`, `/title.html` or `/robots.txt` from its web root, and they must follow
 //! the page's affinity cookie rather than create a pin.

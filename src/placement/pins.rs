@@ -5,8 +5,8 @@
 //! one cache line, and refreshes the pin's idle timer with a plain atomic store. Writers take a
 //! lock per shard of rooms. Pins shared by replicas (`placement::shared`) do not sit behind this
 //! trait: it stays synchronous for the request path, and the Redis store is asked beside it, only
-//! when this table has no usable pin (DESIGN §6 had it behind the trait with a local cache; that
-//! would put an `await` on every pinned request for nothing).
+//! when this table has no usable pin (behind the trait, with a local cache, it would put an
+//! `await` on every pinned request for nothing).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};

@@ -34,9 +34,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::caps::Admitted;
@@ -73,6 +74,7 @@ impl ConnLimits {
             max_cancelled_streams: limits.h2_max_cancelled_streams,
             head: HeadLimits {
                 max_request_head: limits.max_request_head,
+                max_request_headers: limits.max_request_headers,
             },
         }
     }
@@ -99,8 +101,11 @@ pub struct Activity {
     h2: AtomicBool,
     /// Streams the client cancelled before their answer: (window start, count).
     cancelled: Mutex<(u64, u32)>,
-    /// Rung when the client cancelled too many streams.
-    alarm: Notify,
+    /// Set when the client cancelled too many streams; `supervisor` is woken then.
+    alarm: AtomicBool,
+    /// The supervisor's task, registered at each of its polls (no lock, unlike a `Notify`:
+    /// this is polled at every wake of the connection).
+    supervisor: AtomicWaker,
 }
 
 /// What the supervisor does when a deadline comes.
@@ -127,7 +132,8 @@ impl Activity {
             head_since: AtomicU64::new(NEVER),
             h2: AtomicBool::new(h2),
             cancelled: Mutex::new((0, 0)),
-            alarm: Notify::new(),
+            alarm: AtomicBool::new(false),
+            supervisor: AtomicWaker::new(),
         })
     }
 
@@ -172,8 +178,21 @@ impl Activity {
         }
         cancelled.1 += 1;
         if cancelled.1 > self.limits.max_cancelled_streams {
-            self.alarm.notify_one();
+            self.alarm.store(true, Ordering::Relaxed);
+            self.supervisor.wake();
         }
+    }
+
+    /// Completes once the client cancelled too many streams.
+    fn alarmed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.supervisor.register(cx.waker());
+            if self.alarm.load(Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     fn bytes_arrived(&self) {
@@ -329,7 +348,7 @@ where
                     }
                 }
             }
-            () = activity.alarm.notified(), if drop_at.is_none() => {
+            () = activity.alarmed(), if drop_at.is_none() => {
                 activity.metrics.limit_hit(Limit::CancelledStreams);
                 go(conn.as_mut(), &mut going);
                 drop_at = Some(Instant::now() + CLOSE_GRACE);
@@ -512,6 +531,7 @@ mod tests {
             max_cancelled_streams: 2,
             head: HeadLimits {
                 max_request_head: 16384,
+                max_request_headers: 100,
             },
         }
     }
@@ -550,7 +570,7 @@ mod tests {
         let activity = Activity::new(true, limits(), Arc::default());
         drop(activity.request_started());
         drop(activity.request_started());
-        let rung = activity.alarm.notified();
+        let rung = activity.alarmed();
         tokio::pin!(rung);
         assert!(futures_util::poll!(rung.as_mut()).is_pending());
         tokio::time::advance(CANCELLED_STREAMS_WINDOW).await;

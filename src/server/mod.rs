@@ -322,9 +322,10 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         // `conn::supervise` times request heads and keep-alive instead (see there).
         .header_read_timeout(None)
-        // Header fields are bounded by bytes (`max_request_head`), not by count.
-        .max_headers(limits.max_request_head / 4)
         .max_buf_size(buffer);
+    if limits.max_request_headers != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_request_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -337,6 +338,10 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .initial_connection_window_size(H2_RECEIVE_WINDOW * 4);
     builder
 }
+
+/// hyper's own limit on header fields, which it parses into an array on the stack; any other
+/// limit costs every request a heap array that long.
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// Bytes of TLS records queued for a client that is slow to read (rustls's default: 64 KiB).
 const TLS_SEND_BUFFER: usize = 16 * 1024;
@@ -474,11 +479,16 @@ async fn serve_plain<F, Fut>(
         let answer = answer.clone();
         async move { Ok::<_, Infallible>(answer(req).await.map(|body| Tracked::new(body, in_flight))) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_buf_size(shared.limits.head.max_request_head + 2048)
-        .serve_connection(io, service);
+        .max_buf_size(shared.limits.head.max_request_head + 2048);
+    let max = shared.limits.head.max_request_headers;
+    if max != HYPER_MAX_HEADERS {
+        builder.max_headers(max);
+    }
+    let conn = builder.serve_connection(io, service);
     if let Err(e) = supervise(conn, &activity, shared.stopping).await {
         tracing::debug!(%peer, error = %e, "plain http connection ended with an error");
     }

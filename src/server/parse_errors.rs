@@ -16,6 +16,8 @@
 pub struct HeadLimits {
     /// `limits.max_request_head`.
     pub max_request_head: usize,
+    /// `limits.max_request_headers`.
+    pub max_request_headers: usize,
 }
 
 /// Whether `bytes` may be the start of one of hyper's bare error answers (cheap; checked on
@@ -54,8 +56,8 @@ pub fn with_reason(bytes: &[u8], limits: HeadLimits) -> Option<Vec<u8>> {
         }
         "414" => "request target too long".to_owned(),
         _ => format!(
-            "request head too large: over {} bytes, or too many header fields",
-            limits.max_request_head
+            "request head too large: over {} bytes or {} header fields",
+            limits.max_request_head, limits.max_request_headers
         ),
     };
     let mut answer = format!("{status_line}\r\n");
@@ -77,6 +79,7 @@ mod tests {
 
     const LIMITS: HeadLimits = HeadLimits {
         max_request_head: 16384,
+        max_request_headers: 100,
     };
 
     #[test]
@@ -92,9 +95,8 @@ mod tests {
 
         let large = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
         let text = String::from_utf8(with_reason(large, LIMITS).unwrap()).unwrap();
-        assert!(text.ends_with(
-            "\r\n\r\nrequest head too large: over 16384 bytes, or too many header fields\n"
-        ));
+        assert!(text
+            .ends_with("\r\n\r\nrequest head too large: over 16384 bytes or 100 header fields\n"));
 
         // A node's empty 400 carries its own headers and the shard; the router's own have bodies.
         let node = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-jitsi-shard: jitsi-a\r\ndate: x\r\n\r\n";
