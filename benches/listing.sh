@@ -14,32 +14,9 @@ pins="${1:-1000000}"
 duration="${2:-20}"
 connections="${3:-50}"
 
-need=()
-for entry in nginx:/usr/sbin/nginx wrk:/usr/bin/wrk openssl:/usr/bin/openssl curl:/usr/bin/curl; do
-  [ -e "${entry#*:}" ] || need+=("${entry%%:*}")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-router_bin="${JITSI_ROUTER_BIN:-}"
-if [ -z "$router_bin" ]; then
-  cargo build --release --quiet
-  router_bin="$PWD/target/release/jitsi-router"
-fi
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -days 1 \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+. benches/lib.sh
+install_missing nginx:/usr/sbin/nginx wrk:/usr/bin/wrk openssl:/usr/bin/openssl curl:/usr/bin/curl
+start_bench
 node_port="$(free_port)"
 cat > "$work/node.conf" <<NGINX
 worker_processes 1; pid $work/node.pid; error_log $work/node.err; daemon off;

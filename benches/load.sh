@@ -21,35 +21,9 @@ duration="${1:-10}"
 connections="${2:-50}"
 rounds="${3:-3}"
 
-need=()
-for entry in haproxy:/usr/sbin/haproxy nginx:/usr/sbin/nginx wrk:/usr/bin/wrk openssl:/usr/bin/openssl; do
-  [ -e "${entry#*:}" ] || need+=("${entry%%:*}")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-
-# JITSI_ROUTER_BIN runs another build of the router (to compare two builds in one sitting).
-router_bin="${JITSI_ROUTER_BIN:-}"
-if [ -z "$router_bin" ]; then
-  cargo build --release --quiet
-  router_bin="$PWD/target/release/jitsi-router"
-fi
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -days 1 \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+. benches/lib.sh
+install_missing haproxy:/usr/sbin/haproxy nginx:/usr/sbin/nginx wrk:/usr/bin/wrk openssl:/usr/bin/openssl
+start_bench
 cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 
 # Three upstream nodes: one nginx with three servers.

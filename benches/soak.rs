@@ -283,12 +283,7 @@ async fn participant(
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let node = response
-                    .headers()
-                    .get("x-jitsi-shard")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
+                let node = shard(response.headers());
                 let body = response.text().await.unwrap_or_default();
                 if status == 200 {
                     record.answered(&room, &node);
@@ -303,6 +298,15 @@ async fn participant(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The node an answer names.
+fn shard(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-jitsi-shard")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// XMPP WebSockets: open, echo a few messages over a few seconds, close.
@@ -338,12 +342,7 @@ async fn websockets(
         {
             Ok((mut ws, response)) => {
                 record.websockets.fetch_add(1, Ordering::Relaxed);
-                let node = response
-                    .headers()
-                    .get("x-jitsi-shard")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
+                let node = shard(response.headers());
                 record.answered(&room, &node);
                 for k in 0..5 {
                     let text = format!("<message id='{k}'/>");

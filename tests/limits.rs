@@ -323,3 +323,29 @@ async fn websocket_tunnels_count_under_the_caps_while_they_are_open() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_streams_past_the_limit_get_goaway() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let limits = "[limits]\nh2_max_local_reset_streams = 5\n";
+    let router = Router::start(&certs, &config(&certs, limits, &node_entries(&nodes)));
+    let mut tls = certs.connect(router.https, b"h2").await;
+    // GET / with a `connection` header, which HTTP/2 forbids: each stream is reset.
+    let mut frames = H2_PREFACE.to_vec();
+    for stream in (1u32..=21).step_by(2) {
+        frames.extend_from_slice(&h2_get(stream, "/", &[("connection", "close")]));
+    }
+    tls.write_all(&frames).await.unwrap();
+    let (got, _) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+    let frames = h2_frames(&got);
+    let resets = frames
+        .iter()
+        .filter(|f| f.kind == H2Frame::RST_STREAM)
+        .count();
+    let goaway = frames.iter().find(|f| f.kind == H2Frame::GOAWAY);
+    let goaway = goaway.unwrap_or_else(|| panic!("no GOAWAY after {resets} resets: {frames:?}"));
+    // ENHANCE_YOUR_CALM
+    assert_eq!(goaway.error_code(), 0xb, "after {resets} resets");
+    assert!(resets <= 6, "{resets} streams reset before GOAWAY");
+}

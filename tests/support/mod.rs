@@ -1007,6 +1007,79 @@ pub async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// The client preface of an HTTP/2 connection and an empty SETTINGS frame.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// One HEADERS frame (END_STREAM, END_HEADERS) for `GET https://localhost<path>` on `stream`,
+/// with `extra` fields, HPACK-encoded without Huffman or indexing: for tests that must send what
+/// a well-behaved client library refuses to, or read exactly what the router answers.
+pub fn h2_get(stream: u32, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    fn string(block: &mut Vec<u8>, text: &str) {
+        assert!(
+            text.len() < 127,
+            "{text} is too long for a one-byte HPACK length"
+        );
+        block.push(text.len() as u8);
+        block.extend_from_slice(text.as_bytes());
+    }
+    // :method GET and :scheme https from the static table, then :path and :authority by name.
+    let mut block = vec![0x82, 0x87, 0x04];
+    string(&mut block, path);
+    block.push(0x01);
+    string(&mut block, "localhost");
+    for (name, value) in extra {
+        block.push(0x00);
+        string(&mut block, name);
+        string(&mut block, value);
+    }
+    let mut frame = (block.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[0x1, 0x5]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// An HTTP/2 frame as read off the wire.
+#[derive(Debug)]
+pub struct H2Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+impl H2Frame {
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
+    pub const GOAWAY: u8 = 7;
+
+    /// The error code of a RST_STREAM or GOAWAY frame.
+    pub fn error_code(&self) -> u32 {
+        let at = if self.kind == Self::GOAWAY { 4 } else { 0 };
+        let code = self.payload.get(at..at + 4).expect("an error code");
+        u32::from_be_bytes(code.try_into().unwrap())
+    }
+}
+
+/// The frames in `bytes`, the plaintext a server sent on an HTTP/2 connection.
+pub fn h2_frames(bytes: &[u8]) -> Vec<H2Frame> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let length = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let stream = u32::from_be_bytes(bytes[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+        let end = (at + 9 + length).min(bytes.len());
+        frames.push(H2Frame {
+            kind: bytes[at + 3],
+            flags: bytes[at + 4],
+            stream,
+            payload: bytes[at + 9..end].to_vec(),
+        });
+        at += 9 + length;
+    }
+    frames
+}
+
 /// A metric's value, 0 when absent.
 pub async fn metric(router: &Router, series: &str) -> f64 {
     metrics(router).await.get(series).copied().unwrap_or(0.0)
