@@ -14,10 +14,12 @@
 /// after 200 clients that never read an 8 MiB answer disconnected, the router's own memory
 /// grew for a minute and stayed (`tests/memory.rs`: 23 MiB against a baseline of 12), where
 /// jemalloc's came back to its baseline within seconds (3.7 MiB baseline, 28 MiB held, then
-/// under 6). glibc's kept 15 MiB of a 3 MiB baseline. In `benches/load.sh` (two sittings of two
-/// rounds each, 2026-12-05) jemalloc cost 42.9 and 45.0 µs of CPU a keep-alive request against
-/// mimalloc's 35.9 and 42.7, with the router ahead of HAProxy (0.63–0.68×) and nginx
-/// (0.52–0.55×) either way.
+/// under 6). glibc's kept 15 MiB of a 3 MiB baseline. Measured in one sitting on 2026-12-05
+/// (two builds of the same tree, alternated): `benches/load.sh` keep-alive requests cost 75.6
+/// and 73.8 µs of CPU on jemalloc, 69.8 and 68.1 on mimalloc, but 1.39× and 1.52× HAProxy's
+/// in the same runs against mimalloc's 1.49× and 1.48×, so within this machine's noise; an idle
+/// WebSocket tunnel holds 8.2 KiB on jemalloc and 11.6 on mimalloc (`cargo bench --bench
+/// tunnels`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
