@@ -82,28 +82,42 @@ pub mod simulate;
 pub mod stall;
 pub mod tls;
 
-/// Completes on Ctrl-C or SIGTERM: the signals that stop a router.
-pub async fn server_shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on Ctrl-C (SIGINT) or SIGTERM: the signals that stop a router. The handlers are
+/// installed when this is called, inside a runtime, not when the future is first polled: a signal
+/// that comes while the server is still starting must not take its default action, which ends
+/// the process without its shutdown (no pin snapshot, the demo's folders left behind).
+pub fn server_shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = unix_signal(tokio::signal::unix::SignalKind::terminate());
+    {
+        use tokio::signal::unix::SignalKind;
+        let interrupt = unix_signal(SignalKind::interrupt());
+        let term = unix_signal(SignalKind::terminate());
+        async move {
+            tokio::select! {
+                () = interrupt => {}
+                () = term => {}
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
-/// Completes when the process receives the signal `kind`; never, if it cannot be listened for.
+/// Completes when the process receives the signal `kind`, listened for from this call on;
+/// never, if it cannot be listened for.
 #[cfg(unix)]
-pub(crate) async fn unix_signal(kind: tokio::signal::unix::SignalKind) {
-    match tokio::signal::unix::signal(kind) {
-        Ok(mut signal) => {
-            signal.recv().await;
+pub(crate) fn unix_signal(
+    kind: tokio::signal::unix::SignalKind,
+) -> impl std::future::Future<Output = ()> {
+    let signal = tokio::signal::unix::signal(kind);
+    async move {
+        match signal {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
         }
-        Err(_) => std::future::pending::<()>().await,
     }
 }

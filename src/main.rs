@@ -161,8 +161,9 @@ async fn serve(config: Config) -> Result<(), String> {
     if config.nodes.is_empty() {
         tracing::warn!("no [[nodes]] configured: every room will get 503 until nodes are added");
     }
+    let stop = jitsi_router::server_shutdown_signal();
     let server = Server::bind(config).await.map_err(|e| e.to_string())?;
-    server.run(jitsi_router::server_shutdown_signal()).await;
+    server.run(stop).await;
     Ok(())
 }
 

@@ -233,6 +233,9 @@ pub async fn run(
     with_prosody: bool,
     with_prometheus: bool,
 ) -> Result<(), DemoError> {
+    // Before anything that must be cleaned up: a signal during start-up is then answered once
+    // the demo is up, by stopping it properly.
+    let stop = stop_signal();
     remove_abandoned_folders();
     let nodes = Nodes::start(with_prosody).await?;
     let fronts = nodes.fronts();
@@ -280,7 +283,7 @@ pub async fn run(
             }
         }
     });
-    server.run(stop_signal()).await;
+    server.run(stop).await;
     drop(cpu);
     drop(nodes);
     drop(dir);
@@ -289,15 +292,19 @@ pub async fn run(
 
 /// What stops the demo: Ctrl-C, SIGTERM, or SIGHUP. A closed terminal sends SIGHUP to the demo
 /// and to its Prometheus and prosody, which take it as "reload your config" and would outlive a
-/// demo that died of it; stopping on it stops them and removes the temporary folders.
-async fn stop_signal() {
+/// demo that died of it; stopping on it stops them and removes the temporary folders. Listened
+/// for from this call on (see [`crate::server_shutdown_signal`]).
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let hangup = crate::unix_signal(tokio::signal::unix::SignalKind::hangup());
     #[cfg(not(unix))]
     let hangup = std::future::pending::<()>();
-    tokio::select! {
-        () = crate::server_shutdown_signal() => {}
-        () = hangup => {}
+    let shutdown = crate::server_shutdown_signal();
+    async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = hangup => {}
+        }
     }
 }
 
