@@ -26,11 +26,17 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
     (got, started.elapsed())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn connections_that_never_send_a_request_are_closed() {
+/// A router with [`SHORT`] limits in front of one simulated node.
+async fn short_limits_router() -> (Certs, Vec<SimNode>, Router) {
     let certs = Certs::new();
     let nodes = sim_nodes(1).await;
     let router = Router::start(&certs, &config(&certs, SHORT, &node_entries(&nodes)));
+    (certs, nodes, router)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_that_never_send_a_request_are_closed() {
+    let (certs, _nodes, router) = short_limits_router().await;
 
     let mut silent_h1 = certs.connect(router.https, b"http/1.1").await;
     let mut silent_h2 = certs.connect(router.https, b"h2").await;
@@ -73,9 +79,7 @@ async fn connections_that_never_send_a_request_are_closed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_head_dripping_in_is_cut_off_from_its_first_byte() {
-    let certs = Certs::new();
-    let nodes = sim_nodes(1).await;
-    let router = Router::start(&certs, &config(&certs, SHORT, &node_entries(&nodes)));
+    let (certs, _nodes, router) = short_limits_router().await;
     let mut slow = certs.connect(router.https, b"http/1.1").await;
     slow.write_all(b"GET /room HTTP/1.1\r\nHost: localhost\r\n")
         .await
@@ -107,9 +111,7 @@ async fn a_head_dripping_in_is_cut_off_from_its_first_byte() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_keepalive_closes_http1_and_sends_goaway_on_http2() {
-    let certs = Certs::new();
-    let nodes = sim_nodes(1).await;
-    let router = Router::start(&certs, &config(&certs, SHORT, &node_entries(&nodes)));
+    let (certs, _nodes, router) = short_limits_router().await;
 
     let mut h1 = certs.connect(router.https, b"http/1.1").await;
     h1.write_all(b"GET /room HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -161,9 +163,7 @@ async fn idle_keepalive_closes_http1_and_sends_goaway_on_http2() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_body_that_stops_gets_408_and_no_node_is_blamed() {
-    let certs = Certs::new();
-    let nodes = sim_nodes(1).await;
-    let router = Router::start(&certs, &config(&certs, SHORT, &node_entries(&nodes)));
+    let (certs, _nodes, router) = short_limits_router().await;
     let mut tls = certs.connect(router.https, b"http/1.1").await;
     tls.write_all(b"POST /http-bind?room=stuck HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n<body rid='1'")
         .await
