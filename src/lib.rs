@@ -9,7 +9,8 @@
 //!   nothing). Pure and property-tested: the same room in every URL form gives one key.
 //! - [`fleet`]: nodes from the config, their CPU from Prometheus ([`fleet::prometheus`]), their
 //!   health ([`fleet::health`]) and live counters ([`fleet::live`]: rooms, drain), published as an
-//!   immutable [`fleet::FleetState`] through `arc-swap`; knows nothing of requests.
+//!   immutable [`fleet::FleetState`] through `arc-swap`. The proxy reports a node's failed
+//!   requests to its health ([`fleet::health::record`], passive checks).
 //! - [`placement`]: the pin table ([`placement::pins`]), the placement rule
 //!   ([`placement::policy`]: estimated CPU, bounded load, `max_cpu`, rendezvous ties),
 //!   rendezvous hashing, and the pins router replicas share through Redis
@@ -33,7 +34,10 @@
 //!   `demo --prosody` and the end-to-end tests); [`simulate`]: the placement simulator behind
 //!   `jitsi-router simulate`.
 //!
-//! Data flows one way: server → proxy → (room, placement ← fleet) → upstream.
+//! A request goes server → proxy → room → placement (reading the fleet state) → upstream; what
+//! flows back is a node's failed requests (proxy → fleet health) and its room counts (placement →
+//! fleet live counters). The fleet state is built with placement's short list and rendezvous
+//! seed (`fleet` imports them from `placement`).
 //!
 //! ## Decisions worth knowing
 //! - A room's pin lives while the room gets requests (`pin_idle_timeout`, default 10 minutes).

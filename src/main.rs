@@ -1,4 +1,4 @@
-//! The `jitsi-router` command: `serve`, `check` and `demo`.
+//! The `jitsi-router` command: `serve`, `check`, `demo` and `simulate`.
 
 #![forbid(unsafe_code)]
 

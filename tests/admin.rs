@@ -411,3 +411,18 @@ async fn an_open_websocket_keeps_its_room_pinned() {
     );
     echoes(&mut ws, "still talking").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn room_lookups_accept_the_room_names_the_proxy_accepts() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    let limits = "[limits]\nmax_room_chars = 300\n";
+    let router = Router::start(&certs, &config(&certs, limits, &node_entries(&nodes)));
+    let long = "r".repeat(250);
+    let node = node_of(&router, &format!("/{long}")).await;
+    let (status, room) = get(&router, &format!("/api/rooms/{long}")).await;
+    assert_eq!((status, room["node"].as_str()), (200, Some(node.as_str())));
+    let too_long = "r".repeat(301);
+    let (status, answer) = get(&router, &format!("/api/rooms/{too_long}")).await;
+    assert_eq!(status, 400, "{answer}");
+}

@@ -10,7 +10,7 @@ use crate::config::{NodeFields, NodeSpec};
 use crate::placement::pins::PinInfo;
 use crate::placement::policy;
 use crate::placement::shared::SharedError;
-use crate::room::{RoomKey, RoomLimits};
+use crate::room::RoomKey;
 
 /// Most rooms one listing returns.
 const MAX_LIMIT: usize = 10_000;
@@ -210,7 +210,7 @@ pub(super) async fn rooms(admin: &Admin, query: &str) -> Answer {
 /// for is looked up there, an unpin also unpins it there (and so on every replica), and a move
 /// is written there; the answer then says whether the store took the change (`replicas_told`).
 pub(super) async fn room(admin: &Admin, method: &Method, raw: &str, body: &[u8]) -> Answer {
-    let key = match RoomKey::parse(raw, &RoomLimits::default()) {
+    let key = match RoomKey::parse(raw, &admin.room_limits) {
         Ok(key) => key,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid room: {e}")),
     };

@@ -44,6 +44,7 @@ use crate::metrics::Exporter;
 use crate::placement::Router;
 use crate::proxy::tunnel::Tunnels;
 use crate::proxy::Proxy;
+use crate::room::RoomLimits;
 use prometheus_client::registry::Registry;
 
 /// Largest admin request body accepted.
@@ -62,6 +63,8 @@ pub struct Admin {
     /// Held while the rooms are listed.
     listing: tokio::sync::Mutex<()>,
     mode: Mode,
+    /// How room names in `/api/rooms/{room}` are parsed: as the proxy parses them.
+    room_limits: RoomLimits,
     registry: Registry,
 }
 
@@ -78,6 +81,7 @@ impl Admin {
             allowed_hosts: config.allowed_hosts.clone(),
             listing: tokio::sync::Mutex::new(()),
             mode: proxy.mode(),
+            room_limits: proxy.room_limits(),
             registry: Exporter::registry(
                 proxy.metrics().clone(),
                 proxy.router().clone(),

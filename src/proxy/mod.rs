@@ -109,6 +109,11 @@ impl Proxy {
         self.mode
     }
 
+    /// How room names are parsed (`limits.max_room_chars`).
+    pub fn room_limits(&self) -> RoomLimits {
+        self.room_limits
+    }
+
     /// The router's own counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -25,11 +25,11 @@
 //! - Connections take `Upgrade` (WebSocket): an upgraded connection leaves the pool for good.
 //! - A request whose client goes away before the node answered (an HTTP/2 stream reset, a
 //!   closed connection) is not cut off mid-exchange, which would close its connection: the
-//!   exchange finishes in the background (at most [`MAX_DETACHED`] at once, each within
-//!   `response_timeout`, its answer read and dropped up to [`DRAIN_CAP`]) and the connection
+//!   exchange finishes in the background (at most `MAX_DETACHED` at once, each within
+//!   `response_timeout`, its answer read and dropped up to `DRAIN_CAP`) and the connection
 //!   goes back to the pool. A client resetting stream after stream costs the node its
 //!   requests, not a new connection each.
-//! - A node's answer is read [`UPSTREAM_READ_BUFFER`] at a time, and a pause in its body
+//! - A node's answer is read `UPSTREAM_READ_BUFFER` at a time, and a pause in its body
 //!   longer than `response_body_timeout` cuts the answer off (counted, and logged).
 
 use std::collections::{HashMap, HashSet};

@@ -377,7 +377,7 @@ impl Drop for Unregister<'_> {
 
 /// A client connection's reader and writer: notes arriving bytes in its [`Activity`], fails a
 /// write the client takes nothing of for `send_timeout`, and gives hyper's bare error answers
-/// their reason ([`parse_errors`]) on HTTP/1.1.
+/// their reason (`parse_errors`) on HTTP/1.1.
 pub struct Watched<T> {
     inner: T,
     activity: Arc<Activity>,
