@@ -1176,10 +1176,15 @@ impl Config {
     }
 }
 
-/// A node as the admin API receives it (`PUT /api/nodes/{name}`): the fields of a `[[nodes]]` entry.
+/// A node as the admin API receives it (`PUT /api/nodes/{name}`): the fields of a `[[nodes]]`
+/// entry. A node as `GET /api/nodes` lists it is accepted too: its `name` (which the caller
+/// checks against the path) and the fields that only describe the node's state, which are
+/// ignored. Any other field is an error, so a misspelt one is not silently dropped.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFields {
+    /// The node's name, when the body carries it.
+    pub name: Option<String>,
     /// Proxy target.
     pub upstream: String,
     /// Redirect-mode target.
@@ -1190,6 +1195,21 @@ pub struct NodeFields {
     pub jvb_server_ids: Option<Vec<String>>,
     /// Drain flag.
     pub drain: Option<bool>,
+    /// What `GET /api/nodes` shows of the node's state; read-only, ignored.
+    #[serde(default, rename = "cpu")]
+    _cpu: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "cpu_estimate")]
+    _cpu_estimate: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "healthy")]
+    _healthy: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "draining")]
+    _draining: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "rooms")]
+    _rooms: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "placed_since_reading")]
+    _placed_since_reading: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "last_health_check")]
+    _last_health_check: Option<serde::de::IgnoredAny>,
 }
 
 impl NodeSpec {

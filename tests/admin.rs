@@ -426,3 +426,71 @@ async fn room_lookups_accept_the_room_names_the_proxy_accepts() {
     let (status, answer) = get(&router, &format!("/api/rooms/{too_long}")).await;
     assert_eq!(status, 400, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listed_node_sent_back_as_it_is_changes_nothing() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    let mut text = config(&certs, "", &node_entries(&nodes)[..1]);
+    text.push_str(&format!(
+        "\n[[nodes]]\nname = \"jitsi-b\"\nupstream = {:?}\ndrain = true\njvb_server_ids = [\"jvb-b\"]\n",
+        nodes[1].url()
+    ));
+    let router = Router::start(&certs, &text);
+    // jitsi-a drained at run time, jitsi-b by its config.
+    let (status, _) = admin(
+        &router,
+        reqwest::Method::POST,
+        "/api/nodes/jitsi-a/drain",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, before) = get(&router, "/api/nodes").await;
+    for node in before.as_array().unwrap() {
+        let name = node["name"].as_str().unwrap();
+        let path = format!("/api/nodes/{name}");
+        let (status, body) = admin(&router, reqwest::Method::PUT, &path, Some(node.clone())).await;
+        assert_eq!((status, &body["created"]), (200, &json!(false)), "{body}");
+    }
+    let (_, after) = get(&router, "/api/nodes").await;
+    let fields = |list: &Value| -> Vec<Value> {
+        (list.as_array().unwrap().iter())
+            .map(|n| {
+                json!([
+                    n["name"],
+                    n["upstream"],
+                    n["jvb_server_ids"],
+                    n["drain"],
+                    n["draining"]
+                ])
+            })
+            .collect()
+    };
+    assert_eq!(fields(&after), fields(&before));
+    assert_eq!(before[1]["jvb_server_ids"], json!(["jvb-b"]), "{before}");
+    assert_eq!(
+        (
+            before[0]["draining"].as_bool(),
+            before[1]["draining"].as_bool()
+        ),
+        (Some(true), Some(true)),
+        "{before}"
+    );
+
+    let mut renamed = before[0].clone();
+    renamed["name"] = json!("jitsi-z");
+    let (status, body) = admin(
+        &router,
+        reqwest::Method::PUT,
+        "/api/nodes/jitsi-a",
+        Some(renamed),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let reason = body["error"].as_str().unwrap();
+    assert!(
+        reason.contains("jitsi-z") && reason.contains("jitsi-a"),
+        "{reason}"
+    );
+}

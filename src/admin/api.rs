@@ -77,6 +77,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
                 "public_url": spec.public_url,
                 "instance": spec.instance,
                 "jvb_server_ids": spec.jvb_server_ids,
+                "drain": spec.drain,
                 "cpu": cpu.get(i).copied().flatten(),
                 "cpu_estimate": policy::estimate(&state, admin.router.settings(), i, now),
                 "healthy": node.live.healthy(),
@@ -95,6 +96,12 @@ pub(super) fn put_node(admin: &Admin, name: &str, body: &[u8]) -> Answer {
         Ok(fields) => fields,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad node JSON: {e}")),
     };
+    if let Some(named) = fields.name.as_deref().filter(|named| *named != name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body names node {named:?} but the path names {name:?}"),
+        );
+    }
     let spec = match NodeSpec::from_fields(name, fields, admin.mode) {
         Ok(spec) => spec,
         Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
