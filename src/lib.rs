@@ -27,7 +27,8 @@
 //!   node's fault; [`peer`]: the client key per-client limits count by; [`stall`]: the timer of
 //!   a pause in a transfer.
 //! - [`admin`]: the admin listener: JSON API (nodes, rooms, drain, readiness), the fleet
-//!   dashboard and `/metrics` ([`metrics`]: lock-free counters, gauges read at scrape time).
+//!   dashboard and `/metrics`, whose exporter reads the counters of [`metrics`] (lock-free, a
+//!   leaf module the counting modules import) and the gauges at scrape time.
 //! - [`reload`]: config and certificate reload on SIGHUP or file change, all-or-nothing.
 //! - [`config`]: the TOML schema and its validation; [`demo`]: simulated Jitsi nodes for `demo`
 //!   and tests, and real prosody signalling nodes behind them ([`demo::prosody`], for

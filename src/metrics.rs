@@ -3,8 +3,8 @@
 //! Counting happens on the request path, so everything counted there is a relaxed atomic add —
 //! no lock, no allocation, no label lookup: per-node counters and the upstream latency histogram
 //! live in the node's [`NodeLive`](crate::fleet::live::NodeLive) record, the rest in [`Metrics`].
-//! Gauges (rooms, CPU, health, tunnels, snapshot age) are not kept at all: the [`Exporter`] reads
-//! them from the fleet state at scrape time. `prometheus-client` does the text encoding; its own
+//! Gauges (rooms, CPU, health, tunnels, snapshot age) are not kept at all: the exporter on the
+//! admin listener (`admin::exporter`) reads them from the fleet state at scrape time. `prometheus-client` does the text encoding; its own
 //! `Histogram` takes a mutex per observation, hence the small lock-free [`Histogram`] here.
 //!
 //! | metric | type | labels |
@@ -30,17 +30,12 @@
 //! | `jitsi_router_shared_pin_store_connected` | gauge (0/1, with `[pins.redis]`) | |
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
 use prometheus_client::registry::Registry;
 
 use crate::local_fault::LocalFault;
-use crate::placement::{policy, Router};
-use crate::proxy::tunnel::Tunnels;
 
 /// `Content-Type` of the `/metrics` answer.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -91,7 +86,7 @@ impl Histogram {
         self.sum_ns.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    fn encode(&self, encoder: &mut MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+    pub(crate) fn encode(&self, encoder: &mut MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
         // The encoder makes the bucket counts cumulative itself.
         let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
         let buckets: Vec<(f64, u64)> = bounds
@@ -117,7 +112,11 @@ impl StatusCounts {
         self.0[class].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn encode(&self, node: &str, encoder: &mut MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+    pub(crate) fn encode(
+        &self,
+        node: &str,
+        encoder: &mut MetricEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
         for (class, count) in CLASSES.iter().zip(&self.0) {
             let value = count.load(Ordering::Relaxed);
             if value > 0 {
@@ -150,7 +149,7 @@ pub enum DecisionKind {
     Refused,
 }
 
-const DECISION_KINDS: [(DecisionKind, &str); 7] = [
+pub(crate) const DECISION_KINDS: [(DecisionKind, &str); 7] = [
     (DecisionKind::Pinned, "pinned"),
     (DecisionKind::Placed, "placed"),
     (DecisionKind::Replaced, "replaced"),
@@ -175,7 +174,7 @@ pub enum Timeout {
     Send,
 }
 
-const TIMEOUTS: [(Timeout, &str); 5] = [
+pub(crate) const TIMEOUTS: [(Timeout, &str); 5] = [
     (Timeout::RequestHead, "request_head"),
     (Timeout::Keepalive, "keepalive"),
     (Timeout::RequestBody, "request_body"),
@@ -196,7 +195,7 @@ pub enum Limit {
     CancelledStreams,
 }
 
-const LIMITS: [(Limit, &str); 4] = [
+pub(crate) const LIMITS: [(Limit, &str); 4] = [
     (Limit::Connections, "max_connections"),
     (Limit::ClientConnections, "max_connections_per_client"),
     (Limit::NewRooms, "new_rooms_per_second"),
@@ -208,16 +207,16 @@ const LIMITS: [(Limit, &str); 4] = [
 pub struct Metrics {
     /// Answers of the router's own that no node was chosen for (bad room, no node, …).
     pub no_node_requests: StatusCounts,
-    decisions: [AtomicU64; DECISION_KINDS.len()],
-    decision_seconds: Histogram,
-    tls_handshake_failures: AtomicU64,
-    prometheus_failures: AtomicU64,
+    pub(crate) decisions: [AtomicU64; DECISION_KINDS.len()],
+    pub(crate) decision_seconds: Histogram,
+    pub(crate) tls_handshake_failures: AtomicU64,
+    pub(crate) prometheus_failures: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
-    client_connections: AtomicU64,
-    timeouts: [AtomicU64; TIMEOUTS.len()],
-    limited: [AtomicU64; LIMITS.len()],
-    local_faults: [AtomicU64; LocalFault::ALL.len()],
+    pub(crate) client_connections: AtomicU64,
+    pub(crate) timeouts: [AtomicU64; TIMEOUTS.len()],
+    pub(crate) limited: [AtomicU64; LIMITS.len()],
+    pub(crate) local_faults: [AtomicU64; LocalFault::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -312,32 +311,6 @@ impl Metrics {
     }
 }
 
-/// Reads everything at scrape time; registered once with the admin listener's registry.
-pub struct Exporter {
-    metrics: Arc<Metrics>,
-    router: Arc<Router>,
-    tunnels: Arc<Tunnels>,
-}
-
-impl Exporter {
-    /// A registry holding the exporter over these sources.
-    pub fn registry(metrics: Arc<Metrics>, router: Arc<Router>, tunnels: Arc<Tunnels>) -> Registry {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(Exporter {
-            metrics,
-            router,
-            tunnels,
-        }));
-        registry
-    }
-}
-
-impl std::fmt::Debug for Exporter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Exporter").finish_non_exhaustive()
-    }
-}
-
 /// Renders a registry as Prometheus text.
 pub fn render(registry: &Registry) -> String {
     let mut text = String::with_capacity(16 * 1024);
@@ -346,233 +319,12 @@ pub fn render(registry: &Registry) -> String {
     text
 }
 
-fn single<T: prometheus_client::encoding::EncodeGaugeValue>(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: T,
-) -> Result<(), std::fmt::Error> {
-    encoder
-        .encode_descriptor(name, help, None, MetricType::Gauge)?
-        .encode_gauge(&value)
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    encoder
-        .encode_descriptor(name, help, None, MetricType::Counter)?
-        .encode_counter::<NoLabelSet, _, u64>(&value, None)
-}
-
-fn labelled<'a>(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: impl Iterator<Item = (&'a str, &'a AtomicU64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (value_label, count) in values {
-        family
-            .encode_family(&[(label, value_label)])?
-            .encode_counter::<NoLabelSet, _, u64>(&count.load(Ordering::Relaxed), None)?;
-    }
-    Ok(())
-}
-
-impl Collector for Exporter {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let state = self.router.fleet().snapshot();
-        let nodes = state.nodes();
-        let now = Instant::now();
-        let m = &self.metrics;
-
-        let mut family = encoder.encode_descriptor(
-            "jitsi_router_requests",
-            "Requests answered, by node and status class (node=\"none\": answered by the router itself).",
-            None,
-            MetricType::Counter,
-        )?;
-        for node in nodes {
-            node.live.requests.encode(node.id.as_str(), &mut family)?;
-        }
-        m.no_node_requests.encode("none", &mut family)?;
-
-        let mut family = encoder.encode_descriptor(
-            "jitsi_router_routing_decisions",
-            "Routing decisions by kind; fallback counts placements made while every node was over max_cpu (also counted as placed or replaced).",
-            None,
-            MetricType::Counter,
-        )?;
-        let fallback = self.router.placed_over_max_cpu();
-        let kinds = DECISION_KINDS
-            .iter()
-            .map(|&(kind, name)| (name, m.decisions[kind as usize].load(Ordering::Relaxed)))
-            .chain(std::iter::once(("fallback", fallback)));
-        for (name, value) in kinds {
-            family
-                .encode_family(&[("kind", name)])?
-                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
-        }
-
-        m.decision_seconds.encode(&mut encoder.encode_descriptor(
-            "jitsi_router_routing_decision_seconds",
-            "Time to classify a request and choose its node.",
-            None,
-            MetricType::Histogram,
-        )?)?;
-
-        let mut family = encoder.encode_descriptor(
-            "jitsi_router_upstream_response_seconds",
-            "Time from sending a request to a node until its response head arrived.",
-            None,
-            MetricType::Histogram,
-        )?;
-        for node in nodes {
-            node.live
-                .upstream
-                .encode(&mut family.encode_family(&[("node", node.id.as_str())])?)?;
-        }
-
-        single(
-            &mut encoder,
-            "jitsi_router_websocket_tunnels",
-            "Open WebSocket tunnels.",
-            self.tunnels.count() as u64,
-        )?;
-        single(
-            &mut encoder,
-            "jitsi_router_pinned_rooms",
-            "Rooms pinned to a node.",
-            self.router.pins().len() as u64,
-        )?;
-
-        let cpu = state.cpu(now);
-        let settings = self.router.settings();
-        type Read<'a> = &'a dyn Fn(usize) -> Option<f64>;
-        let per_node: [(&str, &str, Read<'_>); 5] = [
-            ("jitsi_router_node_rooms", "Active rooms pinned to the node.", &|i| {
-                Some(f64::from(nodes[i].live.rooms()))
-            }),
-            (
-                "jitsi_router_node_cpu_ratio",
-                "The node's busy CPU fraction from the last good Prometheus snapshot (absent when unknown or stale).",
-                &|i| cpu.get(i).copied().flatten(),
-            ),
-            (
-                "jitsi_router_node_cpu_estimate_ratio",
-                "Snapshot CPU plus room_cost for each room placed since it was read.",
-                &|i| policy::estimate(&state, settings, i, now),
-            ),
-            ("jitsi_router_node_healthy", "1 while the node passes health checks.", &|i| {
-                Some(f64::from(u8::from(nodes[i].live.healthy())))
-            }),
-            ("jitsi_router_node_draining", "1 while the node is draining (no new rooms).", &|i| {
-                Some(f64::from(u8::from(nodes[i].live.draining())))
-            }),
-        ];
-        for (name, help, read) in per_node {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (i, node) in nodes.iter().enumerate() {
-                if let Some(value) = read(i) {
-                    family
-                        .encode_family(&[("node", node.id.as_str())])?
-                        .encode_gauge(&value)?;
-                }
-            }
-        }
-
-        counter(
-            &mut encoder,
-            "jitsi_router_prometheus_refresh_failures",
-            "CPU refreshes from Prometheus that failed or were rejected (the last good snapshot stays).",
-            m.prometheus_failures.load(Ordering::Relaxed),
-        )?;
-        if let Some(age) = self.router.fleet().snapshot_age() {
-            single(
-                &mut encoder,
-                "jitsi_router_prometheus_snapshot_age_seconds",
-                "Age of the CPU snapshot placement uses.",
-                age.as_secs_f64(),
-            )?;
-        }
-        counter(
-            &mut encoder,
-            "jitsi_router_tls_handshake_failures",
-            "Client TLS handshakes that failed or timed out.",
-            m.tls_handshake_failures.load(Ordering::Relaxed),
-        )?;
-        if let Some(shared) = self.router.shared_pins() {
-            counter(
-                &mut encoder,
-                "jitsi_router_shared_pin_store_failures",
-                "Questions to the shared pin store (Redis) that got no answer in time.",
-                shared.errors(),
-            )?;
-            single(
-                &mut encoder,
-                "jitsi_router_shared_pin_store_connected",
-                "1 while the shared pin store answers (its last question got an answer).",
-                f64::from(u8::from(shared.connected())),
-            )?;
-        }
-        single(
-            &mut encoder,
-            "jitsi_router_client_connections",
-            "Open client connections (HTTPS and plain-HTTP listeners).",
-            m.client_connections.load(Ordering::Relaxed),
-        )?;
-        labelled(
-            &mut encoder,
-            "jitsi_router_timeouts",
-            "Time limits of [limits] that ran out, by the connection state they limit.",
-            "state",
-            TIMEOUTS
-                .iter()
-                .map(|&(t, name)| (name, &m.timeouts[t as usize])),
-        )?;
-        labelled(
-            &mut encoder,
-            "jitsi_router_limited",
-            "Clients stopped by a cap of [limits], by the cap.",
-            "limit",
-            LIMITS
-                .iter()
-                .map(|&(l, name)| (name, &m.limited[l as usize])),
-        )?;
-        labelled(
-            &mut encoder,
-            "jitsi_router_local_faults",
-            "Operations that failed for a shortage of the router's own (never counted against a node).",
-            "kind",
-            LocalFault::ALL
-                .iter()
-                .zip(&m.local_faults)
-                .map(|(fault, count)| (fault.label(), count)),
-        )?;
-        let (ok, failed) = m.reloads();
-        let mut family = encoder.encode_descriptor(
-            "jitsi_router_config_reloads",
-            "Config and certificate reloads by result.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (result, value) in [("ok", ok), ("failed", failed)] {
-            family
-                .encode_family(&[("result", result)])?
-                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::collector::Collector;
+    use prometheus_client::encoding::DescriptorEncoder;
+    use prometheus_client::metrics::MetricType;
 
     #[test]
     fn histogram_buckets_are_cumulative_with_sum_and_count() {

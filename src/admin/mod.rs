@@ -30,6 +30,7 @@
 //! survive reloads, and each is logged.
 
 mod api;
+mod exporter;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,11 +41,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::config::{Admin as AdminConfig, Mode};
-use crate::metrics::Exporter;
 use crate::placement::Router;
 use crate::proxy::tunnel::Tunnels;
 use crate::proxy::Proxy;
 use crate::room::RoomLimits;
+use exporter::Exporter;
 use prometheus_client::registry::Registry;
 
 /// Largest admin request body accepted.
