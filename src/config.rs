@@ -83,7 +83,7 @@ pub struct Config {
     /// Limits on what clients may send.
     pub limits: Limits,
     /// How new rooms are placed.
-    pub placement: crate::placement::Settings,
+    pub placement: Placement,
     /// Active health checks of nodes.
     pub health: Health,
     /// Where pins are kept across restarts; `None` keeps them in memory only.
@@ -249,7 +249,7 @@ pub struct Health {
     /// Time allowed for one check.
     pub timeout: Duration,
     /// Failures to go unhealthy and successes to come back.
-    pub thresholds: crate::fleet::Thresholds,
+    pub thresholds: Thresholds,
 }
 
 /// How Prometheus expresses the busy value.
@@ -328,6 +328,42 @@ pub const ADMIN_TOKEN_ENV: &str = "JITSI_ROUTER_ADMIN_TOKEN";
 /// The default PromQL: busy CPU fraction per instance, from node_exporter.
 pub const DEFAULT_QUERY: &str =
     r#"1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[1m]))"#;
+
+/// How placement weighs the fleet; the `[placement]` section (`placement::Settings`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    /// Nodes at or above this estimated busy fraction take no new rooms while others are below.
+    pub max_cpu: f64,
+    /// Bounded-load factor: a node's rooms may exceed the mean by at most this factor.
+    pub balance_factor: f64,
+    /// Busy CPU per room; `None` learns it from the fleet.
+    pub room_cost: Option<f64>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            max_cpu: 0.85,
+            balance_factor: 1.25,
+            room_cost: None,
+        }
+    }
+}
+
+/// Health-check thresholds (`fall` failures to go unhealthy, `rise` successes to come back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Consecutive failures that make a healthy node unhealthy.
+    pub fall: u32,
+    /// Consecutive successes that make an unhealthy node healthy.
+    pub rise: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { fall: 3, rise: 2 }
+    }
+}
 
 mod raw {
     use serde::Deserialize;
@@ -952,11 +988,8 @@ fn admin(check: &Check, raw: raw::Admin, listen: SocketAddr) -> Result<Admin, Co
     })
 }
 
-fn placement(
-    check: &Check,
-    raw: raw::Placement,
-) -> Result<crate::placement::Settings, ConfigError> {
-    let defaults = crate::placement::Settings::default();
+fn placement(check: &Check, raw: raw::Placement) -> Result<Placement, ConfigError> {
+    let defaults = Placement::default();
     let max_cpu = raw.max_cpu.unwrap_or(defaults.max_cpu);
     if !(max_cpu > 0.0 && max_cpu <= 1.0) {
         return Err(check.invalid(
@@ -982,7 +1015,7 @@ fn placement(
             ));
         }
     }
-    Ok(crate::placement::Settings {
+    Ok(Placement {
         max_cpu,
         balance_factor,
         room_cost: raw.room_cost,
@@ -994,7 +1027,7 @@ fn health(check: &Check, raw: raw::Health) -> Result<Health, ConfigError> {
     if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
         return Err(check.invalid("health.path", &path, "must be a path starting with '/'"));
     }
-    let defaults = crate::fleet::Thresholds::default();
+    let defaults = Thresholds::default();
     let fall = raw.fall.unwrap_or(defaults.fall);
     let rise = raw.rise.unwrap_or(defaults.rise);
     for (key, value) in [("health.fall", fall), ("health.rise", rise)] {
@@ -1015,7 +1048,7 @@ fn health(check: &Check, raw: raw::Health) -> Result<Health, ConfigError> {
             Duration::from_secs(2).min(interval),
         )?,
         interval,
-        thresholds: crate::fleet::Thresholds { fall, rise },
+        thresholds: Thresholds { fall, rise },
     })
 }
 

@@ -12,20 +12,8 @@ use std::sync::Arc;
 
 use crate::metrics::{Histogram, StatusCounts};
 
-/// Health-check thresholds (`fall` failures to go unhealthy, `rise` successes to come back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Thresholds {
-    /// Consecutive failures that make a healthy node unhealthy.
-    pub fall: u32,
-    /// Consecutive successes that make an unhealthy node healthy.
-    pub rise: u32,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds { fall: 3, rise: 2 }
-    }
-}
+/// Health-check thresholds, defined with the config (`[health]`).
+pub use crate::config::Thresholds;
 
 /// Nodes whose packed words share one allocation.
 const WORDS_PER_CHUNK: usize = 64;

@@ -29,26 +29,8 @@ use crate::placement::shortlist::{self, Shortlist};
 /// Busy CPU assumed per room until the fleet teaches a better figure.
 pub const DEFAULT_ROOM_COST: f64 = 0.01;
 
-/// How placement weighs the fleet; the `[placement]` config section.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Settings {
-    /// Nodes at or above this estimated busy fraction take no new rooms while others are below.
-    pub max_cpu: f64,
-    /// Bounded-load factor: a node's rooms may exceed the mean by at most this factor.
-    pub balance_factor: f64,
-    /// Busy CPU per room; `None` learns it from the fleet.
-    pub room_cost: Option<f64>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            max_cpu: 0.85,
-            balance_factor: 1.25,
-            room_cost: None,
-        }
-    }
-}
+/// How placement weighs the fleet: the `[placement]` config section, defined with the config.
+pub use crate::config::Placement as Settings;
 
 /// The node chosen for a new room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
