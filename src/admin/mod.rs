@@ -8,7 +8,7 @@
 //! | `GET /metrics` | the router's metrics in Prometheus text format (see [`crate::metrics`]) |
 //! | `GET /readyz` | `200` when at least one node is healthy, else `503` |
 //! | `GET /api/nodes` | every node with its CPU, estimate, health, drain and rooms |
-//! | `PUT /api/nodes/{name}` | registers or updates a node (fields of a `[[nodes]]` entry) |
+//! | `PUT /api/nodes/{name}` | registers or updates a node (fields of a `[[nodes]]` entry, or the node as `GET /api/nodes` lists it) |
 //! | `DELETE /api/nodes/{name}` | removes a node; its rooms move on their next request |
 //! | `POST /api/nodes/{name}/drain`, `/undrain` | the drain switch |
 //! | `GET /api/rooms?node=&limit=` | pinned rooms, most requested first |
