@@ -1210,9 +1210,8 @@ impl Config {
 }
 
 /// A node as the admin API receives it (`PUT /api/nodes/{name}`): the fields of a `[[nodes]]`
-/// entry. A node as `GET /api/nodes` lists it is accepted too: its `name` (which the caller
-/// checks against the path) and the fields that only describe the node's state, which are
-/// ignored. Any other field is an error, so a misspelt one is not silently dropped.
+/// entry, and the `name` a node as `GET /api/nodes` lists it carries (the caller checks it
+/// against the path). Any other field is an error, so a misspelt one is not silently dropped.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFields {
@@ -1228,21 +1227,6 @@ pub struct NodeFields {
     pub jvb_server_ids: Option<Vec<String>>,
     /// Drain flag.
     pub drain: Option<bool>,
-    /// What `GET /api/nodes` shows of the node's state; read-only, ignored.
-    #[serde(default, rename = "cpu")]
-    _cpu: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "cpu_estimate")]
-    _cpu_estimate: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "healthy")]
-    _healthy: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "draining")]
-    _draining: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "rooms")]
-    _rooms: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "placed_since_reading")]
-    _placed_since_reading: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "last_health_check")]
-    _last_health_check: Option<serde::de::IgnoredAny>,
 }
 
 impl NodeSpec {

@@ -91,8 +91,28 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
     json(StatusCode::OK, &Value::Array(list))
 }
 
+/// What [`nodes`] shows of a node's state besides its `[[nodes]]` fields.
+const NODE_STATE: [&str; 7] = [
+    "cpu",
+    "cpu_estimate",
+    "healthy",
+    "draining",
+    "rooms",
+    "placed_since_reading",
+    "last_health_check",
+];
+
 pub(super) fn put_node(admin: &Admin, name: &str, body: &[u8]) -> Answer {
-    let fields: NodeFields = match serde_json::from_slice(body) {
+    let fields = serde_json::from_slice(body).and_then(|mut node: Value| {
+        // A node as `nodes` lists it can be sent back as it is: its state is not an input.
+        if let Some(node) = node.as_object_mut() {
+            for field in NODE_STATE {
+                node.remove(field);
+            }
+        }
+        serde_json::from_value::<NodeFields>(node)
+    });
+    let fields = match fields {
         Ok(fields) => fields,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad node JSON: {e}")),
     };
