@@ -18,7 +18,7 @@ use jitsi_router::room::{classify, RoomKey, RoomLimits};
 mod common;
 
 use common::{
-    hammer, key, new_rooms_op, pinned_op, read_cpu, router, Readings, PLACED_PER_READING,
+    hammer, key, new_rooms_op, pinned_op, read_cpu, route, router, Readings, PLACED_PER_READING,
 };
 
 fn parse(c: &mut Criterion) {
@@ -60,7 +60,7 @@ fn decisions(c: &mut Criterion) {
                     let keys: Vec<RoomKey<'static>> =
                         (0..pins).map(|i| key(&format!("room-{i}"))).collect();
                     for key in &keys {
-                        router.route_room(key);
+                        route(&router, key);
                     }
                     (router, keys)
                 })
@@ -84,7 +84,7 @@ fn decisions(c: &mut Criterion) {
     tied.bench_function(BenchmarkId::new("1000_nodes", 10_000), |b| {
         let router = router(1_000, Readings::Tied);
         for i in 0..10_000 {
-            router.route_room(&key(&format!("room-{i}")));
+            route(&router, &key(&format!("room-{i}")));
         }
         new_rooms(b, &router, Readings::Tied)
     });

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{hammer, key, new_rooms_op, pinned_op, router, Readings};
+use common::{hammer, key, new_rooms_op, pinned_op, route, router, Readings};
 use jitsi_router::room::RoomKey;
 
 const ROUNDS: usize = 7;
@@ -49,7 +49,7 @@ fn main() {
         let router = router(nodes, Readings::Distinct);
         let keys: Vec<RoomKey<'static>> = (0..pins).map(|i| key(&format!("room-{i}"))).collect();
         for key in &keys {
-            router.route_room(key);
+            route(&router, key);
         }
         if picked(&pinned) {
             report(&pinned, 2_000_000, &pinned_op(&router, &keys));

@@ -200,6 +200,8 @@ pub struct Limits {
     pub max_request_headers: usize,
     /// Longest room key, in characters; longer gets `400`.
     pub max_room_chars: usize,
+    /// Most rooms pinned at once; beyond it new rooms are routed without a pin.
+    pub max_pins: usize,
     /// Time allowed for a client's TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Time for a request head: the first one after the TLS handshake (for HTTP/2, the
@@ -303,7 +305,7 @@ impl Prometheus {
 }
 
 /// One `[[nodes]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeSpec {
     /// Unique name, sent as `X-Jitsi-Shard`.
     pub name: String,
@@ -317,6 +319,9 @@ pub struct NodeSpec {
     pub jvb_server_ids: Vec<String>,
     /// Keep this node's rooms but give it no new ones.
     pub drain: bool,
+    /// Capacity relative to the other nodes (> 0, default 1.0): a node of weight 2 is meant to
+    /// carry twice the rooms of one of weight 1 at the same CPU.
+    pub weight: f64,
 }
 
 /// Where the admin listener binds unless configured.
@@ -457,6 +462,7 @@ mod raw {
         pub max_request_head: Option<usize>,
         pub max_request_headers: Option<usize>,
         pub max_room_chars: Option<usize>,
+        pub max_pins: Option<usize>,
         pub tls_handshake_timeout: Option<String>,
         pub request_head_timeout: Option<String>,
         pub keepalive_timeout: Option<String>,
@@ -529,6 +535,7 @@ mod raw {
         pub instance: Option<String>,
         pub jvb_server_ids: Option<Vec<String>>,
         pub drain: Option<bool>,
+        pub weight: Option<f64>,
     }
 }
 
@@ -893,6 +900,7 @@ fn limits(check: &Check, raw: raw::Limits) -> Result<Limits, ConfigError> {
         max_request_head,
         max_request_headers,
         max_room_chars,
+        max_pins: at_least_one("limits.max_pins", raw.max_pins, 2_000_000)?,
         tls_handshake_timeout: duration(
             "limits.tls_handshake_timeout",
             &raw.tls_handshake_timeout,
@@ -1150,6 +1158,10 @@ fn nodes(check: &Check, raw: Vec<raw::Node>, mode: Mode) -> Result<Vec<NodeSpec>
                 ));
             }
         }
+        let weight = node.weight.unwrap_or(1.0);
+        if !(weight.is_finite() && weight > 0.0 && weight <= 1000.0) {
+            return Err(check.invalid(&key("weight"), weight, "must be above 0 and at most 1000"));
+        }
         let instance = node.instance.unwrap_or_else(|| {
             upstream
                 .authority()
@@ -1163,6 +1175,7 @@ fn nodes(check: &Check, raw: Vec<raw::Node>, mode: Mode) -> Result<Vec<NodeSpec>
             instance,
             jvb_server_ids,
             drain: node.drain.unwrap_or(false),
+            weight,
         });
     }
     Ok(nodes)
@@ -1227,6 +1240,8 @@ pub struct NodeFields {
     pub jvb_server_ids: Option<Vec<String>>,
     /// Drain flag.
     pub drain: Option<bool>,
+    /// Capacity relative to the other nodes.
+    pub weight: Option<f64>,
 }
 
 impl NodeSpec {
@@ -1242,6 +1257,7 @@ impl NodeSpec {
             instance: fields.instance,
             jvb_server_ids: fields.jvb_server_ids,
             drain: fields.drain,
+            weight: fields.weight,
         };
         match nodes(&check, vec![raw], mode) {
             Ok(mut specs) => Ok(specs.remove(0)),
@@ -1274,6 +1290,7 @@ impl NodeSpec {
             public_url: None,
             jvb_server_ids: vec![name.to_owned()],
             drain: false,
+            weight: 1.0,
         })
     }
 }
@@ -1316,6 +1333,8 @@ upstream = "http://10.0.0.11:80"
         assert_eq!(c.limits.max_request_head, 16384);
         assert_eq!(c.nodes[0].jvb_server_ids, ["jitsi-1"]);
         assert_eq!(c.nodes[0].instance, "10.0.0.11:80");
+        assert_eq!(c.nodes[0].weight, 1.0);
+        assert_eq!(c.limits.max_pins, 2_000_000);
         assert!(c.prometheus.is_none());
     }
 
@@ -1374,6 +1393,10 @@ upstream = "http://10.0.0.11:80"
         assert!(e.contains("server.listen = \"localhost\""), "{e}");
         let e = error(&MINIMAL.replace("http://10.0.0.11:80", "ftp://x"));
         assert!(e.contains("nodes[0].upstream = \"ftp://x\""), "{e}");
+        let e = error(&MINIMAL.replace("name = \"jitsi-1\"", "name = \"jitsi-1\"\nweight = -2.0"));
+        assert!(e.contains("nodes[0].weight = -2.0: must be above 0"), "{e}");
+        let e = error(&MINIMAL.replace("[tls]", "[limits]\nmax_pins = 0\n[tls]"));
+        assert!(e.contains("limits.max_pins = 0: must be at least 1"), "{e}");
     }
 
     #[test]

@@ -5,40 +5,33 @@
 //! room — page, `config.js`, BOSH, WebSockets — goes to the same node, by proxy or by `307`.
 //!
 //! ## Map
-//! - [`room`]: request path and query → [`room::Target`] (a room key, a bridge server id, or
-//!   nothing). Pure and property-tested: the same room in every URL form gives one key.
-//! - [`fleet`]: nodes from the config, their CPU from Prometheus ([`fleet::prometheus`]), their
-//!   health ([`fleet::health`]) and live counters ([`fleet::live`]: rooms, drain), published as an
-//!   immutable [`fleet::FleetState`] through `arc-swap`. The proxy reports a node's failed
-//!   requests to its health ([`fleet::health::record`], passive checks).
-//! - [`placement`]: the pin table ([`placement::pins`]), the placement rule
-//!   ([`placement::policy`]: estimated CPU, bounded load, `max_cpu`, rendezvous ties),
-//!   rendezvous hashing, and the pins router replicas share through Redis
-//!   ([`placement::shared`]); knows nothing of hyper.
-//! - [`proxy`]: the hyper service — forwarding with header hygiene over a per-node pool of
-//!   keep-alive connections ([`proxy::upstream`]), WebSocket tunnels (copied both ways with no
-//!   buffer held while idle), redirects and error answers, the new-room rate per client
-//!   ([`proxy::new_rooms`]).
-//! - [`tls`]: certificate loading (with a reloadable resolver) and the rustls server config.
+//! `ARCHITECTURE.md` at the repository root has the module map, how data flows, and which layer
+//! may import which; in short, from the request down:
 //! - [`server`]: listeners, accept loops, the HTTP→HTTPS redirect listener, graceful shutdown;
 //!   the caps on client connections ([`server::caps`]) and the time limit of each state of a
-//!   client connection ([`server::conn`]).
-//! - [`local_fault`]: telling a shortage of the router's own (out of file descriptors) from a
-//!   node's fault; [`peer`]: the client key per-client limits count by; [`stall`]: the timer of
-//!   a pause in a transfer.
-//! - [`admin`]: the admin listener: JSON API (nodes, rooms, drain, readiness), the fleet
-//!   dashboard and `/metrics`, whose exporter reads the counters of [`metrics`] (lock-free, a
-//!   leaf module the counting modules import) and the gauges at scrape time.
-//! - [`reload`]: config and certificate reload on SIGHUP or file change, all-or-nothing.
-//! - [`config`]: the TOML schema and its validation; [`demo`]: simulated Jitsi nodes for `demo`
-//!   and tests, and real prosody signalling nodes behind them ([`demo::prosody`], for
-//!   `demo --prosody` and the end-to-end tests); [`simulate`]: the placement simulator behind
-//!   `jitsi-router simulate`.
-//!
-//! A request goes server → proxy → room → placement (reading the fleet state) → upstream; what
-//! flows back is a node's failed requests (proxy → fleet health) and its room counts (placement →
-//! fleet live counters). The fleet state is built with placement's short list and rendezvous
-//! seed (`fleet` imports them from `placement`).
+//!   client connection ([`server::conn`]). [`admin`]: the admin listener (JSON API, dashboard,
+//!   and the `/metrics` exporter). [`reload`]: config and certificate reload, all-or-nothing.
+//! - [`proxy`]: the hyper service — forwarding with header hygiene over a per-node pool of
+//!   keep-alive connections ([`proxy::upstream`]), WebSocket tunnels, redirects and error
+//!   answers, the new-room rate per client ([`proxy::new_rooms`]). It asks [`placement`] for a
+//!   room's node and nothing else of routing.
+//! - [`placement`]: [`placement::Router::route`], the one entry point for a room: the pin table
+//!   ([`placement::pins`], exact room keys in a concurrent map), the placement rule
+//!   ([`placement::policy`]: estimated CPU, the herding bound, `max_cpu`, rendezvous ties), and
+//!   the pins router replicas share through Redis ([`placement::shared`]); knows nothing of
+//!   hyper.
+//! - [`fleet`]: nodes from the config, their CPU from Prometheus ([`fleet::prometheus`]), their
+//!   health ([`fleet::health`]) and live counters ([`fleet::live`]: rooms, drain), published as
+//!   an immutable [`fleet::FleetState`] through `arc-swap`. Imports no routing code: the proxy
+//!   reports a node's failed requests to its health, and placement counts rooms into its
+//!   counters.
+//! - Leaves, which import no other module of the crate: [`config`] (the TOML schema, its
+//!   validation and the typed settings), [`metrics`] (lock-free counters, and
+//!   [`metrics::Decision`]), [`room`] (request path and query → room key, property-tested),
+//!   [`rendezvous`], [`tls`], [`local_fault`] (a shortage of the router's own told from a node's
+//!   fault), [`peer`] (the client key per-client limits count by), [`stall`].
+//! - Entry points: [`demo`] (simulated Jitsi nodes, and real prosody signalling behind them, for
+//!   `demo` and the tests) and [`simulate`] (the placement simulator).
 //!
 //! ## Decisions worth knowing
 //! - A room's pin lives while the room gets requests (`pin_idle_timeout`, default 10 minutes).
@@ -52,21 +45,14 @@
 //!   tie is broken by the room's hash, never by arrival order or randomness. With
 //!   `[pins.redis]` they also share pins, so a room placed by one is where every other sends it,
 //!   whatever their readings (see [`placement::shared`]).
-//! - The hot paths share no written cache line they can avoid. A pinned room's decision reads one
-//!   16-byte slot of the pin index, with no lock (stamping the pin's idle timer from the kernel's
-//!   coarse clock), and its
-//!   node's packed load word, and hands back the node borrowed from the fleet state rather than
-//!   cloning its `Arc`, whose count every core would otherwise keep taking from the others. A new
-//!   room's placement reads a short list of a few dozen nodes (`placement::shortlist`) that is
-//!   exactly as good as reading them all, and scans every node's packed word only when the list
-//!   runs out or something it relies on changed; the words sit side by side in chunks
-//!   ([`fleet::live::Words`]) and per-node metrics live on cache lines of their own. The prices:
-//!   a pin's request count may miss a request when two of the same room arrive at the same
-//!   instant, and every placement and room end updates one fleet-wide room total (the list needs
-//!   the exact bounded-load cap), a cache line all cores write.
+//! - The pin table is bounded (`limits.max_pins`): beyond it new rooms are routed by bounded
+//!   rendezvous hashing without a pin, so a flood of room names costs no memory.
+//! - The routing decision is kept plain: a few hundred nanoseconds of a request's tens of
+//!   microseconds of CPU. A pinned room is one lookup in the concurrent map and one in the fleet
+//!   state's name index; a new room is one scan over the fleet state.
 //! - Requests with no room (assets, `/`) follow the affinity cookie set on room pages, so a page and
 //!   its assets come from one node and one jitsi-meet version; without the cookie they go to the
-//!   least-loaded node, ties spread by a hash of the client address.
+//!   least busy node, ties spread by a hash of the client address.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -81,6 +67,7 @@ pub mod peer;
 pub mod placement;
 pub mod proxy;
 pub mod reload;
+pub mod rendezvous;
 pub mod room;
 pub mod server;
 pub mod simulate;

@@ -68,6 +68,10 @@ enum Command {
         /// Workload seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Nodes of mixed sizes: each node's weight is drawn from 1..=N, and a room costs a
+        /// node of weight w 1/w of its CPU.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        capacity_spread: u32,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
             rooms,
             windows,
             seed,
+            capacity_spread,
             json,
         } => {
             // The simulator places thousands of rooms; their pin events are noise there.
@@ -137,6 +142,7 @@ fn main() -> ExitCode {
                 rooms,
                 windows,
                 seed,
+                capacity_spread,
             };
             simulate(params, json)
         }
@@ -183,6 +189,12 @@ fn simulate(params: jitsi_router::simulate::Params, json: bool) -> Result<(), St
         return Err(format!(
             "simulate needs --nodes of at least 2 and --rooms and --windows of at least 1 (got {}, {}, {})",
             params.nodes, params.rooms, params.windows
+        ));
+    }
+    if !(1..=1000).contains(&params.capacity_spread) {
+        return Err(format!(
+            "simulate needs --capacity-spread between 1 and 1000 (got {})",
+            params.capacity_spread
         ));
     }
     let outcomes = jitsi_router::simulate::run(&params);

@@ -2,7 +2,7 @@
 //!
 //! Counting happens on the request path, so everything counted there is a relaxed atomic add —
 //! no lock, no allocation, no label lookup: per-node counters and the upstream latency histogram
-//! live in the node's [`NodeLive`](crate::fleet::live::NodeLive) record, the rest in [`Metrics`].
+//! live in the node's `NodeLive` record (`fleet::live`), the rest in [`Metrics`].
 //! Gauges (rooms, CPU, health, tunnels, snapshot age) are not kept at all: the exporter on the
 //! admin listener (`admin::exporter`) reads them from the fleet state at scrape time. `prometheus-client` does the text encoding; its own
 //! `Histogram` takes a mutex per observation, hence the small lock-free [`Histogram`] here.
@@ -10,7 +10,7 @@
 //! | metric | type | labels |
 //! | --- | --- | --- |
 //! | `jitsi_router_requests_total` | counter | `node` (`none` when no node answered), `class` (`2xx`…) |
-//! | `jitsi_router_routing_decisions_total` | counter | `kind`: `pinned`, `placed`, `replaced`, `shared`, `fallback`, `bridge`, `unrouted`, `refused` |
+//! | `jitsi_router_routing_decisions_total` | counter | `kind`: `pinned`, `placed`, `replaced`, `shared`, `unpinned`, `fallback`, `bridge`, `unrouted`, `refused` |
 //! | `jitsi_router_routing_decision_seconds` | histogram | |
 //! | `jitsi_router_upstream_response_seconds` | histogram | `node` |
 //! | `jitsi_router_websocket_tunnels` | gauge | |
@@ -130,17 +130,20 @@ impl StatusCounts {
     }
 }
 
-/// How a request's node was found, for `jitsi_router_routing_decisions_total`.
+/// How a request's node was found: what `placement::Router` answers, and the `kind` label of
+/// `jitsi_router_routing_decisions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecisionKind {
+pub enum Decision {
     /// A pinned room on its node.
     Pinned,
-    /// A new room placed.
+    /// A new room placed (or placed by a concurrent request a moment earlier).
     Placed,
     /// A room moved off a node that left or failed.
     Replaced,
     /// A room another router replica placed, taken from the shared pin store.
     Shared,
+    /// A new room routed without a pin because the pin table is full (`limits.max_pins`).
+    Unpinned,
     /// A videobridge WebSocket routed by server id.
     Bridge,
     /// A request without a room (assets, cookie or client hash).
@@ -149,14 +152,15 @@ pub enum DecisionKind {
     Refused,
 }
 
-pub(crate) const DECISION_KINDS: [(DecisionKind, &str); 7] = [
-    (DecisionKind::Pinned, "pinned"),
-    (DecisionKind::Placed, "placed"),
-    (DecisionKind::Replaced, "replaced"),
-    (DecisionKind::Shared, "shared"),
-    (DecisionKind::Bridge, "bridge"),
-    (DecisionKind::Unrouted, "unrouted"),
-    (DecisionKind::Refused, "refused"),
+pub(crate) const DECISIONS: [(Decision, &str); 8] = [
+    (Decision::Pinned, "pinned"),
+    (Decision::Placed, "placed"),
+    (Decision::Replaced, "replaced"),
+    (Decision::Shared, "shared"),
+    (Decision::Unpinned, "unpinned"),
+    (Decision::Bridge, "bridge"),
+    (Decision::Unrouted, "unrouted"),
+    (Decision::Refused, "refused"),
 ];
 
 /// A time limit of `[limits]` that ran out, for `jitsi_router_timeouts_total`.
@@ -207,7 +211,7 @@ pub(crate) const LIMITS: [(Limit, &str); 4] = [
 pub struct Metrics {
     /// Answers of the router's own that no node was chosen for (bad room, no node, …).
     pub no_node_requests: StatusCounts,
-    pub(crate) decisions: [AtomicU64; DECISION_KINDS.len()],
+    pub(crate) decisions: [AtomicU64; DECISIONS.len()],
     pub(crate) decision_seconds: Histogram,
     pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) prometheus_failures: AtomicU64,
@@ -239,7 +243,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a routing decision and the time it took.
-    pub fn decided(&self, kind: DecisionKind, started: Instant) {
+    pub fn decided(&self, kind: Decision, started: Instant) {
         self.decision_seconds.observe(started.elapsed());
         self.decisions[kind as usize].fetch_add(1, Ordering::Relaxed);
     }

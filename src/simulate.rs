@@ -2,6 +2,9 @@
 //! policies.
 //!
 //! The fleet: `nodes` nodes whose idle CPU starts spread at random between 10 % and 40 % busy.
+//! With `capacity_spread` N above 1 the nodes are of mixed sizes: each gets a whole weight drawn
+//! from 1..=N, and a room costs a node of weight w 1/w of what it costs a node of weight 1.
+//! Every policy is told the weights (nginx, Envoy and HAProxy all take server weights).
 //! It has been running: a warm-up of `rooms / 5` rooms over five refresh windows comes first (a
 //! production router has seen earlier readings too, and learned what a room costs). Then the
 //! measured burst: `rooms` room creations arriving evenly over `windows` Prometheus refresh windows.
@@ -28,12 +31,14 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use serde::Serialize;
 
 use crate::config::NodeSpec;
 use crate::fleet::Fleet;
-use crate::placement::pins::MemoryPins;
-use crate::placement::{rendezvous, Router, Settings};
+use crate::placement::pins::Pins;
+use crate::placement::{Router, Settings};
+use crate::rendezvous;
 use crate::room::{RoomKey, RoomLimits};
 
 /// What to simulate.
@@ -47,6 +52,8 @@ pub struct Params {
     pub windows: usize,
     /// Seed for the workload.
     pub seed: u64,
+    /// Node weights are drawn from 1..=this (1: all nodes alike).
+    pub capacity_spread: u32,
 }
 
 /// One policy's figures.
@@ -94,6 +101,8 @@ impl Rng {
 struct Workload {
     warmup: usize,
     base: Vec<f64>,
+    /// Node weights, the joining node's last.
+    weights: Vec<f64>,
     sizes: Vec<f64>,
     per_participant: f64,
     joiner_base: f64,
@@ -103,6 +112,11 @@ impl Workload {
     fn new(p: &Params) -> Workload {
         let mut rng = Rng(p.seed);
         let base = (0..p.nodes).map(|_| 0.10 + 0.30 * rng.unit()).collect();
+        let mut weights = Rng(p.seed ^ 0x5eed_cafe);
+        let spread = u64::from(p.capacity_spread.max(1));
+        let weights: Vec<f64> = (0..=p.nodes)
+            .map(|_| (1 + weights.next() % spread) as f64)
+            .collect();
         let warmup = p.rooms / 5;
         let sizes: Vec<f64> = (0..warmup + p.rooms)
             .map(|_| {
@@ -112,17 +126,29 @@ impl Workload {
             })
             .collect();
         let participants: f64 = sizes.iter().sum();
+        let capacity: f64 = weights[..p.nodes].iter().sum();
         Workload {
             warmup,
             base,
-            per_participant: 0.35 * p.nodes as f64 / participants.max(1.0),
+            per_participant: 0.35 * capacity / participants.max(1.0),
+            weights,
             sizes,
             joiner_base: 0.10,
         }
     }
 
+    /// What a room costs a node of weight 1.
     fn cost(&self, room: usize) -> f64 {
         self.sizes[room] * self.per_participant
+    }
+
+    /// What a room costs `node`.
+    fn cost_on(&self, room: usize, node: usize) -> f64 {
+        self.cost(room) / self.weight(node)
+    }
+
+    fn weight(&self, node: usize) -> f64 {
+        self.weights.get(node).copied().unwrap_or(1.0)
     }
 
     fn total_rooms(&self) -> usize {
@@ -191,19 +217,21 @@ impl Policy for Naive {
     }
 }
 
-fn rendezvous_order(room: usize, present: &[usize]) -> Vec<usize> {
+/// The present nodes by the room's weighted rendezvous score, highest first.
+fn rendezvous_order(room: usize, present: &[usize], weights: &[f64]) -> Vec<usize> {
     let hash = rendezvous::seed(room_key(room).as_bytes());
+    let score = |n: usize| {
+        let weight = weights.get(n).copied().unwrap_or(1.0);
+        rendezvous::score(hash, rendezvous::seed(name(n).as_bytes()), weight)
+    };
     let mut order = present.to_vec();
-    order.sort_by_key(|&n| {
-        std::cmp::Reverse(rendezvous::weight(
-            hash,
-            rendezvous::seed(name(n).as_bytes()),
-        ))
-    });
+    order.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
     order
 }
 
-struct Hashing;
+struct Hashing {
+    weights: Vec<f64>,
+}
 
 impl Policy for Hashing {
     fn name(&self) -> &'static str {
@@ -211,13 +239,14 @@ impl Policy for Hashing {
     }
     fn reading(&mut self, _: &HashMap<usize, f64>) {}
     fn route(&mut self, room: usize, present: &[usize]) -> usize {
-        rendezvous_order(room, present)[0]
+        rendezvous_order(room, present, &self.weights)[0]
     }
 }
 
 struct BoundedHashing {
     rooms: HashMap<usize, usize>,
     total: usize,
+    weights: Vec<f64>,
 }
 
 impl Policy for BoundedHashing {
@@ -226,12 +255,12 @@ impl Policy for BoundedHashing {
     }
     fn reading(&mut self, _: &HashMap<usize, f64>) {}
     fn route(&mut self, room: usize, present: &[usize]) -> usize {
-        let cap = (1.25 * (self.total + 1) as f64 / present.len() as f64).ceil() as usize;
-        let order = rendezvous_order(room, present);
-        let node = order
-            .iter()
-            .copied()
-            .find(|n| self.rooms.get(n).copied().unwrap_or(0) < cap)
+        let weight = |n: usize| self.weights.get(n).copied().unwrap_or(1.0);
+        let total_weight: f64 = present.iter().map(|&n| weight(n)).sum();
+        let cap = |n: usize| 1.25 * (self.total + 1) as f64 * weight(n) / total_weight;
+        let order = rendezvous_order(room, present, &self.weights);
+        let node = (order.iter().copied())
+            .find(|&n| (self.rooms.get(&n).copied().unwrap_or(0) as f64) < cap(n).ceil())
             .unwrap_or(order[0]);
         *self.rooms.entry(node).or_default() += 1;
         self.total += 1;
@@ -245,37 +274,30 @@ impl Policy for BoundedHashing {
 
 struct Ours {
     router: Router,
-    specs: HashMap<usize, NodeSpec>,
+    weights: Vec<f64>,
 }
 
 impl Ours {
-    fn new(nodes: usize) -> Ours {
-        let specs: HashMap<usize, NodeSpec> = (0..nodes).map(|i| (i, spec(i))).collect();
-        let mut ordered: Vec<_> = specs.iter().collect();
-        ordered.sort_by_key(|(i, _)| **i);
-        let fleet = Arc::new(Fleet::new(
-            ordered.into_iter().map(|(_, s)| s.clone()).collect(),
-            Duration::from_secs(3600),
-        ));
-        let pins = Arc::new(MemoryPins::new(Duration::from_secs(24 * 3600)));
+    fn new(nodes: usize, weights: &[f64]) -> Ours {
+        let specs = (0..nodes).map(|i| spec(i, weights)).collect();
+        let fleet = Arc::new(Fleet::new(specs, Duration::from_secs(3600)));
+        let pins = Arc::new(Pins::new(Duration::from_secs(24 * 3600), usize::MAX));
         Ours {
             router: Router::new(fleet, pins, Settings::default()),
-            specs,
+            weights: weights.to_vec(),
         }
     }
 
     fn set_present(&mut self, present: &[usize]) {
-        for &i in present {
-            self.specs.entry(i).or_insert_with(|| spec(i));
-        }
-        let specs = present.iter().map(|i| self.specs[i].clone()).collect();
+        let specs = present.iter().map(|&i| spec(i, &self.weights)).collect();
         self.router.fleet().set_nodes(specs);
     }
 }
 
-fn spec(i: usize) -> NodeSpec {
+fn spec(i: usize, weights: &[f64]) -> NodeSpec {
     let mut spec = NodeSpec::new(&name(i), "http://127.0.0.1:80").expect("static URL is valid");
     spec.instance = instance(i);
+    spec.weight = weights.get(i).copied().unwrap_or(1.0);
     spec
 }
 
@@ -293,8 +315,10 @@ impl Policy for Ours {
         }
         let key = RoomKey::parse(&room_key(room), &RoomLimits::default())
             .expect("simulated keys are valid");
-        let routed = self.router.route_room(&key).expect("a node is present");
-        routed.node().id.as_str()["node-".len()..]
+        let routed = self.router.route(&key, || Ok::<(), ()>(()));
+        // No shared store: the answer is ready at once.
+        let routed = routed.now_or_never().expect("ready").expect("admitted");
+        routed.expect("a node is present").node.id.as_str()["node-".len()..]
             .parse()
             .expect("simulated node names end in their index")
     }
@@ -307,12 +331,15 @@ pub fn run(p: &Params) -> Vec<Outcome> {
         Box::new(Naive {
             reading: HashMap::new(),
         }),
-        Box::new(Hashing),
+        Box::new(Hashing {
+            weights: workload.weights.clone(),
+        }),
         Box::new(BoundedHashing {
             rooms: HashMap::new(),
             total: 0,
+            weights: workload.weights.clone(),
         }),
-        Box::new(Ours::new(p.nodes)),
+        Box::new(Ours::new(p.nodes, &workload.weights)),
     ];
     policies
         .iter_mut()
@@ -330,7 +357,7 @@ fn true_cpu(workload: &Workload, assignment: &[usize], node: usize) -> f64 {
         .iter()
         .enumerate()
         .filter(|(_, &n)| n == node)
-        .map(|(room, _)| workload.cost(room))
+        .map(|(room, _)| workload.cost_on(room, node))
         .sum::<f64>()
 }
 
@@ -350,7 +377,7 @@ fn readings(workload: &Workload, assignment: &[usize], present: &[usize]) -> Has
         .collect();
     for (room, &node) in assignment.iter().enumerate() {
         if let Some(c) = cpu.get_mut(&node) {
-            *c += workload.cost(room);
+            *c += workload.cost_on(room, node);
         }
     }
     cpu.values_mut().for_each(|c| *c = c.min(1.0));
@@ -428,8 +455,16 @@ pub fn table(p: &Params, outcomes: &[Outcome]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} nodes; warm-up of {} rooms over {WARMUP_WINDOWS} refresh windows, then {} rooms created over {} window(s); seed {}\n",
-        p.nodes, p.rooms / 5, p.rooms, p.windows, p.seed
+        "{} nodes{}; warm-up of {} rooms over {WARMUP_WINDOWS} refresh windows, then {} rooms created over {} window(s); seed {}\n",
+        p.nodes,
+        match p.capacity_spread {
+            0 | 1 => String::new(),
+            n => format!(" of weights 1 to {n}"),
+        },
+        p.rooms / 5,
+        p.rooms,
+        p.windows,
+        p.seed
     );
     let _ = writeln!(
         out,
@@ -474,6 +509,7 @@ mod tests {
             rooms: 2_000,
             windows: 1,
             seed: 7,
+            capacity_spread: 1,
         };
         let outcomes = run(&p);
         let ours = outcomes
@@ -500,6 +536,7 @@ mod tests {
             rooms: 500,
             windows: 2,
             seed: 3,
+            capacity_spread: 3,
         };
         let a = serde_json::to_string(&run(&p)).unwrap();
         let b = serde_json::to_string(&run(&p)).unwrap();

@@ -70,6 +70,7 @@ async fn nodes_are_listed_registered_removed_and_drained() {
         "rooms",
         "last_health_check",
         "jvb_server_ids",
+        "weight",
     ] {
         assert!(list[0].get(field).is_some(), "{field} missing: {}", list[0]);
     }
@@ -82,12 +83,25 @@ async fn nodes_are_listed_registered_removed_and_drained() {
         let router = &router;
         async move { admin(router, reqwest::Method::PUT, &path, Some(body)).await }
     };
+    assert_eq!(list[0]["weight"], 1.0, "{}", list[0]);
     let (status, _) = put(
         "jitsi-c",
-        json!({ "upstream": nodes[2].url(), "jvb_server_ids": ["jvb-c"] }),
+        json!({ "upstream": nodes[2].url(), "jvb_server_ids": ["jvb-c"], "weight": 2.5 }),
     )
     .await;
     assert_eq!(status, 201);
+    let listed = get(&router, "/api/nodes").await.1;
+    assert_eq!(listed[2]["weight"], 2.5, "{listed}");
+    let (status, body) = put(
+        "jitsi-d",
+        json!({ "upstream": nodes[2].url(), "weight": 0 }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("weight = 0"),
+        "{body}"
+    );
     assert_eq!(
         router
             .client()
@@ -433,7 +447,7 @@ async fn a_listed_node_sent_back_as_it_is_changes_nothing() {
     let nodes = sim_nodes(2).await;
     let mut text = config(&certs, "", &node_entries(&nodes)[..1]);
     text.push_str(&format!(
-        "\n[[nodes]]\nname = \"jitsi-b\"\nupstream = {:?}\ndrain = true\njvb_server_ids = [\"jvb-b\"]\n",
+        "\n[[nodes]]\nname = \"jitsi-b\"\nupstream = {:?}\ndrain = true\njvb_server_ids = [\"jvb-b\"]\nweight = 3.0\n",
         nodes[1].url()
     ));
     let router = Router::start(&certs, &text);
@@ -462,13 +476,15 @@ async fn a_listed_node_sent_back_as_it_is_changes_nothing() {
                     n["upstream"],
                     n["jvb_server_ids"],
                     n["drain"],
-                    n["draining"]
+                    n["draining"],
+                    n["weight"]
                 ])
             })
             .collect()
     };
     assert_eq!(fields(&after), fields(&before));
     assert_eq!(before[1]["jvb_server_ids"], json!(["jvb-b"]), "{before}");
+    assert_eq!(before[1]["weight"], 3.0, "{before}");
     assert_eq!(
         (
             before[0]["draining"].as_bool(),

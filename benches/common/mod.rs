@@ -5,10 +5,11 @@
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use jitsi_router::config::NodeSpec;
-use jitsi_router::fleet::{Fleet, Node};
-use jitsi_router::placement::pins::MemoryPins;
-use jitsi_router::placement::{Decision, Router, Settings};
+use jitsi_router::fleet::Fleet;
+use jitsi_router::placement::pins::Pins;
+use jitsi_router::placement::{Routed, Router, Settings};
 use jitsi_router::room::{RoomKey, RoomLimits};
 
 /// The allocator the `jitsi-router` binary runs with, so that what the benches allocate costs
@@ -38,7 +39,7 @@ pub fn router(nodes: usize, readings: Readings) -> Router {
         .collect();
     let fleet = Arc::new(Fleet::new(specs, Duration::from_secs(90)));
     read_cpu(&fleet, readings);
-    let pins = Arc::new(MemoryPins::new(Duration::from_secs(3600)));
+    let pins = Arc::new(Pins::new(Duration::from_secs(3600), usize::MAX));
     Router::new(fleet, pins, Settings::default())
 }
 
@@ -90,11 +91,13 @@ pub fn hammer(iters: u64, op: &(dyn Fn(u64, u64) + Sync)) -> Duration {
     times.into_iter().max().unwrap_or_default()
 }
 
-/// What a bench keeps of a decision, as the proxy does: the node (there, a clone of its `Arc`
-/// to hold across the request; here the address of its name, so that the time is the
-/// decision's alone).
-fn decided(node: &Arc<Node>, decision: Decision) -> (*const u8, Decision) {
-    (node.id.as_str().as_ptr(), decision)
+/// A room's decision as the proxy asks for it ([`Router::route`], no shared store: the future
+/// is ready at once, and nothing refuses the room).
+pub fn route(router: &Router, room: &RoomKey<'_>) -> Option<Routed> {
+    let routed = router.route(room, || Ok::<(), ()>(())).now_or_never();
+    routed
+        .expect("no shared store: ready at once")
+        .expect("admitted")
 }
 
 /// Placements between two CPU readings. The router reads every interval (15 to 30 s), and every
@@ -118,7 +121,7 @@ pub fn new_rooms_op<'a>(
             read_cpu(router.fleet(), readings);
         }
         let room = &fresh[(t * half + i % half) as usize];
-        std::hint::black_box(router.route_room_with(room, decided));
+        std::hint::black_box(route(router, room));
         router.unpin(room.as_str());
     }
 }
@@ -134,6 +137,6 @@ pub fn pinned_op<'a>(
     let pins = keys.len() as u64;
     move |t, i| {
         let k = &keys[((i + t * pins / 2) % pins) as usize];
-        std::hint::black_box(router.route_room_with(k, decided));
+        std::hint::black_box(route(router, k));
     }
 }

@@ -78,6 +78,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
                 "instance": spec.instance,
                 "jvb_server_ids": spec.jvb_server_ids,
                 "drain": spec.drain,
+                "weight": spec.weight,
                 "cpu": cpu.get(i).copied().flatten(),
                 "cpu_estimate": policy::estimate(&state, admin.router.settings(), i, now),
                 "healthy": node.live.healthy(),

@@ -13,7 +13,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::local_fault::LocalFault;
-use crate::metrics::{Metrics, DECISION_KINDS, LIMITS, TIMEOUTS};
+use crate::metrics::{Metrics, DECISIONS, LIMITS, TIMEOUTS};
 use crate::placement::{policy, Router};
 use crate::proxy::tunnel::Tunnels;
 
@@ -106,7 +106,7 @@ impl Collector for Exporter {
             MetricType::Counter,
         )?;
         let fallback = self.router.placed_over_max_cpu();
-        let kinds = DECISION_KINDS
+        let kinds = DECISIONS
             .iter()
             .map(|&(kind, name)| (name, m.decisions[kind as usize].load(Ordering::Relaxed)))
             .chain(std::iter::once(("fallback", fallback)));

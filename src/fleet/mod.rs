@@ -1,10 +1,11 @@
 //! The fleet: which nodes exist and how busy each one is.
 //!
-//! Two inputs change the fleet — the node list (config) and CPU readings (Prometheus). Each change
-//! builds a new immutable [`FleetState`] and publishes it through `arc-swap`; the request path only
-//! ever reads the current state, through a per-thread cache of it ([`Fleet::with_state`]), so it
-//! takes no lock and no atomic read-modify-write. Writers serialise on a mutex of their own.
-//! This module knows nothing of requests.
+//! Two inputs change the fleet — the node list (config, admin API) and CPU readings
+//! (Prometheus). Each change builds a new immutable [`FleetState`] and publishes it through
+//! `arc-swap`; a routing decision loads the current state once and takes no lock. Writers
+//! serialise on a mutex of their own. What changes between rebuilds (rooms, health, drain) lives
+//! in each node's [`NodeLive`], kept across rebuilds. This module imports no routing code: the
+//! proxy reports failed requests to [`health`], placement counts rooms into [`NodeLive`].
 
 pub mod health;
 pub mod live;
@@ -12,7 +13,6 @@ pub mod prometheus;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,8 @@ use arc_swap::ArcSwap;
 use foldhash::fast::RandomState;
 
 use crate::config::NodeSpec;
-use crate::placement::rendezvous;
-use crate::placement::shortlist::Shortlist;
-pub use live::{Load, NodeLive, Thresholds, Totals, Words};
+use crate::rendezvous;
+pub use live::{NodeLive, Thresholds};
 
 /// A node's name: its identity in pins, cookies and `X-Jitsi-Shard`. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,85 +78,32 @@ pub struct Node {
     pub live: Arc<NodeLive>,
 }
 
-/// An immutable view of the fleet, published whole.
-///
-/// A CPU reading makes a new state every interval; its nodes and name maps are the last
-/// state's, shared, so that a reading of a large fleet allocates a few vectors
-/// and no node.
+impl Node {
+    /// The node's capacity relative to the others (`[[nodes]] weight`, 1.0 by default).
+    pub fn weight(&self) -> f64 {
+        self.spec.weight
+    }
+}
+
+/// An immutable view of the fleet, published whole: rebuilt on every node-list change and CPU
+/// reading, read by every routing decision.
 #[derive(Debug)]
 pub struct FleetState {
-    nodes: Arc<[Arc<Node>]>,
-    names: Arc<Names>,
-    slots: Vec<Slot>,
+    nodes: Vec<Arc<Node>>,
+    by_name: HashMap<NodeId, usize, RandomState>,
+    by_server_id: HashMap<String, usize, RandomState>,
+    /// Every node known now or earlier, by name.
+    lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
     cpu: Vec<Option<f64>>,
     cpu_read_at: Option<Instant>,
     max_staleness: Duration,
     learned_room_cost: Option<f64>,
-    /// The bounded-load cap the last placement on this state found (see `placement::policy`).
-    cap_hint: AtomicU64,
-    /// The counters every node of this state counts into; `None` if some node counts elsewhere
-    /// (then placement always reads every node).
-    totals: Option<Arc<Totals>>,
-    /// The nodes the next new rooms can go to, found by the last full placement on this state.
-    shortlist: arc_swap::ArcSwapOption<Shortlist>,
-}
-
-/// A state's lookups by name, which change only with the node list.
-#[derive(Debug)]
-struct Names {
-    by_name: HashMap<NodeId, usize, RandomState>,
-    by_server_id: HashMap<String, usize, RandomState>,
-    lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
-    /// Those of `lives` not in the nodes.
-    removed: Vec<Arc<NodeLive>>,
-}
-
-/// What placement reads of each node, stored contiguously (aligned with
-/// [`FleetState::nodes`]) so a scan of a large fleet does not chase every node's full record.
-#[derive(Debug)]
-pub struct Slot {
-    /// The chunk holding the node's packed word (rooms, health, drain), next to its neighbours'.
-    words: Arc<Words>,
-    /// The word's place in its chunk.
-    at: usize,
-    /// The node's rendezvous seed.
-    pub seed: u64,
-    /// The node's last CPU reading, infinite without one (see [`FleetState::cpu`] for staleness).
-    base: f64,
-}
-
-impl Slot {
-    /// The node's rooms, health and drain, read at once.
-    #[inline(always)]
-    pub fn load(&self) -> Load {
-        self.words.load(self.at)
-    }
-
-    /// The node's last CPU reading, `f64::INFINITY` when it has none, whatever its age.
-    pub fn base(&self) -> f64 {
-        self.base
-    }
-
-    /// See [`Words::watch`].
-    pub(crate) fn watch(&self, rooms: u32) {
-        self.words.watch(self.at, rooms);
-    }
-
-    /// The chunk holding the node's packed word, and the word's place in it.
-    pub(crate) fn word(&self) -> (&Arc<Words>, usize) {
-        (&self.words, self.at)
-    }
 }
 
 impl FleetState {
     /// All nodes, in config order.
     pub fn nodes(&self) -> &[Arc<Node>] {
         &self.nodes
-    }
-
-    /// Placement's compact view of the nodes, aligned with [`nodes`](Self::nodes).
-    pub fn slots(&self) -> &[Slot] {
-        &self.slots
     }
 
     /// The node with this name.
@@ -167,18 +113,15 @@ impl FleetState {
 
     /// The position in [`nodes`](Self::nodes) of the node with this name.
     pub fn index(&self, name: &str) -> Option<usize> {
-        self.names.by_name.get(name).copied()
+        self.by_name.get(name).copied()
     }
 
     /// The node that declared this videobridge server id.
     pub fn node_for_server_id(&self, server_id: &str) -> Option<&Arc<Node>> {
-        self.names
-            .by_server_id
-            .get(server_id)
-            .map(|&i| &self.nodes[i])
+        self.by_server_id.get(server_id).map(|&i| &self.nodes[i])
     }
 
-    /// Busy-CPU fractions aligned with [`nodes`](Self::nodes); all `None` when there is no reading
+    /// Busy-CPU fractions aligned with [`nodes`](Self::nodes); empty when there is no reading
     /// or the last reading is older than `max_staleness` at `now`.
     pub fn cpu(&self, now: Instant) -> &[Option<f64>] {
         match self.cpu_read_at {
@@ -195,38 +138,13 @@ impl FleetState {
     /// Live state of a node known now or earlier (removed nodes keep theirs, so their rooms can
     /// still be counted out as they move).
     pub fn live(&self, name: &str) -> Option<&Arc<NodeLive>> {
-        self.names.lives.get(name)
+        self.lives.get(name)
     }
 
-    /// Busy CPU one more room adds, learned from consecutive readings; `None` until enough rooms
-    /// came or went between two readings.
+    /// Busy CPU one more room adds to a node of weight 1, learned from consecutive readings;
+    /// `None` until enough rooms came or went between two readings.
     pub fn learned_room_cost(&self) -> Option<f64> {
         self.learned_room_cost
-    }
-
-    /// The bounded-load cap the last placement on this state found, placement's first guess.
-    pub(crate) fn cap_hint(&self) -> u64 {
-        self.cap_hint.load(Ordering::Relaxed)
-    }
-
-    /// Records the cap a placement found.
-    pub(crate) fn set_cap_hint(&self, cap: u64) {
-        self.cap_hint.store(cap, Ordering::Relaxed);
-    }
-
-    /// The counters all of this state's nodes (and the removed ones still known) count into.
-    pub(crate) fn totals(&self) -> Option<&Arc<Totals>> {
-        self.totals.as_ref()
-    }
-
-    /// Nodes known from earlier states but not in this one.
-    pub(crate) fn removed(&self) -> &[Arc<NodeLive>] {
-        &self.names.removed
-    }
-
-    /// Placement's short list of nodes for the next new rooms (see `placement::shortlist`).
-    pub(crate) fn shortlist(&self) -> &arc_swap::ArcSwapOption<Shortlist> {
-        &self.shortlist
     }
 }
 
@@ -246,22 +164,13 @@ struct Inputs {
     cpu_read_at: Option<Instant>,
     max_staleness: Duration,
     lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
-    /// Where new nodes' packed words come from, side by side.
-    arena: live::Arena,
     learned_room_cost: Option<f64>,
     rooms_at_reading: HashMap<NodeId, u32, RandomState>,
-    /// The nodes and name maps of the state last built, while the node list has not changed
-    /// since; [`apply_specs`] clears it.
-    layout: Option<Layout>,
 }
-
-/// What states share while the node list is unchanged: the nodes, the lookups by name, and the
-/// counters every node counts into (see [`FleetState::totals`]).
-type Layout = (Arc<[Arc<Node>]>, Arc<Names>, Option<Arc<Totals>>);
 
 /// The published fleet state plus the inputs it is rebuilt from.
 pub struct Fleet {
-    state: Arc<ArcSwap<FleetState>>,
+    state: ArcSwap<FleetState>,
     inputs: Mutex<Inputs>,
 }
 
@@ -276,14 +185,12 @@ impl Fleet {
             cpu_read_at: None,
             max_staleness,
             lives: HashMap::default(),
-            arena: live::Arena::default(),
             learned_room_cost: None,
             rooms_at_reading: HashMap::default(),
-            layout: None,
         };
         apply_specs(&mut inputs, specs);
         Fleet {
-            state: Arc::new(ArcSwap::from_pointee(build(&mut inputs))),
+            state: ArcSwap::from_pointee(build(&inputs)),
             inputs: Mutex::new(inputs),
         }
     }
@@ -291,29 +198,6 @@ impl Fleet {
     /// The current state; lock-free.
     pub fn load(&self) -> arc_swap::Guard<Arc<FleetState>> {
         self.state.load()
-    }
-
-    /// Runs `f` on the current state, read through this thread's cache of it: while the state
-    /// is unchanged that is one plain load, where [`load`](Self::load) takes two atomic
-    /// read-modify-writes (each a full barrier on x86, which keeps a request's cache misses from
-    /// overlapping anything before it). The cache keeps the state it last saw alive until the
-    /// thread's next call, so a thread that stops routing may hold one replaced state.
-    pub fn with_state<R>(&self, f: impl FnOnce(&FleetState) -> R) -> R {
-        type Cached = arc_swap::Cache<Arc<ArcSwap<FleetState>>, Arc<FleetState>>;
-        thread_local! {
-            static CACHED: std::cell::RefCell<Option<Cached>> = const { std::cell::RefCell::new(None) };
-        }
-        CACHED.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut cached) => {
-                let cache = match &mut *cached {
-                    Some(cache) if std::ptr::eq(cache.arc_swap(), &*self.state) => cache,
-                    other => other.insert(arc_swap::Cache::new(self.state.clone())),
-                };
-                f(cache.load())
-            }
-            // Called from within `f`: the state `load` gives.
-            Err(_) => f(&self.state.load()),
-        })
     }
 
     /// The current state as an owned handle, for readers that keep it across awaits or loops.
@@ -407,7 +291,7 @@ impl Fleet {
         // A poisoned lock only means a writer panicked mid-change; the inputs are still whole.
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         change(&mut inputs);
-        self.state.store(Arc::new(build(&mut inputs)));
+        self.state.store(Arc::new(build(&inputs)));
     }
 }
 
@@ -446,14 +330,9 @@ fn effective(inputs: &Inputs) -> Vec<NodeSpec> {
 }
 
 fn apply_specs(inputs: &mut Inputs, specs: Vec<NodeSpec>) {
-    inputs.layout = None;
     for spec in &specs {
         let previous = inputs.specs.iter().find(|old| old.name == spec.name);
-        let arena = &mut inputs.arena;
-        let live = inputs
-            .lives
-            .entry(NodeId::new(&spec.name))
-            .or_insert_with(|| Arc::new(arena.node()));
+        let live = inputs.lives.entry(NodeId::new(&spec.name)).or_default();
         if previous.is_none_or(|old| old.drain != spec.drain) {
             live.set_draining(spec.drain);
         }
@@ -461,9 +340,10 @@ fn apply_specs(inputs: &mut Inputs, specs: Vec<NodeSpec>) {
     inputs.specs = specs;
 }
 
-/// Learns the busy CPU one room adds from two consecutive readings: over the nodes read both
-/// times, the change in CPU divided by the change in their pinned rooms. Idle load and other
-/// tenants cancel out, unlike a plain CPU-per-room ratio. Samples with too few rooms changed are
+/// Learns the busy CPU one room adds to a node of weight 1 from two consecutive readings: over
+/// the nodes read both times, the change in CPU (times each node's weight: a room costs a node
+/// of weight 2 half as much of its CPU) divided by the change in their pinned rooms. Idle load
+/// and other tenants cancel out, unlike a plain CPU-per-room ratio. Samples with too few rooms changed are
 /// skipped; good ones are smoothed (half weight each) and bounded to 0.05 %..5 % per room.
 fn learn_room_cost(inputs: &Inputs, cpu_by_instance: &HashMap<String, f64>) -> Option<f64> {
     let (mut cpu_change, mut room_change) = (0.0, 0i64);
@@ -482,7 +362,7 @@ fn learn_room_cost(inputs: &Inputs, cpu_by_instance: &HashMap<String, f64>) -> O
             .get(spec.name.as_str())
             .copied()
             .unwrap_or(0);
-        cpu_change += now - before;
+        cpu_change += (now - before) * spec.weight;
         room_change += i64::from(live.rooms()) - i64::from(rooms_then);
     }
     if room_change.unsigned_abs() < u64::from(ROOMS_TO_LEARN_COST) {
@@ -501,51 +381,10 @@ fn learn_room_cost(inputs: &Inputs, cpu_by_instance: &HashMap<String, f64>) -> O
     )
 }
 
-fn build(inputs: &mut Inputs) -> FleetState {
-    let (nodes, names, totals) = match &inputs.layout {
-        Some(shared) => shared.clone(),
-        None => inputs.layout.insert(layout(inputs)).clone(),
-    };
-    let cpu: Vec<Option<f64>> = inputs
-        .specs
-        .iter()
-        .map(|spec| inputs.cpu_by_instance.get(&spec.instance).copied())
-        .collect();
-    let slots = nodes
-        .iter()
-        .zip(&cpu)
-        .map(|(n, cpu)| Slot {
-            words: n.live.word().0.clone(),
-            at: n.live.word().1,
-            seed: n.seed,
-            // + 0.0 turns a reading of -0 into 0, so the bits of every base order as the values.
-            base: cpu.map_or(f64::INFINITY, |c| c + 0.0),
-        })
-        .collect();
-    FleetState {
-        nodes,
-        names,
-        slots,
-        cpu,
-        cpu_read_at: inputs.cpu_read_at,
-        max_staleness: inputs.max_staleness,
-        learned_room_cost: inputs.learned_room_cost,
-        cap_hint: AtomicU64::new(0),
-        totals,
-        shortlist: arc_swap::ArcSwapOption::empty(),
-    }
-}
-
-/// The nodes of `inputs.specs` (in that order) and the lookups by name: what states share
-/// until the node list changes.
-fn layout(inputs: &Inputs) -> Layout {
-    let nodes: Arc<[Arc<Node>]> = inputs
-        .specs
-        .iter()
+fn build(inputs: &Inputs) -> FleetState {
+    let nodes: Vec<Arc<Node>> = (inputs.specs.iter())
         .map(|spec| {
-            // The id the node got when it first joined, so that every state hands out the same
-            // one: pins hold it, and routing tells a pin's node by it (`NodeId::same`) before it
-            // looks the name up.
+            // The id the node got when it first joined: pins share its allocation.
             let (id, live) = match inputs.lives.get_key_value(spec.name.as_str()) {
                 Some((id, live)) => (id.clone(), live.clone()),
                 None => (NodeId::new(&spec.name), Arc::default()),
@@ -558,36 +397,25 @@ fn layout(inputs: &Inputs) -> Layout {
             })
         })
         .collect();
-    let by_name: HashMap<NodeId, usize, RandomState> = nodes
-        .iter()
-        .enumerate()
+    let by_name = (nodes.iter().enumerate())
         .map(|(i, n)| (n.id.clone(), i))
         .collect();
-    let by_server_id = nodes
-        .iter()
-        .enumerate()
+    let by_server_id = (nodes.iter().enumerate())
         .flat_map(|(i, n)| n.spec.jvb_server_ids.iter().map(move |id| (id.clone(), i)))
         .collect();
-    let totals = shared_totals(nodes.iter().map(|n| &n.live).chain(inputs.lives.values()));
-    let removed = (inputs.lives.iter())
-        .filter(|&(id, _)| !by_name.contains_key(id))
-        .map(|(_, live)| live.clone())
+    let cpu = (inputs.specs.iter())
+        .map(|spec| inputs.cpu_by_instance.get(&spec.instance).copied())
         .collect();
-    let names = Names {
+    FleetState {
+        nodes,
         by_name,
         by_server_id,
         lives: inputs.lives.clone(),
-        removed,
-    };
-    (nodes, Arc::new(names), totals)
-}
-
-/// The totals every known node counts into, if they all count into the same.
-fn shared_totals<'a>(mut lives: impl Iterator<Item = &'a Arc<NodeLive>>) -> Option<Arc<Totals>> {
-    let first = lives.next()?.totals();
-    lives
-        .all(|live| Arc::ptr_eq(live.totals(), first))
-        .then(|| first.clone())
+        cpu,
+        cpu_read_at: inputs.cpu_read_at,
+        max_staleness: inputs.max_staleness,
+        learned_room_cost: inputs.learned_room_cost,
+    }
 }
 
 #[cfg(test)]
@@ -610,33 +438,6 @@ mod tests {
         assert!(fleet.load().cpu(now).is_empty());
         fleet.set_cpu(HashMap::from([("10.0.0.2:80".to_owned(), 0.3)]), now);
         assert_eq!(fleet.load().cpu(now), &[None, Some(0.3)]);
-    }
-
-    #[test]
-    fn a_threads_cached_state_follows_changes_and_fleets_keep_apart() {
-        let (one, two) = (fleet(), fleet());
-        let names = |state: &FleetState| -> Vec<String> {
-            state.nodes().iter().map(|n| n.id.to_string()).collect()
-        };
-        assert_eq!(one.with_state(names), ["a", "b"]);
-        one.set_nodes(vec![NodeSpec::new("c", "http://10.0.0.3:80").unwrap()]);
-        assert_eq!(
-            one.with_state(names),
-            ["c"],
-            "a replaced state is seen at once"
-        );
-        assert_eq!(
-            two.with_state(names),
-            ["a", "b"],
-            "another fleet, same thread"
-        );
-        assert_eq!(one.with_state(names), ["c"]);
-        // Called from within itself, it reads the state without the cache.
-        let nested = one.with_state(|outer| (names(outer), two.with_state(names)));
-        assert_eq!(
-            nested,
-            (vec!["c".to_owned()], vec!["a".to_owned(), "b".to_owned()])
-        );
     }
 
     #[test]
@@ -717,22 +518,17 @@ mod tests {
     }
 
     #[test]
-    fn a_reading_shares_the_nodes_and_a_node_change_rebuilds_them() {
+    fn a_reading_survives_a_node_change() {
         let fleet = fleet();
-        let before = fleet.snapshot();
         let now = Instant::now();
         fleet.set_cpu(HashMap::from([("10.0.0.1:80".to_owned(), 0.4)]), now);
         let read = fleet.snapshot();
-        assert!(Arc::ptr_eq(&before.nodes, &read.nodes));
-        assert!(Arc::ptr_eq(&before.names, &read.names));
         assert_eq!(read.cpu(now), &[Some(0.4), None]);
-        assert_eq!(read.slots()[0].base(), 0.4);
         assert_eq!(read.node_for_server_id("jvb-b").unwrap().id.as_str(), "b");
         fleet
             .put_node(NodeSpec::new("c", "http://10.0.0.3:80").unwrap())
             .unwrap();
         let grown = fleet.snapshot();
-        assert!(!Arc::ptr_eq(&read.nodes, &grown.nodes));
         assert_eq!(grown.index("c"), Some(2));
         assert!(grown.nodes()[0].id.same(&read.nodes()[0].id));
         assert_eq!(

@@ -1,88 +1,53 @@
 //! Routing decisions: which node serves a room, a bridge channel, or a request with no room.
 //!
 //! ```text
-//! room key ──► pin table ──hit──► node (still in the fleet?) ──yes──► Pinned
+//! room key ──► pin table ──hit──► node (in the fleet, healthy?) ──yes──► Pinned
 //!                 │miss                      │no
 //!                 ▼                          ▼
-//!           policy::choose ──► pin_if_absent / repin ──► Placed / Replaced
+//!      [pins.redis]? ask the shared store ─► policy::choose ─► pin ─► Placed / Replaced / Shared
 //! ```
-//! Nothing here knows hyper: the proxy hands in a [`RoomKey`] and gets a node back.
+//! [`Router::route`] is the one entry point for a room: the proxy hands in a [`RoomKey`] and
+//! gets a node and a [`Decision`] back; whether the shared store was asked stays in here.
+//! Nothing here knows hyper.
 
-pub(crate) mod pin_index;
 pub mod pins;
 pub mod policy;
-pub mod rendezvous;
 pub mod shared;
-pub mod shortlist;
 pub mod snapshot;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
 use crate::fleet::{Fleet, FleetState, Node, NodeId};
+pub use crate::metrics::Decision;
+use crate::rendezvous;
 use crate::room::RoomKey;
-use pins::{PinStore, Pinned};
-pub use policy::Settings;
-use shared::SharedPins;
+use pins::{Pinned, Pins};
+pub use policy::{estimate, Settings};
+use shared::{SharedError, SharedPins};
 
-/// How a room's node was found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// The room was already pinned to a node that is still in the fleet.
-    Pinned,
-    /// First visit: the room was placed (or another request placed it a moment earlier).
-    Placed,
-    /// The room's node left the fleet; the room moved.
-    Replaced {
-        /// The node it was pinned to.
-        from: NodeId,
-    },
-    /// First visit here, but another router replica had placed the room: its pin from the
-    /// shared store was taken (see [`shared`]).
-    Shared,
-}
-
-impl Decision {
-    /// What a pin change means: a pin made in place of a stale one (`moved`) is a re-placement,
-    /// one made for a room this router placed (`placed_here`) a placement, one made for a room
-    /// another replica placed a shared one, and no pin made (it existed) a pinned room.
-    fn of(held: &Pinned, moved: bool, placed_here: bool) -> Decision {
-        match held.displaced.clone() {
-            Some(from) if held.created && moved => Decision::Replaced { from },
-            _ if held.created && placed_here => Decision::Placed,
-            _ if held.created => Decision::Shared,
-            _ => Decision::Pinned,
-        }
-    }
-}
-
-/// A room's node and how it was chosen, owned (see [`Router::route_room`]).
+/// A room's node and how it was chosen.
+#[derive(Clone)]
 pub struct Routed {
-    node: Arc<Node>,
+    /// The node.
+    pub node: Arc<Node>,
     /// How it was chosen.
     pub decision: Decision,
-}
-
-impl Routed {
-    /// The node.
-    pub fn node(&self) -> &Arc<Node> {
-        &self.node
-    }
 }
 
 impl std::fmt::Debug for Routed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Routed")
-            .field("node", &self.node().id)
+            .field("node", &self.node.id)
             .field("decision", &self.decision)
             .finish()
     }
 }
 
-/// An event for observers (the demo's console, later the admin API): a room got a node.
+/// An event for observers (the demo's console): a room got a node.
 #[derive(Debug, Clone)]
 pub struct PinEvent {
     /// The room.
@@ -93,52 +58,70 @@ pub struct PinEvent {
     pub from: Option<NodeId>,
 }
 
-/// How often the "every node is over max_cpu" warning may repeat.
-const OVERLOAD_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// How often a warning about the same condition may repeat.
+const WARNING_EVERY: Duration = Duration::from_secs(10);
 
-/// The routing core: fleet state plus pin table.
-pub struct Router {
-    fleet: Arc<Fleet>,
-    pins: Arc<dyn PinStore>,
-    settings: Settings,
-    events: broadcast::Sender<PinEvent>,
-    /// Set once anyone subscribes: until then placements skip the channel, whose every call
-    /// (even counting receivers) takes its one mutex.
-    listened: std::sync::atomic::AtomicBool,
-    epoch: Instant,
-    over_max_cpu: AtomicU64,
-    last_overload_warning_ms: AtomicU64,
-    shared: OnceLock<Arc<SharedPins>>,
+/// A warning logged at most every [`WARNING_EVERY`], with a count of what it is about.
+#[derive(Default)]
+struct Warning {
+    count: AtomicU64,
+    last_ms: AtomicU64,
 }
 
-/// What a router with a shared pin store does with a room before it asks the store.
-#[derive(Debug)]
-pub enum Proposal {
-    /// This router holds a pin on a node that may keep the room: no need to ask.
-    Held(Arc<Node>),
-    /// The node placement chooses now, and the node of this router's stale pin, if any.
-    New {
-        /// The chosen node; `None` when no node here can take a new room (the store may still
-        /// hold the room on a node that keeps its rooms, a draining one).
-        node: Option<NodeId>,
-        /// The node this router's pin points to that may no longer keep the room.
-        stale: Option<NodeId>,
-    },
+impl Warning {
+    /// Counts one more; true when the warning is due (the first time, or after the interval).
+    fn due(&self, epoch: Instant) -> bool {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= WARNING_EVERY.as_millis() as u64;
+        due && (self.last_ms)
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// What this router's pin table says of a room.
+enum Held {
+    /// Pinned to a node that may keep it (in the fleet and healthy; draining nodes keep rooms).
+    Usable(Arc<Node>),
+    /// Pinned to a node that may not keep it.
+    Stale(NodeId),
+    /// Not pinned.
+    None,
+}
+
+/// The routing core: fleet state, pin table, and the shared pin store when there is one.
+pub struct Router {
+    fleet: Arc<Fleet>,
+    pins: Arc<Pins>,
+    settings: Settings,
+    shared: OnceLock<Arc<SharedPins>>,
+    events: broadcast::Sender<PinEvent>,
+    /// Set once anyone subscribes: until then placements skip the channel.
+    listened: AtomicBool,
+    epoch: Instant,
+    over_max_cpu: Warning,
+    unpinned: Warning,
 }
 
 impl Router {
     /// A router over this fleet and pin table, placing new rooms by `settings`.
-    pub fn new(fleet: Arc<Fleet>, pins: Arc<dyn PinStore>, settings: Settings) -> Router {
+    pub fn new(fleet: Arc<Fleet>, pins: Arc<Pins>, settings: Settings) -> Router {
         Router {
             fleet,
             pins,
             settings,
-            events: broadcast::channel(1024).0,
-            listened: std::sync::atomic::AtomicBool::new(false),
-            epoch: Instant::now(),
-            over_max_cpu: AtomicU64::new(0),
-            last_overload_warning_ms: AtomicU64::new(0),
             shared: OnceLock::new(),
+            events: broadcast::channel(1024).0,
+            listened: AtomicBool::new(false),
+            epoch: Instant::now(),
+            over_max_cpu: Warning::default(),
+            unpinned: Warning::default(),
         }
     }
 
@@ -149,7 +132,12 @@ impl Router {
 
     /// Rooms placed while every candidate was at or above `max_cpu`.
     pub fn placed_over_max_cpu(&self) -> u64 {
-        self.over_max_cpu.load(Ordering::Relaxed)
+        self.over_max_cpu.count()
+    }
+
+    /// New rooms routed without a pin because the pin table was full (`limits.max_pins`).
+    pub fn routed_unpinned(&self) -> u64 {
+        self.unpinned.count()
     }
 
     /// The fleet this router reads.
@@ -158,8 +146,18 @@ impl Router {
     }
 
     /// The pin table.
-    pub fn pins(&self) -> &Arc<dyn PinStore> {
+    pub fn pins(&self) -> &Arc<Pins> {
         &self.pins
+    }
+
+    /// Shares this router's pins with other replicas through `shared` from now on.
+    pub fn share_pins(&self, shared: Arc<SharedPins>) {
+        let _set_once = self.shared.set(shared);
+    }
+
+    /// The shared pin store, when there is one.
+    pub fn shared_pins(&self) -> Option<&Arc<SharedPins>> {
+        self.shared.get()
     }
 
     /// Pin and re-pin events from now on.
@@ -168,187 +166,252 @@ impl Router {
         self.events.subscribe()
     }
 
-    /// The node for a room; `None` when no node can take it.
+    /// The node for a room; `Ok(None)` when no node can take it.
     ///
     /// A pinned room stays on its node while that node is in the fleet and healthy (draining
-    /// nodes keep their rooms); otherwise the room is placed again and stays where it lands.
-    pub fn route_room(&self, key: &RoomKey<'_>) -> Option<Routed> {
-        self.route_room_with(key, |node, decision| Routed {
-            node: node.clone(),
-            decision,
+    /// nodes keep their rooms); otherwise the room is placed and stays where it lands. `admit`
+    /// is asked first when the room needs placing (no usable pin here), and its error refuses
+    /// the request: the proxy's new-room rate per client. With a shared pin store, a room with
+    /// no usable pin here is asked for there, so that every replica sends it to one node.
+    pub async fn route<E>(
+        &self,
+        key: &RoomKey<'_>,
+        admit: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Option<Routed>, E> {
+        let room = key.as_str();
+        let stale = match self.held(&self.fleet.load(), room) {
+            Held::Usable(node) => {
+                return Ok(Some(Routed {
+                    node,
+                    decision: Decision::Pinned,
+                }))
+            }
+            Held::Stale(id) => Some(id),
+            Held::None => None,
+        };
+        admit()?;
+        Ok(match self.shared.get() {
+            Some(shared) if stale.is_some() || !self.pins.full() => {
+                self.route_shared(shared, room, stale).await
+            }
+            _ => self.place_here(room, stale),
         })
     }
 
-    /// Like [`route_room`](Self::route_room), but hands the node to `f` in place, and reads the
-    /// fleet state through the thread's cache of it ([`Fleet::with_state`]): a pinned room's
-    /// decision then takes no atomic read-modify-write at all (a guard on the state takes two,
-    /// each a full barrier on x86) and bumps no reference count shared by every room of its
-    /// node. The request path's call; what `f` keeps of the node it clones.
-    pub fn route_room_with<R>(
-        &self,
-        key: &RoomKey<'_>,
-        f: impl FnOnce(&Arc<Node>, Decision) -> R,
-    ) -> Option<R> {
-        self.fleet.with_state(|state| self.decide(state, key, f))
+    fn held(&self, state: &FleetState, room: &str) -> Held {
+        let found = self
+            .pins
+            .with_pin(room, |id| match state.node(id.as_str()) {
+                Some(node) if node.live.healthy() => Held::Usable(node.clone()),
+                _ => Held::Stale(id.clone()),
+            });
+        found.unwrap_or(Held::None)
     }
 
-    fn decide<R>(
+    /// Places the room with this router's readings alone and pins it (moving it from `stale`).
+    fn place_here(&self, room: &str, stale: Option<NodeId>) -> Option<Routed> {
+        let state = self.fleet.load();
+        if stale.is_none() && self.pins.full() {
+            return self.route_unpinned(&state, room);
+        }
+        let chosen = self.place(&state, room)?;
+        let held = self.pin(room, stale.as_ref(), state.nodes()[chosen].id.clone());
+        self.settle(&state, room, held, stale.is_some(), true)
+    }
+
+    /// The pin write that holds, counted into the nodes' room counts.
+    fn pin(&self, room: &str, stale: Option<&NodeId>, node: NodeId) -> Pinned {
+        let held = match stale {
+            Some(old) => self.pins.repin(room, old, node),
+            None => self.pins.pin_if_absent(room, node),
+        };
+        if held.created {
+            let state = self.fleet.load();
+            if let Some(live) = state.live(held.node.as_str()) {
+                live.room_placed();
+            }
+            if let Some(live) = held
+                .displaced
+                .as_ref()
+                .and_then(|old| state.live(old.as_str()))
+            {
+                live.room_left();
+            }
+        }
+        held
+    }
+
+    /// The routed answer for a pin that holds: its node (in `state`, or in a newer state when
+    /// a concurrent request pinned a node `state` does not know) and the decision it stands for.
+    fn settle(
         &self,
         state: &FleetState,
-        key: &RoomKey<'_>,
-        f: impl FnOnce(&Arc<Node>, Decision) -> R,
-    ) -> Option<R> {
-        let room = key.as_str();
-        let stale = match self.held(state, room) {
-            Some(Ok(index)) => return Some(f(&state.nodes()[index], Decision::Pinned)),
-            Some(Err(id)) => Some(id),
-            None => None,
+        room: &str,
+        held: Pinned,
+        moved: bool,
+        placed_here: bool,
+    ) -> Option<Routed> {
+        let node = match state.node(held.node.as_str()) {
+            Some(node) => node.clone(),
+            None => self.fleet.load().node(held.node.as_str())?.clone(),
         };
-        let chosen = self.place(state, room)?;
-        let (held, index) = self.pin_chosen(state, room, stale.as_ref(), chosen);
-        // A concurrent request may have pinned a node this (older) state does not know; use the
-        // newest state to resolve it, and if even that lacks it, the pin is stale: move it.
-        let newer;
-        let (state, index) = match index {
-            Some(index) => (state, index),
-            None => {
-                let (state, index) = self.resolve_unknown(room, &held)?;
-                newer = state;
-                (&**newer, index)
-            }
+        let decision = match &held.displaced {
+            Some(_) if held.created && moved => Decision::Replaced,
+            _ if held.created && placed_here => Decision::Placed,
+            _ if held.created => Decision::Shared,
+            _ => Decision::Pinned,
         };
-        let decision = Decision::of(&held, stale.is_some(), true);
-        if held.created {
-            self.announce(room, &state.nodes()[index].id, &decision);
+        if held.created && decision != Decision::Shared {
+            let from = held.displaced.filter(|_| moved);
+            self.announce(room, &node.id, from);
         }
-        Some(f(&state.nodes()[index], decision))
+        Some(Routed { node, decision })
     }
 
-    /// The room's pin in this router's table: `Ok` with its node's index in `state` when that
-    /// node may keep it (in the fleet and healthy; draining nodes keep their rooms), `Err` with
-    /// the node when it may not, `None` when the room is not pinned.
-    fn held(&self, state: &FleetState, room: &str) -> Option<Result<usize, NodeId>> {
-        let mut pinned = None;
-        self.pins.lookup_with(room, &mut |id, hint| {
-            let index = hint
-                .get()
-                .filter(|&at| {
-                    let node = state.nodes().get(at);
-                    node.is_some_and(|node| node.id.same(id) || node.id == *id)
-                })
-                .or_else(|| {
-                    let index = state.index(id.as_str())?;
-                    hint.set(index);
-                    Some(index)
-                });
-            pinned = Some(match index {
-                Some(index) if state.slots()[index].load().healthy() => Ok(index),
-                _ => Err(id.clone()),
-            });
-        });
-        pinned
+    /// A new room while the pin table is full: bounded rendezvous over total rooms, which
+    /// sends every request of the room to one node while the fleet and its room counts stay
+    /// as they are, and grows no memory.
+    fn route_unpinned(&self, state: &FleetState, room: &str) -> Option<Routed> {
+        if self.unpinned.due(self.epoch) {
+            tracing::warn!(
+                max_pins = self.pins.len(),
+                rooms_so_far = self.unpinned.count(),
+                "the pin table is full (limits.max_pins); new rooms are routed by hash, unpinned"
+            );
+        }
+        let hash = rendezvous::seed(room.as_bytes());
+        let index = policy::by_hash(state, &self.settings, hash)?;
+        Some(Routed {
+            node: state.nodes()[index].clone(),
+            decision: Decision::Unpinned,
+        })
     }
 
-    /// The index of the node chosen for a new room.
+    /// The index of the node placement chooses for a new room.
     fn place(&self, state: &FleetState, room: &str) -> Option<usize> {
-        let now = Instant::now();
-        let chosen = policy::choose(
-            state,
-            &self.settings,
-            rendezvous::seed(room.as_bytes()),
-            now,
-        )?;
-        if chosen.over_max_cpu {
-            self.warn_overloaded(now);
-        }
-        Some(chosen.index)
-    }
-
-    fn warn_overloaded(&self, now: Instant) {
-        self.over_max_cpu.fetch_add(1, Ordering::Relaxed);
-        let now_ms = u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_overload_warning_ms.load(Ordering::Relaxed);
-        let due =
-            last == 0 || now_ms.saturating_sub(last) >= OVERLOAD_WARNING_EVERY.as_millis() as u64;
-        if due
-            && self
-                .last_overload_warning_ms
-                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        let hash = rendezvous::seed(room.as_bytes());
+        let chosen = policy::choose(state, &self.settings, hash, Instant::now())?;
+        if chosen.over_max_cpu && self.over_max_cpu.due(self.epoch) {
             tracing::warn!(
                 max_cpu = self.settings.max_cpu,
                 rooms_so_far = self.placed_over_max_cpu(),
                 "every available node is over max_cpu; placing on the least busy anyway"
             );
         }
+        Some(chosen.index)
     }
 
-    /// Keeps the per-node room counts in step with a pin change: a pin this call made counts
-    /// into its node (at `index` in `state` when known there) and out of the node it displaced.
-    fn count(&self, state: &FleetState, index: Option<usize>, held: &Pinned) {
-        if !held.created {
+    /// The node for a room this router holds no usable pin for, agreed with the other replicas
+    /// through the store (see [`shared`]); placed by this router alone when the store does not
+    /// answer.
+    async fn route_shared(
+        &self,
+        shared: &SharedPins,
+        room: &str,
+        stale: Option<NodeId>,
+    ) -> Option<Routed> {
+        let proposal = {
+            let state = self.fleet.load();
+            (self.place(&state, room)).map(|chosen| state.nodes()[chosen].id.clone())
+        };
+        let mut replaceable = stale.as_ref().map(|id| id.as_str().to_owned());
+        // Twice is enough: a node this router cannot use is replaced by the proposal, which it
+        // can; the third try covers another replica replacing it at the same moment.
+        for _ in 0..3 {
+            let answer = match &proposal {
+                Some(node) => (shared.claim(room, node.as_str(), replaceable.as_deref())).await,
+                // Nothing to propose: only a room the store holds can be routed.
+                None => (shared.held(room).await).map(|held| (held.unwrap_or_default(), false)),
+            };
+            match answer {
+                Ok((node, placed_here)) if self.usable(&node) => {
+                    let state = self.fleet.load();
+                    let Some(id) = state.node(&node).map(|n| n.id.clone()) else {
+                        break;
+                    };
+                    let held = self.pin(room, stale.as_ref(), id);
+                    if held.created && !placed_here {
+                        tracing::debug!(room, node, "room pinned as another replica pinned it");
+                    }
+                    return self.settle(&state, room, held, stale.is_some(), placed_here);
+                }
+                Ok(_) if proposal.is_none() => return None,
+                Ok((node, _)) => {
+                    tracing::info!(
+                        room,
+                        node,
+                        "room pinned by another replica to a node unusable here; moving it"
+                    );
+                    replaceable = Some(node);
+                }
+                Err(e) => {
+                    shared.failed(&e);
+                    break;
+                }
+            }
+        }
+        self.place_here(room, stale)
+    }
+
+    /// Whether a node named `node` may hold rooms here (in the fleet and healthy; draining
+    /// nodes keep the rooms they have).
+    fn usable(&self, node: &str) -> bool {
+        (self.fleet.load().node(node)).is_some_and(|node| node.live.healthy())
+    }
+
+    /// Connects to the shared store (trying again every second until it answers), then sends
+    /// it this router's pins every `sync_interval`. Runs until dropped; nothing without a store.
+    pub async fn run_shared(self: Arc<Self>) {
+        let Some(shared) = self.shared.get().cloned() else {
             return;
-        }
-        let live = match index {
-            Some(index) => Some(&state.nodes()[index].live),
-            None => state.live(held.node.as_str()),
         };
-        if let Some(live) = live {
-            live.room_placed();
+        while let Err(e) = shared.connect().await {
+            shared.failed(&e);
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        if let Some(live) = held
-            .displaced
-            .as_ref()
-            .and_then(|old| state.live(old.as_str()))
-        {
-            live.room_left();
+        let mut every = tokio::time::interval(shared.sync_interval());
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(e) = self.sync_shared(&shared).await {
+                shared.failed(&e);
+            }
         }
     }
 
-    fn resolve_unknown(
-        &self,
-        room: &str,
-        held: &Pinned,
-    ) -> Option<(arc_swap::Guard<Arc<FleetState>>, usize)> {
-        let state = self.fleet.load();
-        if let Some(index) = state.index(held.node.as_str()) {
-            return Some((state, index));
+    /// Sends this router's live pins to the store (refreshing their expiry there) and follows
+    /// the store where it holds a room elsewhere or unpinned it. Returns how many rooms changed
+    /// here.
+    pub async fn sync_shared(&self, shared: &SharedPins) -> Result<usize, SharedError> {
+        let pins = self.pins.export();
+        let mut changed = 0;
+        for batch in pins.chunks(shared::SYNC_BATCH) {
+            let held = shared.sync(batch).await?;
+            for (pin, held) in batch.iter().zip(held) {
+                match held {
+                    shared::Held::Agreed => {}
+                    shared::Held::Unpinned => {
+                        if self.unpin(&pin.room).is_some() {
+                            tracing::info!(room = %pin.room, "room unpinned by another replica");
+                            changed += 1;
+                        }
+                    }
+                    shared::Held::On(node) => {
+                        if self.usable(&node) && self.set_pin(&pin.room, &node).is_some() {
+                            tracing::info!(room = %pin.room, node, from = %pin.node, "room moved by another replica");
+                            changed += 1;
+                        }
+                    }
+                }
+            }
         }
-        let chosen = self.place(&state, room)?;
-        let (_, index) = self.pin_chosen(&state, room, Some(&held.node), chosen);
-        Some((state, index?))
-    }
-
-    /// Pins the room to the node at `chosen` (moving it from `stale`, if given), counts the
-    /// change, and returns the pin that holds with its node's index in `state` (`None` when a
-    /// concurrent request pinned a node this state does not know).
-    fn pin_chosen(
-        &self,
-        state: &FleetState,
-        room: &str,
-        stale: Option<&NodeId>,
-        chosen: usize,
-    ) -> (Pinned, Option<usize>) {
-        let chosen_id = &state.nodes()[chosen].id;
-        let held = match stale {
-            Some(old) => self.pins.repin(room, old, chosen_id.clone()),
-            None => self.pins.pin_if_absent(room, chosen_id.clone()),
-        };
-        // The chosen node holds the room unless a concurrent request pinned it first.
-        let index = if held.node.same(chosen_id) {
-            Some(chosen)
-        } else {
-            state.index(held.node.as_str())
-        };
-        self.count(state, index, &held);
-        (held, index)
+        Ok(changed)
     }
 
     /// Forgets idle pins and counts their rooms out of their nodes; returns how many.
     pub fn sweep(&self) -> usize {
         let state = self.fleet.load();
-        self.pins.sweep(&mut |node| {
+        self.pins.sweep(|node| {
             if let Some(live) = state.live(node.as_str()) {
                 live.room_left();
             }
@@ -374,109 +437,6 @@ impl Router {
         Some(old)
     }
 
-    /// With a shared pin store: the room's node when this router holds a pin on a node that may
-    /// keep it, handed to `f` in place as [`route_room_with`](Self::route_room_with) does; `None`
-    /// when the store must be asked (no pin here, or a stale one).
-    pub fn route_held_with<R>(
-        &self,
-        key: &RoomKey<'_>,
-        f: impl FnOnce(&Arc<Node>) -> R,
-    ) -> Option<R> {
-        self.fleet
-            .with_state(|state| match self.held(state, key.as_str()) {
-                Some(Ok(index)) => Some(f(&state.nodes()[index])),
-                _ => None,
-            })
-    }
-
-    /// Shares this router's pins with other replicas through `shared` from now on.
-    pub fn share_pins(&self, shared: Arc<SharedPins>) {
-        let _set_once = self.shared.set(shared);
-    }
-
-    /// The shared pin store, when there is one.
-    pub fn shared_pins(&self) -> Option<&Arc<SharedPins>> {
-        self.shared.get()
-    }
-
-    /// For a shared pin store: a pin this router holds on a node that may keep the room, or
-    /// else the node placement would choose now (nothing is pinned here yet).
-    pub fn propose(&self, room: &str) -> Proposal {
-        let state = self.fleet.load();
-        let stale = match self.held(&state, room) {
-            Some(Ok(index)) => return Proposal::Held(state.nodes()[index].clone()),
-            Some(Err(id)) => Some(id),
-            None => None,
-        };
-        Proposal::New {
-            node: self
-                .place(&state, room)
-                .map(|chosen| state.nodes()[chosen].id.clone()),
-            stale,
-        }
-    }
-
-    /// Whether a node named `node` may hold rooms here (in the fleet and healthy; draining
-    /// nodes keep the rooms they have).
-    pub fn usable(&self, node: &str) -> bool {
-        self.fleet
-            .load()
-            .node(node)
-            .is_some_and(|node| node.live.healthy())
-    }
-
-    /// Pins the room here to the node the shared store holds it on (moving it from `stale`, this
-    /// router's pin to a node that may not keep it). `placed_here`: this router's proposal is
-    /// what the store took. `None` when the node left the fleet meanwhile.
-    pub fn adopt(
-        &self,
-        room: &str,
-        node: &str,
-        stale: Option<&NodeId>,
-        placed_here: bool,
-    ) -> Option<(Arc<Node>, Decision)> {
-        let state = self.fleet.load();
-        let chosen = state.index(node)?;
-        let id = state.nodes()[chosen].id.clone();
-        let held = match stale {
-            Some(old) => self.pins.repin(room, old, id),
-            None => self.pins.pin_if_absent(room, id),
-        };
-        // A request racing this one may have pinned the room here first: its pin holds.
-        let index = if held.node.as_str() == node {
-            chosen
-        } else {
-            state.index(held.node.as_str())?
-        };
-        self.count(&state, Some(index), &held);
-        let decision = Decision::of(&held, stale.is_some(), placed_here);
-        match decision {
-            Decision::Placed | Decision::Replaced { .. } => {
-                self.announce(room, &held.node, &decision)
-            }
-            Decision::Shared => {
-                tracing::debug!(room, node, "room pinned as another replica pinned it")
-            }
-            Decision::Pinned => {}
-        }
-        Some((state.nodes()[index].clone(), decision))
-    }
-
-    /// The shared store holds the room on another node than this router's pin (another replica
-    /// moved it): follow it. False when that node is not usable here.
-    pub fn follow(&self, room: &str, node: &str) -> bool {
-        if !self.usable(node) {
-            return false;
-        }
-        match self.set_pin(room, node) {
-            Some(old) => {
-                tracing::info!(room, node, from = ?old.as_ref().map(NodeId::as_str), "room moved by another replica");
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Unpins a room (operators); its node counts it out.
     pub fn unpin(&self, room: &str) -> Option<NodeId> {
         let node = self.pins.unpin(room)?;
@@ -486,11 +446,7 @@ impl Router {
         Some(node)
     }
 
-    fn announce(&self, room: &str, node: &NodeId, decision: &Decision) {
-        let from = match decision {
-            Decision::Replaced { from } => Some(from.clone()),
-            _ => None,
-        };
+    fn announce(&self, room: &str, node: &NodeId, from: Option<NodeId>) {
         match &from {
             Some(old) => tracing::info!(room, node = %node, from = %old, "room re-placed"),
             None => tracing::info!(room, node = %node, "room pinned"),
@@ -510,7 +466,8 @@ impl Router {
     }
 
     /// A node for a request without a room: the named node if it exists and is healthy
-    /// (affinity cookie), else the least-loaded node, ties spread by `spread` (a hash of the client).
+    /// (affinity cookie), else the least busy node, ties spread by `spread` (a hash of the
+    /// client).
     pub fn route_unrouted(&self, preferred: Option<&str>, spread: u64) -> Option<Arc<Node>> {
         let state = self.fleet.load();
         if let Some(node) = preferred.and_then(|name| state.node(name)) {
@@ -524,143 +481,115 @@ impl Router {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::NodeSpec;
     use crate::room::RoomLimits;
+    use futures_util::FutureExt;
 
     fn specs(names: &[&str]) -> Vec<NodeSpec> {
-        names
-            .iter()
-            .enumerate()
+        (names.iter().enumerate())
             .map(|(i, n)| NodeSpec::new(n, &format!("http://10.0.0.{i}:80")).unwrap())
             .collect()
     }
 
-    fn router(names: &[&str]) -> Router {
+    fn router_with(names: &[&str], max_pins: usize) -> Router {
         let fleet = Arc::new(Fleet::new(specs(names), Duration::from_secs(90)));
-        Router::new(
-            fleet,
-            Arc::new(pins::MemoryPins::new(Duration::from_secs(600))),
-            Settings::default(),
-        )
+        let pins = Pins::new(Duration::from_secs(600), max_pins);
+        Router::new(fleet, Arc::new(pins), Settings::default())
     }
 
-    fn key(text: &str) -> RoomKey<'static> {
-        RoomKey::parse(text, &RoomLimits::default()).unwrap()
+    fn router(names: &[&str]) -> Router {
+        router_with(names, 1_000_000)
+    }
+
+    /// Routes a room (no shared store: the future is ready at once).
+    pub(crate) fn route(router: &Router, room: &str) -> Option<Routed> {
+        let key = RoomKey::parse(room, &RoomLimits::default()).unwrap();
+        let routed = router.route(&key, || Ok::<(), ()>(())).now_or_never();
+        routed.expect("ready").expect("admitted")
+    }
+
+    fn node_of(router: &Router, room: &str) -> NodeId {
+        route(router, room).unwrap().node.id.clone()
     }
 
     #[test]
     fn a_room_stays_on_its_node() {
         let router = router(&["a", "b", "c"]);
-        let first = router.route_room(&key("standup")).unwrap();
+        let first = route(&router, "standup").unwrap();
         assert_eq!(first.decision, Decision::Placed);
         for _ in 0..100 {
-            let again = router.route_room(&key("standup")).unwrap();
+            let again = route(&router, "standup").unwrap();
             assert_eq!(
-                (again.node().id.clone(), again.decision),
-                (first.node().id.clone(), Decision::Pinned)
+                (again.node.id.clone(), again.decision),
+                (first.node.id.clone(), Decision::Pinned)
             );
         }
     }
 
     #[test]
-    fn adding_a_node_moves_no_pinned_room() {
-        let router = router(&["a", "b"]);
-        let before: Vec<_> = (0..200)
-            .map(|i| {
-                router
-                    .route_room(&key(&format!("r{i}")))
-                    .unwrap()
-                    .node()
-                    .id
-                    .clone()
-            })
-            .collect();
-        router.fleet().set_nodes(specs(&["a", "b", "c"]));
-        for (i, node) in before.iter().enumerate() {
-            assert_eq!(
-                &router.route_room(&key(&format!("r{i}"))).unwrap().node().id,
-                node
-            );
-        }
+    fn admission_is_asked_only_for_rooms_to_place() {
+        let router = router(&["a"]);
+        let key = |room| RoomKey::parse(room, &RoomLimits::default()).unwrap();
+        let refused = router
+            .route(&key("new"), || Err("slow down"))
+            .now_or_never();
+        assert_eq!(refused.unwrap().unwrap_err(), "slow down");
+        assert!(router.pins().is_empty(), "a refused room is not pinned");
+        route(&router, "old");
+        let pinned = router
+            .route(&key("old"), || Err("slow down"))
+            .now_or_never();
+        assert_eq!(pinned.unwrap().unwrap().unwrap().decision, Decision::Pinned);
     }
 
     #[test]
-    fn reordered_nodes_keep_their_rooms() {
+    fn adding_or_reordering_nodes_moves_no_pinned_room() {
         let router = router(&["a", "b", "c"]);
-        let rooms: Vec<_> = (0..60).map(|i| key(&format!("r{i}"))).collect();
-        let before: Vec<NodeId> = (rooms.iter())
-            .map(|room| router.route_room(room).unwrap().node().id.clone())
-            .collect();
-        // Pinned requests leave each pin's index hint at its node's place in this order.
+        let rooms: Vec<String> = (0..200).map(|i| format!("r{i}")).collect();
+        let before: Vec<_> = rooms.iter().map(|r| node_of(&router, r)).collect();
+        router.fleet().set_nodes(specs(&["c", "d", "b", "a"]));
         for (room, node) in rooms.iter().zip(&before) {
-            assert_eq!(&router.route_room(room).unwrap().node().id, node);
+            let routed = route(&router, room).unwrap();
+            assert_eq!((&routed.node.id, routed.decision), (node, Decision::Pinned));
         }
-        // Now "a" stands where "c" stood: every stale hint must be caught.
-        router.fleet().set_nodes(specs(&["c", "b", "a"]));
-        for _ in 0..2 {
-            for (room, node) in rooms.iter().zip(&before) {
-                let routed = router.route_room(room).unwrap();
-                assert_eq!(
-                    (&routed.node().id, routed.decision.clone()),
-                    (node, Decision::Pinned)
-                );
-            }
-        }
-        let rooms_on = |name: &str| before.iter().filter(|n| n.as_str() == name).count();
-        assert!(rooms_on("a") > 0 && rooms_on("c") > 0, "{before:?}");
     }
 
     #[test]
     fn a_removed_node_s_rooms_are_replaced() {
         let router = router(&["a", "b"]);
-        let rooms: Vec<_> = (0..50).map(|i| key(&format!("r{i}"))).collect();
-        for room in &rooms {
-            router.route_room(room);
-        }
+        let rooms: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
+        let before: Vec<_> = rooms.iter().map(|r| node_of(&router, r)).collect();
         router.fleet().set_nodes(specs(&["a"]));
-        for room in &rooms {
-            let routed = router.route_room(room).unwrap();
-            assert_eq!(routed.node().id.as_str(), "a");
-            assert!(matches!(
-                routed.decision,
-                Decision::Pinned | Decision::Replaced { .. }
-            ));
+        for (room, node) in rooms.iter().zip(&before) {
+            let routed = route(&router, room).unwrap();
+            assert_eq!(routed.node.id.as_str(), "a");
+            let expected = if node.as_str() == "a" {
+                Decision::Pinned
+            } else {
+                Decision::Replaced
+            };
+            assert_eq!(routed.decision, expected);
         }
     }
 
     #[test]
     fn draining_keeps_rooms_and_takes_no_new_ones() {
         let router = router(&["a", "b", "c"]);
-        let rooms: Vec<_> = (0..60).map(|i| key(&format!("r{i}"))).collect();
-        let before: Vec<_> = rooms
-            .iter()
-            .map(|r| router.route_room(r).unwrap().node().id.clone())
-            .collect();
+        let rooms: Vec<String> = (0..60).map(|i| format!("r{i}")).collect();
+        let before: Vec<_> = rooms.iter().map(|r| node_of(&router, r)).collect();
         assert!(before.iter().any(|n| n.as_str() == "b"));
         assert_eq!(router.fleet().set_draining("b", true), Some(false));
         for (room, node) in rooms.iter().zip(&before) {
-            let again = router.route_room(room).unwrap();
-            assert_eq!(
-                (&again.node().id, again.decision.clone()),
-                (node, Decision::Pinned)
-            );
+            let again = route(&router, room).unwrap();
+            assert_eq!((&again.node.id, again.decision), (node, Decision::Pinned));
         }
         for i in 0..60 {
-            let fresh = router.route_room(&key(&format!("new{i}"))).unwrap();
-            assert_ne!(fresh.node().id.as_str(), "b");
+            assert_ne!(node_of(&router, &format!("new{i}")).as_str(), "b");
         }
         router.fleet().set_draining("b", false);
-        let taken = (0..60).filter(|i| {
-            router
-                .route_room(&key(&format!("later{i}")))
-                .unwrap()
-                .node()
-                .id
-                .as_str()
-                == "b"
-        });
+        let taken = (0..60).filter(|i| node_of(&router, &format!("later{i}")).as_str() == "b");
         assert!(taken.count() > 0, "undrained node takes rooms again");
         assert_eq!(router.fleet().set_draining("zzz", true), None);
     }
@@ -669,40 +598,58 @@ mod tests {
     fn room_counts_follow_pins() {
         let router = router(&["a", "b"]);
         for i in 0..40 {
-            router.route_room(&key(&format!("r{i}")));
+            route(&router, &format!("r{i}"));
         }
-        let state = router.fleet().snapshot();
-        let total: u32 = state.nodes().iter().map(|n| n.live.rooms()).sum();
-        assert_eq!(total, 40);
+        let rooms = |name: &str| router.fleet().load().live(name).unwrap().rooms();
+        assert_eq!(rooms("a") + rooms("b"), 40);
         router.fleet().set_nodes(specs(&["a"]));
         for i in 0..40 {
-            router.route_room(&key(&format!("r{i}")));
+            route(&router, &format!("r{i}"));
         }
-        let state = router.fleet().snapshot();
-        assert_eq!(state.node("a").unwrap().live.rooms(), 40);
-        assert_eq!(
-            state.live("b").unwrap().rooms(),
-            0,
-            "moved rooms are counted out of the old node"
-        );
+        assert_eq!(rooms("a"), 40);
+        assert_eq!(rooms("b"), 0, "moved rooms are counted out of the old node");
         router.unpin("r0");
-        assert_eq!(state.node("a").unwrap().live.rooms(), 39);
+        assert_eq!(rooms("a"), 39);
+    }
+
+    #[test]
+    fn a_full_pin_table_routes_new_rooms_unpinned_and_keeps_its_rooms() {
+        let router = router_with(&["a", "b", "c"], 10);
+        let pinned: Vec<_> = (0..10)
+            .map(|i| node_of(&router, &format!("r{i}")))
+            .collect();
+        for i in 0..50 {
+            let room = format!("late{i}");
+            let first = route(&router, &room).unwrap();
+            assert_eq!(first.decision, Decision::Unpinned);
+            let again = route(&router, &room).unwrap();
+            assert_eq!(again.node.id, first.node.id, "one room, one node");
+        }
+        assert_eq!(router.pins().len(), 10);
+        assert_eq!(router.routed_unpinned(), 100);
+        for (i, node) in pinned.iter().enumerate() {
+            let routed = route(&router, &format!("r{i}")).unwrap();
+            assert_eq!((&routed.node.id, routed.decision), (node, Decision::Pinned));
+        }
+        // A pinned room whose node left still moves: that takes no new pin.
+        router.fleet().set_nodes(specs(&["a"]));
+        for i in 0..10 {
+            assert_eq!(node_of(&router, &format!("r{i}")).as_str(), "a");
+        }
     }
 
     #[test]
     fn empty_fleet_routes_nothing() {
         let router = router(&[]);
-        assert!(router.route_room(&key("x")).is_none());
+        assert!(route(&router, "x").is_none());
         assert!(router.route_unrouted(None, 7).is_none());
     }
 
     #[test]
     fn unrouted_prefers_the_cookie_node() {
         let router = router(&["a", "b", "c"]);
-        assert_eq!(
-            router.route_unrouted(Some("b"), 1).unwrap().id.as_str(),
-            "b"
-        );
+        let node = router.route_unrouted(Some("b"), 1).unwrap();
+        assert_eq!(node.id.as_str(), "b");
         assert!(router.route_unrouted(Some("gone"), 1).is_some());
     }
 }

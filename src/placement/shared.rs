@@ -1,6 +1,6 @@
 //! Pins shared by several router replicas through Redis (`[pins.redis]`).
 //!
-//! DESIGN note. Each replica keeps its own pin table ([`MemoryPins`](super::pins::MemoryPins))
+//! DESIGN note. Each replica keeps its own pin table ([`Pins`](super::pins::Pins))
 //! and routes a room it holds a live pin for without asking anyone: the request path stays one
 //! memory lookup. Redis is asked only when this replica has no pin for the room, or a pin to a
 //! node that may no longer keep it. The question is one Lua script, run atomically by Redis:
@@ -23,21 +23,19 @@
 //! after Redis is back moves them together (the first pin written wins).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Decision, Proposal, Router};
+use super::pins::PinInfo;
 use crate::config;
-use crate::fleet::Node;
-use crate::room::RoomKey;
 
 /// The value an unpinned room's key holds for a while, so that every replica unpins it.
 const TOMBSTONE: &str = "-";
 
 /// Pins sent to the store in one script call while syncing.
-const SYNC_BATCH: usize = 256;
+pub const SYNC_BATCH: usize = 256;
 
 /// How long requests place rooms alone after the store failed.
 const REST: Duration = Duration::from_secs(1);
@@ -79,6 +77,17 @@ end
 return out
 ";
 
+/// What the store holds of a room this replica has pinned, as a sync finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// The same node (its expiry refreshed), or nothing (this replica's pin written back).
+    Agreed,
+    /// An operator unpinned the room on some replica.
+    Unpinned,
+    /// Another node: some replica moved the room there.
+    On(String),
+}
+
 /// Why the store gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
@@ -119,7 +128,7 @@ pub struct SharedPins {
 
 impl SharedPins {
     /// A store for `config`, whose pins expire after `idle` without a request on any replica.
-    /// Connects in [`run`](Self::run).
+    /// Connects in [`connect`](Self::connect).
     pub fn new(config: &config::SharedPins, idle: Duration) -> Result<SharedPins, SharedError> {
         Ok(SharedPins {
             client: redis::Client::open(config.url.as_str())?,
@@ -175,69 +184,9 @@ impl SharedPins {
         Ok(())
     }
 
-    /// Connects (trying again every second until Redis answers), then syncs this replica's pins
-    /// every `sync_interval`. Runs until dropped.
-    pub async fn run(self: Arc<Self>, router: Arc<Router>) {
-        while let Err(e) = self.connect().await {
-            self.failed(&e);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let mut every = tokio::time::interval(self.sync_interval);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            if let Err(e) = self.sync(&router).await {
-                self.failed(&e);
-            }
-        }
-    }
-
-    /// The node for a room this router holds no usable pin for, agreed with the other
-    /// replicas through the store; placed by this router alone when the store does not answer.
-    pub async fn route(&self, router: &Router, key: &RoomKey<'_>) -> Option<(Arc<Node>, Decision)> {
-        let room = key.as_str();
-        let (proposal, stale) = match router.propose(room) {
-            Proposal::Held(node) => return Some((node, Decision::Pinned)),
-            Proposal::New { node, stale } => (node, stale),
-        };
-        let mut replaceable = stale.as_ref().map(|id| id.as_str().to_owned());
-        // Twice is enough: a node this router cannot use is replaced by the proposal, which it
-        // can; the third try covers another replica replacing it at the same moment.
-        for _ in 0..3 {
-            let answer = match &proposal {
-                Some(node) => {
-                    self.claim(room, node.as_str(), replaceable.as_deref())
-                        .await
-                }
-                // Nothing to propose: only a room the store holds can be routed.
-                None => self
-                    .held(room)
-                    .await
-                    .map(|held| (held.unwrap_or_default(), false)),
-            };
-            match answer {
-                Ok((node, placed_here)) if router.usable(&node) => {
-                    if let Some(routed) = router.adopt(room, &node, stale.as_ref(), placed_here) {
-                        return Some(routed);
-                    }
-                    break;
-                }
-                Ok(_) if proposal.is_none() => return None,
-                Ok((node, _)) => {
-                    tracing::info!(
-                        room,
-                        node,
-                        "room pinned by another replica to a node unusable here; moving it"
-                    );
-                    replaceable = Some(node);
-                }
-                Err(e) => {
-                    self.failed(&e);
-                    break;
-                }
-            }
-        }
-        router.route_room_with(key, |node, decision| (node.clone(), decision))
+    /// How often a replica sends the store its pins.
+    pub fn sync_interval(&self) -> Duration {
+        self.sync_interval
     }
 
     /// Asks the store for the room's node, giving `node` if it has none (or has `replaceable`).
@@ -292,34 +241,22 @@ impl SharedPins {
         Ok(held.filter(|node| node != TOMBSTONE))
     }
 
-    /// Sends this router's live pins to the store (refreshing their expiry there) and follows
-    /// the store where it holds a room elsewhere. Returns how many rooms changed here.
-    pub async fn sync(&self, router: &Router) -> Result<usize, SharedError> {
+    /// Sends a batch of this replica's live pins to the store, which refreshes their expiry
+    /// there, and answers what it holds of each room.
+    pub async fn sync(&self, batch: &[PinInfo]) -> Result<Vec<Held>, SharedError> {
         let mut connection = self.connection()?;
-        let pins = router.pins().export();
-        let mut changed = 0;
-        for batch in pins.chunks(SYNC_BATCH) {
-            let mut call = self.sync.prepare_invoke();
-            call.arg(self.expiry_ms);
-            for pin in batch {
-                call.key(self.key(&pin.room)).arg(pin.node.as_str());
-            }
-            let held: Vec<String> = self.timed(call.invoke_async(&mut connection)).await?;
-            for (pin, held) in batch.iter().zip(held) {
-                if held.is_empty() || held == pin.node.as_str() {
-                    continue;
-                }
-                if held == TOMBSTONE {
-                    if router.unpin(&pin.room).is_some() {
-                        tracing::info!(room = %pin.room, "room unpinned by another replica");
-                        changed += 1;
-                    }
-                } else if router.follow(&pin.room, &held) {
-                    changed += 1;
-                }
-            }
+        let mut call = self.sync.prepare_invoke();
+        call.arg(self.expiry_ms);
+        for pin in batch {
+            call.key(self.key(&pin.room)).arg(pin.node.as_str());
         }
-        Ok(changed)
+        let held: Vec<String> = self.timed(call.invoke_async(&mut connection)).await?;
+        let held = (batch.iter().zip(held)).map(|(pin, held)| match held {
+            held if held.is_empty() || held == pin.node.as_str() => Held::Agreed,
+            held if held == TOMBSTONE => Held::Unpinned,
+            held => Held::On(held),
+        });
+        Ok(held.collect())
     }
 
     fn key(&self, room: &str) -> String {
@@ -359,7 +296,7 @@ impl SharedPins {
     /// Counts a question the store did not answer, and lets requests place rooms alone for a
     /// second (rather than each wait `timeout` for a store that just failed); warns at most
     /// every ten seconds.
-    fn failed(&self, e: &SharedError) {
+    pub fn failed(&self, e: &SharedError) {
         if matches!(e, SharedError::Resting) {
             return;
         }

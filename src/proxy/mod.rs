@@ -22,9 +22,10 @@ use hyper::body::Incoming;
 
 use crate::config::{Config, Mode};
 use crate::fleet::Node;
-use crate::metrics::{DecisionKind, Limit, Metrics};
+use crate::metrics::{Limit, Metrics};
 use crate::peer::ClientKey;
-use crate::placement::{rendezvous, Decision, Router};
+use crate::placement::{Decision, Router};
+use crate::rendezvous;
 use crate::room::{self, RoomLimits, Target};
 use crate::tls::TlsError;
 use forward::ForwardSettings;
@@ -56,7 +57,7 @@ struct Choice {
     /// A room WebSocket: the tunnel keeps the room's pin alive.
     keepalive: Option<tunnel::Keepalive>,
     /// How the node was found.
-    kind: DecisionKind,
+    decision: Decision,
 }
 
 impl Proxy {
@@ -141,14 +142,14 @@ impl Proxy {
                 match refusal {
                     Refusal::BadRoom(_) => {}
                     Refusal::TooManyNewRooms(_) => self.metrics.limit_hit(Limit::NewRooms),
-                    _ => self.metrics.decided(DecisionKind::Refused, started),
+                    _ => self.metrics.decided(Decision::Refused, started),
                 }
                 let response = refusal.response(self.retry_after);
                 self.metrics.no_node_requests.count(response.status());
                 return response;
             }
         };
-        self.metrics.decided(choice.kind, started);
+        self.metrics.decided(choice.decision, started);
         let method = req.method().clone();
         let log_path =
             tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
@@ -210,45 +211,36 @@ impl Proxy {
         let uri = req.uri();
         match room::classify(uri.path(), uri.query(), &self.room_limits)? {
             Target::Room { key, page } => {
-                let kind = |decision: &Decision| match decision {
-                    Decision::Pinned => DecisionKind::Pinned,
-                    Decision::Placed => DecisionKind::Placed,
-                    Decision::Replaced { .. } => DecisionKind::Replaced,
-                    Decision::Shared => DecisionKind::Shared,
+                // A room to place costs its client a token of the new-room rate; one that
+                // turns out placed already (by a concurrent request or another replica), or
+                // routed without a pin, gives it back.
+                let client = ClientKey::of(peer.ip());
+                let mut took = false;
+                let admit = || {
+                    self.new_rooms.take(client)?;
+                    took = true;
+                    Ok(())
                 };
-                let routed = match self.router.route_held_with(&key, Arc::clone) {
-                    Some(node) => Some((node, DecisionKind::Pinned)),
-                    None => {
-                        let client = ClientKey::of(peer.ip());
-                        self.new_rooms
-                            .take(client)
-                            .map_err(Refusal::TooManyNewRooms)?;
-                        let routed = match self.router.shared_pins() {
-                            None => self.router.route_room_with(&key, |node, decision| {
-                                (node.clone(), kind(&decision))
-                            }),
-                            // With replicas, a room this router holds no usable pin for may be
-                            // theirs: ask them.
-                            Some(shared) => (shared.route(&self.router, &key).await)
-                                .map(|(node, decision)| (node, kind(&decision))),
-                        };
-                        if !matches!(routed, Some((_, DecisionKind::Placed))) {
-                            self.new_rooms.give_back(client);
-                        }
-                        routed
-                    }
-                };
-                let (node, kind) = routed.ok_or(Refusal::NoNodeForRoom)?;
+                let routed =
+                    (self.router.route(&key, admit).await).map_err(Refusal::TooManyNewRooms)?;
+                if took
+                    && !routed
+                        .as_ref()
+                        .is_some_and(|r| r.decision == Decision::Placed)
+                {
+                    self.new_rooms.give_back(client);
+                }
+                let routed = routed.ok_or(Refusal::NoNodeForRoom)?;
                 let keepalive = websocket.then(|| tunnel::Keepalive {
                     room: key.to_string(),
                     pins: self.router.pins().clone(),
                     every: self.keepalive_every,
                 });
                 Ok(Choice {
-                    node,
+                    node: routed.node,
                     page,
                     keepalive,
-                    kind,
+                    decision: routed.decision,
                 })
             }
             Target::Bridge { server_id } => {
@@ -260,7 +252,7 @@ impl Proxy {
                     node,
                     page: false,
                     keepalive: None,
-                    kind: DecisionKind::Bridge,
+                    decision: Decision::Bridge,
                 })
             }
             Target::Unrouted => {
@@ -277,7 +269,7 @@ impl Proxy {
                     node,
                     page: false,
                     keepalive: None,
-                    kind: DecisionKind::Unrouted,
+                    decision: Decision::Unrouted,
                 })
             }
         }

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
 use crate::fleet::NodeId;
-use crate::placement::pins::PinStore;
+use crate::placement::pins::Pins;
 
 /// Keeps a room's pin alive while its WebSocket is open: after the upgrade a client sends no more
 /// HTTP requests, so without this a conference held entirely over WebSockets would be forgotten
@@ -19,7 +19,7 @@ pub struct Keepalive {
     /// The room key.
     pub room: String,
     /// The pin table to touch.
-    pub pins: Arc<dyn PinStore>,
+    pub pins: Arc<Pins>,
     /// How often to touch it (a fraction of the idle timeout).
     pub every: Duration,
 }

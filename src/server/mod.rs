@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::fleet::{health, prometheus, Fleet};
 use crate::local_fault::LocalFault;
 use crate::metrics::{Limit, Metrics};
-use crate::placement::pins::MemoryPins;
+use crate::placement::pins::Pins;
 use crate::placement::shared::SharedPins;
 use crate::placement::{snapshot, Router};
 use crate::proxy::Proxy;
@@ -88,7 +88,8 @@ impl Server {
             .as_ref()
             .map_or(Duration::MAX, |p| p.max_staleness);
         let fleet = Arc::new(Fleet::new(config.nodes.clone(), staleness));
-        let pins = Arc::new(MemoryPins::new(config.routing.pin_idle_timeout));
+        let pins = Pins::new(config.routing.pin_idle_timeout, config.limits.max_pins);
+        let pins = Arc::new(pins);
         let router = Arc::new(Router::new(fleet, pins, config.placement));
         if let Some(shared) = &config.shared_pins {
             let shared = SharedPins::new(shared, config.routing.pin_idle_timeout)
@@ -198,8 +199,8 @@ impl Server {
         ) {
             tasks.spawn(reloader.run());
         }
-        if let Some(shared) = self.proxy.router().shared_pins() {
-            tasks.spawn(shared.clone().run(self.proxy.router().clone()));
+        if self.proxy.router().shared_pins().is_some() {
+            tasks.spawn(self.proxy.router().clone().run_shared());
         }
         tasks.spawn(sweep_pins(
             self.proxy.router().clone(),

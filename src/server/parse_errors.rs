@@ -5,7 +5,7 @@
 //! service runs, with a bare head and no body:
 //! `HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: …\r\n\r\n`.
 //! It offers no hook to change that answer, and every other error of the router says why in one
-//! line. So the connection's writer ([`super::conn::Watched`]) hands each write that starts like
+//! line. So the connection's writer (`conn::Watched`) hands each write that starts like
 //! an error head to [`with_reason`], which recognises exactly hyper's bare answer (a status
 //! hyper uses for parse errors and no header but `connection`, `content-length: 0` and `date`,
 //! so never a node's answer, which always carries `x-jitsi-shard`, nor one of the router's own,

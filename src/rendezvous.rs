@@ -1,8 +1,10 @@
-//! Rendezvous (highest-random-weight) hashing.
+//! Rendezvous (highest-random-weight) hashing: how placement settles ties and places rooms
+//! when it has no CPU data.
 //!
 //! Each (room, node) pair gets a pseudo-random weight; a room goes to the candidate with the highest
 //! weight. Every replica computes the same weights (the hash is fixed, not seeded per process), and
-//! removing a node only moves the rooms that node was winning.
+//! removing a node only moves the rooms that node was winning. With node capacities
+//! ([`score`]), a node of weight 2 wins twice as many rooms as one of weight 1.
 //!
 //! The hash is FNV-1a over the bytes followed by the splitmix64 finaliser for avalanche; the weight
 //! of a pair mixes the two hashes again. Stable across builds and platforms by construction.
@@ -28,6 +30,15 @@ pub fn seed(bytes: &[u8]) -> u64 {
 /// The weight of a room (by its [`seed`]) on a node (by its [`seed`]).
 pub fn weight(room: u64, node: u64) -> u64 {
     mix(room ^ node.rotate_left(32))
+}
+
+/// A room's score on a node of capacity `capacity` (> 0): the highest score wins, and each node
+/// wins rooms in proportion to its capacity (weighted rendezvous hashing, Schindelhauer and
+/// Schomaker 2005: `-capacity / ln(u)` with `u` uniform in (0, 1) from [`weight`]). Nodes of
+/// equal capacity rank as [`weight`] ranks them.
+pub fn score(room: u64, node: u64, capacity: f64) -> f64 {
+    let unit = ((weight(room, node) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -capacity / unit.ln()
 }
 
 #[cfg(test)]
@@ -60,6 +71,18 @@ mod tests {
         for c in counts {
             assert!((9_000..11_000).contains(&c), "{counts:?}");
         }
+    }
+
+    #[test]
+    fn capacity_weights_the_share() {
+        let (small, big) = (seed(b"small"), seed(b"big"));
+        let big_wins = (0..30_000u64)
+            .filter(|i| {
+                let room = seed(&i.to_le_bytes());
+                score(room, big, 3.0) > score(room, small, 1.0)
+            })
+            .count();
+        assert!((21_500..23_500).contains(&big_wins), "{big_wins} of 30000");
     }
 
     proptest! {
