@@ -4,7 +4,8 @@
 //! best round is the one to compare changes by; the median shows how noisy the run was.
 //! Run with `cargo bench --bench steady [-- <filter>]`; the filter picks the case of that name
 //! (for example `pinned/1000_nodes/100000`), or else the cases whose name contains it
-//! (`1000_nodes`). The first case, `floor/dependent_miss_64MiB`, runs unless the filter names
+//! (`1000_nodes`). Each table's build also prints the resident memory it took per pin
+//! (`bytes_per_pin/...`, keys included). The first case, `floor/dependent_miss_64MiB`, runs unless the filter names
 //! another case: it is not a decision but one load that misses every cache, the least a pinned
 //! decision with a large table can take, timed in the same run.
 
@@ -48,9 +49,18 @@ fn main() {
         }
         let router = router(nodes, Readings::Distinct);
         let keys: Vec<RoomKey<'static>> = (0..pins).map(|i| key(&format!("room-{i}"))).collect();
+        let before = resident_bytes();
         for key in &keys {
             route(&router, key);
         }
+        // What the pin table took, keys included (the keys above are the bench's own copies).
+        let grown = resident_bytes().saturating_sub(before);
+        println!(
+            "{:<36} {:>10.0} {:>10}",
+            format!("bytes_per_pin/{nodes}_nodes/{pins}"),
+            grown as f64 / pins as f64,
+            "(RSS)"
+        );
         if picked(&pinned) {
             report(&pinned, 2_000_000, &pinned_op(&router, &keys));
         }
@@ -64,6 +74,15 @@ fn main() {
             );
         }
     }
+}
+
+/// The process's resident memory (Linux `/proc/self/statm`), 0 where it cannot be read.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = (statm.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
 }
 
 /// The reference case: what one cache miss costs on this machine.

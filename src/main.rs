@@ -115,7 +115,7 @@ fn main() -> ExitCode {
             Config::load(&config)
                 .map_err(|e| e.to_string())
                 .and_then(|config| {
-                    init_logging("info", config.log_format);
+                    init_logging("info", config.log.format);
                     runtime().and_then(|rt| rt.block_on(serve(config)))
                 })
         }
@@ -228,7 +228,7 @@ fn describe(c: &Config, path: &Path) -> String {
         let _ = writeln!(
             out,
             "             http on {http} (308 to https, port {})",
-            c.server.public_https_port
+            c.server.public_https_port()
         );
     }
     let _ = writeln!(
@@ -240,7 +240,7 @@ fn describe(c: &Config, path: &Path) -> String {
         } else {
             "no token: keep it on loopback"
         },
-        c.log_format
+        c.log.format
     );
     let _ = writeln!(
         out,
@@ -255,7 +255,7 @@ fn describe(c: &Config, path: &Path) -> String {
         humantime::format_duration(c.routing.pin_idle_timeout),
         c.routing.affinity_cookie
     );
-    let shared = match &c.shared_pins {
+    let shared = match &c.pins.redis {
         Some(r) => format!(
             "shared with other replicas through {} (keys {}…, timeout {}, synced every {})",
             jitsi_router::placement::shared::redacted(&r.url),
@@ -265,7 +265,7 @@ fn describe(c: &Config, path: &Path) -> String {
         ),
         None => "this router's memory only".to_owned(),
     };
-    let snapshot = c.pins_snapshot.as_ref().map_or(String::new(), |path| {
+    let snapshot = c.pins.snapshot_path.as_ref().map_or(String::new(), |path| {
         format!(", saved to {} on shutdown", path.display())
     });
     let _ = writeln!(out, "pins:        {shared}{snapshot}");
@@ -295,9 +295,9 @@ fn describe(c: &Config, path: &Path) -> String {
         "health:      GET {} every {} (timeout {}, fall {}, rise {})",
         h.path,
         humantime::format_duration(h.interval),
-        humantime::format_duration(h.timeout),
-        h.thresholds.fall,
-        h.thresholds.rise
+        humantime::format_duration(h.timeout()),
+        h.fall,
+        h.rise
     );
     match &c.prometheus {
         Some(p) => {
@@ -307,7 +307,7 @@ fn describe(c: &Config, path: &Path) -> String {
                 p.url,
                 humantime::format_duration(p.interval),
                 p.label,
-                humantime::format_duration(p.max_staleness),
+                humantime::format_duration(p.max_staleness()),
                 p.query
             );
         }

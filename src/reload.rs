@@ -145,10 +145,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("limits", old.limits != new.limits),
         ("placement", old.placement != new.placement),
         ("health", old.health != new.health),
-        (
-            "pins",
-            old.pins_snapshot != new.pins_snapshot || old.shared_pins != new.shared_pins,
-        ),
+        ("pins", old.pins != new.pins),
         ("prometheus", old.prometheus != new.prometheus),
         ("admin", old.admin != new.admin),
     ]

@@ -6,7 +6,7 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::{error, json, Admin, Answer};
-use crate::config::{NodeFields, NodeSpec};
+use crate::config::NodeSpec;
 use crate::placement::pins::PinInfo;
 use crate::placement::policy;
 use crate::placement::shared::SharedError;
@@ -104,26 +104,26 @@ const NODE_STATE: [&str; 7] = [
 ];
 
 pub(super) fn put_node(admin: &Admin, name: &str, body: &[u8]) -> Answer {
-    let fields = serde_json::from_slice(body).and_then(|mut node: Value| {
-        // A node as `nodes` lists it can be sent back as it is: its state is not an input.
-        if let Some(node) = node.as_object_mut() {
-            for field in NODE_STATE {
-                node.remove(field);
-            }
-        }
-        serde_json::from_value::<NodeFields>(node)
-    });
-    let fields = match fields {
-        Ok(fields) => fields,
+    let mut node: Value = match serde_json::from_slice(body) {
+        Ok(node) => node,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad node JSON: {e}")),
     };
-    if let Some(named) = fields.name.as_deref().filter(|named| *named != name) {
+    // A node as `nodes` lists it can be sent back as it is: its state is not an input.
+    if let Some(node) = node.as_object_mut() {
+        for field in NODE_STATE {
+            node.remove(field);
+        }
+    }
+    if let Some(named) = node
+        .get("name")
+        .filter(|named| named.as_str() != Some(name))
+    {
         return error(
             StatusCode::BAD_REQUEST,
-            &format!("the body names node {named:?} but the path names {name:?}"),
+            &format!("the body names node {named} but the path names {name:?}"),
         );
     }
-    let spec = match NodeSpec::from_fields(name, fields, admin.mode) {
+    let spec = match NodeSpec::from_json(name, node, admin.mode) {
         Ok(spec) => spec,
         Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
     };

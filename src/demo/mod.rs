@@ -254,7 +254,7 @@ pub async fn run(
         .collect();
     let mut config = Config::with_defaults(listen, cert.clone(), key, specs)?;
     if let Cpu::Prometheus(server) = &cpu {
-        let section = crate::config::Prometheus::built_in(server.url(), CPU_QUERY, READ_EVERY)?;
+        let section = crate::config::Prometheus::built_in(server.url(), CPU_QUERY, READ_EVERY);
         config.prometheus = Some(section);
     }
     // The admin listener's usual port when it is free, so the dashboard is where the README says.

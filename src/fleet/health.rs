@@ -33,7 +33,7 @@ pub fn client(
     let tls = crate::tls::upstream_client_config(upstream_ca)?;
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .timeout(cfg.timeout)
+        .timeout(cfg.timeout())
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()?)
@@ -65,7 +65,7 @@ async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Checked {
 
 /// Records a result and logs a change of health.
 pub fn record(node: &Node, ok: bool, reason: &str, cfg: &Health) {
-    match node.live.record_check(ok, cfg.thresholds) {
+    match node.live.record_check(ok, cfg.thresholds()) {
         Some(false) => {
             tracing::warn!(node = %node.id, reason, "node unhealthy: no new rooms, its rooms move on their next request")
         }

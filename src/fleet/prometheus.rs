@@ -92,7 +92,7 @@ pub async fn query(
 ) -> Result<HashMap<String, f64>, QueryError> {
     let timed_out = |e: reqwest::Error| {
         if e.is_timeout() {
-            QueryError::Timeout(cfg.timeout)
+            QueryError::Timeout(cfg.timeout())
         } else {
             QueryError::Http(e)
         }
@@ -101,7 +101,7 @@ pub async fn query(
     let response = client
         .get(format!("{}/api/v1/query", cfg.url))
         .query(&[("query", cfg.query.as_str()), ("time", time.as_str())])
-        .timeout(cfg.timeout)
+        .timeout(cfg.timeout())
         .send()
         .await
         .map_err(timed_out)?;

@@ -86,12 +86,12 @@ impl Server {
         let staleness = config
             .prometheus
             .as_ref()
-            .map_or(Duration::MAX, |p| p.max_staleness);
+            .map_or(Duration::MAX, |p| p.max_staleness());
         let fleet = Arc::new(Fleet::new(config.nodes.clone(), staleness));
         let pins = Pins::new(config.routing.pin_idle_timeout, config.limits.max_pins);
         let pins = Arc::new(pins);
         let router = Arc::new(Router::new(fleet, pins, config.placement));
-        if let Some(shared) = &config.shared_pins {
+        if let Some(shared) = &config.pins.redis {
             let shared = SharedPins::new(shared, config.routing.pin_idle_timeout)
                 .map_err(|e| StartError::SharedPins(e.to_string()))?;
             // Serving before Redis answers would place the first rooms alone; try once first.
@@ -100,7 +100,7 @@ impl Server {
             }
             router.share_pins(Arc::new(shared));
         }
-        if let Some(path) = &config.pins_snapshot {
+        if let Some(path) = &config.pins.snapshot_path {
             match snapshot::load(&router, path) {
                 Ok(count) => tracing::info!(count, file = %path.display(), "pins restored"),
                 // Starting with no pins is better than not starting; say so loudly.
@@ -234,10 +234,7 @@ impl Server {
         }
         if let Some(http) = self.http {
             log_listening("http", &http);
-            let port = match self.config.server.public_https_port {
-                0 => https_port,
-                port => port,
-            };
+            let port = (self.config.server.public_https_port).unwrap_or(https_port);
             accepting.spawn(accept_http(http, port, listener.clone()));
         }
         log_listening("admin", &self.admin);
@@ -267,7 +264,7 @@ impl Server {
             () = crate::server_shutdown_signal() => tracing::warn!("second signal: stopping now"),
         }
         tasks.shutdown().await;
-        if let Some(path) = &self.config.pins_snapshot {
+        if let Some(path) = &self.config.pins.snapshot_path {
             match snapshot::save(self.proxy.router(), path) {
                 Ok(count) => tracing::info!(count, file = %path.display(), "pins saved"),
                 Err(e) => tracing::error!(error = %e, "pins not saved"),

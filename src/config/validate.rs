@@ -1,0 +1,244 @@
+//! What serde cannot check: ranges, formats, rules across keys, defaults that follow from other
+//! values, and paths relative to the config file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use http::Uri;
+
+use super::node::http_url;
+use super::{Config, ConfigError, SharedPins, ADMIN_TOKEN_ENV};
+
+impl Config {
+    /// Checks what serde cannot: ranges, formats, and rules across keys; fills the defaults that
+    /// depend on other values and resolves relative paths against the folder of `file`.
+    pub fn validate(&mut self, file: &Path) -> Result<(), ConfigError> {
+        let check = Check { file };
+        if self.server.listen.is_empty() {
+            return Err(check.invalid("server.listen", "[]", "needs at least one address"));
+        }
+        for (key, path) in [
+            ("tls.cert", &mut self.tls.cert),
+            ("tls.key", &mut self.tls.key),
+        ] {
+            check.resolve(key, path)?;
+        }
+        let optional = [
+            ("upstream.ca", &mut self.upstream.ca),
+            ("pins.snapshot_path", &mut self.pins.snapshot_path),
+        ];
+        for (key, path) in optional {
+            path.as_mut()
+                .map(|path| check.resolve(key, path))
+                .transpose()?;
+        }
+        let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let cookie = &self.routing.affinity_cookie;
+        if cookie.is_empty() || !cookie.bytes().all(token_char) {
+            return Err(check.invalid(
+                "routing.affinity_cookie",
+                cookie,
+                "not a valid cookie name",
+            ));
+        }
+        self.durations(&check)?;
+        self.limits.check(&check)?;
+        self.placement(&check)?;
+        self.health(&check)?;
+        self.admin(&check)?;
+        if let Some(redis) = &self.pins.redis {
+            redis_url(&check, redis)?;
+        }
+        if let Some(p) = &mut self.prometheus {
+            check.http_url("prometheus.url", &p.url, true)?;
+            p.url = p.url.trim_end_matches('/').to_owned();
+            for (key, value) in [
+                ("prometheus.query", &p.query),
+                ("prometheus.label", &p.label),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(check.invalid(key, value, "must not be empty"));
+                }
+            }
+        }
+        let mut nodes = std::mem::take(&mut self.nodes);
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.validate(&check, &format!("nodes[{i}]"), self.routing.mode)?;
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let earlier = &nodes[..i];
+            if earlier.iter().any(|n| n.name == node.name) {
+                let key = format!("nodes[{i}].name");
+                return Err(check.invalid(&key, &node.name, "another node already has this name"));
+            }
+            for id in &node.jvb_server_ids {
+                if let Some(other) = earlier.iter().find(|n| n.jvb_server_ids.contains(id)) {
+                    let problem = format!("already served by node {:?}", other.name);
+                    let key = format!("nodes[{i}].jvb_server_ids");
+                    return Err(check.invalid(&key, id, problem));
+                }
+            }
+        }
+        self.nodes = nodes;
+        Ok(())
+    }
+
+    fn durations(&self, check: &Check) -> Result<(), ConfigError> {
+        let (l, u) = (&self.limits, &self.upstream);
+        let mut durations = vec![
+            ("server.shutdown_grace", self.server.shutdown_grace),
+            ("routing.pin_idle_timeout", self.routing.pin_idle_timeout),
+            ("upstream.connect_timeout", u.connect_timeout),
+            ("upstream.response_timeout", u.response_timeout),
+            ("upstream.pool_idle_timeout", u.pool_idle_timeout),
+            ("limits.tls_handshake_timeout", l.tls_handshake_timeout),
+            ("limits.request_head_timeout", l.request_head_timeout),
+            ("limits.keepalive_timeout", l.keepalive_timeout),
+            ("limits.request_body_timeout", l.request_body_timeout),
+            ("limits.response_body_timeout", l.response_body_timeout),
+            ("limits.send_timeout", l.send_timeout),
+            ("limits.retry_after", l.retry_after),
+            ("health.interval", self.health.interval),
+            ("health.timeout", self.health.timeout()),
+        ];
+        if let Some(r) = &self.pins.redis {
+            durations.extend([
+                ("pins.redis.timeout", r.timeout),
+                ("pins.redis.sync_interval", r.sync_interval),
+            ]);
+        }
+        if let Some(p) = &self.prometheus {
+            durations.extend([
+                ("prometheus.interval", p.interval),
+                ("prometheus.timeout", p.timeout()),
+                ("prometheus.max_staleness", p.max_staleness()),
+            ]);
+        }
+        match durations.into_iter().find(|(_, d)| d.is_zero()) {
+            Some((key, _)) => Err(check.invalid(key, "0s", "must be greater than zero")),
+            None => Ok(()),
+        }
+    }
+
+    fn placement(&self, check: &Check) -> Result<(), ConfigError> {
+        let p = &self.placement;
+        if !(p.max_cpu > 0.0 && p.max_cpu <= 1.0) {
+            let problem = "must be a busy fraction in (0, 1]";
+            return Err(check.invalid("placement.max_cpu", p.max_cpu, problem));
+        }
+        if !(1.0..=100.0).contains(&p.balance_factor) {
+            let problem = "must be between 1.0 and 100";
+            return Err(check.invalid("placement.balance_factor", p.balance_factor, problem));
+        }
+        match p.room_cost {
+            Some(cost) if !(0.0..=1.0).contains(&cost) => {
+                let problem = "must be a busy fraction per room in [0, 1]";
+                Err(check.invalid("placement.room_cost", cost, problem))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn health(&self, check: &Check) -> Result<(), ConfigError> {
+        let path = &self.health.path;
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(check.invalid("health.path", path, "must be a path starting with '/'"));
+        }
+        for (key, value) in [
+            ("health.fall", self.health.fall),
+            ("health.rise", self.health.rise),
+        ] {
+            if value == 0 {
+                return Err(check.invalid(key, value, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    fn admin(&mut self, check: &Check) -> Result<(), ConfigError> {
+        let env = std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let admin = &mut self.admin;
+        admin.token = env.or(admin.token.take());
+        if admin.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(check.invalid("admin.token", "(hidden)", "use at least 16 characters"));
+        }
+        let listen = self.server.admin_listen;
+        if admin.token.is_none() && !listen.ip().is_loopback() {
+            let problem =
+                format!("an admin listener off loopback needs [admin] token or {ADMIN_TOKEN_ENV}");
+            return Err(check.invalid("server.admin_listen", listen.to_string(), problem));
+        }
+        for host in &mut admin.allowed_hosts {
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && (host.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+            if !valid {
+                let problem =
+                    "must be a host name (letters, digits, '-' and '.'), without port or scheme";
+                return Err(check.invalid("admin.allowed_hosts", &host, problem));
+            }
+            host.make_ascii_lowercase();
+        }
+        Ok(())
+    }
+}
+
+fn redis_url(check: &Check, redis: &SharedPins) -> Result<(), ConfigError> {
+    use redis::IntoConnectionInfo;
+    let url = &redis.url;
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    if !matches!(scheme, "redis" | "unix" | "redis+unix") {
+        let problem = "must start with redis:// or unix:// (TLS to Redis is not built in)";
+        return Err(check.invalid("pins.redis.url", url, problem));
+    }
+    if let Err(e) = url.as_str().into_connection_info() {
+        return Err(check.invalid("pins.redis.url", url, format!("not a Redis URL ({e})")));
+    }
+    if redis.prefix.is_empty() {
+        return Err(check.invalid("pins.redis.prefix", &redis.prefix, "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Validation context: the file name plus helpers that build precise errors.
+pub(super) struct Check<'a> {
+    pub(super) file: &'a Path,
+}
+
+impl Check<'_> {
+    pub(super) fn invalid(
+        &self,
+        key: &str,
+        value: impl fmt::Debug,
+        problem: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            key: key.to_owned(),
+            value: format!("{value:?}"),
+            problem: problem.into(),
+        }
+    }
+
+    /// Anchors a relative path at the config file's folder.
+    pub(super) fn resolve(&self, key: &str, path: &mut PathBuf) -> Result<(), ConfigError> {
+        if path.as_os_str().is_empty() {
+            return Err(self.invalid(key, "", "must name a file"));
+        }
+        if path.is_relative() {
+            *path = self.file.parent().unwrap_or(Path::new(".")).join(&*path);
+        }
+        Ok(())
+    }
+
+    pub(super) fn http_url(
+        &self,
+        key: &str,
+        text: &str,
+        allow_path: bool,
+    ) -> Result<Uri, ConfigError> {
+        http_url(text, allow_path).map_err(|problem| self.invalid(key, text, problem))
+    }
+}
