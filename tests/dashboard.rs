@@ -70,6 +70,13 @@ async fn the_dashboard_shows_the_fleet_and_drains_a_node() {
         .eval("[...document.querySelectorAll('#nodes tr .rooms')].reduce((s, td) => s + Number(td.textContent), 0)")
         .await;
     assert_eq!(rooms_shown, 6);
+    let weights = tab
+        .eval("[...document.querySelectorAll('#nodes tr .weight')].map(td => td.textContent).join(',')")
+        .await;
+    assert_eq!(
+        weights, "1,1",
+        "each node's weight ([[nodes]] weight, 1 by default)"
+    );
 
     // Drain jitsi-a with its button: the page and the API both show it.
     let row = r#"tr[data-node="jitsi-a"]"#;

@@ -212,6 +212,11 @@ impl Router {
     fn place_here(&self, room: &str, stale: Option<NodeId>) -> Option<Routed> {
         let state = self.fleet.load();
         if stale.is_none() && self.pins.full() {
+            // A request racing this one may have pinned the room before the table filled.
+            if let Held::Usable(node) = self.held(&state, room) {
+                let decision = Decision::Pinned;
+                return Some(Routed { node, decision });
+            }
             return self.route_unpinned(&state, room);
         }
         let chosen = self.place(&state, room)?;

@@ -31,7 +31,6 @@
 //! saw the same rooms choose the same node.
 
 use std::cmp::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::fleet::{FleetState, Node};
@@ -76,89 +75,60 @@ fn estimated(node: &Node, reading: f64, cost: f64) -> f64 {
     reading + cost * f64::from(node.live.placed_since_reading()) / node.weight()
 }
 
-/// The nodes that may take a new room (healthy and undrained), with their totals.
-struct Candidates<'s> {
-    nodes: &'s [Arc<Node>],
-    /// The readings shares are reckoned by; empty to share by weight alone.
-    cpu: &'s [Option<f64>],
-    max_cpu: f64,
-    /// Their shares' sum (see [`Candidates::share`]).
-    shares: f64,
-    /// Rooms placed on them since their last reading.
-    placed: u64,
-    /// Their active rooms.
-    rooms: u64,
+/// What placement reads of one candidate, gathered in one pass over the fleet state.
+struct Candidate {
+    index: usize,
+    seed: u64,
+    weight: f64,
+    /// Rooms placed on it since its last reading.
+    placed: u32,
+    rooms: u32,
+    /// Its last reading, when fresh.
+    reading: Option<f64>,
+}
+
+/// The nodes that may take a new room (healthy and undrained), in fleet order.
+fn candidates(state: &FleetState, cpu: &[Option<f64>]) -> Vec<Candidate> {
+    (state.nodes().iter().enumerate())
+        .filter(|(_, node)| node.live.available())
+        .map(|(index, node)| Candidate {
+            index,
+            seed: node.seed,
+            weight: node.weight(),
+            placed: node.live.placed_since_reading(),
+            rooms: node.live.rooms(),
+            reading: cpu.get(index).copied().flatten(),
+        })
+        .collect()
+}
+
+/// Whether a node whose share of the rooms is `share` (of `shares` in all) and holds `count`
+/// of `total` rooms may take one more under the bound.
+fn within(settings: &Settings, count: u32, total: u64, share: f64, shares: f64) -> bool {
+    f64::from(count) + 1.0 <= (settings.balance_factor * (total + 1) as f64 * share / shares).ceil()
+}
+
+/// The first of `pool` in placement order: lowest `rank`, ties by the room's weighted
+/// rendezvous score.
+fn best<'c>(
+    room_hash: u64,
+    pool: impl Iterator<Item = &'c Candidate>,
+    rank: impl Fn(&Candidate) -> f64,
+) -> Option<usize> {
+    let score = |c: &Candidate| rendezvous::score(room_hash, c.seed, c.weight);
+    let ranked = pool.map(|c| (c, rank(c)));
+    let first = ranked.reduce(|a, b| match a.1.total_cmp(&b.1) {
+        Ordering::Less => a,
+        Ordering::Greater => b,
+        Ordering::Equal if score(b.0) > score(a.0) => b,
+        Ordering::Equal => a,
+    });
+    first.map(|(c, _)| c.index)
 }
 
 /// The least spare CPU a candidate's share counts, so that a node read at `max_cpu` still has
 /// a share (it takes rooms only when every node is that busy).
 const MIN_SPARE: f64 = 0.01;
-
-impl<'s> Candidates<'s> {
-    /// The candidates of `state`, sharing rooms by spare CPU in `cpu` (empty: by weight).
-    fn of(state: &'s FleetState, cpu: &'s [Option<f64>], max_cpu: f64) -> Option<Self> {
-        let mut all = Candidates {
-            nodes: state.nodes(),
-            cpu,
-            max_cpu,
-            shares: 0.0,
-            placed: 0,
-            rooms: 0,
-        };
-        let (mut shares, mut placed, mut rooms) = (0.0, 0, 0);
-        for i in all.indices() {
-            shares += all.share(i);
-            placed += u64::from(all.nodes[i].live.placed_since_reading());
-            rooms += u64::from(all.nodes[i].live.rooms());
-        }
-        (all.shares, all.placed, all.rooms) = (shares, placed, rooms);
-        (all.shares > 0.0).then_some(all)
-    }
-
-    /// How much of the new rooms node `i` is fit to take, relative to the others: its weight,
-    /// times its spare CPU under `max_cpu` at the last reading when shares go by readings (a
-    /// node without a reading counts as idle).
-    fn share(&self, i: usize) -> f64 {
-        let weight = self.nodes[i].weight();
-        if self.cpu.is_empty() {
-            return weight;
-        }
-        let reading = self.cpu.get(i).copied().flatten().unwrap_or(0.0);
-        weight * (self.max_cpu - reading).max(MIN_SPARE)
-    }
-
-    fn indices(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].live.available())
-    }
-
-    /// Whether a node holding `count` of `total` rooms may take one more under the bound.
-    fn within(&self, settings: &Settings, i: usize, count: u32, total: u64) -> bool {
-        let share = self.share(i) / self.shares;
-        f64::from(count) + 1.0 <= (settings.balance_factor * (total + 1) as f64 * share).ceil()
-    }
-
-    /// The first of `pool` in placement order: lowest `rank`, ties by the room's rendezvous
-    /// score.
-    fn best(
-        &self,
-        room_hash: u64,
-        pool: impl Iterator<Item = usize>,
-        rank: impl Fn(usize) -> f64,
-    ) -> Option<usize> {
-        let score = |i: usize| {
-            let node = &self.nodes[i];
-            rendezvous::score(room_hash, node.seed, node.weight())
-        };
-        let ranked = pool.map(|i| (i, rank(i)));
-        let first = ranked.reduce(|a, b| match a.1.total_cmp(&b.1) {
-            Ordering::Less => a,
-            Ordering::Greater => b,
-            Ordering::Equal if score(b.0) > score(a.0) => b,
-            Ordering::Equal => a,
-        });
-        first.map(|(i, _)| i)
-    }
-}
 
 /// Chooses the node for a new room whose rendezvous hash is `room_hash`; `None` when no node is
 /// healthy and undrained.
@@ -168,30 +138,32 @@ pub fn choose(
     room_hash: u64,
     now: Instant,
 ) -> Option<Chosen> {
-    let cpu = state.cpu(now);
-    if cpu.iter().all(Option::is_none) {
+    let all = candidates(state, state.cpu(now));
+    if all.iter().all(|c| c.reading.is_none()) {
         return Some(Chosen {
-            index: by_hash(state, settings, room_hash)?,
+            index: hashed(settings, room_hash, &all)?,
             over_max_cpu: false,
         });
     }
-    let all = Candidates::of(state, cpu, settings.max_cpu)?;
     let cost = room_cost(state, settings);
     // Nodes without a reading rank after every node with one.
-    let rank = |i: usize| match cpu.get(i).copied().flatten() {
-        Some(reading) => estimated(&all.nodes[i], reading, cost),
+    let rank = |c: &Candidate| match c.reading {
+        Some(reading) => reading + cost * f64::from(c.placed) / c.weight,
         None => f64::INFINITY,
     };
-    let under = |i: usize| rank(i) < settings.max_cpu || rank(i).is_infinite();
-    let any_under = all.indices().any(under);
-    let allowed = |i: usize| !any_under || under(i);
-    let within = |i: usize| {
-        let placed = all.nodes[i].live.placed_since_reading();
-        all.within(settings, i, placed, all.placed)
-    };
-    let bounded = all.indices().filter(|&i| allowed(i) && within(i));
-    let index = (all.best(room_hash, bounded, rank))
-        .or_else(|| all.best(room_hash, all.indices().filter(|&i| allowed(i)), rank))?;
+    let under = |c: &Candidate| rank(c) < settings.max_cpu || rank(c).is_infinite();
+    let any_under = all.iter().any(under);
+    let allowed = |c: &&Candidate| !any_under || under(c);
+    // A node's share of a window's rooms: its weight times its spare CPU at the reading (a
+    // node without one counts as idle).
+    let share =
+        |c: &Candidate| c.weight * (settings.max_cpu - c.reading.unwrap_or(0.0)).max(MIN_SPARE);
+    let shares: f64 = all.iter().map(share).sum();
+    let placed: u64 = all.iter().map(|c| u64::from(c.placed)).sum();
+    let bounded = (all.iter().filter(allowed))
+        .filter(|c| within(settings, c.placed, placed, share(c), shares));
+    let index = best(room_hash, bounded, rank)
+        .or_else(|| best(room_hash, all.iter().filter(allowed), rank))?;
     Some(Chosen {
         index,
         over_max_cpu: !any_under,
@@ -202,10 +174,14 @@ pub fn choose(
 /// among those within the bound on total rooms; `None` when no node is healthy and undrained.
 /// While the fleet and its room counts stay as they are, a room gets the same node every time.
 pub fn by_hash(state: &FleetState, settings: &Settings, room_hash: u64) -> Option<usize> {
-    let all = Candidates::of(state, &[], settings.max_cpu)?;
-    let within = |i: usize| all.within(settings, i, all.nodes[i].live.rooms(), all.rooms);
-    let bounded = all.indices().filter(|&i| within(i));
-    (all.best(room_hash, bounded, |_| 0.0)).or_else(|| all.best(room_hash, all.indices(), |_| 0.0))
+    hashed(settings, room_hash, &candidates(state, &[]))
+}
+
+fn hashed(settings: &Settings, room_hash: u64, all: &[Candidate]) -> Option<usize> {
+    let weights: f64 = all.iter().map(|c| c.weight).sum();
+    let rooms: u64 = all.iter().map(|c| u64::from(c.rooms)).sum();
+    let bounded = (all.iter()).filter(|c| within(settings, c.rooms, rooms, c.weight, weights));
+    best(room_hash, bounded, |_| 0.0).or_else(|| best(room_hash, all.iter(), |_| 0.0))
 }
 
 #[cfg(test)]
