@@ -85,11 +85,25 @@ impl Node {
     }
 }
 
+/// What placement reads of a node, kept in a list aligned with [`FleetState::nodes`]: a scan of a
+/// large fleet then reads this list in order and one line of each node's live counters, rather
+/// than each node's whole record.
+#[derive(Debug)]
+pub struct Placing {
+    /// The node's rendezvous seed.
+    pub seed: u64,
+    /// The node's weight.
+    pub weight: f64,
+    /// Its rooms, health and drain.
+    pub live: Arc<NodeLive>,
+}
+
 /// An immutable view of the fleet, published whole: rebuilt on every node-list change and CPU
 /// reading, read by every routing decision.
 #[derive(Debug)]
 pub struct FleetState {
     nodes: Vec<Arc<Node>>,
+    placing: Vec<Placing>,
     by_name: HashMap<NodeId, usize, RandomState>,
     by_server_id: HashMap<String, usize, RandomState>,
     /// Every node known now or earlier, by name.
@@ -104,6 +118,11 @@ impl FleetState {
     /// All nodes, in config order.
     pub fn nodes(&self) -> &[Arc<Node>] {
         &self.nodes
+    }
+
+    /// Placement's view of the nodes, aligned with [`nodes`](Self::nodes).
+    pub fn placing(&self) -> &[Placing] {
+        &self.placing
     }
 
     /// The node with this name.
@@ -406,8 +425,16 @@ fn build(inputs: &Inputs) -> FleetState {
     let cpu = (inputs.specs.iter())
         .map(|spec| inputs.cpu_by_instance.get(&spec.instance).copied())
         .collect();
+    let placing = (nodes.iter())
+        .map(|node| Placing {
+            seed: node.seed,
+            weight: node.weight(),
+            live: node.live.clone(),
+        })
+        .collect();
     FleetState {
         nodes,
+        placing,
         by_name,
         by_server_id,
         lives: inputs.lives.clone(),
