@@ -38,8 +38,9 @@ impl NodeId {
         &self.0
     }
 
-    /// Whether both are clones of one id (then they name the same node); a cheaper test than
-    /// equality, which may be true of ids made apart.
+    /// Whether both are clones of one id, sharing one allocation of the name (every pin of a
+    /// node holds a clone of the node's id, so a million pins do not hold a million names);
+    /// equality is also true of ids made apart.
     pub fn same(&self, other: &NodeId) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
