@@ -31,7 +31,7 @@
 //! saw the same rooms choose the same node.
 //!
 //! [`choose`] reads the candidates twice over the fleet state's [`placing`](FleetState::placing)
-//! list (once for the totals the bound needs, once to pick): about 15 µs at 1,000 nodes on the
+//! list (once for the totals the bound needs, once to pick): about 14 µs at 1,000 nodes on the
 //! development VM, paid by the first request of a room only.
 
 use std::cmp::Ordering;
