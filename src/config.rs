@@ -25,7 +25,7 @@ mod node;
 mod validate;
 
 pub use limits::{Limits, CANCELLED_STREAMS_WINDOW};
-pub use node::NodeSpec;
+pub use node::{HealthCheck, NodeSpec};
 
 /// A configuration problem, always naming where it is and what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +309,14 @@ impl Default for Placement {
 }
 
 /// `[health]`
+///
+/// DESIGN note. The default path is `/http-bind`, the BOSH endpoint, because on a Jitsi web
+/// front it is the one path that reaches the XMPP signalling: docker-jitsi-meet's nginx
+/// (`web/rootfs/defaults/meet.conf`) and Debian jitsi-meet's both proxy `location = /http-bind`
+/// to prosody, whose BOSH module answers `GET` with 200, and answer 502 when prosody is down.
+/// `/about/health` is no such check: docker-jitsi-meet's web front has no location for it, and
+/// with `ENABLE_SUBDOMAINS` (the default) it falls through to the room page and answers 200
+/// whatever the signalling does.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Health {
@@ -330,7 +338,7 @@ impl Default for Health {
     fn default() -> Health {
         let Thresholds { fall, rise } = Thresholds::default();
         Health {
-            path: "/about/health".into(),
+            path: "/http-bind".into(),
             interval: Duration::from_secs(5),
             timeout: None,
             fall,

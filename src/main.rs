@@ -330,6 +330,13 @@ fn describe(c: &Config, path: &Path) -> String {
             n.jvb_server_ids.join(","),
             if n.drain { "  (draining)" } else { "" }
         );
+        for extra in &n.health_checks {
+            let _ = writeln!(
+                out,
+                "  {:<16} health also GET {} → {}",
+                "", extra.url, extra.status
+            );
+        }
     }
     out
 }

@@ -112,11 +112,17 @@ async fn the_dashboard_shows_the_fleet_and_drains_a_node() {
     .await;
     assert!(!draining(&router, "jitsi-a").await);
 
-    // A node that fails its health checks turns red without a reload of the page.
+    // A node that fails its health checks turns red without a reload of the page, and says
+    // which check failed and why.
     nodes[1].set_healthy(false);
     tab.wait_for(
-        r#"document.querySelector('tr[data-node="jitsi-b"] .health')?.textContent === 'unhealthy'"#,
+        r#"document.querySelector('tr[data-node="jitsi-b"] .health .pill')?.textContent === 'unhealthy'"#,
         Duration::from_secs(30),
+    )
+    .await;
+    tab.wait_for(
+        r#"(document.querySelector('tr[data-node="jitsi-b"] .health .why')?.textContent ?? '').includes('/http-bind: status 502')"#,
+        Duration::from_secs(10),
     )
     .await;
 }

@@ -339,7 +339,7 @@ fn check_prints_what_it_understood() {
         "10.0.0.11:9100",
         "https://jitsi-1.example.com",
         "max_cpu 0.85",
-        "/about/health",
+        "GET /http-bind",
         "admin:",
     ] {
         assert!(stdout.contains(part), "{part} missing from:\n{stdout}");

@@ -320,7 +320,7 @@ async fn bare_node(
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
-                    let health = head.starts_with(b"GET /about/health");
+                    let health = head.starts_with(b"GET /http-bind ");
                     let bodiless = head.starts_with(b"HEAD ");
                     head.clear();
                     if !health {

@@ -79,6 +79,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
                 "jvb_server_ids": spec.jvb_server_ids,
                 "drain": spec.drain,
                 "weight": spec.weight,
+                "health_checks": spec.health_checks,
                 "cpu": cpu.get(i).copied().flatten(),
                 "cpu_estimate": policy::estimate(&state, admin.router.settings(), i, now),
                 "healthy": node.live.healthy(),
@@ -86,6 +87,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
                 "rooms": node.live.rooms(),
                 "placed_since_reading": node.live.placed_since_reading(),
                 "last_health_check": node.live.checked_at_ms().map(|ms| ms as f64 / 1000.0),
+                "health_failure": node.live.failure(),
             })
         })
         .collect();
@@ -93,7 +95,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
 }
 
 /// What [`nodes`] shows of a node's state besides its `[[nodes]]` fields.
-const NODE_STATE: [&str; 7] = [
+const NODE_STATE: [&str; 8] = [
     "cpu",
     "cpu_estimate",
     "healthy",
@@ -101,6 +103,7 @@ const NODE_STATE: [&str; 7] = [
     "rooms",
     "placed_since_reading",
     "last_health_check",
+    "health_failure",
 ];
 
 pub(super) fn put_node(admin: &Admin, name: &str, body: &[u8]) -> Answer {

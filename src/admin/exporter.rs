@@ -95,7 +95,10 @@ impl Collector for Exporter {
             MetricType::Counter,
         )?;
         for node in nodes {
-            node.live.requests.encode(node.id.as_str(), &mut family)?;
+            node.live
+                .report
+                .requests
+                .encode(node.id.as_str(), &mut family)?;
         }
         m.no_node_requests.encode("none", &mut family)?;
 
@@ -131,6 +134,7 @@ impl Collector for Exporter {
         )?;
         for node in nodes {
             node.live
+                .report
                 .upstream
                 .encode(&mut family.encode_family(&[("node", node.id.as_str())])?)?;
         }

@@ -33,6 +33,25 @@ pub struct NodeSpec {
     /// carry twice the rooms of one of weight 1 at the same CPU.
     #[serde(default = "one")]
     pub weight: f64,
+    /// Checks that must pass too for the node to be healthy, besides `[health] path` on its
+    /// upstream: jicofo's and the videobridge's own `/about/health` on their private ports.
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheck>,
+}
+
+/// One extra health check of a node (`[[nodes]] health_checks`): `GET url` must answer `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// An `http://` or `https://` URL, path included.
+    pub url: String,
+    /// The status it must answer (default 200).
+    #[serde(default = "ok_status")]
+    pub status: u16,
+}
+
+fn ok_status() -> u16 {
+    200
 }
 
 /// An upstream URL: `http://` or `https://`, a host, no path or query.
@@ -73,6 +92,7 @@ impl NodeSpec {
             jvb_server_ids: Vec::new(),
             drain: false,
             weight: 1.0,
+            health_checks: Vec::new(),
         };
         spec.validate(&check, "nodes", Mode::Proxy)?;
         Ok(spec)
@@ -142,6 +162,13 @@ impl NodeSpec {
         if !(self.weight.is_finite() && self.weight > 0.0 && self.weight <= 1000.0) {
             let problem = "must be above 0 and at most 1000";
             return Err(check.invalid(&key("weight"), self.weight, problem));
+        }
+        for (i, extra) in self.health_checks.iter().enumerate() {
+            check.http_url(&key(&format!("health_checks[{i}].url")), &extra.url, true)?;
+            if !(100..=599).contains(&extra.status) {
+                let at = key(&format!("health_checks[{i}].status"));
+                return Err(check.invalid(&at, extra.status, "must be an HTTP status, 100 to 599"));
+            }
         }
         if self.instance.is_empty() {
             self.instance = (self.upstream.authority()).map_or(String::new(), |a| a.to_string());

@@ -55,7 +55,7 @@ impl ProsodyNode {
     /// Starts prosody on a free loopback port and its front on `front_bind`; returns once prosody
     /// answers BOSH.
     pub async fn start(name: &str, front_bind: SocketAddr) -> Result<ProsodyNode, ProsodyError> {
-        let binary = binary().ok_or(ProsodyError::Missing)?;
+        binary().ok_or(ProsodyError::Missing)?;
         let dir = super::temp_folder(&format!("jitsi-router-{name}-"))?;
         let mut node = ProsodyNode {
             name: name.to_owned(),
@@ -65,25 +65,13 @@ impl ProsodyNode {
             dir,
         };
         // A free port can be taken by someone else before prosody binds it; try a few.
-        let config_file = node.dir.path().join("prosody.cfg.lua");
         let mut attempts = 0;
         loop {
-            std::fs::write(&config_file, config(node.dir.path(), node.http))?;
-            node.prosody = Some(
-                super::dies_with_us(&binary)
-                    .arg("--config")
-                    .arg(&config_file)
-                    .arg("-F")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?,
-            );
-            match node.wait_ready().await {
+            match node.run_prosody().await {
                 Ok(()) => break,
                 Err(e) if attempts == 2 => return Err(e),
                 Err(_) => {
-                    node.stop();
+                    node.stop_prosody();
                     node.http = super::free_port()?;
                     attempts += 1;
                 }
@@ -91,6 +79,44 @@ impl ProsodyNode {
         }
         node.front = Some(SimNode::start_with_signalling(name, front_bind, node.http).await?);
         Ok(node)
+    }
+
+    /// Starts prosody with this node's config on its port; returns once it answers BOSH.
+    async fn run_prosody(&mut self) -> Result<(), ProsodyError> {
+        let binary = binary().ok_or(ProsodyError::Missing)?;
+        let config_file = self.dir.path().join("prosody.cfg.lua");
+        std::fs::write(&config_file, config(self.dir.path(), self.http))?;
+        self.prosody = Some(
+            super::dies_with_us(&binary)
+                .arg("--config")
+                .arg(&config_file)
+                .arg("-F")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        self.wait_ready().await
+    }
+
+    /// Kills prosody alone, as a crashed signalling server: the front keeps answering, and
+    /// its signalling paths fail.
+    pub fn stop_prosody(&mut self) {
+        if let Some(mut child) = self.prosody.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts prosody again on the same port (after [`stop_prosody`](Self::stop_prosody)).
+    pub async fn restart_prosody(&mut self) -> Result<(), ProsodyError> {
+        self.stop_prosody();
+        self.run_prosody().await
+    }
+
+    /// Where prosody serves HTTP (BOSH at `/http-bind`, WebSocket at `/xmpp-websocket`).
+    pub fn signalling(&self) -> SocketAddr {
+        self.http
     }
 
     async fn wait_ready(&mut self) -> Result<(), ProsodyError> {
@@ -149,10 +175,7 @@ impl ProsodyNode {
     /// Stops prosody and the front, as a crashed or powered-off node: connections drop, new ones
     /// are refused.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.prosody.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop_prosody();
         self.front = None;
     }
 }

@@ -157,7 +157,8 @@ impl SimNode {
         format!("{scheme}://{}", self.addr)
     }
 
-    /// Makes `/about/health` answer 200 (`true`) or 503 (`false`).
+    /// Makes `/about/health` answer 200 (`true`) or 503 (`false`), and the simulated BOSH at
+    /// `/http-bind` 200 or 502 (its signalling up or down).
     pub fn set_healthy(&self, healthy: bool) {
         self.shared
             .healthy
@@ -348,6 +349,12 @@ async fn content(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
                 escape_html(&room)
             ),
         ),
+        // Signalling down, as the router's default health check sees it (`GET /http-bind`).
+        p if p.ends_with("/http-bind")
+            && !shared.healthy.load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            reply(StatusCode::BAD_GATEWAY, "text/plain", "signalling down\n")
+        }
         p if p.ends_with("/http-bind") => {
             let (_, body) = read_body(req).await;
             reply(

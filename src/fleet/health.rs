@@ -1,11 +1,15 @@
-//! Active health checks: `GET <upstream><path>` on every node each `interval`. A node becomes
-//! unhealthy after `fall` consecutive failures (connection errors seen by the proxy count too) and
-//! healthy again after `rise` consecutive successes. Unhealthy nodes take no new rooms, and their
-//! pinned rooms are placed again on their next request.
+//! Active health checks: `GET <upstream><path>` on every node each `interval` (by default
+//! `/http-bind`, which a Jitsi web front hands to prosody: see [`crate::config::Health`]), and
+//! each URL of the node's `health_checks` (jicofo's and the videobridge's own health), all of
+//! which must pass. A node becomes unhealthy after `fall` consecutive failures (connection errors
+//! seen by the proxy count too) and healthy again after `rise` consecutive successes. Unhealthy
+//! nodes take no new rooms, and their pinned rooms are placed again on their next request. The
+//! last failure (which check, and why) stays on the node for the admin API until a check passes.
 
 use std::sync::Arc;
 
 use futures_util::future::join_all;
+use futures_util::FutureExt;
 
 use super::{Fleet, Node};
 use crate::config::Health;
@@ -48,26 +52,55 @@ enum Checked {
     Local(LocalFault),
 }
 
-/// Checks one node once.
-async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Checked {
-    let base = node.spec.upstream.to_string();
-    let url = format!("{}{path}", base.trim_end_matches('/'));
+/// `GET url`, expecting `status` (any 2xx when `None`).
+async fn probe(client: &reqwest::Client, url: &str, status: Option<u16>) -> Checked {
     match client.get(url).send().await {
-        Ok(response) if response.status().is_success() => Checked::Passed,
-        Ok(response) => Checked::Failed(format!("status {}", response.status().as_u16())),
-        Err(e) if e.is_timeout() => Checked::Failed("timed out".into()),
+        Ok(response) => {
+            let got = response.status();
+            let passed = status.map_or(got.is_success(), |wanted| got.as_u16() == wanted);
+            match status {
+                _ if passed => Checked::Passed,
+                Some(wanted) => Checked::Failed(format!(
+                    "GET {url}: status {} (expected {wanted})",
+                    got.as_u16()
+                )),
+                None => Checked::Failed(format!("GET {url}: status {}", got.as_u16())),
+            }
+        }
+        Err(e) if e.is_timeout() => Checked::Failed(format!("GET {url}: timed out")),
         Err(e) => match LocalFault::find(&e) {
             Some(fault) => Checked::Local(fault),
-            None => Checked::Failed(format!("unreachable ({e})")),
+            None => Checked::Failed(format!("GET {url}: unreachable ({e})")),
         },
     }
 }
 
-/// Records a result and logs a change of health.
-pub fn record(node: &Node, ok: bool, reason: &str, cfg: &Health) {
-    match node.live.record_check(ok, cfg.thresholds()) {
+/// Checks one node once: `[health] path` on its upstream and each of its `health_checks`, all
+/// at once. The first failure (in that order) is the node's; a check the router could not make
+/// leaves no verdict.
+async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Checked {
+    let base = node.spec.upstream.to_string();
+    let main = format!("{}{path}", base.trim_end_matches('/'));
+    let extras = node.spec.health_checks.iter();
+    let probes = std::iter::once(probe(client, &main, None).boxed())
+        .chain(extras.map(|extra| probe(client, &extra.url, Some(extra.status)).boxed()));
+    let results = join_all(probes).await;
+    let mut local = None;
+    for result in results {
+        match result {
+            Checked::Passed => {}
+            Checked::Failed(reason) => return Checked::Failed(reason),
+            Checked::Local(fault) => local = Some(fault),
+        }
+    }
+    local.map_or(Checked::Passed, Checked::Local)
+}
+
+/// Records a result (`failure`: why it failed, `None` for a pass) and logs a change of health.
+pub fn record(node: &Node, failure: Option<&str>, cfg: &Health) {
+    match node.live.record(failure, cfg.thresholds()) {
         Some(false) => {
-            tracing::warn!(node = %node.id, reason, "node unhealthy: no new rooms, its rooms move on their next request")
+            tracing::warn!(node = %node.id, reason = failure.unwrap_or_default(), "node unhealthy: no new rooms, its rooms move on their next request")
         }
         Some(true) => tracing::info!(node = %node.id, "node healthy again"),
         None => {}
@@ -84,8 +117,8 @@ pub async fn run(fleet: Arc<Fleet>, client: reqwest::Client, cfg: Health, metric
         let state = fleet.snapshot();
         let checks = state.nodes().iter().map(|node| async {
             match check(&client, node, &cfg.path).await {
-                Checked::Passed => record(node, true, "", &cfg),
-                Checked::Failed(reason) => record(node, false, &reason, &cfg),
+                Checked::Passed => record(node, None, &cfg),
+                Checked::Failed(reason) => record(node, Some(&reason), &cfg),
                 Checked::Local(fault) => {
                     metrics.local_fault(fault);
                     tracing::warn!(node = %node.id, reason = %fault, "health check not made; the node keeps its health");

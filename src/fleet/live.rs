@@ -5,12 +5,13 @@
 //! and a node that comes back finds its pins counted. Every field is a plain atomic: reads on the
 //! request path are relaxed loads, a placement is two relaxed additions.
 //!
-//! The per-node metrics (answers by status, time to the response head) sit in boxes of their
-//! own: every proxied request writes them, and placement, which reads the counters above for
-//! every candidate, then finds a thousand nodes' counters in 64 KB of lines nothing else
-//! writes (a new room at 1,000 nodes: 13.8–14.9 µs instead of 15.1–15.4 on the development VM).
+//! The per-node metrics (answers by status, time to the response head) and the last health
+//! failure sit in a [`Report`] of their own: every proxied request writes it, and placement,
+//! which reads the counters above for every candidate, then finds a thousand nodes' counters in
+//! 64 KB of lines nothing else writes (a new room at 1,000 nodes: 13.8–14.9 µs instead of 15.1–15.4 on the development VM).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::metrics::{Histogram, StatusCounts};
 
@@ -30,10 +31,20 @@ pub struct NodeLive {
     streak: AtomicU64,
     /// Unix milliseconds of the last health result, 0 before the first.
     checked_at_ms: AtomicU64,
-    /// Answers for this node by status class (metrics only; placement never reads them).
-    pub requests: Box<StatusCounts>,
-    /// Time to the node's response head (metrics only).
-    pub upstream: Box<Histogram>,
+    /// What the admin listener shows and placement never reads.
+    pub report: Box<Report>,
+}
+
+/// What is known of a node for operators only: written by requests and health checks, read by
+/// the admin API and the exporter.
+#[derive(Debug)]
+pub struct Report {
+    /// Answers for this node by status class.
+    pub requests: StatusCounts,
+    /// Time to the node's response head.
+    pub upstream: Histogram,
+    /// Which check failed last and why, until a check passes again.
+    failure: Mutex<Option<String>>,
 }
 
 impl Default for NodeLive {
@@ -46,8 +57,11 @@ impl Default for NodeLive {
             draining: AtomicBool::new(false),
             streak: AtomicU64::new(0),
             checked_at_ms: AtomicU64::new(0),
-            requests: Box::default(),
-            upstream: Box::new(Histogram::upstream()),
+            report: Box::new(Report {
+                requests: StatusCounts::default(),
+                upstream: Histogram::upstream(),
+                failure: Mutex::new(None),
+            }),
         }
     }
 }
@@ -104,6 +118,20 @@ impl NodeLive {
     /// When the last health result was recorded (Unix milliseconds).
     pub fn checked_at_ms(&self) -> Option<u64> {
         Some(self.checked_at_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+
+    /// Which check failed last and why; `None` once a check passes.
+    pub fn failure(&self) -> Option<String> {
+        (self.report.failure.lock()).map_or(None, |failure| failure.clone())
+    }
+
+    /// Records a health-check result (or a passive failure) with why it failed (`failure`,
+    /// `None` for a pass); returns the new health on a change.
+    pub fn record(&self, failure: Option<&str>, thresholds: Thresholds) -> Option<bool> {
+        if let Ok(mut last) = self.report.failure.lock() {
+            *last = failure.map(str::to_owned);
+        }
+        self.record_check(failure.is_none(), thresholds)
     }
 
     /// Records a health-check result (or a passive failure); returns the new health on a change.

@@ -97,7 +97,7 @@ pub async fn forward(
     let sent = client.send(&node.spec.upstream, Request::from_parts(parts, body));
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(settings.response_timeout, sent).await;
-    node.live.upstream.observe(started.elapsed());
+    node.live.report.upstream.observe(started.elapsed());
     let mut response = match answer {
         Err(_) => {
             tracing::warn!(node = %node.id, timeout = ?settings.response_timeout, "node did not answer in time");
@@ -171,7 +171,8 @@ fn failed(
     let reason = error_chain(e);
     tracing::warn!(node = %node.id, error = %reason, "node unreachable");
     if e.is_connect() {
-        crate::fleet::health::record(node, false, &reason, &settings.health);
+        let failure = format!("a request could not connect: {reason}");
+        crate::fleet::health::record(node, Some(&failure), &settings.health);
     }
     let reason = format!("node {} is unreachable", node.id);
     (

@@ -184,7 +184,7 @@ impl Proxy {
                         response.headers_mut().append(header::SET_COOKIE, cookie);
                     }
                 }
-                choice.node.live.requests.count(response.status());
+                choice.node.live.report.requests.count(response.status());
             }
             // The client's fault or the router's own: not the node's answer.
             forward::Answered::Router => self.metrics.no_node_requests.count(response.status()),

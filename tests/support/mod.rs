@@ -11,6 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod nginx;
 pub mod xmpp;
 
 use jitsi_router::demo::prometheus::PrometheusServer;
@@ -906,7 +907,7 @@ impl RawNode {
                                 Ok(n) => head.extend_from_slice(&buf[..n]),
                             }
                         }
-                        let health = head.starts_with(b"GET /about/health");
+                        let health = head.starts_with(b"GET /http-bind ");
                         let asked: usize = String::from_utf8_lossy(&head)
                             .split_once("bytes=")
                             .and_then(|(_, rest)| {

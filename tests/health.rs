@@ -1,0 +1,210 @@
+//! Health checks that see a node's signalling: real prosody behind a real nginx front that, like
+//! docker-jitsi-meet's, has no `/about/health` and answers every unknown path with the room page;
+//! and a node's extra checks (jicofo's and the videobridge's own health).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use jitsi_router::demo::prosody::ProsodyNode;
+use serde_json::Value;
+use support::nginx::Nginx;
+use support::*;
+
+/// The node's entry in `GET /api/nodes`.
+async fn node_status(router: &Router, name: &str) -> Value {
+    let nodes: Value = reqwest::get(router.admin_url("/api/nodes"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let found = nodes.as_array().unwrap().iter().find(|n| n["name"] == name);
+    found
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not in {nodes}"))
+}
+
+async fn node_of(router: &Router, room: &str) -> String {
+    let response = router
+        .client()
+        .get(router.url(&format!("/{room}")))
+        .send()
+        .await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), 200, "{room}");
+    shard(&response)
+}
+
+/// Waits until the node's health is `healthy`; returns how long that took.
+async fn until_health(router: &Router, name: &str, healthy: bool, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = node_status(router, name).await;
+        if status["healthy"] == healthy {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{name} not {} within {limit:?}: {status}",
+            if healthy { "healthy" } else { "unhealthy" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const INTERVAL: Duration = Duration::from_millis(300);
+const FALL: u32 = 2;
+const RISE: u32 = 2;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_prosody_is_down_is_unhealthy_though_its_web_front_answers_200() {
+    let certs = Certs::new();
+    let mut prosody = Vec::new();
+    let mut fronts = Vec::new();
+    for name in ["jitsi-a", "jitsi-b"] {
+        let node = ProsodyNode::start(name, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        fronts.push(Nginx::jitsi_front(node.signalling()).await);
+        prosody.push(node);
+    }
+    let entries = [("jitsi-a", fronts[0].url()), ("jitsi-b", fronts[1].url())];
+    let health = format!(
+        "[health]\ninterval = \"{}ms\"\ntimeout = \"1s\"\nfall = {FALL}\nrise = {RISE}\n",
+        INTERVAL.as_millis()
+    );
+    let router = Router::start(&certs, &config(&certs, &health, &entries));
+    until_health(&router, "jitsi-a", true, Duration::from_secs(10)).await;
+    until_health(&router, "jitsi-b", true, Duration::from_secs(10)).await;
+    // A room on jitsi-a: room names spread over both nodes without CPU data.
+    let mut on_a = None;
+    for i in 0..50 {
+        let room = format!("standup-{i}");
+        if node_of(&router, &room).await == "jitsi-a" {
+            on_a = Some(room);
+            break;
+        }
+    }
+    let on_a = on_a.expect("some room lands on jitsi-a");
+
+    prosody[0].stop_prosody();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let about = client
+        .get(fronts[0].url() + "/about/health")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        about.status(),
+        200,
+        "the front's /about/health says nothing of prosody"
+    );
+    // Within fall × interval of the next check (plus one interval and the time of a check).
+    let took = until_health(&router, "jitsi-a", false, Duration::from_secs(10)).await;
+    let expected = INTERVAL * (FALL + 1) + Duration::from_secs(1);
+    assert!(
+        took <= expected,
+        "unhealthy after {took:?}, expected within {expected:?}"
+    );
+    let status = node_status(&router, "jitsi-a").await;
+    let why = status["health_failure"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("/http-bind") && why.contains("502"),
+        "{status}"
+    );
+
+    for i in 0..10 {
+        assert_eq!(
+            node_of(&router, &format!("new-{i}")).await,
+            "jitsi-b",
+            "a new room"
+        );
+    }
+    assert_eq!(
+        node_of(&router, &on_a).await,
+        "jitsi-b",
+        "its room moves on its next request"
+    );
+
+    prosody[0].restart_prosody().await.unwrap();
+    until_health(
+        &router,
+        "jitsi-a",
+        true,
+        INTERVAL * (RISE + 2) + Duration::from_secs(5),
+    )
+    .await;
+    let status = node_status(&router, "jitsi-a").await;
+    assert_eq!(status["health_failure"], Value::Null, "{status}");
+    assert_eq!(
+        node_of(&router, &on_a).await,
+        "jitsi-b",
+        "a moved room stays where it went"
+    );
+    let _ = fronts[0].errors();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_extra_check_of_a_node_must_pass_and_the_failing_one_is_named() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    // jitsi-c stands in for jitsi-a's jicofo: its /about/health is the extra check.
+    let jicofo = sim_nodes(3).await.pop().unwrap();
+    let extra = format!("{}/about/health", jicofo.url());
+    let health = "[health]\ninterval = \"200ms\"\nfall = 1\nrise = 1\n";
+    let text = config(
+        &certs,
+        health,
+        &[("jitsi-b", nodes[1].url()), ("jitsi-a", nodes[0].url())],
+    ) + &format!("health_checks = [{{ url = {extra:?}, status = 200 }}]\n");
+    let router = Router::start(&certs, &text);
+    until_health(&router, "jitsi-a", true, Duration::from_secs(10)).await;
+    let status = node_status(&router, "jitsi-a").await;
+    assert_eq!(
+        status["health_checks"][0]["url"],
+        extra.as_str(),
+        "{status}"
+    );
+
+    jicofo.set_healthy(false);
+    until_health(&router, "jitsi-a", false, Duration::from_secs(10)).await;
+    let status = node_status(&router, "jitsi-a").await;
+    let why = status["health_failure"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&extra) && why.contains("status 503 (expected 200)"),
+        "{status}"
+    );
+    assert_eq!(node_status(&router, "jitsi-b").await["healthy"], true);
+
+    jicofo.set_healthy(true);
+    until_health(&router, "jitsi-a", true, Duration::from_secs(10)).await;
+}
+
+#[test]
+fn an_extra_check_with_a_bad_url_or_status_is_refused_by_name() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    for (checks, named) in [
+        (
+            "[{ url = \"ftp://x/about/health\" }]",
+            "nodes[0].health_checks[0].url",
+        ),
+        (
+            "[{ url = \"http://x/about/health\", status = 42 }]",
+            "nodes[0].health_checks[0].status",
+        ),
+        (
+            "[{ url = \"http://x/about/health\", expect = 200 }]",
+            "expect",
+        ),
+    ] {
+        let text = config(&certs, "", &[("jitsi-a", "http://127.0.0.1:1".into())])
+            + &format!("health_checks = {checks}\n");
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, text).unwrap();
+        let (code, _, stderr) = run_router(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{checks}: {stderr}");
+        assert!(stderr.contains(named), "{checks}: {stderr}");
+    }
+}
