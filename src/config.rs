@@ -6,9 +6,10 @@
 //! fills the defaults that follow from other values. Every error names the file, the key and the
 //! value: serde's through the key path and the line, validation's as `key = value: problem`.
 //!
-//! This file holds the sections and their defaults, and reads a file; `[limits]` ([`Limits`])
-//! and `[[nodes]]` ([`NodeSpec`], also what the admin API registers) live in `limits.rs` and
-//! `node.rs` with their checks, and `validate.rs` has the checks of the rest. The module is a
+//! This file holds the sections and their defaults, and reads a file; `[limits]` ([`Limits`]),
+//! `[census]` ([`Census`]) and `[[nodes]]` ([`NodeSpec`], also what the admin API registers)
+//! live in `limits.rs`, `census.rs` and `node.rs` with their checks, and `validate.rs` has the
+//! checks of the rest. The module is a
 //! leaf: it imports nothing of the crate, and the typed settings other modules read
 //! (`placement::Settings` is [`Placement`], `fleet::Thresholds` is [`Thresholds`]) are defined
 //! here.
@@ -20,10 +21,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod census;
 mod limits;
 mod node;
 mod validate;
 
+pub use census::Census;
 pub use limits::{Limits, CANCELLED_STREAMS_WINDOW};
 pub use node::{HealthCheck, NodeSpec};
 
@@ -113,6 +116,9 @@ pub struct Config {
     /// `[health]`: active health checks of nodes.
     #[serde(default)]
     pub health: Health,
+    /// `[census]`: how often nodes with a `census_url` are asked which rooms they host.
+    #[serde(default)]
+    pub census: Census,
     /// `[pins]`: pins kept across restarts and shared with other replicas.
     #[serde(default)]
     pub pins: Pins,
@@ -558,6 +564,7 @@ impl Config {
             limits: Limits::default(),
             placement: Placement::default(),
             health: Health::default(),
+            census: Census::default(),
             pins: Pins::default(),
             admin: Admin::default(),
             log: Log::default(),

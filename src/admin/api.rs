@@ -80,6 +80,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
                 "drain": spec.drain,
                 "weight": spec.weight,
                 "health_checks": spec.health_checks,
+                "census_url": spec.census_url,
                 "cpu": cpu.get(i).copied().flatten(),
                 "cpu_estimate": policy::estimate(&state, admin.router.settings(), i, now),
                 "healthy": node.live.healthy(),
@@ -88,6 +89,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
                 "placed_since_reading": node.live.placed_since_reading(),
                 "last_health_check": node.live.checked_at_ms().map(|ms| ms as f64 / 1000.0),
                 "health_failure": node.live.failure(),
+                "participants": node.live.participants(),
             })
         })
         .collect();
@@ -95,7 +97,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
 }
 
 /// What [`nodes`] shows of a node's state besides its `[[nodes]]` fields.
-const NODE_STATE: [&str; 8] = [
+const NODE_STATE: [&str; 9] = [
     "cpu",
     "cpu_estimate",
     "healthy",
@@ -104,6 +106,7 @@ const NODE_STATE: [&str; 8] = [
     "placed_since_reading",
     "last_health_check",
     "health_failure",
+    "participants",
 ];
 
 pub(super) fn put_node(admin: &Admin, name: &str, body: &[u8]) -> Answer {

@@ -155,7 +155,7 @@ impl Collector for Exporter {
         let cpu = state.cpu(now);
         let settings = self.router.settings();
         type Read<'a> = &'a dyn Fn(usize) -> Option<f64>;
-        let per_node: [(&str, &str, Read<'_>); 5] = [
+        let per_node: [(&str, &str, Read<'_>); 6] = [
             ("jitsi_router_node_rooms", "Active rooms pinned to the node.", &|i| {
                 Some(f64::from(nodes[i].live.rooms()))
             }),
@@ -175,6 +175,11 @@ impl Collector for Exporter {
             ("jitsi_router_node_draining", "1 while the node is draining (no new rooms).", &|i| {
                 Some(f64::from(u8::from(nodes[i].live.draining())))
             }),
+            (
+                "jitsi_router_node_participants",
+                "Participants on the node by its room census (absent without a census that counts).",
+                &|i| nodes[i].live.participants().map(f64::from),
+            ),
         ];
         for (name, help, read) in per_node {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -185,6 +190,19 @@ impl Collector for Exporter {
                         .encode_gauge(&value)?;
                 }
             }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "jitsi_router_census_failures",
+            "Polls of a node's room census that got no good answer.",
+            None,
+            MetricType::Counter,
+        )?;
+        for node in nodes.iter().filter(|node| node.spec.census_url.is_some()) {
+            let failures = node.live.report.census_failures.load(Ordering::Relaxed);
+            family
+                .encode_family(&[("node", node.id.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&failures, None)?;
         }
 
         counter(

@@ -37,6 +37,10 @@ pub struct NodeSpec {
     /// upstream: jicofo's and the videobridge's own `/about/health` on their private ports.
     #[serde(default)]
     pub health_checks: Vec<HealthCheck>,
+    /// Where the node's room census is served (Jitsi's `mod_muc_census`, `/room-census` on
+    /// prosody's HTTP port): the rooms live on the node, polled every `[census] interval`.
+    #[serde(default)]
+    pub census_url: Option<String>,
 }
 
 /// One extra health check of a node (`[[nodes]] health_checks`): `GET url` must answer `status`.
@@ -93,6 +97,7 @@ impl NodeSpec {
             drain: false,
             weight: 1.0,
             health_checks: Vec::new(),
+            census_url: None,
         };
         spec.validate(&check, "nodes", Mode::Proxy)?;
         Ok(spec)
@@ -169,6 +174,9 @@ impl NodeSpec {
                 let at = key(&format!("health_checks[{i}].status"));
                 return Err(check.invalid(&at, extra.status, "must be an HTTP status, 100 to 599"));
             }
+        }
+        if let Some(url) = &self.census_url {
+            check.http_url(&key("census_url"), url, true)?;
         }
         if self.instance.is_empty() {
             self.instance = (self.upstream.authority()).map_or(String::new(), |a| a.to_string());

@@ -100,6 +100,7 @@ impl Config {
             ("limits.retry_after", l.retry_after),
             ("health.interval", self.health.interval),
             ("health.timeout", self.health.timeout()),
+            ("census.interval", self.census.interval),
         ];
         if let Some(r) = &self.pins.redis {
             durations.extend([

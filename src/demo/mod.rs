@@ -157,6 +157,16 @@ impl Nodes {
         })
     }
 
+    /// Each node's room census URL, in order (none for simulated nodes).
+    fn census_urls(&self) -> Vec<String> {
+        match self {
+            Nodes::Simulated(_) => Vec::new(),
+            Nodes::Prosody(nodes) => (nodes.iter())
+                .map(|node| format!("http://{}/room-census", node.signalling()))
+                .collect(),
+        }
+    }
+
     /// What serves each node's HTTP (for a prosody node, its front), in order.
     fn fronts(&self) -> Vec<&SimNode> {
         match self {
@@ -248,10 +258,14 @@ pub async fn run(
     let cpu = Cpu::start(with_prometheus, &fronts).await;
     let dir = temp_folder("jitsi-router-demo-")?;
     let (cert, key) = crate::tls::write_self_signed(dir.path())?;
-    let specs = list
+    let mut specs: Vec<NodeSpec> = list
         .iter()
         .map(|(name, url)| NodeSpec::new(name, url).expect("a demo node's URL is valid"))
         .collect();
+    // Real prosody nodes serve the room census: the router keeps their live rooms pinned.
+    for (spec, census) in specs.iter_mut().zip(nodes.census_urls()) {
+        spec.census_url = Some(census);
+    }
     let mut config = Config::with_defaults(listen, cert.clone(), key, specs)?;
     if let Cpu::Prometheus(server) = &cpu {
         let section = crate::config::Prometheus::built_in(server.url(), CPU_QUERY, READ_EVERY);

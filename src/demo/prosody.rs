@@ -17,6 +17,10 @@ pub const DOMAIN: &str = "meet.jitsi";
 /// The MUC component: a Jitsi room `r` is the MUC `r@muc.meet.jitsi`.
 pub const MUC: &str = "muc.meet.jitsi";
 
+/// The project's prosody module serving the room census at `/room-census` (the shape of Jitsi's
+/// `mod_muc_census`), loaded on every node.
+const ROOM_CENSUS: &str = include_str!("prosody/mod_room_census.lua");
+
 /// Where prosody is installed, if it is.
 pub fn binary() -> Option<PathBuf> {
     super::installed("prosody")
@@ -86,6 +90,7 @@ impl ProsodyNode {
         let binary = binary().ok_or(ProsodyError::Missing)?;
         let config_file = self.dir.path().join("prosody.cfg.lua");
         std::fs::write(&config_file, config(self.dir.path(), self.http))?;
+        std::fs::write(self.dir.path().join("mod_room_census.lua"), ROOM_CENSUS)?;
         self.prosody = Some(
             super::dies_with_us(&binary)
                 .arg("--config")
@@ -114,7 +119,8 @@ impl ProsodyNode {
         self.run_prosody().await
     }
 
-    /// Where prosody serves HTTP (BOSH at `/http-bind`, WebSocket at `/xmpp-websocket`).
+    /// Where prosody serves HTTP (BOSH at `/http-bind`, WebSocket at `/xmpp-websocket`, the
+    /// room census at `/room-census`).
     pub fn signalling(&self) -> SocketAddr {
         self.http
     }
@@ -219,8 +225,11 @@ authentication = "anonymous"
 storage = "memory"
 bosh_max_inactivity = 60
 
+plugin_paths = {{ {dir} }}
+
 VirtualHost "{DOMAIN}"
     authentication = "anonymous"
+    modules_enabled = {{ "room_census" }}
 
 Component "{MUC}" "muc"
     muc_room_locking = false

@@ -29,15 +29,16 @@ pub enum ClientError {
     Build(#[from] reqwest::Error),
 }
 
-/// The checker's HTTP client: same trust as the proxy's upstream client.
+/// The HTTP client of the health checks (and of the census polls, with their own `timeout`):
+/// same trust as the proxy's upstream client.
 pub fn client(
-    cfg: &Health,
+    timeout: std::time::Duration,
     upstream_ca: Option<&std::path::Path>,
 ) -> Result<reqwest::Client, ClientError> {
     let tls = crate::tls::upstream_client_config(upstream_ca)?;
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .timeout(cfg.timeout())
+        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()?)

@@ -45,6 +45,10 @@ pub struct Report {
     pub upstream: Histogram,
     /// Which check failed last and why, until a check passes again.
     failure: Mutex<Option<String>>,
+    /// Participants the node's census counted (the last good answer, while it counts).
+    participants: Mutex<Option<u32>>,
+    /// Census polls that got no good answer.
+    pub census_failures: AtomicU64,
 }
 
 impl Default for NodeLive {
@@ -61,6 +65,8 @@ impl Default for NodeLive {
                 requests: StatusCounts::default(),
                 upstream: Histogram::upstream(),
                 failure: Mutex::new(None),
+                participants: Mutex::new(None),
+                census_failures: AtomicU64::new(0),
             }),
         }
     }
@@ -118,6 +124,18 @@ impl NodeLive {
     /// When the last health result was recorded (Unix milliseconds).
     pub fn checked_at_ms(&self) -> Option<u64> {
         Some(self.checked_at_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+
+    /// Participants on the node by its census; `None` without a census that counts.
+    pub fn participants(&self) -> Option<u32> {
+        (self.report.participants.lock()).map_or(None, |count| *count)
+    }
+
+    /// Sets the participants of the node's census (`None`: no census counts now).
+    pub fn set_participants(&self, count: Option<u32>) {
+        if let Ok(mut participants) = self.report.participants.lock() {
+            *participants = count;
+        }
     }
 
     /// Which check failed last and why; `None` once a check passes.

@@ -7,6 +7,7 @@
 //! in each node's [`NodeLive`], kept across rebuilds. This module imports no routing code: the
 //! proxy reports failed requests to [`health`], placement counts rooms into [`NodeLive`].
 
+pub mod census;
 pub mod health;
 pub mod live;
 pub mod prometheus;

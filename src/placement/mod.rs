@@ -10,6 +10,7 @@
 //! gets a node and a [`Decision`] back; whether the shared store was asked stays in here.
 //! Nothing here knows hyper.
 
+pub mod census;
 pub mod pins;
 pub mod policy;
 pub mod shared;

@@ -127,6 +127,22 @@ impl Pins {
         Some(f(&pin.node))
     }
 
+    /// Refreshes the idle timer of the room's pin if it points at `node` (a census found the
+    /// room live there), without counting a request. `None` if unpinned or expired, else
+    /// whether the pin is on `node`.
+    pub fn keep(&self, room: &str, node: &NodeId) -> Option<bool> {
+        let pin = self.map.get(room)?;
+        let now = self.now_ms();
+        if self.expired(&pin, now) {
+            return None;
+        }
+        let here = pin.node == *node;
+        if here {
+            pin.last_seen_ms.store(now, Ordering::Relaxed);
+        }
+        Some(here)
+    }
+
     /// The room's node, refreshing its idle timer; `None` if unpinned or expired.
     pub fn lookup(&self, room: &str) -> Option<NodeId> {
         self.with_pin(room, NodeId::clone)

@@ -70,6 +70,7 @@ pub struct Server {
     proxy: Arc<Proxy>,
     certs: Arc<CertStore>,
     health_client: reqwest::Client,
+    census_client: reqwest::Client,
     connections: Arc<Connections>,
     admin_connections: Arc<Connections>,
     config: Config,
@@ -110,7 +111,8 @@ impl Server {
             }
         }
         let proxy = Arc::new(Proxy::new(router, &config)?);
-        let health_client = health::client(&config.health, config.upstream.ca.as_deref())?;
+        let health_client = health::client(config.health.timeout(), config.upstream.ca.as_deref())?;
+        let census_client = health::client(config.census.timeout(), config.upstream.ca.as_deref())?;
         let mut https = Vec::with_capacity(config.server.listen.len());
         for &addr in &config.server.listen {
             https.push(listen(addr).await?);
@@ -134,6 +136,7 @@ impl Server {
             proxy,
             certs,
             health_client,
+            census_client,
             connections,
             admin_connections,
             config,
@@ -199,6 +202,11 @@ impl Server {
         ) {
             tasks.spawn(reloader.run());
         }
+        tasks.spawn(self.proxy.router().clone().run_census(
+            self.census_client.clone(),
+            self.config.census.clone(),
+            self.proxy.room_limits(),
+        ));
         if self.proxy.router().shared_pins().is_some() {
             tasks.spawn(self.proxy.router().clone().run_shared());
         }

@@ -1,0 +1,162 @@
+//! The room census: which rooms a node hosts, asked of the node itself.
+//!
+//! A node may name a `census_url` (Jitsi's prosody module `mod_muc_census`, served at
+//! `/room-census` on prosody's HTTP port), polled every `[census] interval`. Its answer:
+//! `{"room_census": [{"room_name": "myroom@conference.meet.jitsi", "participants": 3,
+//! "created_time": 1700000000, "leaked": false}, ...]}`. A listed room is live (its count
+//! leaves out jicofo's focus, so 0 is live too) unless `leaked`. Rooms opened under a tenant are
+//! named `[tenant]myroom@...`; both map to the router's room keys (`tenant/myroom`) through the
+//! same normalisation as URLs, and the MUC domain is ignored.
+
+use serde::Deserialize;
+
+use crate::local_fault::LocalFault;
+use crate::room::{RoomKey, RoomLimits};
+
+/// The largest census answer read (a node with 100,000 rooms answers about 10 MB).
+const MAX_ANSWER: usize = 16 << 20;
+
+/// One live room of a node's census.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRoom {
+    /// The room's key, as the router pins it.
+    pub key: String,
+    /// Participants, not counting jicofo's focus.
+    pub participants: u32,
+}
+
+/// Why a census gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CensusError {
+    /// Not a 2xx.
+    #[error("status {0}")]
+    Status(u16),
+    /// No answer in time, or no connection.
+    #[error("{0}")]
+    Unreachable(String),
+    /// An answer that is not a census.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    /// A shortage of the router's own (no verdict on the node).
+    #[error("{0}")]
+    Local(LocalFault),
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    room_census: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    room_name: String,
+    /// Jitsi's module subtracts jicofo's focus, which makes -1 of a room with no one in it.
+    #[serde(default)]
+    participants: i64,
+    #[serde(default)]
+    leaked: bool,
+}
+
+/// The room key a census room name stands for: `[tenant]room@muc.domain` → `tenant/room`,
+/// `room@muc.domain` → `room`; `None` for a name no URL could open.
+pub fn room_key(room_name: &str, limits: &RoomLimits) -> Option<String> {
+    let local = room_name
+        .split_once('@')
+        .map_or(room_name, |(local, _)| local);
+    let text = match local
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+    {
+        Some((tenant, room)) => format!("{tenant}/{room}"),
+        None => local.to_owned(),
+    };
+    RoomKey::parse(&text, limits)
+        .ok()
+        .map(|key| key.as_str().to_owned())
+}
+
+/// Reads a census answer: its live rooms, leaked ones and names no URL could open left out.
+pub fn parse(body: &[u8], limits: &RoomLimits) -> Result<Vec<LiveRoom>, CensusError> {
+    let answer: Answer =
+        serde_json::from_slice(body).map_err(|e| CensusError::Malformed(e.to_string()))?;
+    let live = (answer.room_census.into_iter()).filter(|entry| !entry.leaked);
+    Ok(live
+        .filter_map(|entry| {
+            Some(LiveRoom {
+                key: room_key(&entry.room_name, limits)?,
+                participants: u32::try_from(entry.participants.max(0)).unwrap_or(u32::MAX),
+            })
+        })
+        .collect())
+}
+
+/// Asks one node's census.
+pub async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    limits: &RoomLimits,
+) -> Result<Vec<LiveRoom>, CensusError> {
+    let unreachable = |e: reqwest::Error| match LocalFault::find(&e) {
+        Some(fault) => CensusError::Local(fault),
+        None if e.is_timeout() => CensusError::Unreachable("timed out".into()),
+        None => CensusError::Unreachable(format!("unreachable ({e})")),
+    };
+    let mut response = client.get(url).send().await.map_err(unreachable)?;
+    if !response.status().is_success() {
+        return Err(CensusError::Status(response.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(CensusError::Malformed(format!("over {MAX_ANSWER} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    parse(&body, limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_map_to_room_keys_as_urls_do() {
+        let limits = RoomLimits::default();
+        let key = |name: &str| room_key(name, &limits);
+        assert_eq!(
+            key("myroom@conference.meet.jitsi").as_deref(),
+            Some("myroom")
+        );
+        assert_eq!(key("MyRoom@muc.meet.jitsi").as_deref(), Some("myroom"));
+        assert_eq!(
+            key("[acme]standup@muc.meet.jitsi").as_deref(),
+            Some("acme/standup")
+        );
+        assert_eq!(key("@muc.meet.jitsi"), None);
+    }
+
+    #[test]
+    fn leaked_rooms_are_not_live_and_a_bad_answer_is_malformed() {
+        let limits = RoomLimits::default();
+        let body = br#"{"room_census": [
+            {"room_name": "a@muc.meet.jitsi", "participants": 0, "created_time": 1700000000, "leaked": false},
+            {"room_name": "b@muc.meet.jitsi", "participants": 2, "created_time": 1700000000, "leaked": true},
+            {"room_name": "[t]c@muc.meet.jitsi", "participants": 3, "created_time": null},
+            {"room_name": "d@muc.meet.jitsi", "participants": -1}
+        ]}"#;
+        let live = parse(body, &limits).unwrap();
+        let keys: Vec<(&str, u32)> = live
+            .iter()
+            .map(|r| (r.key.as_str(), r.participants))
+            .collect();
+        assert_eq!(keys, [("a", 0), ("t/c", 3), ("d", 0)]);
+        assert!(matches!(
+            parse(b"{\"rooms\": []}", &limits),
+            Err(CensusError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"<html>", &limits),
+            Err(CensusError::Malformed(_))
+        ));
+    }
+}

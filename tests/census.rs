@@ -1,0 +1,260 @@
+//! The room census the demo's and the tests' prosody nodes serve (the project's own prosody
+//! module, in the shape of Jitsi's `mod_muc_census`): real XMPP clients join rooms through the
+//! router, and the census lists each room with its participants.
+
+mod support;
+
+use std::time::Duration;
+
+use jitsi_router::demo::prosody::ProsodyNode;
+use serde_json::Value;
+use support::xmpp::{Participant, Transport};
+use support::*;
+
+async fn census(node: &ProsodyNode) -> Vec<(String, u64)> {
+    let url = format!("http://{}/room-census", node.signalling());
+    let answer: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let mut rooms: Vec<(String, u64)> = (answer["room_census"].as_array())
+        .unwrap_or_else(|| panic!("no room_census list: {answer}"))
+        .iter()
+        .map(|r| {
+            assert_eq!(r["leaked"], false, "{r}");
+            assert!(r["created_time"].as_u64().unwrap() > 1_600_000_000, "{r}");
+            (
+                r["room_name"].as_str().unwrap().to_owned(),
+                r["participants"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rooms.sort();
+    rooms
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_census_lists_each_live_room_with_its_participants() {
+    let certs = Certs::new();
+    let node = ProsodyNode::start("jitsi-a", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(census(&node).await, [], "no room yet: an empty list");
+    let router = Router::start(&certs, &config(&certs, "", &[("jitsi-a", node.url())]));
+    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "Standup", "alice")
+        .await
+        .unwrap();
+    let _bob = Participant::join(&router, &certs, Transport::Bosh, "standup", "bob")
+        .await
+        .unwrap();
+    let _carol = Participant::join(&router, &certs, Transport::WebSocket, "retro", "carol")
+        .await
+        .unwrap();
+    alice
+        .sees(&["alice", "bob"], Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        census(&node).await,
+        [
+            ("retro@muc.meet.jitsi".to_owned(), 1),
+            ("standup@muc.meet.jitsi".to_owned(), 2)
+        ]
+    );
+}
+
+async fn prosody_nodes(n: usize) -> Vec<ProsodyNode> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let name = format!("jitsi-{}", (b'a' + i as u8) as char);
+        let node = ProsodyNode::start(&name, "127.0.0.1:0".parse().unwrap()).await;
+        nodes.push(node.unwrap_or_else(|e| panic!("{e}")));
+    }
+    nodes
+}
+
+/// A redirect-mode router over `nodes`, each with its census, polled every 200 ms.
+fn redirecting(certs: &Certs, nodes: &[ProsodyNode], sections: &str) -> Router {
+    let sections =
+        format!("[routing]\nmode = \"redirect\"\n{sections}\n[census]\ninterval = \"200ms\"\n");
+    let mut text = config(certs, &sections, &[]);
+    for node in nodes {
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = {:?}\nupstream = {:?}\npublic_url = {:?}\ncensus_url = \"http://{}/room-census\"\n",
+            node.name(),
+            node.url(),
+            node.url(),
+            node.signalling()
+        ));
+    }
+    Router::start(certs, &text)
+}
+
+/// The node a room's pin points at on `router` (admin API), if any.
+async fn pinned_node(router: &Router, room: &str) -> Option<String> {
+    let answer = reqwest::get(router.admin_url(&format!("/api/rooms/{room}")))
+        .await
+        .unwrap();
+    if answer.status() == 404 {
+        return None;
+    }
+    let pin: Value = answer.json().await.unwrap();
+    Some(
+        pin["node"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{pin}"))
+            .to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_redirect_mode_a_meeting_longer_than_the_pin_timeout_keeps_its_node() {
+    let certs = Certs::new();
+    let nodes = prosody_nodes(2).await;
+    let router = redirecting(&certs, &nodes, "pin_idle_timeout = \"1s\"\n");
+    let mut alice = Participant::join(
+        &router,
+        &certs,
+        Transport::WebSocket,
+        "LongMeeting",
+        "alice",
+    )
+    .await
+    .unwrap();
+    let meeting = alice.node.clone();
+    // The meeting's node drains: a fresh placement of the room would go to the other node.
+    let drain = format!("/api/nodes/{meeting}/drain");
+    let drained = reqwest::Client::new()
+        .post(router.admin_url(&drain))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drained.status(), 200);
+    // A room nobody joined, pinned at the same time, as the control: its pin expires.
+    let empty = router
+        .client()
+        .get(router.url("/NobodyCame"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 307);
+    assert!(pinned_node(&router, "nobodycame").await.is_some());
+
+    // Three pin timeouts without a request to the router: only the census speaks of the room.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        pinned_node(&router, "nobodycame").await,
+        None,
+        "an idle pin expires"
+    );
+    assert_eq!(
+        pinned_node(&router, "longmeeting").await.as_deref(),
+        Some(meeting.as_str())
+    );
+    let mut bob = Participant::join(&router, &certs, Transport::Bosh, "longmeeting", "bob")
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.node, meeting,
+        "the late joiner lands on the meeting's node"
+    );
+    for p in [&mut alice, &mut bob] {
+        p.sees(&["alice", "bob"], Duration::from_secs(20))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_router_without_a_pin_adopts_the_node_the_census_reports() {
+    let certs = Certs::new();
+    let nodes = prosody_nodes(2).await;
+    // The meeting starts on a router of node jitsi-b alone.
+    let first = Router::start(
+        &certs,
+        &config(&certs, "", &[(nodes[1].name(), nodes[1].url())]),
+    );
+    let mut alice = Participant::join(&first, &certs, Transport::WebSocket, "Adopted", "alice")
+        .await
+        .unwrap();
+    assert_eq!(alice.node, "jitsi-b");
+    // A new router (a restart without a snapshot, or a new replica) learns it from the census,
+    // before any request: it would have placed rooms on jitsi-a too.
+    let router = redirecting(&certs, &nodes, "");
+    eventually(
+        Duration::from_secs(10),
+        "the room to be adopted",
+        || async { pinned_node(&router, "adopted").await.as_deref() == Some("jitsi-b") },
+    )
+    .await;
+    let mut bob = Participant::join(&router, &certs, Transport::Bosh, "adopted", "bob")
+        .await
+        .unwrap();
+    assert_eq!(bob.node, "jitsi-b");
+    for p in [&mut alice, &mut bob] {
+        p.sees(&["alice", "bob"], Duration::from_secs(20))
+            .await
+            .unwrap();
+    }
+    let nodes_now: Value = reqwest::get(router.admin_url("/api/nodes"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b = nodes_now
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "jitsi-b")
+        .unwrap();
+    eventually(Duration::from_secs(10), "participants to show", || async {
+        let list: Value = reqwest::get(router.admin_url("/api/nodes"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list[1]["participants"] == 2
+    })
+    .await;
+    assert!(
+        b["census_url"].as_str().unwrap().ends_with("/room-census"),
+        "{b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_census_that_fails_is_counted_and_stops_counting_after_three_intervals() {
+    let certs = Certs::new();
+    let mut nodes = prosody_nodes(1).await;
+    let router = redirecting(&certs, &nodes, "");
+    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "Failing", "alice")
+        .await
+        .unwrap();
+    alice.settle(Duration::from_millis(100)).await.unwrap();
+    let participants = || async {
+        let list: Value = reqwest::get(router.admin_url("/api/nodes"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list[0]["participants"].clone()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the census to count alice",
+        || async { participants().await == 1 },
+    )
+    .await;
+    nodes[0].stop_prosody();
+    // Failures are counted; the last good answer counts for three intervals (600 ms), then not.
+    eventually(
+        Duration::from_secs(10),
+        "participants to be unknown",
+        || async { participants().await == Value::Null },
+    )
+    .await;
+    let failures = metrics(&router).await;
+    let counted = failures.get("jitsi_router_census_failures_total{node=\"jitsi-a\"}");
+    assert!(counted.is_some_and(|n| *n >= 3.0), "{failures:?}");
+    assert!(router.logs().contains("census failed"), "{}", router.logs());
+}
