@@ -7,7 +7,8 @@
 //! (`1000_nodes`). Each table's build also prints the resident memory it took per pin
 //! (`bytes_per_pin/...`, keys included). The first case, `floor/dependent_miss_64MiB`, runs unless the filter names
 //! another case: it is not a decision but one load that misses every cache, the least a pinned
-//! decision with a large table can take, timed in the same run.
+//! decision with a large table can take, timed in the same run. `census/1000_rooms` times what
+//! one node's census poll costs the router (runs with no filter or a filter it contains).
 
 use std::time::Duration;
 
@@ -40,6 +41,9 @@ fn main() {
     println!("{:<36} {:>10} {:>10}", "case", "best ns", "median ns");
     if !exact || filter == FLOOR {
         floor();
+    }
+    if !exact && CENSUS.contains(&filter) {
+        census();
     }
     for &(nodes, pins) in &cases {
         let pinned = name("pinned", (nodes, pins));
@@ -83,6 +87,31 @@ fn resident_bytes() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
+}
+
+/// A census poll's work in the router for one node hosting 1,000 live rooms.
+const CENSUS: &str = "census/1000_rooms";
+
+/// Times what the router does with one node's census answer of 1,000 live rooms, all pinned to
+/// it: reading the JSON (about 90 KB) and refreshing each room's pin. The HTTP exchange is the
+/// node's and the network's; one poll per node per `[census] interval` (10 s).
+fn census() {
+    use jitsi_router::fleet::census;
+    use jitsi_router::room::RoomLimits;
+    let router = router(10, Readings::Distinct);
+    let rooms: Vec<String> = (0..1_000)
+        .map(|i| format!(r#"{{"room_name": "standup-{i}@muc.meet.jitsi", "participants": {}, "created_time": 1700000000, "leaked": false}}"#, i % 7))
+        .collect();
+    let body = format!(r#"{{"room_census": [{}]}}"#, rooms.join(", "));
+    let node = router.fleet().snapshot().nodes()[0].id.as_str().to_owned();
+    let limits = RoomLimits::default();
+    let live = census::parse(body.as_bytes(), &limits).expect("a census");
+    router.apply_census(&node, &live);
+    let poll = |_: u64, _: u64| {
+        let live = census::parse(body.as_bytes(), &limits).expect("a census");
+        std::hint::black_box(router.apply_census(&node, &live));
+    };
+    report(CENSUS, 2_000, &poll);
 }
 
 /// The reference case: what one cache miss costs on this machine.

@@ -87,6 +87,12 @@ fn redirecting(certs: &Certs, nodes: &[ProsodyNode], sections: &str) -> Router {
     Router::start(certs, &text)
 }
 
+/// `GET` of an admin API path, as JSON.
+async fn admin_json(router: &Router, path: &str) -> Value {
+    let answer = reqwest::get(router.admin_url(path)).await.unwrap();
+    answer.json().await.unwrap()
+}
+
 /// The node a room's pin points at on `router` (admin API), if any.
 async fn pinned_node(router: &Router, room: &str) -> Option<String> {
     let answer = reqwest::get(router.admin_url(&format!("/api/rooms/{room}")))
@@ -193,12 +199,7 @@ async fn a_router_without_a_pin_adopts_the_node_the_census_reports() {
             .await
             .unwrap();
     }
-    let nodes_now: Value = reqwest::get(router.admin_url("/api/nodes"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes_now: Value = admin_json(&router, "/api/nodes").await;
     let b = nodes_now
         .as_array()
         .unwrap()
@@ -206,12 +207,7 @@ async fn a_router_without_a_pin_adopts_the_node_the_census_reports() {
         .find(|n| n["name"] == "jitsi-b")
         .unwrap();
     eventually(Duration::from_secs(10), "participants to show", || async {
-        let list: Value = reqwest::get(router.admin_url("/api/nodes"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Value = admin_json(&router, "/api/nodes").await;
         list[1]["participants"] == 2
     })
     .await;
@@ -231,12 +227,7 @@ async fn a_census_that_fails_is_counted_and_stops_counting_after_three_intervals
         .unwrap();
     alice.settle(Duration::from_millis(100)).await.unwrap();
     let participants = || async {
-        let list: Value = reqwest::get(router.admin_url("/api/nodes"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Value = admin_json(&router, "/api/nodes").await;
         list[0]["participants"].clone()
     };
     eventually(
@@ -257,4 +248,65 @@ async fn a_census_that_fails_is_counted_and_stops_counting_after_three_intervals
     let counted = failures.get("jitsi_router_census_failures_total{node=\"jitsi-a\"}");
     assert!(counted.is_some_and(|n| *n >= 3.0), "{failures:?}");
     assert!(router.logs().contains("census failed"), "{}", router.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_room_live_on_two_nodes_is_reported_and_new_participants_join_its_larger_part() {
+    let certs = Certs::new();
+    let nodes = prosody_nodes(2).await;
+    // One room, started on each node through a router that knows that node alone.
+    let only = |i: usize| {
+        Router::start(
+            &certs,
+            &config(&certs, "", &[(nodes[i].name(), nodes[i].url())]),
+        )
+    };
+    let (on_a, on_b) = (only(0), only(1));
+    let alice = Participant::join(&on_a, &certs, Transport::WebSocket, "Halves", "alice").await;
+    let bob = Participant::join(&on_b, &certs, Transport::WebSocket, "halves", "bob").await;
+    let carol = Participant::join(&on_b, &certs, Transport::Bosh, "halves", "carol").await;
+    let (_alice, _bob, _carol) = (alice.unwrap(), bob.unwrap(), carol.unwrap());
+
+    let router = redirecting(&certs, &nodes, "");
+    eventually(
+        Duration::from_secs(10),
+        "the split to be listed",
+        || async {
+            let splits: Value = admin_json(&router, "/api/splits").await;
+            splits
+                == serde_json::json!([{"room": "halves", "nodes": [
+                    {"node": "jitsi-b", "participants": 2},
+                    {"node": "jitsi-a", "participants": 1}
+                ]}])
+        },
+    )
+    .await;
+    let gauges = metrics(&router).await;
+    assert_eq!(
+        gauges.get("jitsi_router_split_rooms"),
+        Some(&1.0),
+        "{gauges:?}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the pin to follow the larger part",
+        || async { pinned_node(&router, "halves").await.as_deref() == Some("jitsi-b") },
+    )
+    .await;
+    let mut dave = Participant::join(&router, &certs, Transport::WebSocket, "halves", "dave")
+        .await
+        .unwrap();
+    assert_eq!(
+        dave.node, "jitsi-b",
+        "a new participant joins the larger part"
+    );
+    dave.sees(&["bob", "carol", "dave"], Duration::from_secs(20))
+        .await
+        .unwrap();
+    let logs = router.logs();
+    assert_eq!(
+        logs.matches("room split over nodes").count(),
+        1,
+        "logged once:\n{logs}"
+    );
 }

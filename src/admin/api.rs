@@ -109,6 +109,12 @@ const NODE_STATE: [&str; 9] = [
     "participants",
 ];
 
+/// Rooms live on more than one node by the nodes' census: `[{room, nodes: [{node,
+/// participants}]}]`, each room's largest part first.
+pub(super) fn splits(admin: &Admin) -> Answer {
+    json(StatusCode::OK, &json!(admin.router.splits()))
+}
+
 pub(super) fn put_node(admin: &Admin, name: &str, body: &[u8]) -> Answer {
     let mut node: Value = match serde_json::from_slice(body) {
         Ok(node) => node,

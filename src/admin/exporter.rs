@@ -205,6 +205,13 @@ impl Collector for Exporter {
                 .encode_counter::<NoLabelSet, _, u64>(&failures, None)?;
         }
 
+        single(
+            &mut encoder,
+            "jitsi_router_split_rooms",
+            "Rooms the nodes' census finds live on more than one node.",
+            self.router.splits().len() as i64,
+        )?;
+
         counter(
             &mut encoder,
             "jitsi_router_prometheus_refresh_failures",

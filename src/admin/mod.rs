@@ -12,6 +12,7 @@
 //! | `DELETE /api/nodes/{name}` | removes a node; its rooms move on their next request |
 //! | `POST /api/nodes/{name}/drain`, `/undrain` | the drain switch |
 //! | `GET /api/rooms?node=&limit=` | pinned rooms, most requested first |
+//! | `GET /api/splits` | rooms the nodes' census finds live on more than one node |
 //! | `GET`, `DELETE /api/rooms/{room}` | one room's pin; unpin it |
 //! | `PUT /api/rooms/{room}` with `{"node": …}` | moves a room's pin |
 //!
@@ -154,6 +155,7 @@ impl Admin {
             (&Method::POST, ["api", "nodes", name, "drain"]) => api::drain(self, name, true),
             (&Method::POST, ["api", "nodes", name, "undrain"]) => api::drain(self, name, false),
             (&Method::GET, ["api", "rooms"]) => api::rooms(self, &query).await,
+            (&Method::GET, ["api", "splits"]) => api::splits(self),
             (_, ["api", "rooms", room @ ..]) if !room.is_empty() => {
                 api::room(self, &method, &room.join("/"), &body).await
             }

@@ -7,9 +7,15 @@
 //! (adopted): after a restart without a snapshot, or on a new replica, the router learns where
 //! the meetings already are. A census that fails keeps counting for three intervals with its
 //! last good answer, then counts for nothing.
+//!
+//! A room live on two or more nodes at once is split: its participants sit in two conferences
+//! of one name (after an operator moved it, a Redis outage between replicas, or a restart
+//! without a snapshot). Each split is logged once, listed by [`Router::splits`] (the admin
+//! API's `/api/splits`), and its pin follows the part with the most participants, so new
+//! participants join the larger part.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::future::join_all;
@@ -17,9 +23,96 @@ use futures_util::future::join_all;
 use super::Router;
 use crate::config::Census;
 use crate::fleet::census::{self, CensusError, LiveRoom};
+use crate::fleet::Node;
 use crate::room::RoomLimits;
 
+/// A room the census found live on more than one node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Split {
+    /// The room key.
+    pub room: String,
+    /// Each node it is live on with its participants there, most participants first.
+    pub nodes: Vec<SplitPart>,
+}
+
+/// One node's part of a split room.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SplitPart {
+    /// The node.
+    pub node: String,
+    /// Participants on it.
+    pub participants: u32,
+}
+
+/// The splits the last census round found.
+#[derive(Debug, Default)]
+pub struct Splits(Mutex<Vec<Split>>);
+
+/// The rooms live on more than one of `censuses`' nodes, by room key.
+fn find_splits(censuses: &[(&Node, &[LiveRoom])]) -> Vec<Split> {
+    let mut by_room: HashMap<&str, Vec<SplitPart>> = HashMap::new();
+    for (node, rooms) in censuses {
+        for room in *rooms {
+            by_room.entry(&room.key).or_default().push(SplitPart {
+                node: node.id.as_str().to_owned(),
+                participants: room.participants,
+            });
+        }
+    }
+    let mut splits: Vec<Split> = (by_room.into_iter())
+        .filter(|(_, parts)| parts.len() > 1)
+        .map(|(room, mut parts)| {
+            parts.sort_by(|a, b| (b.participants.cmp(&a.participants)).then(a.node.cmp(&b.node)));
+            let room = room.to_owned();
+            Split { room, nodes: parts }
+        })
+        .collect();
+    splits.sort_by(|a, b| a.room.cmp(&b.room));
+    splits
+}
+
 impl Router {
+    /// The rooms the last census round found live on more than one node.
+    pub fn splits(&self) -> Vec<Split> {
+        (self.splits.0.lock()).map_or_else(|_| Vec::new(), |splits| splits.clone())
+    }
+
+    /// Takes the splits of a census round: logs the new ones, and points each split room's pin
+    /// at its part with the most participants (a pin already on one of the largest parts stays).
+    /// Returns the rooms whose pin moved, with their node.
+    fn settle_splits(&self, splits: Vec<Split>) -> Vec<(String, String)> {
+        let mut moved = Vec::new();
+        let before = match self.splits.0.lock() {
+            Ok(mut known) => std::mem::replace(&mut *known, splits.clone()),
+            Err(_) => return moved,
+        };
+        for split in &splits {
+            let parts: Vec<String> = (split.nodes.iter())
+                .map(|p| format!("{} ({})", p.node, p.participants))
+                .collect();
+            if !before.iter().any(|known| known.room == split.room) {
+                tracing::warn!(room = %split.room, nodes = %parts.join(", "), "room split over nodes: new participants go to its largest part");
+            }
+            let most = split.nodes[0].participants;
+            let largest = split.nodes.iter().take_while(|p| p.participants == most);
+            let pinned = self.pins.info(&split.room).map(|pin| pin.node);
+            if largest
+                .clone()
+                .any(|p| pinned.as_ref().is_some_and(|n| n.as_str() == p.node))
+            {
+                continue;
+            }
+            let Some(target) = largest.map(|p| p.node.as_str()).find(|n| self.usable(n)) else {
+                continue;
+            };
+            if self.set_pin(&split.room, target).is_some() {
+                tracing::info!(room = %split.room, node = target, "split room's pin follows its largest part");
+                moved.push((split.room.clone(), target.to_owned()));
+            }
+        }
+        moved
+    }
+
     /// Applies one node's census: refreshes the pins of its live rooms that point at it, and
     /// pins to it the live rooms this router has no pin for. Returns how many were adopted.
     pub fn apply_census(&self, node: &str, rooms: &[LiveRoom]) -> usize {
@@ -78,6 +171,21 @@ impl Router {
                 }
             }
             last_good.retain(|_, (at, _)| at.elapsed() <= cfg.kept_for());
+            let counting: Vec<(&Node, &[LiveRoom])> = (state.nodes().iter())
+                .filter_map(|node| {
+                    let (_, rooms) = last_good.get(node.id.as_str())?;
+                    Some((node.as_ref(), rooms.as_slice()))
+                })
+                .collect();
+            let moved = self.settle_splits(find_splits(&counting));
+            // Other replicas follow the store on their next sync, as for an operator's move.
+            if let Some(shared) = self.shared.get() {
+                for (room, node) in &moved {
+                    if let Err(e) = shared.moved(room, node).await {
+                        shared.failed(&e);
+                    }
+                }
+            }
             for node in state.nodes() {
                 let rooms = last_good.get(node.id.as_str()).map(|(_, rooms)| rooms);
                 let participants = rooms.map(|rooms| rooms.iter().map(|r| r.participants).sum());

@@ -108,6 +108,7 @@ pub struct Router {
     epoch: Instant,
     over_max_cpu: Warning,
     unpinned: Warning,
+    splits: census::Splits,
 }
 
 impl Router {
@@ -123,6 +124,7 @@ impl Router {
             epoch: Instant::now(),
             over_max_cpu: Warning::default(),
             unpinned: Warning::default(),
+            splits: census::Splits::default(),
         }
     }
 
