@@ -7,6 +7,9 @@
 pub mod caps;
 pub mod conn;
 mod parse_errors;
+mod to_https;
+
+use to_https::to_https;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -557,49 +560,6 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http1::Connection::graceful_shutdown(self);
-    }
-}
-
-/// `308` to the same URL on HTTPS.
-fn to_https(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
-    let answer = |status: StatusCode, text: String, location: Option<HeaderValue>| {
-        let mut response = Response::new(Full::new(Bytes::from(text)));
-        *response.status_mut() = status;
-        if let Some(location) = location {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        response
-    };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let Some(host) = host else {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "missing or invalid Host header\n".into(),
-            None,
-        );
-    };
-    let port = if https_port == 443 {
-        String::new()
-    } else {
-        format!(":{https_port}")
-    };
-    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let location = format!("https://{}{port}{target}", host.host());
-    match HeaderValue::from_str(&location) {
-        Ok(value) => answer(
-            StatusCode::PERMANENT_REDIRECT,
-            format!("use {location}\n"),
-            Some(value),
-        ),
-        Err(_) => answer(
-            StatusCode::BAD_REQUEST,
-            "request target cannot be redirected\n".into(),
-            None,
-        ),
     }
 }
 
