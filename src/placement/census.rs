@@ -188,7 +188,9 @@ impl Router {
             }
             for node in state.nodes() {
                 let rooms = last_good.get(node.id.as_str()).map(|(_, rooms)| rooms);
-                let participants = rooms.map(|rooms| rooms.iter().map(|r| r.participants).sum());
+                let participants = rooms.map(|rooms| {
+                    (rooms.iter()).fold(0u32, |sum, room| sum.saturating_add(room.participants))
+                });
                 node.live.set_participants(participants);
                 if let Some(rooms) = rooms {
                     self.apply_census(node.id.as_str(), rooms);
