@@ -510,3 +510,32 @@ async fn a_listed_node_sent_back_as_it_is_changes_nothing() {
         "{reason}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_at_its_room_cap_shows_full_and_takes_no_new_room() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    let text = config(&certs, "", &node_entries(&nodes)) + "max_rooms = 3\n";
+    let router = Router::start(&certs, &text);
+    let mut on_b = Vec::new();
+    for i in 0..30 {
+        let room = format!("/capped-{i}");
+        if node_of(&router, &room).await == "jitsi-b" {
+            on_b.push(room);
+        }
+    }
+    assert_eq!(on_b.len(), 3, "jitsi-b holds at most three rooms: {on_b:?}");
+    let (_, list) = get(&router, "/api/nodes").await;
+    assert_eq!(
+        (list[1]["max_rooms"].clone(), list[1]["full"].clone()),
+        (3.into(), true.into())
+    );
+    assert_eq!(list[0]["full"], false);
+    for room in &on_b {
+        assert_eq!(
+            node_of(&router, room).await,
+            "jitsi-b",
+            "its rooms keep coming"
+        );
+    }
+}

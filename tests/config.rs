@@ -102,6 +102,16 @@ fn errors_name_file_key_and_value() {
     assert!(e.contains("nodes[0].upstream = \"ftp://x\""), "{e}");
     let e = error(&MINIMAL.replace("name = \"jitsi-1\"", "name = \"jitsi-1\"\nweight = -2.0"));
     assert!(e.contains("nodes[0].weight = -2.0: must be above 0"), "{e}");
+    let e = error(&MINIMAL.replace("name = \"jitsi-1\"", "name = \"jitsi-1\"\nmax_rooms = 0"));
+    assert!(
+        e.contains("nodes[0].max_rooms = 0: must be at least 1"),
+        "{e}"
+    );
+    let e = error(&MINIMAL.replace(
+        "name = \"jitsi-1\"",
+        "name = \"jitsi-1\"\nmax_participants = -1",
+    ));
+    assert!(e.contains("max_participants"), "{e}");
     let e = error(&MINIMAL.replace("[tls]", "[limits]\nmax_pins = 0\n[tls]"));
     assert!(e.contains("limits.max_pins = 0: must be at least 1"), "{e}");
 }

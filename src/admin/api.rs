@@ -81,6 +81,8 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
                 "weight": spec.weight,
                 "health_checks": spec.health_checks,
                 "census_url": spec.census_url,
+                "max_rooms": spec.max_rooms,
+                "max_participants": spec.max_participants,
                 "cpu": cpu.get(i).copied().flatten(),
                 "cpu_estimate": policy::estimate(&state, admin.router.settings(), i, now),
                 "healthy": node.live.healthy(),
@@ -90,6 +92,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
                 "last_health_check": node.live.checked_at_ms().map(|ms| ms as f64 / 1000.0),
                 "health_failure": node.live.failure(),
                 "participants": node.live.participants(),
+                "full": state.placing()[i].full(),
             })
         })
         .collect();
@@ -97,7 +100,7 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
 }
 
 /// What [`nodes`] shows of a node's state besides its `[[nodes]]` fields.
-const NODE_STATE: [&str; 9] = [
+const NODE_STATE: [&str; 10] = [
     "cpu",
     "cpu_estimate",
     "healthy",
@@ -107,6 +110,7 @@ const NODE_STATE: [&str; 9] = [
     "last_health_check",
     "health_failure",
     "participants",
+    "full",
 ];
 
 /// Rooms live on more than one node by the nodes' census: `[{room, nodes: [{node,

@@ -41,6 +41,12 @@ pub struct NodeSpec {
     /// prosody's HTTP port): the rooms live on the node, polled every `[census] interval`.
     #[serde(default)]
     pub census_url: Option<String>,
+    /// The most rooms the node takes: at it, it takes no new rooms (its rooms keep coming).
+    #[serde(default)]
+    pub max_rooms: Option<u32>,
+    /// The most participants (by its census) the node takes new rooms with.
+    #[serde(default)]
+    pub max_participants: Option<u32>,
 }
 
 /// One extra health check of a node (`[[nodes]] health_checks`): `GET url` must answer `status`.
@@ -98,6 +104,8 @@ impl NodeSpec {
             weight: 1.0,
             health_checks: Vec::new(),
             census_url: None,
+            max_rooms: None,
+            max_participants: None,
         };
         spec.validate(&check, "nodes", Mode::Proxy)?;
         Ok(spec)
@@ -173,6 +181,18 @@ impl NodeSpec {
             if !(100..=599).contains(&extra.status) {
                 let at = key(&format!("health_checks[{i}].status"));
                 return Err(check.invalid(&at, extra.status, "must be an HTTP status, 100 to 599"));
+            }
+        }
+        for (field, cap) in [
+            ("max_rooms", self.max_rooms),
+            ("max_participants", self.max_participants),
+        ] {
+            if cap == Some(0) {
+                return Err(check.invalid(
+                    &key(field),
+                    0,
+                    "must be at least 1 (leave it out for no cap)",
+                ));
             }
         }
         if let Some(url) = &self.census_url {

@@ -18,6 +18,9 @@ use crate::metrics::{Histogram, StatusCounts};
 /// Health-check thresholds, defined with the config (`[health]`).
 pub use crate::config::Thresholds;
 
+/// The participants value of a node without a census that counts.
+const NO_CENSUS: u64 = u64::MAX;
+
 /// Live facts about one node.
 #[derive(Debug)]
 pub struct NodeLive {
@@ -46,7 +49,8 @@ pub struct Report {
     /// Which check failed last and why, until a check passes again.
     failure: Mutex<Option<String>>,
     /// Participants the node's census counted (the last good answer, while it counts).
-    participants: Mutex<Option<u32>>,
+    /// (`NO_CENSUS` when none counts: a plain atomic, as placement reads it for capped nodes.)
+    participants: AtomicU64,
     /// Census polls that got no good answer.
     pub census_failures: AtomicU64,
 }
@@ -65,7 +69,7 @@ impl Default for NodeLive {
                 requests: StatusCounts::default(),
                 upstream: Histogram::upstream(),
                 failure: Mutex::new(None),
-                participants: Mutex::new(None),
+                participants: AtomicU64::new(NO_CENSUS),
                 census_failures: AtomicU64::new(0),
             }),
         }
@@ -128,14 +132,14 @@ impl NodeLive {
 
     /// Participants on the node by its census; `None` without a census that counts.
     pub fn participants(&self) -> Option<u32> {
-        (self.report.participants.lock()).map_or(None, |count| *count)
+        let count = self.report.participants.load(Ordering::Relaxed);
+        (count != NO_CENSUS).then(|| u32::try_from(count).unwrap_or(u32::MAX))
     }
 
     /// Sets the participants of the node's census (`None`: no census counts now).
     pub fn set_participants(&self, count: Option<u32>) {
-        if let Ok(mut participants) = self.report.participants.lock() {
-            *participants = count;
-        }
+        let count = count.map_or(NO_CENSUS, u64::from);
+        self.report.participants.store(count, Ordering::Relaxed);
     }
 
     /// Which check failed last and why; `None` once a check passes.

@@ -98,6 +98,19 @@ pub struct Placing {
     pub weight: f64,
     /// Its rooms, health and drain.
     pub live: Arc<NodeLive>,
+    /// `[[nodes]] max_rooms` (`u32::MAX`: no cap).
+    pub max_rooms: u32,
+    /// `[[nodes]] max_participants` (`u32::MAX`: no cap).
+    pub max_participants: u32,
+}
+
+impl Placing {
+    /// At its `max_rooms`, or at its `max_participants` by its census: it takes no new rooms.
+    pub fn full(&self) -> bool {
+        (self.max_rooms != u32::MAX && self.live.rooms() >= self.max_rooms)
+            || (self.max_participants != u32::MAX
+                && (self.live.participants()).is_some_and(|p| p >= self.max_participants))
+    }
 }
 
 /// An immutable view of the fleet, published whole: rebuilt on every node-list change and CPU
@@ -432,6 +445,8 @@ fn build(inputs: &Inputs) -> FleetState {
             seed: node.seed,
             weight: node.weight(),
             live: node.live.clone(),
+            max_rooms: node.spec.max_rooms.unwrap_or(u32::MAX),
+            max_participants: node.spec.max_participants.unwrap_or(u32::MAX),
         })
         .collect();
     FleetState {

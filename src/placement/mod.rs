@@ -303,7 +303,7 @@ impl Router {
             tracing::warn!(
                 max_cpu = self.settings.max_cpu,
                 rooms_so_far = self.placed_over_max_cpu(),
-                "every available node is over max_cpu; placing on the least busy anyway"
+                "every available node is over max_cpu or full; placing on the least busy anyway"
             );
         }
         Some(chosen.index)

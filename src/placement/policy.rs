@@ -17,8 +17,10 @@
 //!    idle or newly added node fills up window after window until its CPU meets the others'.
 //!    When no candidate qualifies (shares and counts drift apart as nodes come and go), the
 //!    bound yields.
-//! 4. **`max_cpu`**: candidates whose estimate is at or over it take the room only when every
-//!    candidate is; then the least busy does (the caller warns and counts it). A node within the
+//! 4. **`max_cpu`** and the node caps (`max_rooms`, `max_participants`): candidates whose
+//!    estimate is at or over `max_cpu`, or that are at a cap (full), take the room only when
+//!    every candidate is; then the least busy does (the caller warns and counts it). Without
+//!    CPU data, full nodes likewise take rooms only when all are full. A node within the
 //!    bound but over `max_cpu` yields to one over the bound but under `max_cpu`.
 //! 5. **Order**: lowest estimate first, nodes without a reading after those with one; equal
 //!    estimates by the room's weighted rendezvous score ([`rendezvous::score`]).
@@ -89,15 +91,17 @@ struct Candidate {
     rooms: u32,
     /// Its estimated CPU; infinite without a fresh reading, so that it ranks after those with one.
     estimate: f64,
+    /// At its `max_rooms` or `max_participants`.
+    full: bool,
     /// How much of a window's rooms it is fit to take, relative to the others: its weight times
     /// its spare CPU under `max_cpu` at the reading (a node without one counts as idle).
     share: f64,
 }
 
 impl Candidate {
-    /// Under `max_cpu`, or without a reading.
+    /// Under `max_cpu` (or without a reading) and under its caps.
     fn under(&self, max_cpu: f64) -> bool {
-        self.estimate < max_cpu || self.estimate.is_infinite()
+        !self.full && (self.estimate < max_cpu || self.estimate.is_infinite())
     }
 }
 
@@ -123,6 +127,7 @@ fn candidates<'s>(
                 placed,
                 rooms: node.live.rooms(),
                 estimate: reading.map_or(f64::INFINITY, |r| r + cost * f64::from(placed) / weight),
+                full: node.full(),
                 share: weight * (max_cpu - reading.unwrap_or(0.0)).max(MIN_SPARE),
             }
         })
@@ -213,8 +218,10 @@ fn hashed<I: Iterator<Item = Candidate>>(
         rooms += u64::from(c.rooms);
     }
     let per_weight = settings.balance_factor * (rooms + 1) as f64 / weights;
-    let bounded = all().filter(|c| within(c.rooms, per_weight * c.weight));
-    best(room_hash, bounded, |_| 0.0).or_else(|| best(room_hash, all(), |_| 0.0))
+    let any_open = all().any(|c| !c.full);
+    let open = |c: &Candidate| !any_open || !c.full;
+    let bounded = all().filter(|c| open(c) && within(c.rooms, per_weight * c.weight));
+    best(room_hash, bounded, |_| 0.0).or_else(|| best(room_hash, all().filter(open), |_| 0.0))
 }
 
 #[cfg(test)]
@@ -269,6 +276,38 @@ mod tests {
             per_node[index] += 1;
         }
         per_node
+    }
+
+    #[test]
+    fn a_node_at_its_cap_takes_no_new_room_until_every_node_is() {
+        let specs = (0..2)
+            .map(|i| {
+                let mut spec =
+                    NodeSpec::new(&format!("n{i}"), &format!("http://10.0.0.{i}:80")).unwrap();
+                spec.max_rooms = (i == 0).then_some(2);
+                spec.max_participants = (i == 1).then_some(10);
+                spec
+            })
+            .collect();
+        let fleet = Fleet::new(specs, Duration::from_secs(90));
+        read(&fleet, &[0.2, 0.6]);
+        let settings = Settings::default();
+        // n0 reads far less busy, but holds at most two rooms.
+        assert_eq!(sequence(&fleet, &settings, 4), [0, 0, 1, 1]);
+        // n1 at its participants cap too: both full, the least busy takes it, as over max_cpu.
+        fleet.snapshot().nodes()[1].live.set_participants(Some(10));
+        let chosen = choose(&fleet.snapshot(), &settings, 7, Instant::now()).unwrap();
+        assert!(chosen.over_max_cpu);
+        assert_eq!(chosen.index, 0);
+        // Without CPU data, full nodes are passed over as well.
+        fleet.snapshot().nodes()[1].live.set_participants(Some(3));
+        let state = fleet.snapshot();
+        for room in 0..20u64 {
+            assert_eq!(
+                by_hash(&state, &settings, rendezvous::seed(&room.to_le_bytes())),
+                Some(1)
+            );
+        }
     }
 
     #[test]
