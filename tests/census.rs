@@ -60,16 +60,6 @@ async fn the_census_lists_each_live_room_with_its_participants() {
     );
 }
 
-async fn prosody_nodes(n: usize) -> Vec<ProsodyNode> {
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let name = format!("jitsi-{}", (b'a' + i as u8) as char);
-        let node = ProsodyNode::start(&name, "127.0.0.1:0".parse().unwrap()).await;
-        nodes.push(node.unwrap_or_else(|e| panic!("{e}")));
-    }
-    nodes
-}
-
 /// A redirect-mode router over `nodes`, each with its census, polled every 200 ms.
 fn redirecting(certs: &Certs, nodes: &[ProsodyNode], sections: &str) -> Router {
     let sections =

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use jitsi_router::demo::prosody::ProsodyNode;
 use serde_json::Value;
 use support::nginx::Nginx;
 use support::*;
@@ -60,14 +59,10 @@ const RISE: u32 = 2;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_whose_prosody_is_down_is_unhealthy_though_its_web_front_answers_200() {
     let certs = Certs::new();
-    let mut prosody = Vec::new();
+    let mut prosody = prosody_nodes(2).await;
     let mut fronts = Vec::new();
-    for name in ["jitsi-a", "jitsi-b"] {
-        let node = ProsodyNode::start(name, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+    for node in &prosody {
         fronts.push(Nginx::jitsi_front(node.signalling()).await);
-        prosody.push(node);
     }
     let entries = [("jitsi-a", fronts[0].url()), ("jitsi-b", fronts[1].url())];
     let health = format!(

@@ -11,19 +11,6 @@ use support::*;
 
 const MEET: Duration = Duration::from_secs(20);
 
-async fn prosody_nodes(n: usize) -> Vec<ProsodyNode> {
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let name = format!("jitsi-{}", (b'a' + i as u8) as char);
-        nodes.push(
-            ProsodyNode::start(&name, "127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
-    }
-    nodes
-}
-
 fn entries(nodes: &[ProsodyNode]) -> Vec<(&str, String)> {
     nodes.iter().map(|n| (n.name(), n.url())).collect()
 }

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use futures_util::future::join_all;
-use futures_util::FutureExt;
 
 use super::{Fleet, Node};
 use crate::config::Health;
@@ -83,8 +82,8 @@ async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Checked {
     let base = node.spec.upstream.to_string();
     let main = format!("{}{path}", base.trim_end_matches('/'));
     let extras = node.spec.health_checks.iter();
-    let probes = std::iter::once(probe(client, &main, None).boxed())
-        .chain(extras.map(|extra| probe(client, &extra.url, Some(extra.status)).boxed()));
+    let probes = std::iter::once(probe(client, &main, None))
+        .chain(extras.map(|extra| probe(client, &extra.url, Some(extra.status))));
     let results = join_all(probes).await;
     let mut local = None;
     for result in results {

@@ -179,6 +179,18 @@ pub async fn sim_nodes(n: usize) -> Vec<SimNode> {
     nodes
 }
 
+/// Starts `n` prosody-backed nodes (real XMPP signalling) named `jitsi-a`, `jitsi-b`, …
+pub async fn prosody_nodes(n: usize) -> Vec<jitsi_router::demo::prosody::ProsodyNode> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let name = format!("jitsi-{}", (b'a' + i as u8) as char);
+        let node =
+            jitsi_router::demo::prosody::ProsodyNode::start(&name, "127.0.0.1:0".parse().unwrap());
+        nodes.push(node.await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    nodes
+}
+
 /// A router config text: listeners on port 0, the test certificate, `sections` verbatim, then nodes.
 pub fn config(certs: &Certs, sections: &str, nodes: &[(&str, String)]) -> String {
     let mut text = format!(
