@@ -199,6 +199,14 @@ async fn nodes_are_listed_registered_removed_and_drained() {
     }
     let (status, _) = admin(&router, reqwest::Method::DELETE, "/api/nodes/jitsi-b", None).await;
     assert_eq!(status, 404);
+    let (status, _) = admin(&router, reqwest::Method::GET, "/api/nodes/jitsi-b", None).await;
+    assert_eq!(status, 404, "a removed node is not found");
+    let (status, node) = admin(&router, reqwest::Method::GET, "/api/nodes/jitsi-a", None).await;
+    assert_eq!(
+        (status, node["name"].as_str()),
+        (200, Some("jitsi-a")),
+        "{node}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -300,3 +300,116 @@ async fn a_room_live_on_two_nodes_is_reported_and_new_participants_join_its_larg
         "logged once:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drained_node_is_reported_empty_once_its_last_meeting_ends_and_its_pins_expire() {
+    let certs = Certs::new();
+    let nodes = prosody_nodes(2).await;
+    let router = redirecting(&certs, &nodes, "pin_idle_timeout = \"1s\"\n");
+    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "LastOne", "alice")
+        .await
+        .unwrap();
+    let node = alice.node.clone();
+    let other = if node == "jitsi-a" {
+        "jitsi-b"
+    } else {
+        "jitsi-a"
+    };
+    let client = reqwest::Client::new();
+    for name in [node.as_str(), other] {
+        let drain = router.admin_url(&format!("/api/nodes/{name}/drain"));
+        assert_eq!(client.post(drain).send().await.unwrap().status(), 200);
+    }
+    let empty_since = || async {
+        let list: Value = admin_json(&router, "/api/nodes").await;
+        let find = |name: &str| {
+            let node = list.as_array().unwrap().iter().find(|n| n["name"] == name);
+            node.unwrap()["empty_since"].clone()
+        };
+        (find(&node), find(other))
+    };
+    let gauge = |name: &str| format!("jitsi_router_node_drained_empty{{node=\"{name}\"}}");
+    eventually(
+        Duration::from_secs(10),
+        "the other drained node, which hosts nothing, to be empty",
+        || async { empty_since().await.1.is_number() },
+    )
+    .await;
+    // Three pin timeouts: the meeting's pin lives on by the census alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(empty_since().await.0, Value::Null, "a meeting is live");
+    assert_eq!(metrics(&router).await.get(&gauge(&node)), Some(&0.0));
+
+    alice.leave().await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the meeting's node to be empty",
+        || async { empty_since().await.0.is_number() },
+    )
+    .await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let since = empty_since().await.0.as_f64().unwrap();
+    assert!((now.unwrap().as_secs_f64() - since).abs() < 30.0, "{since}");
+    assert_eq!(metrics(&router).await.get(&gauge(&node)), Some(&1.0));
+    assert_eq!(pinned_node(&router, "lastone").await, None, "pins agree");
+    let logs = router.logs();
+    let events = logs
+        .lines()
+        .filter(|l| l.contains("node drained and empty"));
+    assert_eq!(events.filter(|l| l.contains(&node)).count(), 1, "{logs}");
+
+    // Undrained, it takes rooms again and is no longer reported empty.
+    let undrain = router.admin_url(&format!("/api/nodes/{node}/undrain"));
+    assert_eq!(client.post(undrain).send().await.unwrap().status(), 200);
+    assert_eq!(empty_since().await.0, Value::Null);
+    assert_eq!(metrics(&router).await.get(&gauge(&node)), Some(&0.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_at_its_participant_cap_takes_no_new_rooms_but_its_meetings_go_on() {
+    let certs = Certs::new();
+    let nodes = prosody_nodes(2).await;
+    let router = redirecting(&certs, &nodes, "");
+    // Both nodes hold two participants at most, by their census.
+    for name in ["jitsi-a", "jitsi-b"] {
+        let node: Value = admin_json(&router, &format!("/api/nodes/{name}")).await;
+        let mut node = node.as_object().unwrap().clone();
+        node.insert("max_participants".into(), 2.into());
+        let put = reqwest::Client::new()
+            .put(router.admin_url(&format!("/api/nodes/{name}")))
+            .json(&node)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    }
+    let alice = Participant::join(&router, &certs, Transport::WebSocket, "Busy", "alice").await;
+    let mut alice = alice.unwrap();
+    let bob = Participant::join(&router, &certs, Transport::Bosh, "busy", "bob").await;
+    let full = alice.node.clone();
+    assert_eq!(bob.unwrap().node, full);
+    eventually(Duration::from_secs(10), "the node to be full", || async {
+        let node: Value = admin_json(&router, &format!("/api/nodes/{full}")).await;
+        node["participants"] == 2 && node["full"] == true
+    })
+    .await;
+    for i in 0..6 {
+        let mut joiner = Participant::join(
+            &router,
+            &certs,
+            Transport::WebSocket,
+            &format!("new-room-{i}"),
+            "dave",
+        )
+        .await
+        .unwrap();
+        assert_ne!(joiner.node, full, "a new room on a full node");
+        joiner.leave().await.unwrap();
+    }
+    let carol = Participant::join(&router, &certs, Transport::WebSocket, "busy", "carol").await;
+    assert_eq!(carol.unwrap().node, full, "a full node's meeting goes on");
+    alice
+        .sees(&["alice", "bob", "carol"], Duration::from_secs(20))
+        .await
+        .unwrap();
+}

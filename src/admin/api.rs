@@ -62,13 +62,27 @@ pub(super) fn status(admin: &Admin) -> Answer {
 }
 
 pub(super) fn nodes(admin: &Admin) -> Answer {
+    json(StatusCode::OK, &Value::Array(node_views(admin, None)))
+}
+
+/// One node as [`nodes`] lists it.
+pub(super) fn node(admin: &Admin, name: &str) -> Answer {
+    match node_views(admin, Some(name)).pop() {
+        Some(node) => json(StatusCode::OK, &node),
+        None => error(StatusCode::NOT_FOUND, "no such node"),
+    }
+}
+
+/// Every node (or the one named `only`) with its `[[nodes]]` fields and its state.
+fn node_views(admin: &Admin, only: Option<&str>) -> Vec<Value> {
     let state = admin.router.fleet().snapshot();
     let now = Instant::now();
     let cpu = state.cpu(now);
-    let list: Vec<Value> = state
+    state
         .nodes()
         .iter()
         .enumerate()
+        .filter(|(_, node)| only.is_none_or(|name| node.spec.name == name))
         .map(|(i, node)| {
             let spec = &node.spec;
             json!({
@@ -93,14 +107,14 @@ pub(super) fn nodes(admin: &Admin) -> Answer {
                 "health_failure": node.live.failure(),
                 "participants": node.live.participants(),
                 "full": state.placing()[i].full(),
+                "empty_since": node.live.empty_since_ms().map(|ms| ms as f64 / 1000.0),
             })
         })
-        .collect();
-    json(StatusCode::OK, &Value::Array(list))
+        .collect()
 }
 
 /// What [`nodes`] shows of a node's state besides its `[[nodes]]` fields.
-const NODE_STATE: [&str; 10] = [
+const NODE_STATE: [&str; 11] = [
     "cpu",
     "cpu_estimate",
     "healthy",
@@ -111,6 +125,7 @@ const NODE_STATE: [&str; 10] = [
     "health_failure",
     "participants",
     "full",
+    "empty_since",
 ];
 
 /// Rooms live on more than one node by the nodes' census: `[{room, nodes: [{node,

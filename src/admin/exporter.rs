@@ -155,7 +155,7 @@ impl Collector for Exporter {
         let cpu = state.cpu(now);
         let settings = self.router.settings();
         type Read<'a> = &'a dyn Fn(usize) -> Option<f64>;
-        let per_node: [(&str, &str, Read<'_>); 6] = [
+        let per_node: [(&str, &str, Read<'_>); 7] = [
             ("jitsi_router_node_rooms", "Active rooms pinned to the node.", &|i| {
                 Some(f64::from(nodes[i].live.rooms()))
             }),
@@ -179,6 +179,11 @@ impl Collector for Exporter {
                 "jitsi_router_node_participants",
                 "Participants on the node by its room census (absent without a census that counts).",
                 &|i| nodes[i].live.participants().map(f64::from),
+            ),
+            (
+                "jitsi_router_node_drained_empty",
+                "1 while the node is draining and hosts no room by its pins and its census: it may be stopped.",
+                &|i| Some(f64::from(u8::from(nodes[i].live.empty_since_ms().is_some()))),
             ),
         ];
         for (name, help, read) in per_node {

@@ -8,6 +8,7 @@
 //! | `GET /metrics` | the router's metrics in Prometheus text format (see [`crate::metrics`]) |
 //! | `GET /readyz` | `200` when at least one node is healthy, else `503` |
 //! | `GET /api/nodes` | every node with its CPU, estimate, health, drain and rooms |
+//! | `GET /api/nodes/{name}` | one node, as `GET /api/nodes` lists it |
 //! | `PUT /api/nodes/{name}` | registers or updates a node (fields of a `[[nodes]]` entry, or the node as `GET /api/nodes` lists it) |
 //! | `DELETE /api/nodes/{name}` | removes a node; its rooms move on their next request |
 //! | `POST /api/nodes/{name}/drain`, `/undrain` | the drain switch |
@@ -150,6 +151,7 @@ impl Admin {
             (&Method::GET, ["metrics"]) => self.metrics(),
             (&Method::GET, ["readyz"]) => api::ready(self),
             (&Method::GET, ["api", "nodes"]) => api::nodes(self),
+            (&Method::GET, ["api", "nodes", name]) => api::node(self, name),
             (&Method::PUT, ["api", "nodes", name]) => api::put_node(self, name, &body),
             (&Method::DELETE, ["api", "nodes", name]) => api::delete_node(self, name),
             (&Method::POST, ["api", "nodes", name, "drain"]) => api::drain(self, name, true),

@@ -53,6 +53,8 @@ pub struct Report {
     participants: AtomicU64,
     /// Census polls that got no good answer.
     pub census_failures: AtomicU64,
+    /// Unix milliseconds since which the node has been draining with no live room, 0 when not.
+    empty_since_ms: AtomicU64,
 }
 
 impl Default for NodeLive {
@@ -71,6 +73,7 @@ impl Default for NodeLive {
                 failure: Mutex::new(None),
                 participants: AtomicU64::new(NO_CENSUS),
                 census_failures: AtomicU64::new(0),
+                empty_since_ms: AtomicU64::new(0),
             }),
         }
     }
@@ -142,6 +145,24 @@ impl NodeLive {
         self.report.participants.store(count, Ordering::Relaxed);
     }
 
+    /// Since when (Unix milliseconds) the node has been draining with no live room: it may be
+    /// stopped. `None` while it takes rooms or still has one.
+    pub fn empty_since_ms(&self) -> Option<u64> {
+        let since = self.report.empty_since_ms.load(Ordering::Relaxed);
+        (since > 0 && self.draining()).then_some(since)
+    }
+
+    /// Records whether the node is drained and empty now (`empty`); returns whether it has just
+    /// become so.
+    pub fn set_drained_empty(&self, empty: bool) -> bool {
+        let since = &self.report.empty_since_ms;
+        if !empty {
+            since.store(0, Ordering::Relaxed);
+            return false;
+        }
+        (since.compare_exchange(0, unix_ms(), Ordering::Relaxed, Ordering::Relaxed)).is_ok()
+    }
+
     /// Which check failed last and why; `None` once a check passes.
     pub fn failure(&self) -> Option<String> {
         (self.report.failure.lock()).map_or(None, |failure| failure.clone())
@@ -158,10 +179,7 @@ impl NodeLive {
 
     /// Records a health-check result (or a passive failure); returns the new health on a change.
     pub fn record_check(&self, ok: bool, thresholds: Thresholds) -> Option<bool> {
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.checked_at_ms.store(unix_ms, Ordering::Relaxed);
+        self.checked_at_ms.store(unix_ms(), Ordering::Relaxed);
         let bump = |streak: u64| {
             let (failures, successes) = ((streak >> 32) as u32, streak as u32);
             let (failures, successes) = if ok {
@@ -187,6 +205,14 @@ impl NodeLive {
         let flipped = now != healthy && self.unhealthy.swap(!now, Ordering::AcqRel) == now;
         flipped.then_some(now)
     }
+}
+
+/// Now, in Unix milliseconds (at least 1, so that 0 can mean "never").
+fn unix_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(1, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
 }
 
 fn saturating_add(count: &AtomicU32) {
@@ -222,5 +248,23 @@ mod tests {
         assert_eq!(live.placed_since_reading(), 1);
         live.reading_taken();
         assert_eq!(live.placed_since_reading(), 0);
+    }
+
+    #[test]
+    fn empty_since_is_kept_while_empty_and_shown_only_while_draining() {
+        let live = NodeLive::default();
+        assert!(live.set_drained_empty(true), "just became empty");
+        assert_eq!(live.empty_since_ms(), None, "not draining: not shown");
+        live.set_draining(true);
+        let since = live.empty_since_ms().expect("draining and empty");
+        assert!(!live.set_drained_empty(true), "still empty: no new event");
+        assert_eq!(
+            live.empty_since_ms(),
+            Some(since),
+            "the first moment is kept"
+        );
+        assert!(!live.set_drained_empty(false));
+        assert_eq!(live.empty_since_ms(), None);
+        assert!(live.set_drained_empty(true), "empty again: a new event");
     }
 }

@@ -13,6 +13,9 @@
 //! without a snapshot). Each split is logged once, listed by [`Router::splits`] (the admin
 //! API's `/api/splits`), and its pin follows the part with the most participants, so new
 //! participants join the larger part.
+//!
+//! A draining node whose census and pins both say it hosts nothing is drained and empty: the
+//! admin API shows since when, a gauge says so, and the moment is logged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,6 +72,21 @@ fn find_splits(censuses: &[(&Node, &[LiveRoom])]) -> Vec<Split> {
         .collect();
     splits.sort_by(|a, b| a.room.cmp(&b.room));
     splits
+}
+
+/// Notes whether `node` is draining with no live room, so that an operator's upgrade script or
+/// an autoscaler knows it may stop it, and logs the moment it becomes so. Its pins must agree:
+/// none left (an idle pin expires after `pin_idle_timeout`). A node with a `census_url` must
+/// also have a census that counts and lists no room; one without is judged by its pins alone.
+fn judge_drained(node: &Node, census: Option<&[LiveRoom]>) {
+    let census_empty = match census {
+        Some(rooms) => rooms.is_empty(),
+        None => node.spec.census_url.is_none(),
+    };
+    let empty = node.live.draining() && node.live.rooms() == 0 && census_empty;
+    if node.live.set_drained_empty(empty) {
+        tracing::info!(node = %node.id, "node drained and empty: it hosts no conference and may be stopped");
+    }
 }
 
 impl Router {
@@ -195,6 +213,7 @@ impl Router {
                 if let Some(rooms) = rooms {
                     self.apply_census(node.id.as_str(), rooms);
                 }
+                judge_drained(node, rooms.map(Vec::as_slice));
             }
         }
     }

@@ -288,6 +288,15 @@ impl Participant {
             .await
     }
 
+    /// Leaves the room (an `unavailable` presence), as a client hanging up does.
+    pub async fn leave(&mut self) -> Result<(), String> {
+        let leave = format!(
+            "<presence xmlns='jabber:client' type='unavailable' to='{}@{MUC}/{}'/>",
+            self.room, self.nick
+        );
+        self.send(&leave).await
+    }
+
     /// Occupants seen so far (including itself).
     pub fn occupants(&self) -> &BTreeSet<String> {
         &self.occupants
