@@ -132,6 +132,11 @@ mod tests {
             key("[acme]standup@muc.meet.jitsi").as_deref(),
             Some("acme/standup")
         );
+        // The web client percent-encodes the room name it joins (`getBackendSafeRoomName`).
+        assert_eq!(
+            key("caf%c3%a9%20talk@muc.meet.jitsi").as_deref(),
+            Some("café talk")
+        );
         assert_eq!(key("@muc.meet.jitsi"), None);
     }
 
