@@ -22,11 +22,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod census;
+mod edge;
 mod limits;
 mod node;
 mod validate;
 
 pub use census::Census;
+pub use edge::TrustedProxies;
 pub use limits::{Limits, CANCELLED_STREAMS_WINDOW};
 pub use node::{HealthCheck, NodeSpec};
 
@@ -154,6 +156,16 @@ pub struct Server {
     /// The admin listener (plain HTTP: JSON API, dashboard, metrics).
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    /// Expect a PROXY protocol header (v1 or v2) from the `trusted_proxies` on the HTTPS and
+    /// plain-HTTP listeners; the client address is its source.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Load balancers and proxies whose PROXY header and forwarding headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: TrustedProxies,
+    /// A `Strict-Transport-Security` value added to every HTTPS answer (unset: none).
+    #[serde(default)]
+    pub hsts: Option<String>,
 }
 
 impl Server {
@@ -557,6 +569,9 @@ impl Config {
                 public_https_port: None,
                 shutdown_grace: secs::<30>(),
                 admin_listen: "127.0.0.1:0".parse().expect("a valid address"),
+                proxy_protocol: false,
+                trusted_proxies: TrustedProxies::default(),
+                hsts: None,
             },
             tls: Tls { cert, key },
             routing: Routing::default(),

@@ -21,6 +21,7 @@
 //! | `jitsi_router_prometheus_refresh_failures_total` | counter | |
 //! | `jitsi_router_prometheus_snapshot_age_seconds` | gauge | |
 //! | `jitsi_router_tls_handshake_failures_total` | counter | |
+//! | `jitsi_router_proxy_header_refusals_total` | counter | `reason` |
 //! | `jitsi_router_config_reloads_total` | counter | `result`: `ok`, `failed` |
 //! | `jitsi_router_client_connections` | gauge | |
 //! | `jitsi_router_timeouts_total` | counter | `state`: `request_head`, `keepalive`, `request_body`, `response_body`, `send` |
@@ -206,6 +207,43 @@ pub(crate) const LIMITS: [(Limit, &str); 4] = [
     (Limit::CancelledStreams, "h2_max_cancelled_streams"),
 ];
 
+/// Why a connection was closed at its PROXY protocol header, for
+/// `jitsi_router_proxy_header_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// A PROXY header from a peer outside `server.trusted_proxies`.
+    Untrusted,
+    /// A trusted peer sent no PROXY header.
+    Missing,
+    /// The header could not be parsed, or is too long.
+    Malformed,
+    /// The connection closed or failed before the header was complete.
+    Closed,
+    /// The header did not arrive within `limits.tls_handshake_timeout`.
+    Timeout,
+}
+
+impl ProxyRefusal {
+    /// Why, for the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProxyRefusal::Untrusted => "a PROXY header from a peer not in server.trusted_proxies",
+            ProxyRefusal::Missing => "no PROXY header from a trusted proxy",
+            ProxyRefusal::Malformed => "a malformed PROXY header",
+            ProxyRefusal::Closed => "the connection closed during the PROXY header",
+            ProxyRefusal::Timeout => "no whole PROXY header within limits.tls_handshake_timeout",
+        }
+    }
+}
+
+pub(crate) const PROXY_REFUSALS: [(ProxyRefusal, &str); 5] = [
+    (ProxyRefusal::Untrusted, "untrusted"),
+    (ProxyRefusal::Missing, "missing"),
+    (ProxyRefusal::Malformed, "malformed"),
+    (ProxyRefusal::Closed, "closed"),
+    (ProxyRefusal::Timeout, "timeout"),
+];
+
 /// Counters that belong to no node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -220,6 +258,7 @@ pub struct Metrics {
     pub(crate) client_connections: AtomicU64,
     pub(crate) timeouts: [AtomicU64; TIMEOUTS.len()],
     pub(crate) limited: [AtomicU64; LIMITS.len()],
+    pub(crate) proxy_refusals: [AtomicU64; PROXY_REFUSALS.len()],
     pub(crate) local_faults: [AtomicU64; LocalFault::ALL.len()],
 }
 
@@ -236,6 +275,7 @@ impl Default for Metrics {
             client_connections: AtomicU64::new(0),
             timeouts: Default::default(),
             limited: Default::default(),
+            proxy_refusals: Default::default(),
             local_faults: Default::default(),
         }
     }
@@ -286,6 +326,11 @@ impl Metrics {
     /// Counts a client stopped by a cap.
     pub fn limit_hit(&self, limit: Limit) {
         self.limited[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed at its PROXY header.
+    pub fn proxy_refused(&self, refusal: ProxyRefusal) {
+        self.proxy_refusals[refusal as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an operation that failed for a shortage of the router's own.

@@ -1,7 +1,30 @@
-//! Who a client is, for the limits that count per client.
+//! Who a client is: its address, and the key the limits that count per client count by.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+/// Who sent a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address: the PROXY header's source when a trusted balancer sent one, else
+    /// the connection's peer. What the node is told (`X-Forwarded-For`, `X-Real-IP`), what logs
+    /// show, and what spreads room-less requests.
+    pub addr: SocketAddr,
+    /// Whether that address is a trusted proxy (`server.trusted_proxies`): only then are the
+    /// forwarding headers the request carries (`X-Forwarded-For`, `X-Real-IP`, `Forwarded`)
+    /// passed on; otherwise they are the client's own claims and are replaced.
+    pub trusted: bool,
+}
+
+impl Client {
+    /// A client connecting from `addr` directly, whose headers are not believed.
+    pub fn direct(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            trusted: false,
+        }
+    }
+}
 
 /// The unit per-client limits count by: an IPv4 address, or an IPv6 client's /64 (a single
 /// subscriber is handed a whole /64, so counting by address would let one client be 2^64).

@@ -117,6 +117,43 @@ fn errors_name_file_key_and_value() {
 }
 
 #[test]
+fn the_edge_keys_are_checked() {
+    let server = |lines: &str| MINIMAL.replace("[server]\n", &format!("[server]\n{lines}\n"));
+    let e = error(&server("proxy_protocol = true"));
+    assert!(e.contains("server.trusted_proxies = []"), "{e}");
+    assert!(e.contains("needs the balancers' addresses"), "{e}");
+    let e = error(&server("trusted_proxies = [\"10.0.0/8\"]"));
+    assert!(e.contains("trusted_proxies"), "{e}");
+    assert!(
+        e.contains("\"10.0.0/8\" is not an IP address or a CIDR range"),
+        "{e}"
+    );
+    let e = error(&server("hsts = \"forever\""));
+    assert!(e.contains("server.hsts = \"forever\""), "{e}");
+    let c = parse(&server(
+        "proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nhsts = \"max-age=63072000; includeSubDomains\"",
+    ))
+    .unwrap();
+    assert!(c
+        .server
+        .trusted_proxies
+        .contains("10.20.30.40".parse().unwrap()));
+    assert!(c
+        .server
+        .trusted_proxies
+        .contains("2001:db8::1".parse().unwrap()));
+    assert!(!c
+        .server
+        .trusted_proxies
+        .contains("2001:db8::2".parse().unwrap()));
+    assert_eq!(
+        parse(MINIMAL).unwrap().server.hsts,
+        None,
+        "no HSTS unless asked"
+    );
+}
+
+#[test]
 fn unknown_keys_are_errors_with_a_line() {
     let e = error(&MINIMAL.replace("[tls]", "[routing]\nmoed = \"proxy\"\n[tls]"));
     assert!(e.starts_with("/etc/jitsi-router/router.toml:"), "{e}");

@@ -13,7 +13,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::local_fault::LocalFault;
-use crate::metrics::{Metrics, DECISIONS, LIMITS, TIMEOUTS};
+use crate::metrics::{Metrics, DECISIONS, LIMITS, PROXY_REFUSALS, TIMEOUTS};
 use crate::placement::{policy, Router};
 use crate::proxy::tunnel::Tunnels;
 
@@ -274,6 +274,15 @@ impl Collector for Exporter {
             LIMITS
                 .iter()
                 .map(|&(l, name)| (name, &m.limited[l as usize])),
+        )?;
+        labelled(
+            &mut encoder,
+            "jitsi_router_proxy_header_refusals",
+            "Connections closed at their PROXY protocol header, by why.",
+            "reason",
+            PROXY_REFUSALS
+                .iter()
+                .map(|&(r, name)| (name, &m.proxy_refusals[r as usize])),
         )?;
         labelled(
             &mut encoder,

@@ -41,6 +41,18 @@ impl Config {
                 "not a valid cookie name",
             ));
         }
+        let server = &self.server;
+        if server.proxy_protocol && server.trusted_proxies.is_empty() {
+            let problem = "server.proxy_protocol = true needs the balancers' addresses in server.trusted_proxies";
+            return Err(check.invalid("server.trusted_proxies", Vec::<String>::new(), problem));
+        }
+        if let Some(hsts) = &server.hsts {
+            let valid = hsts.starts_with("max-age=") && http::HeaderValue::from_str(hsts).is_ok();
+            if !valid {
+                let problem = "must be a Strict-Transport-Security value like \"max-age=31536000\"";
+                return Err(check.invalid("server.hsts", hsts, problem));
+            }
+        }
         self.durations(&check)?;
         self.limits.check(&check)?;
         self.placement(&check)?;

@@ -1,7 +1,6 @@
 //! Forwarding to a node over pooled keep-alive HTTP/1.1 (`http://` or `https://`), streaming
 //! bodies both ways.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
@@ -15,6 +14,7 @@ use super::upstream::{UpstreamClient, UpstreamError};
 use super::{errors, tunnel, Body};
 use crate::fleet::Node;
 use crate::metrics::Timeout;
+use crate::peer::Client;
 
 /// Settings the forwarder needs per request.
 pub struct ForwardSettings {
@@ -60,7 +60,7 @@ pub async fn forward(
     settings: &ForwardSettings,
     mut req: Request<Incoming>,
     node: &Node,
-    peer: SocketAddr,
+    from: Client,
     upgrade: Upgrade,
 ) -> (Response<Body>, Answered) {
     let Upgrade {
@@ -84,7 +84,8 @@ pub async fn forward(
     headers::prepare_request(
         &mut parts.headers,
         &Forwarded {
-            client: peer.ip(),
+            client: from.addr.ip(),
+            trusted: from.trusted,
             host: host.as_ref(),
             preserve_host: settings.preserve_host,
             upstream_host,

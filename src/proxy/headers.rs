@@ -121,6 +121,9 @@ fn keep_upgrade(headers: &mut HeaderMap) {
 pub struct Forwarded<'a> {
     /// The client's address.
     pub client: IpAddr,
+    /// Whether the client is a trusted proxy: its forwarding headers are passed on (the
+    /// address appended to `X-Forwarded-For`); otherwise they are replaced.
+    pub trusted: bool,
     /// The host the client asked for (`Host` or the h2 `:authority`).
     pub host: Option<&'a HeaderValue>,
     /// Keep the client's `Host` (true) or use the node's authority.
@@ -138,15 +141,24 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
         keep_upgrade(headers);
     }
     join_cookies(headers);
+    if !fwd.trusted {
+        // A client's own claims about who it is: anyone can send them.
+        for name in [X_FORWARDED_FOR, X_REAL_IP, header::FORWARDED] {
+            headers.remove(name);
+        }
+    }
     if let Some(client) = ip_value(fwd.client) {
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        let xff = match forwarded_for(headers) {
             Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", fwd.client)).ok(),
             None => Some(client.clone()),
         };
         if let Some(xff) = xff {
             headers.insert(X_FORWARDED_FOR, xff);
         }
-        headers.insert(X_REAL_IP, client);
+        // A trusted proxy's X-Real-IP names the client behind it.
+        if let header::Entry::Vacant(real_ip) = headers.entry(X_REAL_IP) {
+            real_ip.insert(client);
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(host) = fwd.host {
@@ -159,6 +171,16 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     if let Some(host) = host {
         headers.insert(header::HOST, host);
     }
+}
+
+/// The `X-Forwarded-For` list so far, its fields joined (a proxy may have sent several).
+fn forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let fields: Vec<&str> = (headers.get_all(&X_FORWARDED_FOR).iter())
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!fields.is_empty()).then(|| fields.join(", "))
 }
 
 /// HTTP/2 clients may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
@@ -244,6 +266,7 @@ mod tests {
         let host = HeaderValue::from_static("meet.example.com");
         let fwd = Forwarded {
             client: "10.1.2.3".parse().unwrap(),
+            trusted: true,
             host: Some(&host),
             preserve_host: true,
             upstream_host: "10.0.0.1:80",
@@ -255,11 +278,58 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone}");
         }
         assert_eq!(h["x-kept"], "1");
-        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1, 10.1.2.3");
+        assert_eq!(
+            h[X_FORWARDED_FOR], "192.0.2.1, 10.1.2.3",
+            "a trusted proxy's list"
+        );
         assert_eq!(h[X_REAL_IP], "10.1.2.3");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "meet.example.com");
         assert_eq!(h[header::HOST], "meet.example.com");
+    }
+
+    #[test]
+    fn forwarding_headers_are_kept_from_trusted_proxies_only() {
+        let sent = |h: &mut HeaderMap| {
+            h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
+            h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
+            h.insert(X_REAL_IP, HeaderValue::from_static("198.51.100.1"));
+            h.insert(
+                header::FORWARDED,
+                HeaderValue::from_static("for=198.51.100.1"),
+            );
+        };
+        let mut fwd = Forwarded {
+            client: "2001:db8::9".parse().unwrap(),
+            trusted: false,
+            host: None,
+            preserve_host: true,
+            upstream_host: "10.0.0.1:80",
+            upgrade: false,
+        };
+        let mut h = HeaderMap::new();
+        sent(&mut h);
+        prepare_request(&mut h, &fwd);
+        assert_eq!(
+            h[X_FORWARDED_FOR], "2001:db8::9",
+            "a client's claims are replaced"
+        );
+        assert_eq!(h[X_REAL_IP], "2001:db8::9");
+        assert!(!h.contains_key(header::FORWARDED));
+
+        fwd.trusted = true;
+        let mut h = HeaderMap::new();
+        sent(&mut h);
+        prepare_request(&mut h, &fwd);
+        assert_eq!(
+            h[X_FORWARDED_FOR],
+            "198.51.100.1, 198.51.100.2, 2001:db8::9"
+        );
+        assert_eq!(
+            h[X_REAL_IP], "198.51.100.1",
+            "the proxy's word for its client"
+        );
+        assert_eq!(h[header::FORWARDED], "for=198.51.100.1");
     }
 
     #[test]

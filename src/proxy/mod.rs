@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use crate::config::{Config, Mode};
 use crate::fleet::Node;
 use crate::metrics::{Limit, Metrics};
-use crate::peer::ClientKey;
+use crate::peer::{Client, ClientKey};
 use crate::placement::{Decision, Router};
 use crate::rendezvous;
 use crate::room::{self, RoomLimits, Target};
@@ -125,8 +125,8 @@ impl Proxy {
         &self.router
     }
 
-    /// Handles one request from `peer`.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Handles one request from `client`.
+    pub async fn handle(&self, req: Request<Incoming>, client: Client) -> Response<Body> {
         if headers::head_size(&req) > self.max_request_head {
             let reason = format!("request head larger than {} bytes", self.max_request_head);
             return self.refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
@@ -136,7 +136,7 @@ impl Proxy {
         }
         let websocket = headers::is_websocket_upgrade(&req);
         let started = std::time::Instant::now();
-        let choice = match self.choose(&req, peer, websocket).await {
+        let choice = match self.choose(&req, client.addr, websocket).await {
             Ok(choice) => choice,
             Err(refusal) => {
                 match refusal {
@@ -168,7 +168,7 @@ impl Proxy {
                     &self.forward,
                     req,
                     &choice.node,
-                    peer,
+                    client,
                     upgrade,
                 )
                 .await
@@ -191,7 +191,8 @@ impl Proxy {
         }
         if let Some(path) = log_path {
             let status = response.status().as_u16();
-            tracing::debug!(%method, %path, node = %choice.node.id, status, "request");
+            let client = client.addr.ip();
+            tracing::debug!(%client, %method, %path, node = %choice.node.id, status, "request");
         }
         response
     }

@@ -63,7 +63,8 @@ pub struct Connections {
 /// An admitted connection; dropping it counts the connection out.
 pub struct Admitted {
     connections: Arc<Connections>,
-    client: ClientKey,
+    /// Whom it counts for (`None`: a trusted proxy's connection before its PROXY header).
+    client: Option<ClientKey>,
 }
 
 impl Connections {
@@ -79,9 +80,10 @@ impl Connections {
         }
     }
 
-    /// Counts in a connection from `ip`, unless a cap is reached.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
-        let client = ClientKey::of(ip);
+    /// Counts in a connection from `ip` (`None`: from a trusted proxy, whose PROXY header names
+    /// the client later, see [`Admitted::count_for`]), unless a cap is reached.
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Admitted, Refused> {
+        let client = ip.map(ClientKey::of);
         let mut per_client = self
             .per_client
             .lock()
@@ -89,11 +91,9 @@ impl Connections {
         if self.open.load(Ordering::Relaxed) >= self.max {
             return Err(Refused::Full);
         }
-        let count = per_client.entry(client).or_insert(0);
-        if *count >= self.max_per_client {
-            return Err(Refused::ClientFull);
+        if let Some(client) = client {
+            self.count_in(&mut per_client, client)?;
         }
-        *count += 1;
         self.open.fetch_add(1, Ordering::Relaxed);
         if let Some(metrics) = &self.metrics {
             metrics.client_connection_opened();
@@ -102,6 +102,19 @@ impl Connections {
             connections: self.clone(),
             client,
         })
+    }
+
+    fn count_in(
+        &self,
+        per_client: &mut HashMap<ClientKey, usize>,
+        client: ClientKey,
+    ) -> Result<(), Refused> {
+        let count = per_client.entry(client).or_insert(0);
+        if *count >= self.max_per_client {
+            return Err(Refused::ClientFull);
+        }
+        *count += 1;
+        Ok(())
     }
 
     /// Connections open now.
@@ -127,18 +140,35 @@ impl Connections {
     }
 }
 
+impl Admitted {
+    /// Counts a trusted proxy's connection for the client its PROXY header named, unless that
+    /// client is at its cap. (A connection already counted for a client stays so.)
+    pub fn count_for(&mut self, ip: IpAddr) -> Result<(), Refused> {
+        if self.client.is_some() {
+            return Ok(());
+        }
+        let client = ClientKey::of(ip);
+        let connections = &self.connections;
+        let mut per_client =
+            (connections.per_client.lock()).unwrap_or_else(PoisonError::into_inner);
+        connections.count_in(&mut per_client, client)?;
+        self.client = Some(client);
+        Ok(())
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
         let connections = &self.connections;
-        {
+        if let Some(client) = self.client {
             let mut per_client = connections
                 .per_client
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(count) = per_client.get_mut(&self.client) {
+            if let Some(count) = per_client.get_mut(&client) {
                 *count -= 1;
                 if *count == 0 {
-                    per_client.remove(&self.client);
+                    per_client.remove(&client);
                 }
             }
         }
@@ -160,16 +190,32 @@ mod tests {
         let connections = Arc::new(Connections::new(3, 2, None));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let first = connections.admit(a).unwrap();
-        let _second = connections.admit(a).unwrap();
-        assert_eq!(connections.admit(a).err(), Some(Refused::ClientFull));
-        let _third = connections.admit(b).unwrap();
-        assert_eq!(connections.admit(b).err(), Some(Refused::Full));
+        let first = connections.admit(Some(a)).unwrap();
+        let _second = connections.admit(Some(a)).unwrap();
+        assert_eq!(connections.admit(Some(a)).err(), Some(Refused::ClientFull));
+        let _third = connections.admit(Some(b)).unwrap();
+        assert_eq!(connections.admit(Some(b)).err(), Some(Refused::Full));
         assert_eq!(connections.count(), 3);
         drop(first);
         assert_eq!(connections.count(), 2);
-        let _again = connections.admit(a).unwrap();
+        let _again = connections.admit(Some(a)).unwrap();
         assert!(connections.per_client.lock().unwrap().len() == 2);
+    }
+
+    #[test]
+    fn a_proxied_connection_counts_for_the_client_its_header_names() {
+        let connections = Arc::new(Connections::new(10, 1, None));
+        let client: IpAddr = "2001:db8::7".parse().unwrap();
+        let mut first = connections.admit(None).unwrap();
+        let mut second = connections.admit(None).unwrap();
+        first.count_for(client).unwrap();
+        assert_eq!(second.count_for(client), Err(Refused::ClientFull));
+        assert_eq!(connections.count(), 2);
+        drop(first);
+        second.count_for(client).unwrap();
+        drop(second);
+        assert_eq!(connections.count(), 0);
+        assert!(connections.per_client.lock().unwrap().is_empty());
     }
 
     #[test]

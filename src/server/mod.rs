@@ -7,6 +7,7 @@
 pub mod caps;
 pub mod conn;
 mod parse_errors;
+mod proxy_header;
 mod to_https;
 
 use to_https::to_https;
@@ -14,11 +15,11 @@ use to_https::to_https;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{header, HeaderValue, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -30,10 +31,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::config::{Config, TrustedProxies};
 use crate::fleet::{health, prometheus, Fleet};
 use crate::local_fault::LocalFault;
-use crate::metrics::{Limit, Metrics};
+use crate::metrics::{Limit, Metrics, ProxyRefusal};
+use crate::peer::Client;
 use crate::placement::pins::Pins;
 use crate::placement::shared::SharedPins;
 use crate::placement::{snapshot, Router};
@@ -229,6 +231,7 @@ impl Server {
             connections: self.connections.clone(),
             metrics: metrics.clone(),
             stopping,
+            edge: Arc::new(Edge::of(&self.config)),
         };
         let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(self.certs.clone())));
         let builder = Arc::new(connection_builder(&self.config));
@@ -252,6 +255,10 @@ impl Server {
         let admin = Arc::new(crate::admin::Admin::new(&self.proxy, &self.config.admin));
         let admin_listener = Listener {
             connections: self.admin_connections.clone(),
+            edge: Arc::new(Edge {
+                proxy_protocol: false,
+                ..Edge::of(&self.config)
+            }),
             ..listener.clone()
         };
         accepting.spawn(accept_admin(self.admin, admin, admin_listener));
@@ -369,6 +376,38 @@ struct Listener {
     connections: Arc<Connections>,
     metrics: Arc<Metrics>,
     stopping: watch::Receiver<bool>,
+    edge: Arc<Edge>,
+}
+
+/// What the public listeners believe of the peers in front of the router, and add to answers.
+struct Edge {
+    /// Read a PROXY header from the trusted proxies (`server.proxy_protocol`).
+    proxy_protocol: bool,
+    trusted: TrustedProxies,
+    /// The time a PROXY header (and on HTTPS, with the TLS handshake) may take.
+    handshake_timeout: Duration,
+    /// `Strict-Transport-Security` for HTTPS answers.
+    hsts: Option<HeaderValue>,
+    /// When a PROXY refusal was last logged.
+    warned: Mutex<Option<Instant>>,
+}
+
+impl Edge {
+    fn of(config: &Config) -> Edge {
+        let server = &config.server;
+        Edge {
+            proxy_protocol: server.proxy_protocol,
+            trusted: server.trusted_proxies.clone(),
+            handshake_timeout: config.limits.tls_handshake_timeout,
+            hsts: (server.hsts.as_deref()).and_then(|v| HeaderValue::from_str(v).ok()),
+            warned: Mutex::new(None),
+        }
+    }
+
+    /// Whether connections from `peer` count for the client their PROXY header names.
+    fn proxied(&self, peer: SocketAddr) -> bool {
+        self.proxy_protocol && self.trusted.contains(peer.ip())
+    }
 }
 
 impl Listener {
@@ -391,7 +430,8 @@ impl Listener {
                     continue;
                 }
             };
-            match self.connections.admit(peer.ip()) {
+            let counted_for = (!self.edge.proxied(peer)).then_some(peer.ip());
+            match self.connections.admit(counted_for) {
                 Ok(admitted) => return (tcp, peer, admitted),
                 Err(refused) => {
                     let (limit, cap) = match refused {
@@ -412,6 +452,57 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// The client of a connection from `peer`: read from its PROXY header (by `deadline`) when
+    /// `server.proxy_protocol` is on, else the peer. `None`: the connection is to be closed
+    /// (counted, and logged at most every 10 s).
+    async fn client(
+        &self,
+        tcp: &mut TcpStream,
+        peer: SocketAddr,
+        admitted: &mut Admitted,
+        deadline: Instant,
+    ) -> Option<Client> {
+        let edge = &self.edge;
+        let addr = if edge.proxy_protocol {
+            let read = proxy_header::read(tcp, peer, &edge.trusted);
+            let found = (tokio::time::timeout_at(deadline, read).await)
+                .unwrap_or(Err(ProxyRefusal::Timeout));
+            match found {
+                Ok(addr) => addr,
+                Err(refusal) => {
+                    self.metrics.proxy_refused(refusal);
+                    self.warn(|| tracing::warn!(%peer, reason = refusal.reason(), "connection closed at its PROXY header (warned at most every 10 s)"));
+                    return None;
+                }
+            }
+        } else {
+            peer
+        };
+        if admitted.count_for(addr.ip()).is_err() {
+            self.metrics.limit_hit(Limit::ClientConnections);
+            let cap = "limits.max_connections_per_client";
+            self.warn(|| tracing::warn!(client = %addr, cap, "connection over a cap closed after its PROXY header (warned at most every 10 s)"));
+            return None;
+        }
+        Some(Client {
+            addr,
+            trusted: edge.trusted.contains(addr.ip()),
+        })
+    }
+
+    /// Runs `log` unless it ran less than 10 s ago.
+    fn warn(&self, log: impl FnOnce()) {
+        let Ok(mut warned) = self.edge.warned.lock() else {
+            return;
+        };
+        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            *warned = Some(Instant::now());
+            log();
+        }
+    }
+}
+
 /// At most one warning this often for connections closed at accept.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -425,14 +516,20 @@ async fn accept_https(
 ) {
     let mut warned = None;
     loop {
-        let (tcp, peer, admitted) = shared.accept(&listener, &mut warned).await;
+        let (mut tcp, peer, mut admitted) = shared.accept(&listener, &mut warned).await;
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let proxy = proxy.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            // One limit for the PROXY header and the TLS handshake.
+            let deadline = Instant::now() + handshake_timeout;
+            let Some(client) = shared.client(&mut tcp, peer, &mut admitted, deadline).await else {
+                return;
+            };
+            let peer = client.addr;
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "tls handshake failed");
@@ -451,11 +548,16 @@ async fn accept_https(
             let activity = Activity::new(h2, shared.limits, shared.metrics.clone());
             let io = TokioIo::new(Watched::new(tls, activity.clone(), admitted));
             let requests = activity.clone();
+            let edge = shared.edge.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let in_flight = requests.request_started();
-                let proxy = proxy.clone();
+                let (proxy, edge) = (proxy.clone(), edge.clone());
                 async move {
-                    let response = proxy.handle(req, peer).await;
+                    let mut response = proxy.handle(req, client).await;
+                    if let Some(hsts) = &edge.hsts {
+                        (response.headers_mut())
+                            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+                    }
                     Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
                 }
             });
@@ -506,10 +608,14 @@ async fn serve_plain<F, Fut>(
 async fn accept_http(listener: TcpListener, https_port: u16, shared: Listener) {
     let mut warned = None;
     loop {
-        let (tcp, peer, admitted) = shared.accept(&listener, &mut warned).await;
+        let (mut tcp, peer, mut admitted) = shared.accept(&listener, &mut warned).await;
         let shared = shared.clone();
         tokio::spawn(async move {
-            serve_plain(tcp, peer, admitted, shared, move |req| async move {
+            let deadline = Instant::now() + shared.edge.handshake_timeout;
+            let Some(client) = shared.client(&mut tcp, peer, &mut admitted, deadline).await else {
+                return;
+            };
+            serve_plain(tcp, client.addr, admitted, shared, move |req| async move {
                 to_https(&req, https_port)
             })
             .await;
