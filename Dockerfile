@@ -14,12 +14,16 @@ COPY benches ./benches
 RUN cargo build --release --locked --bin jitsi-router
 
 FROM debian:bookworm-slim
+# ca-certificates follows Debian's security updates: a pinned version would stop building.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin jitsi-router
+ && groupadd --system --gid 10001 jitsi-router \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin jitsi-router
 COPY --from=build /src/target/release/jitsi-router /usr/local/bin/jitsi-router
-USER jitsi-router
+# Numeric, so that the host and Kubernetes' runAsNonRoot can tell it is not root.
+USER 10001:10001
 VOLUME ["/etc/jitsi-router"]
 EXPOSE 8443 8080
 ENTRYPOINT ["jitsi-router"]
