@@ -21,12 +21,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod acme;
 mod census;
 mod edge;
 mod limits;
 mod node;
 mod validate;
 
+pub use acme::{Acme, Challenge};
 pub use census::Census;
 pub use edge::TrustedProxies;
 pub use limits::{Limits, CANCELLED_STREAMS_WINDOW};
@@ -166,6 +168,10 @@ pub struct Server {
     /// A `Strict-Transport-Security` value added to every HTTPS answer (unset: none).
     #[serde(default)]
     pub hsts: Option<String>,
+    /// A folder whose `.well-known/acme-challenge/` files the plain-HTTP listener serves (an
+    /// external certbot `--webroot`, or another replica's `[tls.acme] state_dir`).
+    #[serde(default)]
+    pub acme_webroot: Option<PathBuf>,
 }
 
 impl Server {
@@ -212,10 +218,15 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
-    /// PEM certificate chain.
+    /// PEM certificate chain (empty with `[tls.acme]`).
+    #[serde(default)]
     pub cert: PathBuf,
-    /// PEM private key.
+    /// PEM private key (empty with `[tls.acme]`).
+    #[serde(default)]
     pub key: PathBuf,
+    /// Certificates from an ACME server instead of files.
+    #[serde(default)]
+    pub acme: Option<Acme>,
 }
 
 /// `[routing]`
@@ -572,8 +583,13 @@ impl Config {
                 proxy_protocol: false,
                 trusted_proxies: TrustedProxies::default(),
                 hsts: None,
+                acme_webroot: None,
             },
-            tls: Tls { cert, key },
+            tls: Tls {
+                cert,
+                key,
+                acme: None,
+            },
             routing: Routing::default(),
             upstream: Upstream::default(),
             limits: Limits::default(),

@@ -11,6 +11,7 @@
 //!   the caps on client connections ([`server::caps`]) and the time limit of each state of a
 //!   client connection ([`server::conn`]). [`admin`]: the admin listener (JSON API, dashboard,
 //!   and the `/metrics` exporter). [`reload`]: config and certificate reload, all-or-nothing.
+//!   [`acme`]: certificates issued and renewed through an ACME server.
 //! - [`proxy`]: the hyper service — forwarding with header hygiene over a per-node pool of
 //!   keep-alive connections ([`proxy::upstream`]), WebSocket tunnels, redirects and error
 //!   answers, the new-room rate per client ([`proxy::new_rooms`]). It asks [`placement`] for a
@@ -29,7 +30,7 @@
 //!   validation and the typed settings), [`metrics`] (lock-free counters, and
 //!   [`metrics::Decision`]), [`room`] (request path and query → room key, property-tested),
 //!   [`rendezvous`], [`tls`], [`local_fault`] (a shortage of the router's own told from a node's
-//!   fault), [`peer`] (the client key per-client limits count by), [`stall`].
+//!   fault), [`peer`] (who a client is, and the key per-client limits count by), [`stall`].
 //! - Entry points: [`demo`] (simulated Jitsi nodes, and real prosody signalling behind them, for
 //!   `demo` and the tests) and [`simulate`] (the placement simulator).
 //!
@@ -57,6 +58,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acme;
 pub mod admin;
 pub mod config;
 pub mod demo;

@@ -209,8 +209,18 @@ fn simulate(params: jitsi_router::simulate::Params, json: bool) -> Result<(), St
 
 fn check(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    jitsi_router::tls::load_certified_key(&config.tls.cert, &config.tls.key)
-        .map_err(|e| e.to_string())?;
+    match &config.tls.acme {
+        Some(acme) => {
+            if let Some(ca) = &acme.directory_ca {
+                jitsi_router::tls::upstream_client_config(Some(ca))
+                    .map_err(|e| format!("tls.acme.directory_ca: {e}"))?;
+            }
+        }
+        None => {
+            jitsi_router::tls::load_certified_key(&config.tls.cert, &config.tls.key)
+                .map_err(|e| e.to_string())?;
+        }
+    }
     if let Some(ca) = &config.upstream.ca {
         jitsi_router::tls::upstream_client_config(Some(ca)).map_err(|e| e.to_string())?;
     }
@@ -242,12 +252,22 @@ fn describe(c: &Config, path: &Path) -> String {
         },
         c.log.format
     );
-    let _ = writeln!(
-        out,
-        "tls:         cert {}, key {} (they match)",
-        c.tls.cert.display(),
-        c.tls.key.display()
-    );
+    let _ = match &c.tls.acme {
+        Some(acme) => writeln!(
+            out,
+            "tls:         ACME for {} from {} ({:?} challenge), kept in {}",
+            acme.domains.join(", "),
+            acme.directory,
+            acme.challenge,
+            acme.state_dir.display()
+        ),
+        None => writeln!(
+            out,
+            "tls:         cert {}, key {} (they match)",
+            c.tls.cert.display(),
+            c.tls.key.display()
+        ),
+    };
     let _ = writeln!(
         out,
         "mode:        {} (pins forgotten after {} idle, affinity cookie {:?})",

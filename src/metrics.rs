@@ -22,6 +22,7 @@
 //! | `jitsi_router_prometheus_snapshot_age_seconds` | gauge | |
 //! | `jitsi_router_tls_handshake_failures_total` | counter | |
 //! | `jitsi_router_proxy_header_refusals_total` | counter | `reason` |
+//! | `jitsi_router_acme_failures_total` | counter | |
 //! | `jitsi_router_config_reloads_total` | counter | `result`: `ok`, `failed` |
 //! | `jitsi_router_client_connections` | gauge | |
 //! | `jitsi_router_timeouts_total` | counter | `state`: `request_head`, `keepalive`, `request_body`, `response_body`, `send` |
@@ -252,6 +253,7 @@ pub struct Metrics {
     pub(crate) decisions: [AtomicU64; DECISIONS.len()],
     pub(crate) decision_seconds: Histogram,
     pub(crate) tls_handshake_failures: AtomicU64,
+    pub(crate) acme_failures: AtomicU64,
     pub(crate) prometheus_failures: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -269,6 +271,7 @@ impl Default for Metrics {
             decisions: Default::default(),
             decision_seconds: Histogram::new(DECISION_BOUNDS),
             tls_handshake_failures: AtomicU64::new(0),
+            acme_failures: AtomicU64::new(0),
             prometheus_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -291,6 +294,11 @@ impl Metrics {
     /// Counts a TLS handshake that failed or timed out.
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an ACME issuance or renewal that failed.
+    pub fn acme_failed(&self) {
+        self.acme_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a Prometheus refresh whose answer was rejected or did not come.

@@ -66,8 +66,13 @@ impl Reloader {
         Some(reloader)
     }
 
-    fn watched(&self) -> [&Path; 3] {
-        [&self.path, &self.current.tls.cert, &self.current.tls.key]
+    /// The config file, and the certificate files unless ACME issues the certificate.
+    fn watched(&self) -> Vec<&Path> {
+        let tls = &self.current.tls;
+        match tls.acme {
+            Some(_) => vec![&self.path],
+            None => vec![&self.path, &tls.cert, &tls.key],
+        }
     }
 
     fn read_stamps(&self) -> Vec<Stamp> {
@@ -111,7 +116,9 @@ impl Reloader {
         match self.prepare() {
             Ok((config, key)) => {
                 let restart = restart_only_changes(&self.current, &config);
-                self.certs.replace(key);
+                if let Some(key) = key {
+                    self.certs.replace(key);
+                }
                 self.fleet.set_nodes(config.nodes.clone());
                 if !restart.is_empty() {
                     tracing::warn!(sections = ?restart, "these changes take effect only after a restart");
@@ -128,11 +135,16 @@ impl Reloader {
         }
     }
 
-    fn prepare(&self) -> Result<(Config, rustls::sign::CertifiedKey), String> {
+    /// The new config, and its certificate files' contents (none with ACME, whose issuer
+    /// swaps certificates itself).
+    fn prepare(&self) -> Result<(Config, Option<rustls::sign::CertifiedKey>), String> {
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        if config.tls.acme.is_some() {
+            return Ok((config, None));
+        }
         let key = tls::load_certified_key(&config.tls.cert, &config.tls.key)
             .map_err(|e| e.to_string())?;
-        Ok((config, key))
+        Ok((config, Some(key)))
     }
 }
 
@@ -140,6 +152,7 @@ impl Reloader {
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     [
         ("server", old.server != new.server),
+        ("tls.acme", old.tls.acme != new.tls.acme),
         ("routing", old.routing != new.routing),
         ("upstream", old.upstream != new.upstream),
         ("limits", old.limits != new.limits),

@@ -4,11 +4,13 @@
 //! The server resolves its certificate through [`CertStore`], an `arc-swap` cell, so a new
 //! certificate can be swapped in for new handshakes without touching open connections.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -102,9 +104,76 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
     }
 }
 
-/// The server's current certificate; swap in a new one with [`CertStore::replace`].
+/// A certificate and PKCS#8 key made in memory (ACME's TLS-ALPN-01 challenge certificate).
+pub fn certified_key(
+    cert: CertificateDer<'static>,
+    pkcs8: Vec<u8>,
+) -> Result<CertifiedKey, TlsError> {
+    let der = PrivateKeyDer::Pkcs8(pkcs8.into());
+    let signing = (provider().key_provider.load_private_key(der)).map_err(|e| TlsError::Key {
+        path: PathBuf::from("(generated)"),
+        reason: e.to_string(),
+    })?;
+    Ok(CertifiedKey::new(vec![cert], signing))
+}
+
+/// The DNS names (subject alternative names) of the leaf of `key`'s chain, lower-case.
+pub fn dns_names(key: &CertifiedKey) -> Vec<String> {
+    let Some(leaf) = key.cert.first() else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(names)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    (names.value.general_names.iter())
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The server's current certificate; swap in a new one with [`CertStore::replace`]. Also holds
+/// the TLS-ALPN-01 challenge certificates of an ACME issuance in progress, served only to
+/// handshakes that offer ALPN `acme-tls/1` (RFC 8737) and never to anyone else.
 pub struct CertStore {
-    current: ArcSwap<CertifiedKey>,
+    current: ArcSwapOption<Served>,
+    alpn_challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    renewal: tokio::sync::Notify,
+}
+
+/// A certificate being served.
+struct Served {
+    key: Arc<CertifiedKey>,
+    validity: Option<Validity>,
+}
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Not before.
+    pub not_before: SystemTime,
+    /// Not after.
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// The validity of the leaf of `key`'s chain; `None` if it cannot be parsed.
+    pub fn of(key: &CertifiedKey) -> Option<Validity> {
+        let leaf = key.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        let at = |t: x509_parser::time::ASN1Time| {
+            let secs = u64::try_from(t.timestamp()).ok()?;
+            Some(UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        };
+        Some(Validity {
+            not_before: at(cert.validity().not_before)?,
+            not_after: at(cert.validity().not_after)?,
+        })
+    }
 }
 
 impl fmt::Debug for CertStore {
@@ -113,34 +182,95 @@ impl fmt::Debug for CertStore {
     }
 }
 
+/// The ALPN protocol of TLS-ALPN-01 validation handshakes.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 impl CertStore {
     /// A store serving this certificate.
     pub fn new(key: CertifiedKey) -> CertStore {
+        let store = CertStore::empty();
+        store.replace(key);
+        store
+    }
+
+    /// A store with no certificate yet: handshakes fail until one is in (ACME's first issuance).
+    pub fn empty() -> CertStore {
         CertStore {
-            current: ArcSwap::from_pointee(key),
+            current: ArcSwapOption::empty(),
+            alpn_challenges: Mutex::new(HashMap::new()),
+            renewal: tokio::sync::Notify::new(),
         }
     }
 
     /// Serves a new certificate to new handshakes.
     pub fn replace(&self, key: CertifiedKey) {
-        self.current.store(Arc::new(key));
+        let validity = Validity::of(&key);
+        let key = Arc::new(key);
+        self.current.store(Some(Arc::new(Served { key, validity })));
+    }
+
+    /// When the certificate served now is valid; `None` without one (or an unparsable one).
+    pub fn validity(&self) -> Option<Validity> {
+        self.current
+            .load()
+            .as_ref()
+            .and_then(|served| served.validity)
+    }
+
+    /// Serves `key` to TLS-ALPN-01 validation handshakes for `domain` (`None`: no longer).
+    pub fn set_alpn_challenge(&self, domain: &str, key: Option<CertifiedKey>) {
+        let mut challenges = self
+            .alpn_challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(key) => challenges.insert(domain.to_ascii_lowercase(), Arc::new(key)),
+            None => challenges.remove(&domain.to_ascii_lowercase()),
+        };
+    }
+
+    /// Asks the certificate's issuer (ACME) to renew now.
+    pub fn request_renewal(&self) {
+        self.renewal.notify_one();
+    }
+
+    /// Completes when a renewal is asked for.
+    pub async fn renewal_requested(&self) {
+        self.renewal.notified().await;
     }
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validation =
+            (hello.alpn()).is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        if validation {
+            let domain = hello.server_name()?.to_ascii_lowercase();
+            let challenges = self
+                .alpn_challenges
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            return challenges.get(&domain).cloned();
+        }
+        self.current
+            .load()
+            .as_ref()
+            .map(|served| served.key.clone())
     }
 }
 
-/// The server config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
-pub fn server_config(certs: Arc<CertStore>) -> rustls::ServerConfig {
+/// The server config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1` (and `acme-tls/1` when ACME
+/// validates by TLS-ALPN-01).
+pub fn server_config(certs: Arc<CertStore>, acme_alpn: bool) -> rustls::ServerConfig {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme_alpn {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     config
 }
 

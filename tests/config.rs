@@ -283,3 +283,40 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn acme_replaces_the_certificate_files_and_its_keys_are_checked() {
+    let acme = |lines: &str| {
+        MINIMAL
+            .replace(
+                "cert = \"../certs/fullchain.pem\"\nkey = \"/etc/key.pem\"\n",
+                "",
+            )
+            .replace("[[nodes]]", &format!("[tls.acme]\n{lines}\n[[nodes]]"))
+    };
+    let good = "domains = [\"Meet.Example.com\"]\ndirectory = \"https://acme.example.net/dir\"\nstate_dir = \"acme\"";
+    let c = parse(&acme(good)).unwrap();
+    let a = c.tls.acme.unwrap();
+    assert_eq!(a.domains, ["meet.example.com"]);
+    assert_eq!(a.state_dir, Path::new("/etc/jitsi-router/acme"));
+    assert_eq!(a.challenge, jitsi_router::config::Challenge::TlsAlpn01);
+
+    let both = MINIMAL.replace("[[nodes]]", &format!("[tls.acme]\n{good}\n[[nodes]]"));
+    let e = error(&both);
+    assert!(e.contains("tls.cert"), "{e}");
+    assert!(e.contains("not both"), "{e}");
+    let e = error(&acme(&format!("{good}\nchallenge = \"http-01\"")));
+    assert!(e.contains("tls.acme.challenge = \"http-01\""), "{e}");
+    assert!(e.contains("server.http_listen"), "{e}");
+    let e = error(&acme(&good.replace("Meet.Example.com", "*.example.com")));
+    assert!(e.contains("tls.acme.domains = \"*.example.com\""), "{e}");
+    let e = error(&acme(&format!("{good}\ncontact = \"ops@example.com\"")));
+    assert!(e.contains("tls.acme.contact"), "{e}");
+    let e = error(&acme(&good.replace("https://acme.example.net/dir", "acme")));
+    assert!(e.contains("tls.acme.directory = \"acme\""), "{e}");
+    let e = error(&acme("domains = [\"meet.example.com\"]"));
+    assert!(e.contains("directory"), "{e}");
+    let none = MINIMAL.replace("cert = \"../certs/fullchain.pem\"\n", "");
+    let e = error(&none);
+    assert!(e.contains("tls.cert"), "{e}");
+}

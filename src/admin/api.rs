@@ -53,6 +53,7 @@ pub(super) fn status(admin: &Admin) -> Answer {
             "pinned_rooms": admin.router.pins().len(),
             "websocket_tunnels": admin.tunnels.count(),
             "snapshot_age_seconds": admin.router.fleet().snapshot_age().map(|a| a.as_secs_f64()),
+            "certificate": certificate(admin),
             "shared_pins": admin.router.shared_pins().map(|shared| json!({
                 "connected": shared.connected(),
                 "errors": shared.errors(),
@@ -132,6 +133,28 @@ const NODE_STATE: [&str; 11] = [
 /// participants}]}]`, each room's largest part first.
 pub(super) fn splits(admin: &Admin) -> Answer {
     json(StatusCode::OK, &json!(admin.router.splits()))
+}
+
+/// The served certificate: where it comes from and when it is valid (Unix seconds).
+fn certificate(admin: &Admin) -> Value {
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let validity = admin.certs.validity();
+    json!({
+        "source": if admin.acme { "acme" } else { "files" },
+        "not_before": validity.map(|v| secs(v.not_before)),
+        "not_after": validity.map(|v| secs(v.not_after)),
+    })
+}
+
+/// Asks the ACME issuer to renew the certificate now.
+pub(super) fn renew(admin: &Admin) -> Answer {
+    if !admin.acme {
+        let reason =
+            "the certificate comes from [tls] cert and key: replace those files to renew it";
+        return error(StatusCode::CONFLICT, reason);
+    }
+    admin.certs.request_renewal();
+    json(StatusCode::ACCEPTED, &json!({ "renewing": true }))
 }
 
 pub(super) fn put_node(admin: &Admin, name: &str, body: &[u8]) -> Answer {

@@ -16,22 +16,30 @@ use crate::local_fault::LocalFault;
 use crate::metrics::{Metrics, DECISIONS, LIMITS, PROXY_REFUSALS, TIMEOUTS};
 use crate::placement::{policy, Router};
 use crate::proxy::tunnel::Tunnels;
+use crate::tls::CertStore;
 
 /// Reads everything at scrape time; registered once with the admin listener's registry.
 pub struct Exporter {
     metrics: Arc<Metrics>,
     router: Arc<Router>,
     tunnels: Arc<Tunnels>,
+    certs: Arc<CertStore>,
 }
 
 impl Exporter {
     /// A registry holding the exporter over these sources.
-    pub fn registry(metrics: Arc<Metrics>, router: Arc<Router>, tunnels: Arc<Tunnels>) -> Registry {
+    pub fn registry(
+        metrics: Arc<Metrics>,
+        router: Arc<Router>,
+        tunnels: Arc<Tunnels>,
+        certs: Arc<CertStore>,
+    ) -> Registry {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Exporter {
             metrics,
             router,
             tunnels,
+            certs,
         }));
         registry
     }
@@ -231,6 +239,21 @@ impl Collector for Exporter {
                 age.as_secs_f64(),
             )?;
         }
+        if let Some(validity) = self.certs.validity() {
+            let expiry = validity.not_after.duration_since(std::time::UNIX_EPOCH);
+            single(
+                &mut encoder,
+                "jitsi_router_certificate_expiry_timestamp_seconds",
+                "When the served certificate expires (Unix seconds).",
+                expiry.map_or(0, |d| d.as_secs()) as i64,
+            )?;
+        }
+        counter(
+            &mut encoder,
+            "jitsi_router_acme_failures",
+            "ACME issuances and renewals that failed (the served certificate stays).",
+            m.acme_failures.load(Ordering::Relaxed),
+        )?;
         counter(
             &mut encoder,
             "jitsi_router_tls_handshake_failures",

@@ -13,6 +13,7 @@
 //! | `DELETE /api/nodes/{name}` | removes a node; its rooms move on their next request |
 //! | `POST /api/nodes/{name}/drain`, `/undrain` | the drain switch |
 //! | `GET /api/rooms?node=&limit=` | pinned rooms, most requested first |
+//! | `POST /api/tls/renew` | with `[tls.acme]`: renew the certificate now |
 //! | `GET /api/splits` | rooms the nodes' census finds live on more than one node |
 //! | `GET`, `DELETE /api/rooms/{room}` | one room's pin; unpin it |
 //! | `PUT /api/rooms/{room}` with `{"node": …}` | moves a room's pin |
@@ -47,6 +48,7 @@ use crate::placement::Router;
 use crate::proxy::tunnel::Tunnels;
 use crate::proxy::Proxy;
 use crate::room::RoomLimits;
+use crate::tls::CertStore;
 use exporter::Exporter;
 use prometheus_client::registry::Registry;
 
@@ -69,13 +71,17 @@ pub struct Admin {
     /// How room names in `/api/rooms/{room}` are parsed: as the proxy parses them.
     room_limits: RoomLimits,
     registry: Registry,
+    /// The served certificate, and whether ACME issues it.
+    certs: Arc<CertStore>,
+    acme: bool,
 }
 
 type Answer = Response<Full<Bytes>>;
 
 impl Admin {
-    /// The admin surface over this request handler's router, tunnels and counters.
-    pub fn new(proxy: &Proxy, config: &AdminConfig) -> Admin {
+    /// The admin surface over this request handler's router, tunnels and counters, and the
+    /// served certificate (`acme`: issued through ACME, which `POST /api/tls/renew` asks).
+    pub fn new(proxy: &Proxy, config: &AdminConfig, certs: Arc<CertStore>, acme: bool) -> Admin {
         Admin {
             router: proxy.router().clone(),
             tunnels: proxy.tunnels().clone(),
@@ -89,7 +95,10 @@ impl Admin {
                 proxy.metrics().clone(),
                 proxy.router().clone(),
                 proxy.tunnels().clone(),
+                certs.clone(),
             ),
+            certs,
+            acme,
         }
     }
 
@@ -158,6 +167,7 @@ impl Admin {
             (&Method::POST, ["api", "nodes", name, "undrain"]) => api::drain(self, name, false),
             (&Method::GET, ["api", "rooms"]) => api::rooms(self, &query).await,
             (&Method::GET, ["api", "splits"]) => api::splits(self),
+            (&Method::POST, ["api", "tls", "renew"]) => api::renew(self),
             (_, ["api", "rooms", room @ ..]) if !room.is_empty() => {
                 api::room(self, &method, &room.join("/"), &body).await
             }
@@ -167,7 +177,8 @@ impl Admin {
                 | ["api", "status"]
                 | ["api", "nodes" | "rooms"]
                 | ["api", "nodes", _]
-                | ["api", "nodes", _, "drain" | "undrain"],
+                | ["api", "nodes", _, "drain" | "undrain"]
+                | ["api", "tls", "renew"],
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }

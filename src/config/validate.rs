@@ -17,15 +17,34 @@ impl Config {
         if self.server.listen.is_empty() {
             return Err(check.invalid("server.listen", "[]", "needs at least one address"));
         }
-        for (key, path) in [
-            ("tls.cert", &mut self.tls.cert),
-            ("tls.key", &mut self.tls.key),
-        ] {
-            check.resolve(key, path)?;
+        match &mut self.tls.acme {
+            None => {
+                for (key, path) in [
+                    ("tls.cert", &mut self.tls.cert),
+                    ("tls.key", &mut self.tls.key),
+                ] {
+                    if path.as_os_str().is_empty() {
+                        let problem =
+                            "required: a PEM file, unless [tls.acme] gets the certificate";
+                        return Err(check.invalid(key, "", problem));
+                    }
+                    check.resolve(key, path)?;
+                }
+            }
+            Some(acme) => {
+                for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+                    if !path.as_os_str().is_empty() {
+                        let problem = "set either tls.cert and tls.key, or [tls.acme], not both";
+                        return Err(check.invalid(key, path, problem));
+                    }
+                }
+                super::acme::check(&check, acme, self.server.http_listen.is_some())?;
+            }
         }
         let optional = [
             ("upstream.ca", &mut self.upstream.ca),
             ("pins.snapshot_path", &mut self.pins.snapshot_path),
+            ("server.acme_webroot", &mut self.server.acme_webroot),
         ];
         for (key, path) in optional {
             path.as_mut()

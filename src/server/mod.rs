@@ -10,7 +10,7 @@ mod parse_errors;
 mod proxy_header;
 mod to_https;
 
-use to_https::to_https;
+use to_https::Challenges;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::acme::{AcmeError, Http01Answers, Issuer};
 use crate::config::{Config, TrustedProxies};
 use crate::fleet::{health, prometheus, Fleet};
 use crate::local_fault::LocalFault;
@@ -57,6 +58,9 @@ pub enum StartError {
     /// The shared pin store cannot be used.
     #[error("pins.redis: {0}")]
     SharedPins(String),
+    /// The ACME state folder or client cannot be set up.
+    #[error(transparent)]
+    Acme(#[from] AcmeError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -78,6 +82,10 @@ pub struct Server {
     census_client: reqwest::Client,
     connections: Arc<Connections>,
     admin_connections: Arc<Connections>,
+    /// Issues and renews the certificate, with `[tls.acme]`.
+    issuer: Option<Issuer>,
+    /// Answers to open ACME HTTP-01 challenges, for the plain-HTTP listener.
+    http01: Arc<Http01Answers>,
     config: Config,
 }
 
@@ -87,8 +95,10 @@ const ADMIN_CONNECTIONS: usize = 256;
 impl Server {
     /// Loads the certificate, builds the routing core and binds every listener.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        let key = tls::load_certified_key(&config.tls.cert, &config.tls.key)?;
-        let certs = Arc::new(CertStore::new(key));
+        let certs = Arc::new(match &config.tls.acme {
+            Some(_) => CertStore::empty(),
+            None => CertStore::new(tls::load_certified_key(&config.tls.cert, &config.tls.key)?),
+        });
         let staleness = config
             .prometheus
             .as_ref()
@@ -116,6 +126,19 @@ impl Server {
             }
         }
         let proxy = Arc::new(Proxy::new(router, &config)?);
+        let http01 = Arc::new(Http01Answers::default());
+        let issuer = match &config.tls.acme {
+            Some(acme) => {
+                let metrics = proxy.metrics().clone();
+                Some(Issuer::new(
+                    acme.clone(),
+                    certs.clone(),
+                    http01.clone(),
+                    metrics,
+                )?)
+            }
+            None => None,
+        };
         let health_client = health::client(config.health.timeout(), config.upstream.ca.as_deref())?;
         let census_client = health::client(config.census.timeout(), config.upstream.ca.as_deref())?;
         let mut https = Vec::with_capacity(config.server.listen.len());
@@ -144,6 +167,8 @@ impl Server {
             census_client,
             connections,
             admin_connections,
+            issuer,
+            http01,
             config,
         })
     }
@@ -233,7 +258,13 @@ impl Server {
             stopping,
             edge: Arc::new(Edge::of(&self.config)),
         };
-        let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(self.certs.clone())));
+        let acme_alpn = (self.config.tls.acme.as_ref())
+            .is_some_and(|acme| acme.challenge == crate::config::Challenge::TlsAlpn01);
+        let acceptor =
+            TlsAcceptor::from(Arc::new(tls::server_config(self.certs.clone(), acme_alpn)));
+        if let Some(issuer) = self.issuer {
+            tasks.spawn(issuer.run());
+        }
         let builder = Arc::new(connection_builder(&self.config));
         for https in self.https {
             log_listening("https", &https);
@@ -249,10 +280,17 @@ impl Server {
         if let Some(http) = self.http {
             log_listening("http", &http);
             let port = (self.config.server.public_https_port).unwrap_or(https_port);
-            accepting.spawn(accept_http(http, port, listener.clone()));
+            let challenges = Arc::new(Challenges {
+                answers: self.http01.clone(),
+                webroot: self.config.server.acme_webroot.clone(),
+            });
+            accepting.spawn(accept_http(http, port, challenges, listener.clone()));
         }
         log_listening("admin", &self.admin);
-        let admin = Arc::new(crate::admin::Admin::new(&self.proxy, &self.config.admin));
+        let acme = self.config.tls.acme.is_some();
+        let admin =
+            crate::admin::Admin::new(&self.proxy, &self.config.admin, self.certs.clone(), acme);
+        let admin = Arc::new(admin);
         let admin_listener = Listener {
             connections: self.admin_connections.clone(),
             edge: Arc::new(Edge {
@@ -543,6 +581,10 @@ async fn accept_https(
                 }
             };
             let mut tls = tls;
+            if tls.get_ref().1.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the handshake was all it came for (RFC 8737).
+                return;
+            }
             tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let activity = Activity::new(h2, shared.limits, shared.metrics.clone());
@@ -605,18 +647,25 @@ async fn serve_plain<F, Fut>(
     }
 }
 
-async fn accept_http(listener: TcpListener, https_port: u16, shared: Listener) {
+async fn accept_http(
+    listener: TcpListener,
+    https_port: u16,
+    challenges: Arc<Challenges>,
+    shared: Listener,
+) {
     let mut warned = None;
     loop {
         let (mut tcp, peer, mut admitted) = shared.accept(&listener, &mut warned).await;
         let shared = shared.clone();
+        let challenges = challenges.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + shared.edge.handshake_timeout;
             let Some(client) = shared.client(&mut tcp, peer, &mut admitted, deadline).await else {
                 return;
             };
-            serve_plain(tcp, client.addr, admitted, shared, move |req| async move {
-                to_https(&req, https_port)
+            serve_plain(tcp, client.addr, admitted, shared, move |req| {
+                let challenges = challenges.clone();
+                async move { to_https::answer(&req, https_port, &challenges).await }
             })
             .await;
         });

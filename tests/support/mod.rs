@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 pub mod nginx;
+pub mod pebble;
 pub mod xmpp;
 
 use jitsi_router::demo::prometheus::PrometheusServer;
