@@ -248,3 +248,36 @@ async fn file_certificates_show_their_expiry_and_cannot_be_renewed_through_the_a
         .unwrap();
     assert_eq!(renew.status(), 409);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_acme_webroot_serves_challenge_files_and_nothing_else() {
+    let certs = Certs::new();
+    let webroot = tempfile::tempdir().unwrap();
+    let dir = webroot.path().join(".well-known/acme-challenge");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tok-EN_1"), "tok-EN_1.thumbprint\n").unwrap();
+    std::fs::write(webroot.path().join("secret"), "not served").unwrap();
+    let server = format!(
+        "[server]\nhttp_listen = \"127.0.0.1:0\"\nacme_webroot = {:?}\n",
+        webroot.path()
+    );
+    let text = config(&certs, "", &[]).replace("[server]\n", &server);
+    let router = Router::start(&certs, &text);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let http = router.http.unwrap();
+    let get = |path: &str| client.get(format!("http://{http}{path}")).send();
+    let found = get("/.well-known/acme-challenge/tok-EN_1").await.unwrap();
+    assert_eq!(found.status(), 200);
+    assert_eq!(found.text().await.unwrap(), "tok-EN_1.thumbprint");
+    for path in [
+        "/.well-known/acme-challenge/missing",
+        "/.well-known/acme-challenge/..%2F..%2Fsecret",
+        "/.well-known/acme-challenge/",
+    ] {
+        let answer = get(path).await.unwrap();
+        assert_eq!(answer.status(), 404, "{path}");
+    }
+}
