@@ -32,7 +32,8 @@
 //!   [`rendezvous`], [`tls`], [`local_fault`] (a shortage of the router's own told from a node's
 //!   fault), [`peer`] (who a client is, and the key per-client limits count by), [`stall`].
 //! - Entry points: [`demo`] (simulated Jitsi nodes, and real prosody signalling behind them, for
-//!   `demo` and the tests) and [`simulate`] (the placement simulator).
+//!   `demo` and the tests), [`simulate`] (the placement simulator) and [`bench`] (participants
+//!   joining conferences through a deployment, timed).
 //!
 //! ## Decisions worth knowing
 //! - A room's pin lives while the room gets requests (`pin_idle_timeout`, default 10 minutes).
@@ -60,6 +61,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod fleet;

@@ -1,4 +1,4 @@
-//! The `jitsi-router` command: `serve`, `check`, `demo` and `simulate`.
+//! The `jitsi-router` command: `serve`, `check`, `demo`, `simulate` and `bench`.
 
 #![forbid(unsafe_code)]
 
@@ -76,6 +76,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure joining conferences through the router (or any Jitsi deployment): participants
+    /// load the room page and config.js, connect over XMPP, join, exchange messages and leave.
+    /// Exits non-zero on any error or split room.
+    Bench {
+        /// Base URL of a router (repeat for replicas: a room's participants spread over them).
+        #[arg(long = "target", required = true, value_name = "URL")]
+        targets: Vec<String>,
+        /// Rooms.
+        #[arg(long, default_value_t = 20)]
+        rooms: usize,
+        /// Participants per room.
+        #[arg(long, default_value_t = 5)]
+        participants: usize,
+        /// How long everyone stays once all have joined.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Signalling transport.
+        #[arg(long, value_enum, default_value = "websocket")]
+        transport: jitsi_router::bench::Transports,
+        /// Groupchat messages per participant: `1/s`, `10/min`, `0` for none.
+        #[arg(long, default_value = "1/s", value_parser = jitsi_router::bench::parse_rate)]
+        message_rate: std::time::Duration,
+        /// Participants arrive evenly over this long.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        ramp: std::time::Duration,
+        /// Run the same against this node first, and print what the router adds per phase.
+        #[arg(long, value_name = "NODE_URL")]
+        direct: Option<String>,
+        /// Trust this PEM CA for the targets (besides the system's roots).
+        #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+        ca: Option<PathBuf>,
+        /// Accept any certificate (a self-signed test deployment).
+        #[arg(long)]
+        insecure: bool,
+        /// The XMPP domain.
+        #[arg(long, default_value = "meet.jitsi")]
+        xmpp_domain: String,
+        /// The MUC domain.
+        #[arg(long, default_value = "muc.meet.jitsi")]
+        muc_domain: String,
+        /// The longest wait for one step's answer.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        step_timeout: std::time::Duration,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Try it with no setup: three simulated Jitsi nodes behind https://localhost:8443.
     Demo {
         /// Addresses to serve HTTPS on.
@@ -126,6 +173,45 @@ fn main() -> ExitCode {
         } => {
             init_logging("info", LogFormat::Text);
             runtime().and_then(|rt| rt.block_on(demo(listen, prosody, !no_prometheus)))
+        }
+        Command::Bench {
+            targets,
+            rooms,
+            participants,
+            duration,
+            transport,
+            message_rate,
+            ramp,
+            direct,
+            ca,
+            insecure,
+            xmpp_domain,
+            muc_domain,
+            step_timeout,
+            json,
+        } => {
+            init_logging("warn", LogFormat::Text);
+            let settings = jitsi_router::bench::Settings {
+                targets,
+                rooms,
+                participants,
+                duration,
+                transport,
+                message_every: message_rate,
+                ramp,
+                ca,
+                insecure,
+                xmpp_domain,
+                muc_domain,
+                step_timeout,
+                progress: !json,
+            };
+            return runtime()
+                .and_then(|rt| rt.block_on(bench(settings, direct, json)))
+                .unwrap_or_else(|message| {
+                    eprintln!("jitsi-router: {message}");
+                    ExitCode::from(2)
+                });
         }
         Command::Simulate {
             nodes,
@@ -182,6 +268,45 @@ async fn demo(listen: Vec<SocketAddr>, prosody: bool, prometheus: bool) -> Resul
     jitsi_router::demo::run(listen, prosody, prometheus)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Runs `bench`: exit status 0 only with no error and no split room, 1 otherwise, 2 when it
+/// could not run at all.
+async fn bench(
+    settings: jitsi_router::bench::Settings,
+    direct: Option<String>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    if settings.rooms == 0 || settings.participants == 0 {
+        return Err("bench needs --rooms and --participants of at least 1".into());
+    }
+    let direct = match direct {
+        Some(node) => {
+            if !json {
+                eprintln!("directly against {node}:");
+            }
+            Some(jitsi_router::bench::run(&settings, &[node]).await?)
+        }
+        None => None,
+    };
+    if !json && direct.is_some() {
+        eprintln!("through {}:", settings.targets.join(", "));
+    }
+    let report = jitsi_router::bench::run(&settings, &settings.targets).await?;
+    if json {
+        println!("{}", report.json(direct.as_ref()));
+    } else {
+        if let Some(direct) = &direct {
+            println!("directly against the node:\n{}", direct.table(None));
+            println!("through the router (\"added\": router minus direct):");
+        }
+        print!("{}", report.table(direct.as_ref()));
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn simulate(params: jitsi_router::simulate::Params, json: bool) -> Result<(), String> {

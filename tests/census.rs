@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jitsi_router::demo::prosody::ProsodyNode;
 use serde_json::Value;
-use support::xmpp::{Participant, Transport};
+use support::xmpp::{join, Transport};
 use support::*;
 
 async fn census(node: &ProsodyNode) -> Vec<(String, u64)> {
@@ -38,13 +38,13 @@ async fn the_census_lists_each_live_room_with_its_participants() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(census(&node).await, [], "no room yet: an empty list");
     let router = Router::start(&certs, &config(&certs, "", &[("jitsi-a", node.url())]));
-    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "Standup", "alice")
+    let mut alice = join(&router, &certs, Transport::WebSocket, "Standup", "alice")
         .await
         .unwrap();
-    let _bob = Participant::join(&router, &certs, Transport::Bosh, "standup", "bob")
+    let _bob = join(&router, &certs, Transport::Bosh, "standup", "bob")
         .await
         .unwrap();
-    let _carol = Participant::join(&router, &certs, Transport::WebSocket, "retro", "carol")
+    let _carol = join(&router, &certs, Transport::WebSocket, "retro", "carol")
         .await
         .unwrap();
     alice
@@ -105,7 +105,7 @@ async fn in_redirect_mode_a_meeting_longer_than_the_pin_timeout_keeps_its_node()
     let certs = Certs::new();
     let nodes = prosody_nodes(2).await;
     let router = redirecting(&certs, &nodes, "pin_idle_timeout = \"1s\"\n");
-    let mut alice = Participant::join(
+    let mut alice = join(
         &router,
         &certs,
         Transport::WebSocket,
@@ -144,7 +144,7 @@ async fn in_redirect_mode_a_meeting_longer_than_the_pin_timeout_keeps_its_node()
         pinned_node(&router, "longmeeting").await.as_deref(),
         Some(meeting.as_str())
     );
-    let mut bob = Participant::join(&router, &certs, Transport::Bosh, "longmeeting", "bob")
+    let mut bob = join(&router, &certs, Transport::Bosh, "longmeeting", "bob")
         .await
         .unwrap();
     assert_eq!(
@@ -167,7 +167,7 @@ async fn a_router_without_a_pin_adopts_the_node_the_census_reports() {
         &certs,
         &config(&certs, "", &[(nodes[1].name(), nodes[1].url())]),
     );
-    let mut alice = Participant::join(&first, &certs, Transport::WebSocket, "Adopted", "alice")
+    let mut alice = join(&first, &certs, Transport::WebSocket, "Adopted", "alice")
         .await
         .unwrap();
     assert_eq!(alice.node, "jitsi-b");
@@ -180,7 +180,7 @@ async fn a_router_without_a_pin_adopts_the_node_the_census_reports() {
         || async { pinned_node(&router, "adopted").await.as_deref() == Some("jitsi-b") },
     )
     .await;
-    let mut bob = Participant::join(&router, &certs, Transport::Bosh, "adopted", "bob")
+    let mut bob = join(&router, &certs, Transport::Bosh, "adopted", "bob")
         .await
         .unwrap();
     assert_eq!(bob.node, "jitsi-b");
@@ -212,7 +212,7 @@ async fn a_census_that_fails_is_counted_and_stops_counting_after_three_intervals
     let certs = Certs::new();
     let mut nodes = prosody_nodes(1).await;
     let router = redirecting(&certs, &nodes, "");
-    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "Failing", "alice")
+    let mut alice = join(&router, &certs, Transport::WebSocket, "Failing", "alice")
         .await
         .unwrap();
     alice.settle(Duration::from_millis(100)).await.unwrap();
@@ -252,9 +252,9 @@ async fn a_room_live_on_two_nodes_is_reported_and_new_participants_join_its_larg
         )
     };
     let (on_a, on_b) = (only(0), only(1));
-    let alice = Participant::join(&on_a, &certs, Transport::WebSocket, "Halves", "alice").await;
-    let bob = Participant::join(&on_b, &certs, Transport::WebSocket, "halves", "bob").await;
-    let carol = Participant::join(&on_b, &certs, Transport::Bosh, "halves", "carol").await;
+    let alice = join(&on_a, &certs, Transport::WebSocket, "Halves", "alice").await;
+    let bob = join(&on_b, &certs, Transport::WebSocket, "halves", "bob").await;
+    let carol = join(&on_b, &certs, Transport::Bosh, "halves", "carol").await;
     let (_alice, _bob, _carol) = (alice.unwrap(), bob.unwrap(), carol.unwrap());
 
     let router = redirecting(&certs, &nodes, "");
@@ -283,7 +283,7 @@ async fn a_room_live_on_two_nodes_is_reported_and_new_participants_join_its_larg
         || async { pinned_node(&router, "halves").await.as_deref() == Some("jitsi-b") },
     )
     .await;
-    let mut dave = Participant::join(&router, &certs, Transport::WebSocket, "halves", "dave")
+    let mut dave = join(&router, &certs, Transport::WebSocket, "halves", "dave")
         .await
         .unwrap();
     assert_eq!(
@@ -306,7 +306,7 @@ async fn a_drained_node_is_reported_empty_once_its_last_meeting_ends_and_its_pin
     let certs = Certs::new();
     let nodes = prosody_nodes(2).await;
     let router = redirecting(&certs, &nodes, "pin_idle_timeout = \"1s\"\n");
-    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "LastOne", "alice")
+    let alice = join(&router, &certs, Transport::WebSocket, "LastOne", "alice")
         .await
         .unwrap();
     let node = alice.node.clone();
@@ -383,9 +383,9 @@ async fn a_node_at_its_participant_cap_takes_no_new_rooms_but_its_meetings_go_on
             .unwrap();
         assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
     }
-    let alice = Participant::join(&router, &certs, Transport::WebSocket, "Busy", "alice").await;
+    let alice = join(&router, &certs, Transport::WebSocket, "Busy", "alice").await;
     let mut alice = alice.unwrap();
-    let bob = Participant::join(&router, &certs, Transport::Bosh, "busy", "bob").await;
+    let bob = join(&router, &certs, Transport::Bosh, "busy", "bob").await;
     let full = alice.node.clone();
     assert_eq!(bob.unwrap().node, full);
     eventually(Duration::from_secs(10), "the node to be full", || async {
@@ -394,7 +394,7 @@ async fn a_node_at_its_participant_cap_takes_no_new_rooms_but_its_meetings_go_on
     })
     .await;
     for i in 0..6 {
-        let mut joiner = Participant::join(
+        let joiner = join(
             &router,
             &certs,
             Transport::WebSocket,
@@ -406,7 +406,7 @@ async fn a_node_at_its_participant_cap_takes_no_new_rooms_but_its_meetings_go_on
         assert_ne!(joiner.node, full, "a new room on a full node");
         joiner.leave().await.unwrap();
     }
-    let carol = Participant::join(&router, &certs, Transport::WebSocket, "busy", "carol").await;
+    let carol = join(&router, &certs, Transport::WebSocket, "busy", "carol").await;
     assert_eq!(carol.unwrap().node, full, "a full node's meeting goes on");
     alice
         .sees(&["alice", "bob", "carol"], Duration::from_secs(20))

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use jitsi_router::demo::prosody::ProsodyNode;
-use support::xmpp::{Participant, Transport};
+use support::xmpp::{join, Participant, Transport};
 use support::*;
 
 const MEET: Duration = Duration::from_secs(20);
@@ -21,16 +21,16 @@ async fn websocket_and_bosh_clients_of_one_room_meet_and_other_rooms_stay_apart(
     let nodes = prosody_nodes(2).await;
     let router = Router::start(&certs, &config(&certs, "", &entries(&nodes)));
 
-    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "Standup", "alice")
+    let mut alice = join(&router, &certs, Transport::WebSocket, "Standup", "alice")
         .await
         .unwrap();
-    let mut bob = Participant::join(&router, &certs, Transport::WebSocket, "standup", "bob")
+    let mut bob = join(&router, &certs, Transport::WebSocket, "standup", "bob")
         .await
         .unwrap();
-    let mut carol = Participant::join(&router, &certs, Transport::Bosh, "standup", "carol")
+    let mut carol = join(&router, &certs, Transport::Bosh, "standup", "carol")
         .await
         .unwrap();
-    let mut dave = Participant::join(&router, &certs, Transport::WebSocket, "retro", "dave")
+    let mut dave = join(&router, &certs, Transport::WebSocket, "retro", "dave")
         .await
         .unwrap();
     assert_eq!(alice.node, bob.node);
@@ -69,7 +69,7 @@ async fn twenty_rooms_of_three_joining_at_once_all_meet() {
             Transport::WebSocket
         };
         tokio::time::sleep(arrival(i)).await;
-        Participant::join(router, certs, transport, &room, &nick).await
+        join(router, certs, transport, &room, &nick).await
     });
     let mut people: Vec<Participant> = futures_util::future::join_all(joins)
         .await
@@ -102,10 +102,10 @@ async fn participants_of_a_stopped_node_meet_again_on_another() {
     let mut nodes = prosody_nodes(3).await;
     let health = "[health]\ninterval = \"300ms\"\ntimeout = \"300ms\"\nfall = 2\nrise = 2\n";
     let router = Router::start(&certs, &config(&certs, health, &entries(&nodes)));
-    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "failover", "alice")
+    let mut alice = join(&router, &certs, Transport::WebSocket, "failover", "alice")
         .await
         .unwrap();
-    let bob = Participant::join(&router, &certs, Transport::Bosh, "failover", "bob")
+    let bob = join(&router, &certs, Transport::Bosh, "failover", "bob")
         .await
         .unwrap();
     alice.sees(&["bob"], MEET).await.unwrap();
@@ -133,7 +133,7 @@ async fn participants_of_a_stopped_node_meet_again_on_another() {
     ) -> Participant {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match Participant::join(router, certs, transport, "failover", nick).await {
+            match join(router, certs, transport, "failover", nick).await {
                 Ok(p) => return p,
                 Err(e) => {
                     assert!(
@@ -166,7 +166,7 @@ async fn a_draining_node_takes_no_new_room_but_its_rooms_still_meet() {
     let certs = Certs::new();
     let nodes = prosody_nodes(3).await;
     let router = Router::start(&certs, &config(&certs, "", &entries(&nodes)));
-    let mut alice = Participant::join(&router, &certs, Transport::WebSocket, "upgrade", "alice")
+    let mut alice = join(&router, &certs, Transport::WebSocket, "upgrade", "alice")
         .await
         .unwrap();
     let draining = alice.node.clone();
@@ -183,7 +183,7 @@ async fn a_draining_node_takes_no_new_room_but_its_rooms_still_meet() {
         } else {
             Transport::Bosh
         };
-        let newcomer = Participant::join(&router, &certs, transport, &format!("fresh-{i}"), "x")
+        let newcomer = join(&router, &certs, transport, &format!("fresh-{i}"), "x")
             .await
             .unwrap();
         assert_ne!(
@@ -191,7 +191,7 @@ async fn a_draining_node_takes_no_new_room_but_its_rooms_still_meet() {
             "fresh-{i} went to the draining node"
         );
     }
-    let mut bob = Participant::join(&router, &certs, Transport::Bosh, "upgrade", "bob")
+    let mut bob = join(&router, &certs, Transport::Bosh, "upgrade", "bob")
         .await
         .unwrap();
     assert_eq!(
@@ -218,14 +218,14 @@ async fn redirected_clients_meet_the_proxied_ones() {
     }
     let redirecting = Router::start(&certs, &redirect_config);
 
-    let mut alice = Participant::join(&proxied, &certs, Transport::WebSocket, "Hybrid", "alice")
+    let mut alice = join(&proxied, &certs, Transport::WebSocket, "Hybrid", "alice")
         .await
         .unwrap();
     // Two routers with the same fleet place a new room alike (replicas agree without talking).
-    let mut bob = Participant::join(&redirecting, &certs, Transport::WebSocket, "hybrid", "bob")
+    let mut bob = join(&redirecting, &certs, Transport::WebSocket, "hybrid", "bob")
         .await
         .unwrap();
-    let mut carol = Participant::join(&redirecting, &certs, Transport::Bosh, "hybrid", "carol")
+    let mut carol = join(&redirecting, &certs, Transport::Bosh, "hybrid", "carol")
         .await
         .unwrap();
     assert_eq!(bob.node, alice.node);
@@ -291,7 +291,7 @@ async fn two_browser_tabs_in_one_room_see_each_other() {
         .unwrap();
     assert_eq!(pinned["node"], node.as_str());
     // A participant from a Rust client joins them there.
-    let mut erin = Participant::join(&router, &certs, Transport::Bosh, "browserroom", "erin")
+    let mut erin = join(&router, &certs, Transport::Bosh, "browserroom", "erin")
         .await
         .unwrap();
     erin.sees(&[&nicks[0], &nicks[1]], MEET).await.unwrap();
