@@ -6,8 +6,10 @@
 
 pub mod caps;
 pub mod conn;
+mod listener;
 mod parse_errors;
 mod proxy_header;
+mod sweeps;
 mod to_https;
 
 use to_https::Challenges;
@@ -15,11 +17,11 @@ use to_https::Challenges;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response};
+use http::{header, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -32,18 +34,17 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::acme::{AcmeError, Http01Answers, Issuer};
-use crate::config::{Config, TrustedProxies};
+use crate::config::Config;
 use crate::fleet::{health, prometheus, Fleet};
-use crate::local_fault::LocalFault;
-use crate::metrics::{Limit, Metrics, ProxyRefusal};
-use crate::peer::Client;
 use crate::placement::pins::Pins;
 use crate::placement::shared::SharedPins;
 use crate::placement::{snapshot, Router};
 use crate::proxy::Proxy;
 use crate::tls::{self, CertStore, TlsError};
-use caps::{Admitted, Connections, Refused};
+use caps::{Admitted, Connections};
 use conn::{supervise, Activity, ConnLimits, Graceful, Tracked, Watched};
+use listener::{Edge, Listener};
+use sweeps::{close_idle_connections, sweep_pins};
 
 /// Why the router could not start; each is one line for stderr.
 #[derive(Debug, thiserror::Error)]
@@ -407,143 +408,6 @@ const H2_SEND_BUFFER: usize = 64 * 1024;
 /// connection) while its node is slow to take them.
 const H2_RECEIVE_WINDOW: u32 = 128 * 1024;
 
-/// What every accept loop shares.
-#[derive(Clone)]
-struct Listener {
-    limits: ConnLimits,
-    connections: Arc<Connections>,
-    metrics: Arc<Metrics>,
-    stopping: watch::Receiver<bool>,
-    edge: Arc<Edge>,
-}
-
-/// What the public listeners believe of the peers in front of the router, and add to answers.
-struct Edge {
-    /// Read a PROXY header from the trusted proxies (`server.proxy_protocol`).
-    proxy_protocol: bool,
-    trusted: TrustedProxies,
-    /// The time a PROXY header (and on HTTPS, with the TLS handshake) may take.
-    handshake_timeout: Duration,
-    /// `Strict-Transport-Security` for HTTPS answers.
-    hsts: Option<HeaderValue>,
-    /// When a PROXY refusal was last logged.
-    warned: Mutex<Option<Instant>>,
-}
-
-impl Edge {
-    fn of(config: &Config) -> Edge {
-        let server = &config.server;
-        Edge {
-            proxy_protocol: server.proxy_protocol,
-            trusted: server.trusted_proxies.clone(),
-            handshake_timeout: config.limits.tls_handshake_timeout,
-            hsts: (server.hsts.as_deref()).and_then(|v| HeaderValue::from_str(v).ok()),
-            warned: Mutex::new(None),
-        }
-    }
-
-    /// Whether connections from `peer` count for the client their PROXY header names.
-    fn proxied(&self, peer: SocketAddr) -> bool {
-        self.proxy_protocol && self.trusted.contains(peer.ip())
-    }
-}
-
-impl Listener {
-    /// The next connection within the caps; those over a cap are closed here, before any TLS.
-    async fn accept(
-        &self,
-        listener: &TcpListener,
-        warned: &mut Option<Instant>,
-    ) -> (TcpStream, SocketAddr, Admitted) {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and the like must not spin or kill the loop.
-                    if let Some(fault) = LocalFault::find(&e) {
-                        self.metrics.local_fault(fault);
-                    }
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let counted_for = (!self.edge.proxied(peer)).then_some(peer.ip());
-            match self.connections.admit(counted_for) {
-                Ok(admitted) => return (tcp, peer, admitted),
-                Err(refused) => {
-                    let (limit, cap) = match refused {
-                        Refused::Full => (Limit::Connections, "limits.max_connections"),
-                        Refused::ClientFull => (
-                            Limit::ClientConnections,
-                            "limits.max_connections_per_client",
-                        ),
-                    };
-                    self.metrics.limit_hit(limit);
-                    if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-                        *warned = Some(Instant::now());
-                        tracing::warn!(%peer, cap, open = self.connections.count(), "connection over a cap closed at accept (warned at most every 10 s)");
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Listener {
-    /// The client of a connection from `peer`: read from its PROXY header (by `deadline`) when
-    /// `server.proxy_protocol` is on, else the peer. `None`: the connection is to be closed
-    /// (counted, and logged at most every 10 s).
-    async fn client(
-        &self,
-        tcp: &mut TcpStream,
-        peer: SocketAddr,
-        admitted: &mut Admitted,
-        deadline: Instant,
-    ) -> Option<Client> {
-        let edge = &self.edge;
-        let addr = if edge.proxy_protocol {
-            let read = proxy_header::read(tcp, peer, &edge.trusted);
-            let found = (tokio::time::timeout_at(deadline, read).await)
-                .unwrap_or(Err(ProxyRefusal::Timeout));
-            match found {
-                Ok(addr) => addr,
-                Err(refusal) => {
-                    self.metrics.proxy_refused(refusal);
-                    self.warn(|| tracing::warn!(%peer, reason = refusal.reason(), "connection closed at its PROXY header (warned at most every 10 s)"));
-                    return None;
-                }
-            }
-        } else {
-            peer
-        };
-        if admitted.count_for(addr.ip()).is_err() {
-            self.metrics.limit_hit(Limit::ClientConnections);
-            let cap = "limits.max_connections_per_client";
-            self.warn(|| tracing::warn!(client = %addr, cap, "connection over a cap closed after its PROXY header (warned at most every 10 s)"));
-            return None;
-        }
-        Some(Client {
-            addr,
-            trusted: edge.trusted.contains(addr.ip()),
-        })
-    }
-
-    /// Runs `log` unless it ran less than 10 s ago.
-    fn warn(&self, log: impl FnOnce()) {
-        let Ok(mut warned) = self.edge.warned.lock() else {
-            return;
-        };
-        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            *warned = Some(Instant::now());
-            log();
-        }
-    }
-}
-
-/// At most one warning this often for connections closed at accept.
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
 async fn accept_https(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -716,39 +580,4 @@ where
     fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http1::Connection::graceful_shutdown(self);
     }
-}
-
-/// Runs `sweep` every half of `idle` (between 0.1 s and a minute), so that nothing stays more
-/// than half as long again as its idle timeout.
-async fn every_half(idle: Duration, mut sweep: impl FnMut()) {
-    let period = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    let mut tick = tokio::time::interval(period);
-    loop {
-        tick.tick().await;
-        sweep();
-    }
-}
-
-async fn close_idle_connections(proxy: Arc<Proxy>, idle: Duration) {
-    every_half(idle, || {
-        let closed = proxy.close_idle_connections();
-        if closed > 0 {
-            tracing::debug!(closed, "idle upstream connections closed");
-        }
-    })
-    .await;
-}
-
-async fn sweep_pins(router: Arc<Router>, idle: Duration) {
-    every_half(idle, || {
-        let dropped = router.sweep();
-        if dropped > 0 {
-            tracing::debug!(
-                dropped,
-                remaining = router.pins().len(),
-                "idle pins forgotten"
-            );
-        }
-    })
-    .await;
 }

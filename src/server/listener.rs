@@ -1,0 +1,157 @@
+//! What every accept loop shares ([`Listener`]): the caps at accept, and the edge in front of
+//! the public listeners ([`Edge`]): the PROXY header of trusted balancers, whose forwarding
+//! headers are believed, and HSTS.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::caps::{Admitted, Connections, Refused};
+use super::conn::ConnLimits;
+use super::proxy_header;
+use crate::config::{Config, TrustedProxies};
+use crate::local_fault::LocalFault;
+use crate::metrics::{Limit, Metrics, ProxyRefusal};
+use crate::peer::Client;
+
+/// What every accept loop shares.
+#[derive(Clone)]
+pub(super) struct Listener {
+    pub(super) limits: ConnLimits,
+    pub(super) connections: Arc<Connections>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) stopping: watch::Receiver<bool>,
+    pub(super) edge: Arc<Edge>,
+}
+
+/// What the public listeners believe of the peers in front of the router, and add to answers.
+pub(super) struct Edge {
+    /// Read a PROXY header from the trusted proxies (`server.proxy_protocol`).
+    pub(super) proxy_protocol: bool,
+    pub(super) trusted: TrustedProxies,
+    /// The time a PROXY header (and on HTTPS, with the TLS handshake) may take.
+    pub(super) handshake_timeout: Duration,
+    /// `Strict-Transport-Security` for HTTPS answers.
+    pub(super) hsts: Option<HeaderValue>,
+    /// When a PROXY refusal was last logged.
+    pub(super) warned: Mutex<Option<Instant>>,
+}
+
+impl Edge {
+    pub(super) fn of(config: &Config) -> Edge {
+        let server = &config.server;
+        Edge {
+            proxy_protocol: server.proxy_protocol,
+            trusted: server.trusted_proxies.clone(),
+            handshake_timeout: config.limits.tls_handshake_timeout,
+            hsts: (server.hsts.as_deref()).and_then(|v| HeaderValue::from_str(v).ok()),
+            warned: Mutex::new(None),
+        }
+    }
+
+    /// Whether connections from `peer` count for the client their PROXY header names.
+    pub(super) fn proxied(&self, peer: SocketAddr) -> bool {
+        self.proxy_protocol && self.trusted.contains(peer.ip())
+    }
+}
+
+impl Listener {
+    /// The next connection within the caps; those over a cap are closed here, before any TLS.
+    pub(super) async fn accept(
+        &self,
+        listener: &TcpListener,
+        warned: &mut Option<Instant>,
+    ) -> (TcpStream, SocketAddr, Admitted) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and the like must not spin or kill the loop.
+                    if let Some(fault) = LocalFault::find(&e) {
+                        self.metrics.local_fault(fault);
+                    }
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let counted_for = (!self.edge.proxied(peer)).then_some(peer.ip());
+            match self.connections.admit(counted_for) {
+                Ok(admitted) => return (tcp, peer, admitted),
+                Err(refused) => {
+                    let (limit, cap) = match refused {
+                        Refused::Full => (Limit::Connections, "limits.max_connections"),
+                        Refused::ClientFull => (
+                            Limit::ClientConnections,
+                            "limits.max_connections_per_client",
+                        ),
+                    };
+                    self.metrics.limit_hit(limit);
+                    if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                        *warned = Some(Instant::now());
+                        tracing::warn!(%peer, cap, open = self.connections.count(), "connection over a cap closed at accept (warned at most every 10 s)");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Listener {
+    /// The client of a connection from `peer`: read from its PROXY header (by `deadline`) when
+    /// `server.proxy_protocol` is on, else the peer. `None`: the connection is to be closed
+    /// (counted, and logged at most every 10 s).
+    pub(super) async fn client(
+        &self,
+        tcp: &mut TcpStream,
+        peer: SocketAddr,
+        admitted: &mut Admitted,
+        deadline: Instant,
+    ) -> Option<Client> {
+        let edge = &self.edge;
+        let addr = if edge.proxy_protocol {
+            let read = proxy_header::read(tcp, peer, &edge.trusted);
+            let found = (tokio::time::timeout_at(deadline, read).await)
+                .unwrap_or(Err(ProxyRefusal::Timeout));
+            match found {
+                Ok(addr) => addr,
+                Err(refusal) => {
+                    self.metrics.proxy_refused(refusal);
+                    self.warn(|| tracing::warn!(%peer, reason = refusal.reason(), "connection closed at its PROXY header (warned at most every 10 s)"));
+                    return None;
+                }
+            }
+        } else {
+            peer
+        };
+        if admitted.count_for(addr.ip()).is_err() {
+            self.metrics.limit_hit(Limit::ClientConnections);
+            let cap = "limits.max_connections_per_client";
+            self.warn(|| tracing::warn!(client = %addr, cap, "connection over a cap closed after its PROXY header (warned at most every 10 s)"));
+            return None;
+        }
+        Some(Client {
+            addr,
+            trusted: edge.trusted.contains(addr.ip()),
+        })
+    }
+
+    /// Runs `log` unless it ran less than 10 s ago.
+    pub(super) fn warn(&self, log: impl FnOnce()) {
+        let Ok(mut warned) = self.edge.warned.lock() else {
+            return;
+        };
+        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            *warned = Some(Instant::now());
+            log();
+        }
+    }
+}
+
+/// At most one warning this often for connections closed at accept.
+pub(super) const WARN_EVERY: Duration = Duration::from_secs(10);
