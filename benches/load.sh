@@ -13,6 +13,10 @@
 #   REDIRECT=1 benches/load.sh          (room-page GETs, each answered with a 307 to its node: the router
 #                                        in redirect mode; HAProxy and nginx redirecting by a hash of
 #                                        the path, HAProxy's `djb2`, nginx's `split_clients`)
+#   WEBSOCKET=1 benches/load.sh         (connections = open signalling tunnels, each a closed loop of
+#                                        200-byte text frames through the proxy to a WebSocket echo
+#                                        node, examples/ws_load.rs: messages/s, round trip, CPU per
+#                                        message)
 #
 # Installs haproxy, nginx and wrk from Debian when missing. Loopback only; temporary folder.
 set -euo pipefail
@@ -26,8 +30,13 @@ install_missing haproxy:/usr/sbin/haproxy nginx:/usr/sbin/nginx wrk:/usr/bin/wrk
 start_bench
 cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 
-# Three upstream nodes: one nginx with three servers.
+# Three upstream nodes: one nginx with three servers, or three WebSocket echo servers.
 node_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+if [ "${WEBSOCKET:-}" = 1 ]; then
+  cargo build --release --quiet --example ws_load
+  ws_load="$PWD/target/release/examples/ws_load"
+  for port in "${node_ports[@]}"; do "$ws_load" echo "127.0.0.1:$port" & pids+=($!); done
+else
 {
   echo "worker_processes 1; pid $work/nodes.pid; error_log $work/nodes.err; daemon off;"
   echo "events { worker_connections 4096; }"
@@ -38,6 +47,7 @@ node_ports=("$(free_port)" "$(free_port)" "$(free_port)")
   echo "}"
 } > "$work/nodes.conf"
 nginx -c "$work/nodes.conf" -p "$work" & pids+=($!)
+fi
 
 # jitsi-router.
 router_port="$(free_port)"
@@ -60,7 +70,7 @@ router_pid=$!
 # HAProxy: hash on the room parameter, consistent, bounded load.
 haproxy_port="$(free_port)"
 {
-  printf 'global\n  maxconn 4096\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n'
+  printf 'global\n  maxconn 4096\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n'
   printf 'frontend fe\n  bind 127.0.0.1:%s ssl crt %s alpn h2,http/1.1\n  default_backend nodes\n' "$haproxy_port" "$work/haproxy.pem"
   if [ "${REDIRECT:-}" = 1 ]; then
     printf '  http-request set-var(txn.node) path,djb2,mod(%s)\n' "${#node_ports[@]}"
@@ -93,7 +103,12 @@ nginx_port="$(free_port)"
   if [ "${REDIRECT:-}" = 1 ]; then
     echo "    location / { return 307 https://\$node.example\$request_uri; } }"
   else
-    echo "    location / { proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    if [ "${WEBSOCKET:-}" = 1 ]; then
+      echo "    location / { proxy_pass http://nodes; proxy_http_version 1.1; proxy_read_timeout 1h;"
+      echo "      proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection upgrade; } }"
+    else
+      echo "    location / { proxy_pass http://nodes; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    fi
   fi
   echo "}"
 } > "$work/proxy.conf"
@@ -105,7 +120,7 @@ for entry in "jitsi-router:$router_port:router.log" "haproxy:$haproxy_port:hapro
   IFS=: read -r name port log <<<"$entry"
   up=""
   for _ in $(seq 100); do
-    if curl -sk -o /dev/null "https://127.0.0.1:$port/http-bind?room=warmup"; then up=1; break; fi
+    if curl -sk --http1.1 -m 5 -o /dev/null "https://127.0.0.1:$port/http-bind?room=warmup"; then up=1; break; fi
     sleep 0.1
   done
   if [ -z "$up" ]; then
@@ -140,8 +155,22 @@ cpu_ticks() {
   echo "$total"
 }
 
+# WEBSOCKET=1: the closed loop of examples/ws_load.rs instead of wrk.
+run_websocket() {
+  local name="$1" port="$2" pid="$3" before out
+  before=$(cpu_ticks "$pid")
+  out=$("$ws_load" drive "https://127.0.0.1:$port" "$connections" "$duration")
+  read -r rate p50 p99 errors <<<"$out"
+  [ "$errors" = 0 ] || echo "benches/load.sh: $name: $errors tunnels failed" >&2
+  # Warm-up second included in the CPU: the same for every proxy.
+  local cpu
+  cpu=$(python3 -c "print(($(cpu_ticks "$pid") - $before) / $(getconf CLK_TCK) / ($rate * ($duration + 1)) * 1e6)")
+  echo "$name $rate ${p50}us ${p99}us $cpu"
+}
+
 run() {
   local name="$1" port="$2" pid="$3" before
+  if [ "${WEBSOCKET:-}" = 1 ]; then run_websocket "$@"; return; fi
   before=$(cpu_ticks "$pid")
   wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/rooms.lua" "https://127.0.0.1:$port" > "$work/$name.wrk"
   local rps p50 p99
@@ -170,7 +199,7 @@ for round in $(seq 0 $((rounds - 1))); do
     run "${names[$i]}" "${ports[$i]}" "${proxy_pids[$i]}" >> "$work/rounds.txt"
   done
 done
-python3 - "$work/rounds.txt" "$rounds" "$connection" "${REDIRECT:-0}" <<'PY'
+python3 - "$work/rounds.txt" "$rounds" "$connection" "${REDIRECT:-0}" "${WEBSOCKET:-0}" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 rounds = int(sys.argv[2])
@@ -181,8 +210,11 @@ def ms(text):
     return float(text[:-2]) if text.endswith("ms") else float(text[:-2]) / 1000 if text.endswith("us") else float(text[:-1]) * 1000
 print(f"{rounds} rounds; median round per proxy; ratio = proxy / jitsi-router in the same round"
       + ("; every request on a new TLS connection" if sys.argv[3] == "close" else "")
-      + ("; every request answered with a redirect" if sys.argv[4] == "1" else ""))
-print(f"{'proxy':<14} {'requests/s':>12} {'p50':>9} {'p99':>9} {'vs jitsi-router':>16} {'ratio range':>14} {'CPU us/req':>11}")
+      + ("; every request answered with a redirect" if sys.argv[4] == "1" else "")
+      + ("; WebSocket tunnels, 200-byte frames echoed in a closed loop" if sys.argv[5] == "1" else ""))
+unit = "messages/s" if sys.argv[5] == "1" else "requests/s"
+per = "us/msg" if sys.argv[5] == "1" else "us/req"
+print(f"{'proxy':<14} {unit:>12} {'p50':>9} {'p99':>9} {'vs jitsi-router':>16} {'ratio range':>14} {'CPU ' + per:>11}")
 for n in names:
     rps = [float(r[1]) for r in by[n]]
     ratios = [a / b for a, b in zip(rps, base)]

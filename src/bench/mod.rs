@@ -131,27 +131,26 @@ fn endpoints(settings: &Settings, targets: &[String]) -> Result<Vec<Endpoint>, S
 }
 
 fn client_tls(settings: &Settings) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
     let mut config = if settings.insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
+        insecure_client_config()
     } else {
-        let upstream = crate::tls::upstream_client_config(settings.ca.as_deref())
-            .map_err(|e| format!("--ca: {e}"))?;
-        return Ok(with_alpn(upstream));
+        crate::tls::upstream_client_config(settings.ca.as_deref())
+            .map_err(|e| format!("--ca: {e}"))?
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
-fn with_alpn(mut config: rustls::ClientConfig) -> rustls::ClientConfig {
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+/// A client config that accepts any server certificate (`--insecure`; load scripts against a
+/// throw-away self-signed certificate). Handshake signatures are still checked.
+pub fn insecure_client_config() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth()
 }
 
 /// `--insecure`: any certificate is accepted (signatures are still checked).
