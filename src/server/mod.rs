@@ -454,15 +454,14 @@ async fn accept_https(
             let activity = Activity::new(h2, shared.limits, shared.metrics.clone());
             let io = TokioIo::new(Watched::new(tls, activity.clone(), admitted));
             let requests = activity.clone();
-            let edge = shared.edge.clone();
+            let hsts = shared.edge.hsts.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let in_flight = requests.request_started();
-                let (proxy, edge) = (proxy.clone(), edge.clone());
+                let (proxy, hsts) = (proxy.clone(), hsts.clone());
                 async move {
                     let mut response = proxy.handle(req, client).await;
-                    if let Some(hsts) = &edge.hsts {
-                        (response.headers_mut())
-                            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+                    if let Some(hsts) = hsts {
+                        (response.headers_mut()).insert(header::STRICT_TRANSPORT_SECURITY, hsts);
                     }
                     Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
                 }
