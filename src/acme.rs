@@ -168,10 +168,11 @@ impl Issuer {
     /// Issues and renews until dropped.
     pub async fn run(self) {
         let mut failures: u32 = 0;
+        let mut retry = Duration::ZERO;
         loop {
             let wait = match failures {
                 0 => self.renewal_due(),
-                n => backoff(self.cfg.retry_interval, n),
+                _ => retry,
             };
             if !wait.is_zero() {
                 tokio::select! {
@@ -190,7 +191,7 @@ impl Issuer {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     self.metrics.acme_failed();
-                    let retry = backoff(self.cfg.retry_interval, failures);
+                    retry = backoff(self.cfg.retry_interval, failures);
                     tracing::warn!(error = %e, retry_in = %humantime::format_duration(retry), "acme: issuance failed; the current certificate keeps serving");
                 }
             }

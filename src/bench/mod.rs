@@ -214,7 +214,7 @@ pub async fn run(settings: &Settings, targets: &[String]) -> Result<Report, Stri
     let run_id = std::process::id();
     // Everyone stays until the last participant has joined (or failed) and `duration` has
     // passed, sending messages meanwhile; then reads the room's occupants once more and leaves.
-    let arrivals = Arc::new(Arrivals::new(total, settings.duration));
+    let arrivals = Arc::new(Arrivals::new(total, settings.duration, progress.clone()));
     let seen = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..total {
@@ -224,7 +224,7 @@ pub async fn run(settings: &Settings, targets: &[String]) -> Result<Report, Stri
         let transport = settings.transport_of(member);
         let room_name = format!("bench-{run_id}-{room}");
         let nick = format!("p{member}");
-        let (stats, seen, progress) = (stats.clone(), seen.clone(), progress.clone());
+        let (stats, seen) = (stats.clone(), seen.clone());
         let arrivals = arrivals.clone();
         let message_every = settings.message_every;
         tasks.spawn(async move {
@@ -241,7 +241,6 @@ pub async fn run(settings: &Settings, targets: &[String]) -> Result<Report, Stri
             )
             .await;
             drop(ticket);
-            progress.inc(1);
             let (node, occupants) = match outcome {
                 Ok((node, occupants)) => (Some(node), Some(occupants)),
                 Err((phase, node, error)) => {
@@ -305,24 +304,30 @@ struct Arrivals {
     all_in: std::sync::OnceLock<Instant>,
     changed: tokio::sync::Notify,
     duration: Duration,
+    progress: indicatif::ProgressBar,
 }
 
 impl Arrivals {
-    fn new(total: usize, duration: Duration) -> Arrivals {
+    fn new(total: usize, duration: Duration, progress: indicatif::ProgressBar) -> Arrivals {
         Arrivals {
             total,
             count: std::sync::atomic::AtomicUsize::new(0),
             all_in: std::sync::OnceLock::new(),
             changed: tokio::sync::Notify::new(),
             duration,
+            progress,
         }
     }
 
     fn arrive(&self) {
         let count = self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        self.progress.inc(1);
         if count >= self.total {
             let _ = self.all_in.set(Instant::now());
             self.changed.notify_waiters();
+            let stay = humantime::format_duration(self.duration);
+            self.progress
+                .set_message(format!("everyone in; staying {stay}"));
         }
     }
 
@@ -464,7 +469,7 @@ fn progress_bar(settings: &Settings, total: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:40}] {pos}/{len} participants done",
+        "{elapsed_precise} [{bar:40}] {pos}/{len} participants in {msg}",
     ) {
         bar.set_style(style);
     }
