@@ -26,6 +26,20 @@ async fn bench(args: &[&str]) -> (Option<i32>, Value, String) {
     (out.status.code(), report, stderr)
 }
 
+/// Two rooms of two, staying a second, arriving at once, sending no messages.
+const SMALL: [&str; 10] = [
+    "--rooms",
+    "2",
+    "--participants",
+    "2",
+    "--duration",
+    "1s",
+    "--ramp",
+    "0s",
+    "--message-rate",
+    "0",
+];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn through_the_demo_prosody_fleet_everyone_joins_and_no_room_splits() {
     let demo = Demo::start(&["--prosody", "--no-prometheus"]);
@@ -93,23 +107,10 @@ async fn two_routers_that_place_rooms_differently_split_them_and_the_run_fails()
     );
     let ca = certs.ca.to_str().unwrap();
     let args = [
-        "--target",
-        &target_a,
-        "--target",
-        &target_b,
-        "--ca",
-        ca,
-        "--rooms",
-        "2",
-        "--participants",
-        "2",
-        "--duration",
-        "1s",
-        "--ramp",
-        "0s",
-        "--message-rate",
-        "0",
-    ];
+        &["--target", &target_a, "--target", &target_b, "--ca", ca][..],
+        &SMALL,
+    ]
+    .concat();
     let (code, report, stderr) = bench(&args).await;
     assert_eq!(code, Some(1), "{report}\n{stderr}");
     assert_eq!(report["splits"], 2, "{report}");
@@ -122,24 +123,12 @@ async fn two_routers_that_place_rooms_differently_split_them_and_the_run_fails()
     );
 
     // The same through one of them meets.
+    let node = nodes[0].url();
     let args = [
-        "--target",
-        &target_a,
-        "--ca",
-        ca,
-        "--rooms",
-        "2",
-        "--participants",
-        "2",
-        "--duration",
-        "1s",
-        "--ramp",
-        "0s",
-        "--message-rate",
-        "0",
-        "--direct",
-        &nodes[0].url(),
-    ];
+        &["--target", &target_a, "--ca", ca, "--direct", &node][..],
+        &SMALL,
+    ]
+    .concat();
     let (code, report, stderr) = bench(&args).await;
     assert_eq!(code, Some(0), "{report}\n{stderr}");
     assert_eq!(report["splits"], 0, "{report}");
