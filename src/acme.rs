@@ -9,7 +9,8 @@
 //!
 //! At start a stored certificate for the configured domains that has not expired serves at
 //! once; otherwise the HTTPS listener completes no handshake but validation ones until the
-//! first certificate is issued. A certificate is renewed at two thirds of its lifetime; a
+//! first certificate is issued. A certificate is renewed in the window the server suggests
+//! when it offers renewal information (ARI), else at two thirds of its lifetime (`renewal`); a
 //! failure is counted, logged, and retried after `retry_interval`, doubling with jitter up to
 //! six hours, while the old certificate keeps serving. New handshakes get a new certificate
 //! at once; open connections and tunnels carry on.
@@ -17,6 +18,8 @@
 //! `state_dir` (created 0700) holds `account.json`, `cert.pem` and `key.pem` (0600) and, while
 //! an HTTP-01 challenge is open, its answer under `.well-known/acme-challenge/`, so that other
 //! replicas can serve the files (`[tls] cert`, `key` and `[server] acme_webroot` pointed there).
+
+mod renewal;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,7 +33,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
-    HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    HttpClient, Identifier, NewAccount, Order, OrderStatus, RetryPolicy,
 };
 
 use crate::config::{Acme, Challenge};
@@ -155,28 +158,16 @@ impl Issuer {
         Some(validity)
     }
 
-    /// When the served certificate is due for renewal: at two thirds of its lifetime.
-    fn renewal_due(&self) -> Duration {
-        let Some(v) = self.certs.validity() else {
-            return Duration::ZERO;
-        };
-        let life = (v.not_after.duration_since(v.not_before)).unwrap_or_default();
-        let due = v.not_before + life * 2 / 3;
-        due.duration_since(SystemTime::now()).unwrap_or_default()
-    }
-
     /// Issues and renews until dropped.
     pub async fn run(self) {
         let mut failures: u32 = 0;
-        let mut retry = Duration::ZERO;
         loop {
-            let wait = match failures {
-                0 => self.renewal_due(),
-                _ => retry,
-            };
-            if !wait.is_zero() {
+            if failures == 0 {
+                self.until_renewal().await;
+            } else {
+                let retry = backoff(self.cfg.retry_interval, failures);
                 tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
+                    () = tokio::time::sleep(retry) => {}
                     () = self.certs.renewal_requested() => {
                         tracing::info!("acme: renewal asked for");
                     }
@@ -191,7 +182,7 @@ impl Issuer {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     self.metrics.acme_failed();
-                    retry = backoff(self.cfg.retry_interval, failures);
+                    let retry = backoff(self.cfg.retry_interval, failures);
                     tracing::warn!(error = %e, retry_in = %humantime::format_duration(retry), "acme: issuance failed; the current certificate keeps serving");
                 }
             }
@@ -204,11 +195,11 @@ impl Issuer {
         let identifiers: Vec<Identifier> = (self.cfg.domains.iter())
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
-        let order = match account.new_order(&NewOrder::new(&identifiers)).await {
+        let order = match self.new_order(&account, &identifiers).await {
             Err(instant_acme::Error::Api(problem)) if account_gone(&problem) => {
                 tracing::info!("acme: the server no longer knows the account; registering again");
                 let account = self.account(true).await?;
-                account.new_order(&NewOrder::new(&identifiers)).await?
+                self.new_order(&account, &identifiers).await?
             }
             order => order?,
         };
@@ -244,7 +235,7 @@ impl Issuer {
     /// Answers every pending authorization's challenge and tells the server it may check.
     async fn answer_challenges(
         &self,
-        order: &mut instant_acme::Order,
+        order: &mut Order,
         opened: &mut Vec<(String, String)>,
     ) -> Result<(), AcmeError> {
         let kind = match self.cfg.challenge {
@@ -366,11 +357,7 @@ fn account_gone(problem: &instant_acme::Problem) -> bool {
 fn backoff(first: Duration, n: u32) -> Duration {
     let doubled = first.saturating_mul(1 << n.saturating_sub(1).min(16));
     let wait = doubled.min(MAX_RETRY.max(first));
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let jitter = 0.75 + 0.5 * f64::from(nanos % 1000) / 1000.0;
-    wait.mul_f64(jitter)
+    wait.mul_f64(0.75 + 0.5 * renewal::random_fraction())
 }
 
 /// The self-signed certificate a TLS-ALPN-01 validation handshake for `domain` gets: it names

@@ -143,6 +143,17 @@ pub struct CertStore {
     current: ArcSwapOption<Served>,
     alpn_challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
     renewal: tokio::sync::Notify,
+    plan: Mutex<Option<RenewalPlan>>,
+}
+
+/// When the served certificate will be renewed, and what chose that time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalPlan {
+    /// The time.
+    pub at: SystemTime,
+    /// `"ari"`: a time in the window the ACME server suggests; `"lifetime"`: two thirds of
+    /// the certificate's lifetime.
+    pub by: &'static str,
 }
 
 /// A certificate being served.
@@ -199,6 +210,7 @@ impl CertStore {
             current: ArcSwapOption::empty(),
             alpn_challenges: Mutex::new(HashMap::new()),
             renewal: tokio::sync::Notify::new(),
+            plan: Mutex::new(None),
         }
     }
 
@@ -207,6 +219,23 @@ impl CertStore {
         let validity = Validity::of(&key);
         let key = Arc::new(key);
         self.current.store(Some(Arc::new(Served { key, validity })));
+        self.plan_renewal(None);
+    }
+
+    /// The leaf certificate served now and its validity.
+    pub fn leaf(&self) -> Option<(CertificateDer<'static>, Validity)> {
+        let served = self.current.load_full()?;
+        Some((served.key.cert.first()?.clone(), served.validity?))
+    }
+
+    /// Records when the served certificate will be renewed (`None`: not known).
+    pub fn plan_renewal(&self, plan: Option<RenewalPlan>) {
+        *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = plan;
+    }
+
+    /// When the served certificate will be renewed, if its issuer said.
+    pub fn renewal_plan(&self) -> Option<RenewalPlan> {
+        *self.plan.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// When the certificate served now is valid; `None` without one (or an unparsable one).

@@ -1,16 +1,17 @@
 //! Certificates from a real ACME server (pebble): issuance by TLS-ALPN-01 and HTTP-01, the served
-//! certificate chaining to pebble's root, renewal, the ACME server down at renewal time, and a
-//! restart with a stored certificate.
+//! certificate chaining to pebble's root, renewal (at two thirds of the lifetime, and in the
+//! window renewal information suggests), the ACME server down at renewal time, and a restart
+//! with a stored certificate.
 
 mod support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use support::pebble::Pebble;
+use support::pebble::{Ari, Pebble};
 use support::*;
 
 const DOMAIN: &str = "meet.example.com";
@@ -21,8 +22,14 @@ fn ports() -> (u16, u16) {
 }
 
 /// A router whose certificate comes from `pebble` by `challenge`, kept in `state`.
-fn acme_router(
+fn acme_router(pebble: &Pebble, ports: (u16, u16), challenge: &str, state: &Path) -> Router {
+    acme_router_at(pebble, &pebble.directory(), ports, challenge, state)
+}
+
+/// The same, told `directory` as the ACME directory (pebble's, or one in front of it).
+fn acme_router_at(
     pebble: &Pebble,
+    directory: &str,
     (https, http): (u16, u16),
     challenge: &str,
     state: &Path,
@@ -46,7 +53,6 @@ retry_interval = "1s"
 name = "jitsi-a"
 upstream = "http://127.0.0.1:{node}"
 "#,
-        directory = pebble.directory(),
         ca = pebble.tls.ca,
         node = closed_port(),
     );
@@ -129,8 +135,18 @@ async fn tls_alpn_01_issues_a_certificate_that_chains_to_the_acme_root_and_survi
     ] {
         assert!(logs.contains(step), "no progress line {step:?}:\n{logs}");
     }
+    eventually(
+        Duration::from_secs(10),
+        "a renewal planned by the lifetime (pebble 2.4 offers no ARI)",
+        || async { status(&router).await["certificate"]["renew_by"] == "lifetime" },
+    )
+    .await;
     let answer = status(&router).await;
     assert_eq!(answer["certificate"]["source"], "acme", "{answer}");
+    let validity = |key: &str| answer["certificate"][key].as_u64().unwrap();
+    let two_thirds =
+        validity("not_before") + (validity("not_after") - validity("not_before")) * 2 / 3;
+    assert!(validity("renew_at").abs_diff(two_thirds) <= 1, "{answer}");
     let expiry = metrics(&router).await["jitsi_router_certificate_expiry_timestamp_seconds"];
     assert_eq!(Some(expiry), answer["certificate"]["not_after"].as_f64());
     #[cfg(unix)]
@@ -229,6 +245,75 @@ async fn short_lived_certificates_are_renewed_and_the_acme_server_down_keeps_the
     assert!(logs.contains("registering again"), "{logs}");
 }
 
+/// The certificate's ARI identifier: its authority key identifier and serial, base64url.
+fn ari_id(cert: &CertificateDer<'_>) -> String {
+    instant_acme::CertificateIdentifier::try_from(cert)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_follows_the_window_the_acme_server_suggests_and_moves_when_it_does() {
+    let ports = ports();
+    // Valid for pebble's five years: by the lifetime alone, renewal would be years away.
+    let pebble = Pebble::start(ports.1, ports.0, None).await;
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let later = (now + 30 * day, now + 31 * day);
+    let ari = Ari::start(&pebble, later).await;
+    let state = tempfile::tempdir().unwrap();
+    let router = acme_router_at(&pebble, &ari.directory, ports, "tls-alpn-01", state.path());
+    let first = wait_served(&router, &pebble).await;
+    let id = ari_id(&first);
+    eventually(
+        Duration::from_secs(10),
+        "a renewal planned by ARI",
+        || async { status(&router).await["certificate"]["renew_by"] == "ari" },
+    )
+    .await;
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let renew_at = status(&router).await["certificate"]["renew_at"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (secs(later.0)..=secs(later.1)).contains(&renew_at),
+        "{renew_at} not in {later:?}"
+    );
+    assert_eq!(
+        ari.asked(),
+        std::slice::from_ref(&id),
+        "asked about the served certificate"
+    );
+
+    // The server moves the window into the past (as before revoking): the router asks again
+    // when its Retry-After says (held to at least a minute) and renews at once.
+    ari.set(&id, (now - day, now - Duration::from_secs(60)));
+    let root = pebble.root().await;
+    eventually(
+        Duration::from_secs(90),
+        "a renewal when the window moves",
+        || async { served(&router, &root).await.is_ok_and(|c| c != first) },
+    )
+    .await;
+    let second = served(&router, &root).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the new certificate's window asked for",
+        || async { ari.asked().contains(&ari_id(&second)) },
+    )
+    .await;
+    let logs = router.logs();
+    // Pebble 2.4 does not reflect `replaces`, so the replacement order falls back to a plain one.
+    assert!(logs.contains("ordering anew"), "{logs}");
+    assert_eq!(acme_failures(&router).await, 0.0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let served_now = served(&router, &root).await.unwrap();
+    assert_eq!(
+        served_now, second,
+        "the new certificate is not renewed again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn file_certificates_show_their_expiry_and_cannot_be_renewed_through_the_api() {
     let certs = Certs::new();
@@ -241,6 +326,7 @@ async fn file_certificates_show_their_expiry_and_cannot_be_renewed_through_the_a
     assert!(expiry > now.as_secs_f64(), "{expiry}");
     let answer = status(&router).await;
     assert_eq!(answer["certificate"]["source"], "files");
+    assert!(answer["certificate"]["renew_at"].is_null(), "{answer}");
     let renew = reqwest::Client::new()
         .post(router.admin_url("/api/tls/renew"))
         .send()

@@ -135,14 +135,18 @@ pub(super) fn splits(admin: &Admin) -> Answer {
     json(StatusCode::OK, &json!(admin.router.splits()))
 }
 
-/// The served certificate: where it comes from and when it is valid (Unix seconds).
+/// The served certificate: where it comes from, when it is valid and, from ACME, when it will
+/// be renewed and what chose that time (Unix seconds).
 fn certificate(admin: &Admin) -> Value {
     let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let validity = admin.certs.validity();
+    let plan = admin.certs.renewal_plan();
     json!({
         "source": if admin.acme { "acme" } else { "files" },
         "not_before": validity.map(|v| secs(v.not_before)),
         "not_after": validity.map(|v| secs(v.not_after)),
+        "renew_at": plan.map(|p| secs(p.at)),
+        "renew_by": plan.map(|p| p.by),
     })
 }
 

@@ -540,48 +540,30 @@ pub struct FakePrometheus {
 
 impl FakePrometheus {
     pub async fn start(first: PromAnswer) -> FakePrometheus {
-        use http_body_util::Full;
-        use hyper::service::service_fn;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let answer = Arc::new(Mutex::new(first));
         let shared = answer.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
+        let (url, task) = serve_http(move |_req| {
+            let now = shared.lock().unwrap().clone();
+            async move {
+                let body = match now {
+                    PromAnswer::Busy(values) => {
+                        let result: Vec<String> = values
+                            .iter()
+                            .map(|(i, v)| format!(r#"{{"metric":{{"instance":"{i}"}},"value":[1,"{v}"]}}"#))
+                            .collect();
+                        format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, result.join(","))
+                    }
+                    PromAnswer::Garbage => "<html>not prometheus</html>".to_owned(),
+                    PromAnswer::NotANumber => r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"instance":"x"},"value":[1,"NaN"]}]}}"#.to_owned(),
+                    PromAnswer::Hang(d) => {
+                        tokio::time::sleep(d).await;
+                        String::new()
+                    }
                 };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |_req| {
-                        let now = shared.lock().unwrap().clone();
-                        async move {
-                            let body = match now {
-                                PromAnswer::Busy(values) => {
-                                    let result: Vec<String> = values
-                                        .iter()
-                                        .map(|(i, v)| format!(r#"{{"metric":{{"instance":"{i}"}},"value":[1,"{v}"]}}"#))
-                                        .collect();
-                                    format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, result.join(","))
-                                }
-                                PromAnswer::Garbage => "<html>not prometheus</html>".to_owned(),
-                                PromAnswer::NotANumber => r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"instance":"x"},"value":[1,"NaN"]}]}}"#.to_owned(),
-                                PromAnswer::Hang(d) => {
-                                    tokio::time::sleep(d).await;
-                                    String::new()
-                                }
-                            };
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                bytes::Bytes::from(body),
-                            )))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                        .await;
-                });
+                hyper::Response::new(body)
             }
-        });
+        })
+        .await;
         FakePrometheus { url, answer, task }
     }
 
@@ -594,6 +576,35 @@ impl Drop for FakePrometheus {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A plain-HTTP/1.1 server on a loopback port answering every request with `answer`: the
+/// server's `http://` URL and its task (abort it to stop).
+pub async fn serve_http<F, Fut>(answer: F) -> (String, tokio::task::JoinHandle<()>)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<String>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let reply = answer(req);
+                    async move { Ok::<_, std::convert::Infallible>(reply.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (url, task)
 }
 
 /// Rooms per node after GETting each room page once.

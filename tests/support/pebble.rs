@@ -2,12 +2,14 @@
 //! `pebble-challtestsrv` as its DNS server answering 127.0.0.1 for every name, on loopback
 //! ports, validating challenges against the router's own listeners.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use super::{closed_port, eventually, Certs};
+use super::{closed_port, eventually, serve_http, Certs};
 
 /// A running pebble and its DNS server. Pebble keeps everything in memory: a restart forgets
 /// accounts and orders and makes a new root.
@@ -102,7 +104,7 @@ impl Pebble {
         format!("https://{}/dir", self.listen)
     }
 
-    fn client(&self) -> reqwest::Client {
+    pub fn client(&self) -> reqwest::Client {
         let ca = std::fs::read(&self.tls.ca).unwrap();
         reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
@@ -139,5 +141,90 @@ impl Drop for Pebble {
         self.stop();
         let _ = self.dns.kill();
         let _ = self.dns.wait();
+    }
+}
+
+/// A suggested renewal window: start and end.
+pub type Window = (SystemTime, SystemTime);
+
+/// ACME Renewal Information (ARI, RFC 9773) in front of pebble, which Debian's pebble 2.4 does
+/// not offer: a directory that is pebble's plus a `renewalInfo` URL, whose answers (a window
+/// per certificate identifier, `Retry-After: 1`) the test sets. Orders still go to pebble,
+/// which ignores their `replaces`.
+pub struct Ari {
+    /// The directory URL to give the router.
+    pub directory: String,
+    windows: Arc<Mutex<HashMap<String, Window>>>,
+    asked: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Ari {
+    /// Answers `default` for every certificate the test has not set a window for.
+    pub async fn start(pebble: &Pebble, default: Window) -> Ari {
+        let client = pebble.client();
+        let directory: serde_json::Value = (client.get(pebble.directory()).send().await)
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let windows = Arc::new(Mutex::new(HashMap::new()));
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let base = Arc::new(Mutex::new(String::new()));
+        let (shared_windows, shared_asked, shared_base) =
+            (windows.clone(), asked.clone(), base.clone());
+        let (url, task) = serve_http(move |req| {
+            let path = req.uri().path().to_owned();
+            let answer = match path.strip_prefix("/renewal-info/") {
+                Some(id) => {
+                    shared_asked.lock().unwrap().push(id.to_owned());
+                    let windows = shared_windows.lock().unwrap();
+                    let (start, end) = windows.get(id).copied().unwrap_or(default);
+                    let at = |t| humantime::format_rfc3339_seconds(t).to_string();
+                    let body = serde_json::json!({
+                        "suggestedWindow": { "start": at(start), "end": at(end) }
+                    });
+                    hyper::Response::builder()
+                        .header("retry-after", "1")
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .unwrap()
+                }
+                None => {
+                    let mut directory = directory.clone();
+                    directory["renewalInfo"] =
+                        format!("{}/renewal-info", shared_base.lock().unwrap()).into();
+                    hyper::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(directory.to_string())
+                        .unwrap()
+                }
+            };
+            async move { answer }
+        })
+        .await;
+        *base.lock().unwrap() = url.clone();
+        Ari {
+            directory: format!("{url}/dir"),
+            windows,
+            asked,
+            task,
+        }
+    }
+
+    /// Suggests `window` for the certificate `id` from now on.
+    pub fn set(&self, id: &str, window: Window) {
+        self.windows.lock().unwrap().insert(id.to_owned(), window);
+    }
+
+    /// The certificate identifiers asked about so far, in order.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Ari {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
