@@ -89,7 +89,10 @@ struct Candidate {
     /// Rooms placed on it since its last reading.
     placed: u32,
     rooms: u32,
-    /// Its estimated CPU; infinite without a fresh reading, so that it ranks after those with one.
+    /// Its last CPU reading; infinite without a fresh one.
+    reading: f64,
+    /// Its estimated CPU, never below the reading; infinite without a fresh reading, so that
+    /// it ranks after those with one.
     estimate: f64,
     /// At its `max_rooms` or `max_participants`.
     full: bool,
@@ -105,32 +108,37 @@ impl Candidate {
     }
 }
 
-/// The nodes that may take a new room (healthy and undrained), in fleet order, as placement
-/// reads them; each pass over it reads the fleet state again (no list is kept: a thousand-node
-/// list allocated per placement cost more than reading the nodes twice).
+/// The nodes that may take a new room (healthy and undrained) among `order` (indices into the
+/// fleet state's nodes), as placement reads them; each pass over it reads the fleet state again
+/// (no list is kept: a thousand-node list allocated per placement cost more than reading the
+/// nodes twice).
 fn candidates<'s>(
     state: &'s FleetState,
     settings: &Settings,
     cpu: &'s [Option<f64>],
+    order: impl Iterator<Item = usize> + 's,
 ) -> impl Iterator<Item = Candidate> + 's {
     let (cost, max_cpu) = (room_cost(state, settings), settings.max_cpu);
-    let available = state.placing().iter().enumerate();
-    available
-        .filter(|(_, node)| node.live.available())
-        .map(move |(index, node)| {
-            let (weight, placed) = (node.weight, node.live.placed_since_reading());
-            let reading = cpu.get(index).copied().flatten();
-            Candidate {
-                index,
-                seed: node.seed,
-                weight,
-                placed,
-                rooms: node.live.rooms(),
-                estimate: reading.map_or(f64::INFINITY, |r| r + cost * f64::from(placed) / weight),
-                full: node.full(),
-                share: weight * (max_cpu - reading.unwrap_or(0.0)).max(MIN_SPARE),
-            }
+    let placing = state.placing();
+    order.filter_map(move |index| {
+        let node = &placing[index];
+        if !node.live.available() {
+            return None;
+        }
+        let (weight, placed) = (node.weight, node.live.placed_since_reading());
+        let reading = cpu.get(index).copied().flatten();
+        Some(Candidate {
+            index,
+            seed: node.seed,
+            weight,
+            placed,
+            rooms: node.live.rooms(),
+            reading: reading.unwrap_or(f64::INFINITY),
+            estimate: reading.map_or(f64::INFINITY, |r| r + cost * f64::from(placed) / weight),
+            full: node.full(),
+            share: weight * (max_cpu - reading.unwrap_or(0.0)).max(MIN_SPARE),
         })
+    })
 }
 
 /// Whether a node holding `count` rooms may take one more under a bound of `bound` (a count
@@ -141,24 +149,36 @@ fn within(count: u32, bound: f64) -> bool {
 }
 
 /// The first of `pool` in placement order: lowest `rank`, ties by the room's weighted
-/// rendezvous score.
+/// rendezvous score. `pool` comes in ascending order of `floor`, which is never above `rank`:
+/// the scan ends at the first candidate whose floor is above the leader's rank, as neither it
+/// nor any after it can lead.
 fn best(
     room_hash: u64,
     pool: impl Iterator<Item = Candidate>,
     rank: impl Fn(&Candidate) -> f64,
+    floor: impl Fn(&Candidate) -> f64,
 ) -> Option<usize> {
-    let score = |c: &Candidate| rendezvous::score(room_hash, c.seed, c.weight);
-    let ranked = pool.map(|c| {
+    // The leader is kept as the few plain numbers a comparison needs, not as a `Candidate`:
+    // carrying the whole record from one step to the next made the compiler shuffle its bytes
+    // through overlapping stack slots, which tripled the time of a scan (store-forwarding
+    // stalls, seen in `perf annotate`).
+    let score = |seed, weight| rendezvous::score(room_hash, seed, weight);
+    let mut leader: Option<(usize, f64, u64, f64)> = None;
+    for c in pool {
+        if leader.is_some_and(|(_, lead, ..)| floor(&c) > lead) {
+            break;
+        }
         let rank = rank(&c);
-        (c, rank)
-    });
-    let first = ranked.reduce(|a, b| match a.1.total_cmp(&b.1) {
-        Ordering::Less => a,
-        Ordering::Greater => b,
-        Ordering::Equal if score(&b.0) > score(&a.0) => b,
-        Ordering::Equal => a,
-    });
-    first.map(|(c, _)| c.index)
+        let ahead = leader.is_none_or(|(_, lead, seed, weight)| match rank.total_cmp(&lead) {
+            Ordering::Less => true,
+            Ordering::Greater => false,
+            Ordering::Equal => score(c.seed, c.weight) > score(seed, weight),
+        });
+        if ahead {
+            leader = Some((c.index, rank, c.seed, c.weight));
+        }
+    }
+    leader.map(|(index, ..)| index)
 }
 
 /// The least spare CPU a candidate's share counts, so that a node read at `max_cpu` still has
@@ -174,7 +194,7 @@ pub fn choose(
     now: Instant,
 ) -> Option<Chosen> {
     let cpu = state.cpu(now);
-    let all = || candidates(state, settings, cpu);
+    let all = || candidates(state, settings, cpu, 0..state.placing().len());
     if all().all(|c| c.estimate.is_infinite()) {
         return Some(Chosen {
             index: hashed(settings, room_hash, all)?,
@@ -182,18 +202,21 @@ pub fn choose(
         });
     }
     let max_cpu = settings.max_cpu;
-    let (mut any_under, mut shares, mut placed) = (false, 0.0, 0);
+    // Usually settled by the first candidate.
+    let any_under = all().any(|c| c.under(max_cpu));
+    let (mut shares, mut placed) = (0.0, 0);
     for c in all() {
-        any_under |= c.under(max_cpu);
         shares += c.share;
         placed += u64::from(c.placed);
     }
     let allowed = |c: &Candidate| !any_under || c.under(max_cpu);
     let per_share = settings.balance_factor * (placed + 1) as f64 / shares;
-    let bounded = all().filter(|c| allowed(c) && within(c.placed, per_share * c.share));
-    let estimate = |c: &Candidate| c.estimate;
-    let index = best(room_hash, bounded, estimate)
-        .or_else(|| best(room_hash, all().filter(allowed), estimate))?;
+    // Least busy first, so that the pick can stop at the first reading above the best estimate.
+    let ranked = || candidates(state, settings, cpu, state.by_reading().iter().copied());
+    let bounded = ranked().filter(|c| allowed(c) && within(c.placed, per_share * c.share));
+    let (estimate, reading) = (|c: &Candidate| c.estimate, |c: &Candidate| c.reading);
+    let index = best(room_hash, bounded, estimate, reading)
+        .or_else(|| best(room_hash, ranked().filter(allowed), estimate, reading))?;
     Some(Chosen {
         index,
         over_max_cpu: !any_under,
@@ -204,7 +227,8 @@ pub fn choose(
 /// among those within the bound on total rooms; `None` when no node is healthy and undrained.
 /// While the fleet and its room counts stay as they are, a room gets the same node every time.
 pub fn by_hash(state: &FleetState, settings: &Settings, room_hash: u64) -> Option<usize> {
-    hashed(settings, room_hash, || candidates(state, settings, &[]))
+    let all = || candidates(state, settings, &[], 0..state.placing().len());
+    hashed(settings, room_hash, all)
 }
 
 fn hashed<I: Iterator<Item = Candidate>>(
@@ -221,7 +245,9 @@ fn hashed<I: Iterator<Item = Candidate>>(
     let any_open = all().any(|c| !c.full);
     let open = |c: &Candidate| !any_open || !c.full;
     let bounded = all().filter(|c| open(c) && within(c.rooms, per_weight * c.weight));
-    best(room_hash, bounded, |_| 0.0).or_else(|| best(room_hash, all().filter(open), |_| 0.0))
+    let (same, never) = (|_: &Candidate| 0.0, |_: &Candidate| f64::NEG_INFINITY);
+    best(room_hash, bounded, same, never)
+        .or_else(|| best(room_hash, all().filter(open), same, never))
 }
 
 #[cfg(test)]
