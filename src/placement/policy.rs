@@ -39,7 +39,7 @@
 use std::cmp::Ordering;
 use std::time::Instant;
 
-use crate::fleet::{FleetState, Node};
+use crate::fleet::{FleetState, Node, Placing};
 use crate::rendezvous;
 
 /// Busy CPU assumed per room until the fleet teaches a better figure.
@@ -82,29 +82,32 @@ fn estimated(node: &Node, reading: f64, cost: f64) -> f64 {
 }
 
 /// What placement reads of one candidate, gathered in one pass over the fleet state.
-struct Candidate {
+struct Candidate<'s> {
+    node: &'s Placing,
     index: usize,
     seed: u64,
     weight: f64,
     /// Rooms placed on it since its last reading.
     placed: u32,
-    rooms: u32,
     /// Its last CPU reading; infinite without a fresh one.
     reading: f64,
     /// Its estimated CPU, never below the reading; infinite without a fresh reading, so that
     /// it ranks after those with one.
     estimate: f64,
-    /// At its `max_rooms` or `max_participants`.
-    full: bool,
     /// How much of a window's rooms it is fit to take, relative to the others: its weight times
     /// its spare CPU under `max_cpu` at the reading (a node without one counts as idle).
     share: f64,
 }
 
-impl Candidate {
+impl Candidate<'_> {
     /// Under `max_cpu` (or without a reading) and under its caps.
     fn under(&self, max_cpu: f64) -> bool {
-        !self.full && (self.estimate < max_cpu || self.estimate.is_infinite())
+        (self.estimate < max_cpu || self.estimate.is_infinite()) && !self.full()
+    }
+
+    /// At its `max_rooms` or `max_participants`.
+    fn full(&self) -> bool {
+        self.node.full()
     }
 }
 
@@ -117,7 +120,7 @@ fn candidates<'s>(
     settings: &Settings,
     cpu: &'s [Option<f64>],
     order: impl Iterator<Item = usize> + 's,
-) -> impl Iterator<Item = Candidate> + 's {
+) -> impl Iterator<Item = Candidate<'s>> + 's {
     let (cost, max_cpu) = (room_cost(state, settings), settings.max_cpu);
     let placing = state.placing();
     order.filter_map(move |index| {
@@ -128,14 +131,13 @@ fn candidates<'s>(
         let (weight, placed) = (node.weight, node.live.placed_since_reading());
         let reading = cpu.get(index).copied().flatten();
         Some(Candidate {
+            node,
             index,
             seed: node.seed,
             weight,
             placed,
-            rooms: node.live.rooms(),
             reading: reading.unwrap_or(f64::INFINITY),
             estimate: reading.map_or(f64::INFINITY, |r| r + cost * f64::from(placed) / weight),
-            full: node.full(),
             share: weight * (max_cpu - reading.unwrap_or(0.0)).max(MIN_SPARE),
         })
     })
@@ -152,9 +154,9 @@ fn within(count: u32, bound: f64) -> bool {
 /// rendezvous score. `pool` comes in ascending order of `floor`, which is never above `rank`:
 /// the scan ends at the first candidate whose floor is above the leader's rank, as neither it
 /// nor any after it can lead.
-fn best(
+fn best<'s>(
     room_hash: u64,
-    pool: impl Iterator<Item = Candidate>,
+    pool: impl Iterator<Item = Candidate<'s>>,
     rank: impl Fn(&Candidate) -> f64,
     floor: impl Fn(&Candidate) -> f64,
 ) -> Option<usize> {
@@ -231,7 +233,7 @@ pub fn by_hash(state: &FleetState, settings: &Settings, room_hash: u64) -> Optio
     hashed(settings, room_hash, all)
 }
 
-fn hashed<I: Iterator<Item = Candidate>>(
+fn hashed<'s, I: Iterator<Item = Candidate<'s>>>(
     settings: &Settings,
     room_hash: u64,
     all: impl Fn() -> I,
@@ -239,12 +241,12 @@ fn hashed<I: Iterator<Item = Candidate>>(
     let (mut weights, mut rooms) = (0.0, 0);
     for c in all() {
         weights += c.weight;
-        rooms += u64::from(c.rooms);
+        rooms += u64::from(c.node.live.rooms());
     }
     let per_weight = settings.balance_factor * (rooms + 1) as f64 / weights;
-    let any_open = all().any(|c| !c.full);
-    let open = |c: &Candidate| !any_open || !c.full;
-    let bounded = all().filter(|c| open(c) && within(c.rooms, per_weight * c.weight));
+    let any_open = all().any(|c| !c.full());
+    let open = |c: &Candidate| !any_open || !c.full();
+    let bounded = all().filter(|c| open(c) && within(c.node.live.rooms(), per_weight * c.weight));
     let (same, never) = (|_: &Candidate| 0.0, |_: &Candidate| f64::NEG_INFINITY);
     best(room_hash, bounded, same, never)
         .or_else(|| best(room_hash, all().filter(open), same, never))
