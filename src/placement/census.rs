@@ -89,6 +89,10 @@ fn judge_drained(node: &Node, census: Option<&[LiveRoom]>) {
     }
 }
 
+/// How often a node's failing census is logged again while it keeps failing (the failures are
+/// counted in `jitsi_router_census_failures_total` every time).
+const CENSUS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Router {
     /// The rooms the last census round found live on more than one node.
     pub fn splits(&self) -> Vec<Split> {
@@ -161,6 +165,8 @@ impl Router {
         limits: RoomLimits,
     ) {
         let mut last_good: HashMap<String, (Instant, Vec<LiveRoom>)> = HashMap::new();
+        // Nodes whose census fails: when that was last logged, and failures since.
+        let mut failing: HashMap<String, (Option<Instant>, u64)> = HashMap::new();
         let mut tick = tokio::time::interval(cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -174,6 +180,9 @@ impl Router {
             for (node, answer) in join_all(polls).await {
                 match answer {
                     Ok(rooms) => {
+                        if failing.remove(node.id.as_str()).is_some() {
+                            tracing::info!(node = %node.id, "census answers again");
+                        }
                         last_good.insert(node.id.as_str().to_owned(), (Instant::now(), rooms));
                     }
                     Err(CensusError::Local(fault)) => {
@@ -184,7 +193,14 @@ impl Router {
                             .report
                             .census_failures
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(node = %node.id, url = node.spec.census_url.as_deref().unwrap_or_default(), error = %e, "census failed; its last good answer counts for three intervals");
+                        // Logged when a node starts failing, then at most once a minute.
+                        let (logged_at, unlogged) =
+                            (failing.entry(node.id.as_str().to_owned())).or_insert((None, 0));
+                        *unlogged += 1;
+                        if logged_at.is_none_or(|at: Instant| at.elapsed() >= CENSUS_LOG_EVERY) {
+                            tracing::warn!(node = %node.id, url = node.spec.census_url.as_deref().unwrap_or_default(), error = %e, failures = *unlogged, "census failed; its last good answer counts for three intervals");
+                            (*logged_at, *unlogged) = (Some(Instant::now()), 0);
+                        }
                     }
                 }
             }
