@@ -85,10 +85,10 @@ fn estimated(node: &Node, reading: f64, cost: f64) -> f64 {
 
 /// What placement reads of one candidate, gathered in one pass over the fleet state.
 struct Candidate<'s> {
+    /// Its seed, weight, caps and live counters.
     node: &'s Placing,
+    /// Its index into the fleet state's nodes.
     index: usize,
-    seed: u64,
-    weight: f64,
     /// Rooms placed on it since its last reading.
     placed: u32,
     /// Its last CPU reading; infinite without a fresh one.
@@ -135,8 +135,6 @@ fn candidates<'s>(
         Some(Candidate {
             node,
             index,
-            seed: node.seed,
-            weight,
             placed,
             reading: reading.unwrap_or(f64::INFINITY),
             estimate: reading.map_or(f64::INFINITY, |r| r + cost * f64::from(placed) / weight),
@@ -176,10 +174,10 @@ fn best<'s>(
         let ahead = leader.is_none_or(|(_, lead, seed, weight)| match rank.total_cmp(&lead) {
             Ordering::Less => true,
             Ordering::Greater => false,
-            Ordering::Equal => score(c.seed, c.weight) > score(seed, weight),
+            Ordering::Equal => score(c.node.seed, c.node.weight) > score(seed, weight),
         });
         if ahead {
-            leader = Some((c.index, rank, c.seed, c.weight));
+            leader = Some((c.index, rank, c.node.seed, c.node.weight));
         }
     }
     leader.map(|(index, ..)| index)
@@ -242,13 +240,14 @@ fn hashed<'s, I: Iterator<Item = Candidate<'s>>>(
 ) -> Option<usize> {
     let (mut weights, mut rooms) = (0.0, 0);
     for c in all() {
-        weights += c.weight;
+        weights += c.node.weight;
         rooms += u64::from(c.node.live.rooms());
     }
     let per_weight = settings.balance_factor * (rooms + 1) as f64 / weights;
     let any_open = all().any(|c| !c.full());
     let open = |c: &Candidate| !any_open || !c.full();
-    let bounded = all().filter(|c| open(c) && within(c.node.live.rooms(), per_weight * c.weight));
+    let bounded =
+        all().filter(|c| open(c) && within(c.node.live.rooms(), per_weight * c.node.weight));
     let (same, never) = (|_: &Candidate| 0.0, |_: &Candidate| f64::NEG_INFINITY);
     best(room_hash, bounded, same, never)
         .or_else(|| best(room_hash, all().filter(open), same, never))
