@@ -119,25 +119,25 @@ impl Issuer {
 
 /// The ARI identifier of a certificate: its authority key identifier and serial number.
 /// `None` for a certificate without an authority key identifier (no ARI for it).
-pub(super) fn certificate_id(leaf: &CertificateDer<'_>) -> Option<CertificateIdentifier<'static>> {
+fn certificate_id(leaf: &CertificateDer<'_>) -> Option<CertificateIdentifier<'static>> {
     (CertificateIdentifier::try_from(leaf).ok()).map(CertificateIdentifier::into_owned)
 }
 
 /// Two thirds through the validity: the renewal time without ARI.
-pub(super) fn two_thirds(v: Validity) -> SystemTime {
+fn two_thirds(v: Validity) -> SystemTime {
     let life = (v.not_after.duration_since(v.not_before)).unwrap_or_default();
     v.not_before + life * 2 / 3
 }
 
 /// The wait before asking again, from the server's `Retry-After`.
-pub(super) fn ask_again(retry_after: Duration) -> Duration {
+fn ask_again(retry_after: Duration) -> Duration {
     retry_after.clamp(ASK_AGAIN.0, ASK_AGAIN.1)
 }
 
 /// The time drawn in a suggested window, kept while the server suggests the same window so
 /// that asking again does not draw again (each draw would pull the renewal earlier).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Pick {
+struct Pick {
     start: SystemTime,
     end: SystemTime,
     at: SystemTime,
@@ -146,7 +146,7 @@ pub(super) struct Pick {
 /// The renewal time in the server's suggested window: the last pick while the window is the
 /// same, else a new uniformly random time in it. `None` for a window that ends before it
 /// starts, which the RFC says to treat as no answer.
-pub(super) fn in_window(info: &RenewalInfo, last: &mut Option<Pick>) -> Option<SystemTime> {
+fn in_window(info: &RenewalInfo, last: &mut Option<Pick>) -> Option<SystemTime> {
     let start = SystemTime::from(info.suggested_window.start);
     let end = SystemTime::from(info.suggested_window.end);
     let span = end.duration_since(start).ok().filter(|s| !s.is_zero())?;
