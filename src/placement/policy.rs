@@ -307,6 +307,71 @@ mod tests {
         per_node
     }
 
+    /// The pick as a plain scan of every candidate in fleet order, without the early stop of
+    /// the scan by reading: what [`choose`] must always agree with.
+    fn scan_all(state: &FleetState, settings: &Settings, room_hash: u64) -> Option<usize> {
+        let cpu = state.cpu(Instant::now());
+        let all = || candidates(state, settings, cpu, 0..state.placing().len());
+        if all().all(|c| c.estimate.is_infinite()) {
+            return hashed(settings, room_hash, all);
+        }
+        let max_cpu = settings.max_cpu;
+        let any_under = all().any(|c| c.under(max_cpu));
+        let shares: f64 = all().map(|c| c.share).sum();
+        let placed: u64 = all().map(|c| u64::from(c.placed)).sum();
+        let per_share = settings.balance_factor * (placed + 1) as f64 / shares;
+        let allowed = |c: &Candidate| !any_under || c.under(max_cpu);
+        let score = |c: &Candidate| rendezvous::score(room_hash, c.node.seed, c.node.weight);
+        let first = |pool: Vec<Candidate>| {
+            let order = |a: &Candidate, b: &Candidate| {
+                (a.estimate.total_cmp(&b.estimate)).then(score(b).total_cmp(&score(a)))
+            };
+            pool.into_iter().min_by(order).map(|c| c.index)
+        };
+        let bounded = all().filter(|c| allowed(c) && within(c.placed, per_share * c.share));
+        first(bounded.collect()).or_else(|| first(all().filter(allowed).collect()))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_scan_by_reading_picks_what_a_scan_of_every_node_picks(
+            nodes in proptest::collection::vec(
+                // weight, reading (index into READINGS; past its end: none), rooms placed since
+                // the reading, draining, capped at two rooms
+                (1u8..=3, 0usize..8, 0u32..6, proptest::bool::weighted(0.15), proptest::bool::weighted(0.15)),
+                1..30,
+            ),
+        ) {
+            // Few distinct values, so that estimates tie; some at or over `max_cpu`.
+            const READINGS: [f64; 6] = [0.1, 0.3, 0.3, 0.5, 0.8, 0.95];
+            let specs = (nodes.iter().enumerate())
+                .map(|(i, &(weight, _, _, _, capped))| {
+                    let mut spec =
+                        NodeSpec::new(&format!("n{i}"), &format!("http://10.0.0.{i}:80")).unwrap();
+                    spec.weight = f64::from(weight);
+                    spec.max_rooms = capped.then_some(2);
+                    spec
+                })
+                .collect();
+            let fleet = Fleet::new(specs, Duration::from_secs(90));
+            let cpu = (nodes.iter().enumerate())
+                .filter_map(|(i, &(_, r, ..))| Some((format!("10.0.0.{i}:80"), *READINGS.get(r)?)))
+                .collect::<HashMap<_, _>>();
+            fleet.set_cpu(cpu, Instant::now());
+            let state = fleet.snapshot();
+            for (node, &(_, _, placed, draining, _)) in state.nodes().iter().zip(&nodes) {
+                (0..placed).for_each(|_| node.live.room_placed());
+                node.live.set_draining(draining);
+            }
+            let settings = Settings::default();
+            for room in 0..40u64 {
+                let hash = rendezvous::seed(&room.to_le_bytes());
+                let chosen = choose(&state, &settings, hash, Instant::now()).map(|c| c.index);
+                proptest::prop_assert_eq!(chosen, scan_all(&state, &settings, hash), "room {}", room);
+            }
+        }
+    }
+
     #[test]
     fn a_node_at_its_cap_takes_no_new_room_until_every_node_is() {
         let specs = (0..2)
