@@ -110,6 +110,22 @@ async fn wait_served(router: &Router, pebble: &Pebble) -> CertificateDer<'static
     served(router, &root).await.unwrap()
 }
 
+/// Waits up to `limit` for the router to serve a certificate other than `first` (verified
+/// against `root`), and returns it.
+async fn wait_renewed(
+    router: &Router,
+    root: &str,
+    first: &CertificateDer<'static>,
+    limit: Duration,
+    what: &str,
+) -> CertificateDer<'static> {
+    eventually(limit, what, || async {
+        served(router, root).await.is_ok_and(|c| &c != first)
+    })
+    .await;
+    served(router, root).await.unwrap()
+}
+
 async fn acme_failures(router: &Router) -> f64 {
     let metrics = metrics(router).await;
     metrics
@@ -207,10 +223,13 @@ async fn short_lived_certificates_are_renewed_and_the_acme_server_down_keeps_the
     let router = acme_router(&pebble, ports, "tls-alpn-01", state.path());
     let first = wait_served(&router, &pebble).await;
     let root = pebble.root().await;
-    eventually(
-        Duration::from_secs(30),
+    let limit = Duration::from_secs(30);
+    wait_renewed(
+        &router,
+        &root,
+        &first,
+        limit,
         "a renewal at two thirds of the lifetime",
-        || async { served(&router, &root).await.is_ok_and(|c| c != first) },
     )
     .await;
 
@@ -289,13 +308,15 @@ async fn renewal_follows_the_window_the_acme_server_suggests_and_moves_when_it_d
     // when its Retry-After says (held to at least a minute) and renews at once.
     ari.set(&id, (now - day, now - Duration::from_secs(60)));
     let root = pebble.root().await;
-    eventually(
-        Duration::from_secs(90),
+    let limit = Duration::from_secs(90);
+    let second = wait_renewed(
+        &router,
+        &root,
+        &first,
+        limit,
         "a renewal when the window moves",
-        || async { served(&router, &root).await.is_ok_and(|c| c != first) },
     )
     .await;
-    let second = served(&router, &root).await.unwrap();
     eventually(
         Duration::from_secs(10),
         "the new certificate's window asked for",

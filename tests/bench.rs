@@ -140,20 +140,10 @@ async fn two_routers_that_place_rooms_differently_split_them_and_the_run_fails()
 async fn a_dead_target_gives_errors_not_a_hang() {
     let target = format!("https://127.0.0.1:{}", closed_port());
     let args = [
-        "--target",
-        &target,
-        "--insecure",
-        "--rooms",
-        "2",
-        "--participants",
-        "2",
-        "--duration",
-        "1s",
-        "--ramp",
-        "0s",
-        "--step-timeout",
-        "2s",
-    ];
+        &["--target", &target, "--insecure", "--step-timeout", "2s"][..],
+        &SMALL,
+    ]
+    .concat();
     let started = std::time::Instant::now();
     let (code, report, _) = bench(&args).await;
     assert!(
