@@ -294,7 +294,7 @@ pub struct Upstream {
     /// nginx in front of a Jitsi node, so that the router, not the node, ends it.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
-    /// Most idle pooled connections kept per node.
+    /// Most idle pooled connections kept per node by each worker thread (one per core).
     pub pool_max_idle_per_node: usize,
     /// Extra CA certificates (PEM) trusted for `https://` upstreams, besides the system's.
     pub ca: Option<PathBuf>,

@@ -6,7 +6,8 @@
 //! back from a task spawned per request, and its futures moved about. Here a request finds its
 //! node's pool in a map published with `arc-swap`, pops the most recently used connection from
 //! the pool's own short lock, and its response body puts the connection back when it is dropped
-//! complete.
+//! complete. Each worker thread has a lane of its own in every pool ([`use_lane`]): a connection
+//! is driven by the runtime that opened it, and only requests of that thread use it.
 //!
 //! What the legacy client did that this keeps:
 //! - A request that a pooled connection could not send (the node closed the connection while it
@@ -32,11 +33,12 @@
 //! - A node's answer is read `UPSTREAM_READ_BUFFER` at a time, and a pause in its body
 //!   longer than `response_body_timeout` cuts the answer off (counted, and logged).
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -128,10 +130,45 @@ pub struct UpstreamClient {
 
 type Pools = HashMap<Box<str>, Arc<Pool>, foldhash::fast::RandomState>;
 
-/// One node's idle connections, most recently used last.
-#[derive(Default)]
+/// One node's idle connections, most recently used last, in one lane per thread that serves
+/// connections (see [`use_lane`]).
 struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    lanes: Box<[Mutex<Vec<Idle>>]>,
+}
+
+impl Pool {
+    fn new() -> Pool {
+        Pool {
+            lanes: (0..=worker_threads()).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// The idle connections of this thread's lane.
+    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+        let lane = LANE.with(Cell::get) % self.lanes.len();
+        self.lanes[lane]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+thread_local! {
+    /// This thread's lane of every node's pool: see [`use_lane`].
+    static LANE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread's requests take their pooled node connections from, and give them back
+/// to, lane `lane` of each node's pool; lane 0 is for every thread that took none. The server's
+/// worker threads take one each (1 to [`worker_threads`]), so that a pooled connection is used
+/// on the thread whose runtime drives it: used from another, each request would wake that
+/// thread and back.
+pub fn use_lane(lane: usize) {
+    LANE.with(|l| l.set(lane));
+}
+
+/// How many threads serve client connections: one per core this process may use.
+pub fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// What goes to a node: the client's body, or none (a bodiless request sent again).
@@ -231,7 +268,12 @@ impl UpstreamClient {
         let mut made = None;
         self.pools.rcu(|pools| {
             let mut pools = <[Pools; 2]>::clone(pools);
-            made = Some(pools[https].entry(authority.into()).or_default().clone());
+            made = Some(
+                pools[https]
+                    .entry(authority.into())
+                    .or_insert_with(|| Arc::new(Pool::new()))
+                    .clone(),
+            );
             pools
         });
         made.expect("rcu ran its update at least once")
@@ -247,16 +289,18 @@ impl UpstreamClient {
         let mut gone = false;
         for (https, pools) in self.pools.load().iter().enumerate() {
             for (authority, pool) in pools {
-                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let before = idle.len();
-                if in_fleet(https, authority) {
-                    self.drop_expired(&mut idle);
-                    idle.retain(|conn| !conn.sender.is_closed());
-                } else {
-                    idle.clear();
-                    gone = true;
+                for idle in &pool.lanes {
+                    let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
+                    let before = idle.len();
+                    if in_fleet(https, authority) {
+                        self.drop_expired(&mut idle);
+                        idle.retain(|conn| !conn.sender.is_closed());
+                    } else {
+                        idle.clear();
+                        gone = true;
+                    }
+                    closed += before - idle.len();
                 }
-                closed += before - idle.len();
             }
         }
         if gone {
@@ -286,7 +330,7 @@ impl UpstreamClient {
     async fn checkout(&self, pool: &Pool) -> Option<SendRequest<Outgoing>> {
         loop {
             let idle = {
-                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut idle = pool.idle();
                 self.drop_expired(&mut idle);
                 idle.pop()?
             };
@@ -569,7 +613,7 @@ impl Drop for Pooled {
         if !ended || sender.is_closed() || max_idle == 0 {
             return;
         }
-        let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = pool.idle();
         if idle.len() >= max_idle {
             idle.remove(0);
         }

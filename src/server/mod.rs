@@ -1,7 +1,8 @@
 //! Listeners and accept loops: HTTPS (h2 and HTTP/1.1 over rustls) for clients, an optional
 //! plain-HTTP listener that answers `308` to the same URL on HTTPS, and the admin listener.
 //! Every accepted connection is counted against the caps ([`caps`]) and watched for the time
-//! limits of its state ([`conn`]). Also starts the background work the router needs: the
+//! limits of its state ([`conn`]); an HTTPS connection is then served on one of the worker
+//! threads ([`workers`]), one per core. Also starts the background work the router needs: the
 //! Prometheus poller, health checks, the pin sweeper.
 
 pub mod caps;
@@ -11,6 +12,7 @@ mod parse_errors;
 mod proxy_header;
 mod sweeps;
 mod to_https;
+mod workers;
 
 use to_https::Challenges;
 
@@ -45,6 +47,7 @@ use caps::{Admitted, Connections};
 use conn::{supervise, Activity, ConnLimits, Graceful, Tracked, Watched};
 use listener::{Edge, Listener};
 use sweeps::{close_idle_connections, sweep_pins};
+use workers::Workers;
 
 /// Why the router could not start; each is one line for stderr.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,9 @@ pub enum StartError {
     /// The ACME state folder or client cannot be set up.
     #[error(transparent)]
     Acme(#[from] AcmeError),
+    /// The threads that serve client connections could not be started.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -87,6 +93,8 @@ pub struct Server {
     issuer: Option<Issuer>,
     /// Answers to open ACME HTTP-01 challenges, for the plain-HTTP listener.
     http01: Arc<Http01Answers>,
+    /// The threads that serve HTTPS connections.
+    workers: Arc<Workers>,
     config: Config,
 }
 
@@ -158,6 +166,7 @@ impl Server {
         ));
         let admin_connections =
             Arc::new(Connections::new(ADMIN_CONNECTIONS, ADMIN_CONNECTIONS, None));
+        let workers = Arc::new(Workers::per_core().map_err(StartError::Workers)?);
         Ok(Server {
             https,
             http,
@@ -170,6 +179,7 @@ impl Server {
             admin_connections,
             issuer,
             http01,
+            workers,
             config,
         })
     }
@@ -276,6 +286,7 @@ impl Server {
                 self.proxy.clone(),
                 self.config.limits.tls_handshake_timeout,
                 listener.clone(),
+                self.workers.clone(),
             ));
         }
         if let Some(http) = self.http {
@@ -415,16 +426,23 @@ async fn accept_https(
     proxy: Arc<Proxy>,
     handshake_timeout: Duration,
     shared: Listener,
+    workers: Arc<Workers>,
 ) {
     let mut warned = None;
     loop {
-        let (mut tcp, peer, mut admitted) = shared.accept(&listener, &mut warned).await;
+        let (tcp, peer, mut admitted) = shared.accept(&listener, &mut warned).await;
         let _ = tcp.set_nodelay(true);
+        let Ok(tcp) = tcp.into_std() else {
+            continue;
+        };
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let proxy = proxy.clone();
         let shared = shared.clone();
-        tokio::spawn(async move {
+        workers.next().spawn(async move {
+            let Ok(mut tcp) = TcpStream::from_std(tcp) else {
+                return;
+            };
             // One limit for the PROXY header and the TLS handshake.
             let deadline = Instant::now() + handshake_timeout;
             let Some(client) = shared.client(&mut tcp, peer, &mut admitted, deadline).await else {

@@ -607,6 +607,14 @@ where
     (url, task)
 }
 
+/// A router in front of `n` simulated nodes, with `sections` added to its config.
+pub async fn fleet(n: usize, sections: &str) -> (Certs, Vec<SimNode>, Router) {
+    let certs = Certs::new();
+    let nodes = sim_nodes(n).await;
+    let router = Router::start(&certs, &config(&certs, sections, &node_entries(&nodes)));
+    (certs, nodes, router)
+}
+
 /// Rooms per node after GETting each room page once.
 pub async fn place_rooms(
     router: &Router,
