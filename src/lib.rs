@@ -32,7 +32,7 @@
 //!   [`rendezvous`], [`tls`], [`local_fault`] (a shortage of the router's own told from a node's
 //!   fault), [`peer`] (who a client is, and the key per-client limits count by), [`stall`].
 //! - Entry points: [`demo`] (simulated Jitsi nodes, and real prosody signalling behind them, for
-//!   `demo` and the tests), [`simulate`] (the placement simulator) and [`bench`] (participants
+//!   `demo` and the tests), [`simulate`] (the placement simulator) and [`bench`](mod@bench) (participants
 //!   joining conferences through a deployment, timed).
 //!
 //! ## Decisions worth knowing

@@ -2,7 +2,7 @@
 //! plain-HTTP listener that answers `308` to the same URL on HTTPS, and the admin listener.
 //! Every accepted connection is counted against the caps ([`caps`]) and watched for the time
 //! limits of its state ([`conn`]); an HTTPS connection is then served on one of the worker
-//! threads ([`workers`]), one per core. Also starts the background work the router needs: the
+//! threads (`workers`), one per core. Also starts the background work the router needs: the
 //! Prometheus poller, health checks, the pin sweeper.
 
 pub mod caps;
