@@ -30,7 +30,8 @@
 //!   validation and the typed settings), [`metrics`] (lock-free counters, and
 //!   [`metrics::Decision`]), [`room`] (request path and query → room key, property-tested),
 //!   [`rendezvous`], [`tls`], [`local_fault`] (a shortage of the router's own told from a node's
-//!   fault), [`peer`] (who a client is, and the key per-client limits count by), [`stall`].
+//!   fault), [`peer`] (who a client is, and the key per-client limits count by), [`stall`],
+//!   [`throttle`] (warnings at most once an interval).
 //! - Entry points: [`demo`] (simulated Jitsi nodes, and real prosody signalling behind them, for
 //!   `demo` and the tests), [`simulate`] (the placement simulator) and [`bench`](mod@bench) (participants
 //!   joining conferences through a deployment, timed).
@@ -76,6 +77,7 @@ pub mod room;
 pub mod server;
 pub mod simulate;
 pub mod stall;
+pub mod throttle;
 pub mod tls;
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM: the signals that stop a router. The handlers are

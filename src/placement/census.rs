@@ -28,6 +28,7 @@ use crate::config::Census;
 use crate::fleet::census::{self, CensusError, LiveRoom};
 use crate::fleet::Node;
 use crate::room::RoomLimits;
+use crate::throttle::Throttle;
 
 /// A room the census found live on more than one node.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -166,7 +167,7 @@ impl Router {
     ) {
         let mut last_good: HashMap<String, (Instant, Vec<LiveRoom>)> = HashMap::new();
         // Nodes whose census fails: when that was last logged, and failures since.
-        let mut failing: HashMap<String, (Option<Instant>, u64)> = HashMap::new();
+        let mut failing: HashMap<String, Throttle> = HashMap::new();
         let mut tick = tokio::time::interval(cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -194,12 +195,10 @@ impl Router {
                             .census_failures
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         // Logged when a node starts failing, then at most once a minute.
-                        let (logged_at, unlogged) =
-                            (failing.entry(node.id.as_str().to_owned())).or_insert((None, 0));
-                        *unlogged += 1;
-                        if logged_at.is_none_or(|at: Instant| at.elapsed() >= CENSUS_LOG_EVERY) {
-                            tracing::warn!(node = %node.id, url = node.spec.census_url.as_deref().unwrap_or_default(), error = %e, failures = *unlogged, "census failed; its last good answer counts for three intervals");
-                            (*logged_at, *unlogged) = (Some(Instant::now()), 0);
+                        let warned = (failing.entry(node.id.as_str().to_owned()))
+                            .or_insert_with(|| Throttle::new(CENSUS_LOG_EVERY));
+                        if let Some(failures) = warned.due() {
+                            tracing::warn!(node = %node.id, url = node.spec.census_url.as_deref().unwrap_or_default(), error = %e, failures, "census failed; its last good answer counts for three intervals");
                         }
                     }
                 }

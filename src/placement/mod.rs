@@ -16,7 +16,7 @@ pub mod policy;
 pub mod shared;
 pub mod snapshot;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::fleet::{Fleet, FleetState, Node, NodeId};
 pub use crate::metrics::Decision;
 use crate::rendezvous;
 use crate::room::RoomKey;
+use crate::throttle::Throttle;
 use pins::{Pinned, Pins};
 pub use policy::{estimate, Settings};
 use shared::{SharedError, SharedPins};
@@ -59,33 +60,6 @@ pub struct PinEvent {
     pub from: Option<NodeId>,
 }
 
-/// How often a warning about the same condition may repeat.
-const WARNING_EVERY: Duration = Duration::from_secs(10);
-
-/// A warning logged at most every [`WARNING_EVERY`], with a count of what it is about.
-#[derive(Default)]
-struct Warning {
-    count: AtomicU64,
-    last_ms: AtomicU64,
-}
-
-impl Warning {
-    /// Counts one more; true when the warning is due (the first time, or after the interval).
-    fn due(&self, epoch: Instant) -> bool {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= WARNING_EVERY.as_millis() as u64;
-        due && (self.last_ms)
-            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-}
-
 /// What this router's pin table says of a room.
 enum Held {
     /// Pinned to a node that may keep it (in the fleet and healthy; draining nodes keep rooms).
@@ -105,9 +79,8 @@ pub struct Router {
     events: broadcast::Sender<PinEvent>,
     /// Set once anyone subscribes: until then placements skip the channel.
     listened: AtomicBool,
-    epoch: Instant,
-    over_max_cpu: Warning,
-    unpinned: Warning,
+    over_max_cpu: Throttle,
+    unpinned: Throttle,
     splits: census::Splits,
 }
 
@@ -121,9 +94,8 @@ impl Router {
             shared: OnceLock::new(),
             events: broadcast::channel(1024).0,
             listened: AtomicBool::new(false),
-            epoch: Instant::now(),
-            over_max_cpu: Warning::default(),
-            unpinned: Warning::default(),
+            over_max_cpu: Throttle::default(),
+            unpinned: Throttle::default(),
             splits: census::Splits::default(),
         }
     }
@@ -280,7 +252,7 @@ impl Router {
     /// sends every request of the room to one node while the fleet and its room counts stay
     /// as they are, and grows no memory.
     fn route_unpinned(&self, state: &FleetState, room: &str) -> Option<Routed> {
-        if self.unpinned.due(self.epoch) {
+        if self.unpinned.due().is_some() {
             tracing::warn!(
                 max_pins = self.pins.len(),
                 rooms_so_far = self.unpinned.count(),
@@ -299,7 +271,7 @@ impl Router {
     fn place(&self, state: &FleetState, room: &str) -> Option<usize> {
         let hash = rendezvous::seed(room.as_bytes());
         let chosen = policy::choose(state, &self.settings, hash, Instant::now())?;
-        if chosen.over_max_cpu && self.over_max_cpu.due(self.epoch) {
+        if chosen.over_max_cpu && self.over_max_cpu.due().is_some() {
             tracing::warn!(
                 max_cpu = self.settings.max_cpu,
                 rooms_so_far = self.placed_over_max_cpu(),

@@ -30,6 +30,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::pins::PinInfo;
 use crate::config;
+use crate::throttle::Throttle;
 
 /// The value an unpinned room's key holds for a while, so that every replica unpins it.
 const TOMBSTONE: &str = "-";
@@ -39,9 +40,6 @@ pub const SYNC_BATCH: usize = 256;
 
 /// How long requests place rooms alone after the store failed.
 const REST: Duration = Duration::from_secs(1);
-
-/// How often a failing store is warned about.
-const WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// KEYS[1] the room; ARGV[1] the proposed node, ARGV[2] the expiry (ms), ARGV[3] a node the
 /// room may be taken from ("" for none). Answers the room's node and 1 if it is the proposal
@@ -116,9 +114,9 @@ pub struct SharedPins {
     sync_interval: Duration,
     claim: redis::Script,
     sync: redis::Script,
-    errors: AtomicU64,
+    /// Questions the store did not answer, warned about at most every ten seconds.
+    errors: Throttle,
     epoch: Instant,
-    last_warning_ms: AtomicU64,
     /// Until when (ms since `epoch`) requests do not ask Redis, after a failure.
     resting_until_ms: AtomicU64,
     /// When (ms since `epoch`, plus one) Redis last answered, and last failed to.
@@ -140,9 +138,8 @@ impl SharedPins {
             sync_interval: config.sync_interval,
             claim: redis::Script::new(CLAIM),
             sync: redis::Script::new(SYNC),
-            errors: AtomicU64::new(0),
+            errors: Throttle::default(),
             epoch: Instant::now(),
-            last_warning_ms: AtomicU64::new(0),
             resting_until_ms: AtomicU64::new(0),
             last_answer_ms: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
@@ -158,7 +155,7 @@ impl SharedPins {
 
     /// Questions to the store that got no answer so far.
     pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        self.errors.count()
     }
 
     /// Connects to Redis, unless connected already. The server calls it before it serves, so
@@ -300,20 +297,13 @@ impl SharedPins {
         if matches!(e, SharedError::Resting) {
             return;
         }
-        let count = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
         let now = self.now_ms();
         self.last_failure_ms.fetch_max(now + 1, Ordering::Relaxed);
         self.resting_until_ms
             .store(now + REST.as_millis() as u64, Ordering::Relaxed);
-        let last = self.last_warning_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= WARNING_EVERY.as_millis() as u64;
-        if due
-            && self
-                .last_warning_ms
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(error = %e, failures = count, url = %redacted(&self.url), "shared pin store did not answer; placing rooms on this router alone meanwhile");
+        if self.errors.due().is_some() {
+            let failures = self.errors.count();
+            tracing::warn!(error = %e, failures, url = %redacted(&self.url), "shared pin store did not answer; placing rooms on this router alone meanwhile");
         }
     }
 }

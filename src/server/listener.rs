@@ -3,7 +3,7 @@
 //! headers are believed, and HSTS.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -18,6 +18,7 @@ use crate::config::{Config, TrustedProxies};
 use crate::local_fault::LocalFault;
 use crate::metrics::{Limit, Metrics, ProxyRefusal};
 use crate::peer::Client;
+use crate::throttle::Throttle;
 
 /// What every accept loop shares.
 #[derive(Clone)]
@@ -38,8 +39,8 @@ pub(super) struct Edge {
     pub(super) handshake_timeout: Duration,
     /// `Strict-Transport-Security` for HTTPS answers.
     pub(super) hsts: Option<HeaderValue>,
-    /// When a PROXY refusal was last logged.
-    pub(super) warned: Mutex<Option<Instant>>,
+    /// Connections closed at their PROXY header, logged at most every 10 s.
+    pub(super) warned: Throttle,
 }
 
 impl Edge {
@@ -50,7 +51,7 @@ impl Edge {
             trusted: server.trusted_proxies.clone(),
             handshake_timeout: config.limits.tls_handshake_timeout,
             hsts: (server.hsts.as_deref()).and_then(|v| HeaderValue::from_str(v).ok()),
-            warned: Mutex::new(None),
+            warned: Throttle::default(),
         }
     }
 
@@ -65,7 +66,7 @@ impl Listener {
     pub(super) async fn accept(
         &self,
         listener: &TcpListener,
-        warned: &mut Option<Instant>,
+        warned: &Throttle,
     ) -> (TcpStream, SocketAddr, Admitted) {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -92,9 +93,8 @@ impl Listener {
                         ),
                     };
                     self.metrics.limit_hit(limit);
-                    if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-                        *warned = Some(Instant::now());
-                        tracing::warn!(%peer, cap, open = self.connections.count(), "connection over a cap closed at accept (warned at most every 10 s)");
+                    if let Some(closed) = warned.due() {
+                        tracing::warn!(%peer, cap, open = self.connections.count(), closed, "connection over a cap closed at accept (warned at most every 10 s, with those closed since)");
                     }
                 }
             }
@@ -122,7 +122,7 @@ impl Listener {
                 Ok(addr) => addr,
                 Err(refusal) => {
                     self.metrics.proxy_refused(refusal);
-                    self.warn(|| tracing::warn!(%peer, reason = refusal.reason(), "connection closed at its PROXY header (warned at most every 10 s)"));
+                    self.warn(|closed| tracing::warn!(%peer, reason = refusal.reason(), closed, "connection closed at its PROXY header (warned at most every 10 s, with those closed since)"));
                     return None;
                 }
             }
@@ -132,7 +132,7 @@ impl Listener {
         if admitted.count_for(addr.ip()).is_err() {
             self.metrics.limit_hit(Limit::ClientConnections);
             let cap = "limits.max_connections_per_client";
-            self.warn(|| tracing::warn!(client = %addr, cap, "connection over a cap closed after its PROXY header (warned at most every 10 s)"));
+            self.warn(|closed| tracing::warn!(client = %addr, cap, closed, "connection over a cap closed after its PROXY header (warned at most every 10 s, with those closed since)"));
             return None;
         }
         Some(Client {
@@ -141,17 +141,11 @@ impl Listener {
         })
     }
 
-    /// Runs `log` unless it ran less than 10 s ago.
-    pub(super) fn warn(&self, log: impl FnOnce()) {
-        let Ok(mut warned) = self.edge.warned.lock() else {
-            return;
-        };
-        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            *warned = Some(Instant::now());
-            log();
+    /// Runs `log` with the connections closed since it last ran, unless that was less than
+    /// 10 s ago.
+    pub(super) fn warn(&self, log: impl FnOnce(u64)) {
+        if let Some(closed) = self.edge.warned.due() {
+            log(closed);
         }
     }
 }
-
-/// At most one warning this often for connections closed at accept.
-pub(super) const WARN_EVERY: Duration = Duration::from_secs(10);

@@ -42,6 +42,7 @@ use crate::placement::pins::Pins;
 use crate::placement::shared::SharedPins;
 use crate::placement::{snapshot, Router};
 use crate::proxy::Proxy;
+use crate::throttle::Throttle;
 use crate::tls::{self, CertStore, TlsError};
 use caps::{Admitted, Connections};
 use conn::{supervise, Activity, ConnLimits, Graceful, Tracked, Watched};
@@ -428,9 +429,9 @@ async fn accept_https(
     shared: Listener,
     workers: Arc<Workers>,
 ) {
-    let mut warned = None;
+    let warned = Throttle::default();
     loop {
-        let (tcp, peer, mut admitted) = shared.accept(&listener, &mut warned).await;
+        let (tcp, peer, mut admitted) = shared.accept(&listener, &warned).await;
         let _ = tcp.set_nodelay(true);
         let Ok(tcp) = tcp.into_std() else {
             continue;
@@ -534,9 +535,9 @@ async fn accept_http(
     challenges: Arc<Challenges>,
     shared: Listener,
 ) {
-    let mut warned = None;
+    let warned = Throttle::default();
     loop {
-        let (mut tcp, peer, mut admitted) = shared.accept(&listener, &mut warned).await;
+        let (mut tcp, peer, mut admitted) = shared.accept(&listener, &warned).await;
         let shared = shared.clone();
         let challenges = challenges.clone();
         tokio::spawn(async move {
@@ -554,9 +555,9 @@ async fn accept_http(
 }
 
 async fn accept_admin(listener: TcpListener, admin: Arc<crate::admin::Admin>, shared: Listener) {
-    let mut warned = None;
+    let warned = Throttle::default();
     loop {
-        let (tcp, peer, admitted) = shared.accept(&listener, &mut warned).await;
+        let (tcp, peer, admitted) = shared.accept(&listener, &warned).await;
         let Ok(local) = tcp.local_addr() else {
             continue;
         };
