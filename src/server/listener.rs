@@ -39,7 +39,7 @@ pub(super) struct Edge {
     pub(super) handshake_timeout: Duration,
     /// `Strict-Transport-Security` for HTTPS answers.
     pub(super) hsts: Option<HeaderValue>,
-    /// Connections closed at their PROXY header, logged at most every 10 s.
+    /// Connections closed at or after their PROXY header, logged at most every 10 s.
     pub(super) warned: Throttle,
 }
 
