@@ -211,7 +211,11 @@ pub async fn run(settings: &Settings, targets: &[String]) -> Result<Report, Stri
     let stats = Arc::new(Stats::default());
     let progress = progress_bar(settings, total as u64);
     let started = Instant::now();
-    let run_id = std::process::id();
+    // Each pass (`--direct`'s, then the router's) has rooms of its own: rooms a pass left live
+    // on a node would draw the next pass's participants there, however the router places.
+    static PASSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let pass = PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let run_id = format!("{}-{pass}", std::process::id());
     // Everyone stays until the last participant has joined (or failed) and `duration` has
     // passed, sending messages meanwhile; then reads the room's occupants once more and leaves.
     let arrivals = Arc::new(Arrivals::new(total, settings.duration, progress.clone()));
