@@ -65,6 +65,7 @@ pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod error_chain;
 pub mod fleet;
 pub mod local_fault;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! `jitsi-router bench` against real prosody nodes: everyone meets through one router; two
 //! routers that place rooms differently split them and the run fails; a dead target gives
-//! errors, not a hang.
+//! errors, not a hang; an untrusted certificate is named as the reason.
 
 mod support;
 
@@ -156,5 +156,20 @@ async fn a_dead_target_gives_errors_not_a_hang() {
     assert_eq!(report["errors"], 4, "{report}");
     let kinds = &report["errors_by_kind"][0];
     assert_eq!(kinds["phase"], "page", "{report}");
-    assert_eq!(kinds["kind"], "connection failed", "{report}");
+    assert_eq!(kinds["kind"], "connection refused", "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_certificate_is_named_as_the_reason() {
+    // The demo's self-signed certificate, without `--insecure` or `--ca`.
+    let demo = Demo::start(&["--no-prometheus"]);
+    let target = format!("https://127.0.0.1:{}", demo.port);
+    let args = [&["--target", &target, "--step-timeout", "2s"][..], &SMALL].concat();
+    let (code, report, _) = bench(&args).await;
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["joined"], 0, "{report}");
+    let kinds = &report["errors_by_kind"][0];
+    assert_eq!(kinds["kind"], "tls", "{report}");
+    let example = kinds["example"].as_str().unwrap_or_default();
+    assert!(example.contains("certificate"), "{report}");
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::error_chain::error_chain;
 use report::{Phase, Report, RoomOutcome, Stats};
 use xmpp::{Endpoint, Participant, Transport};
 
@@ -452,7 +453,7 @@ async fn get(endpoint: &Endpoint, url: &str) -> Result<(), String> {
     let mut url = url.to_owned();
     for _ in 0..=5 {
         let response = (endpoint.http.get(&url).timeout(endpoint.step).send().await)
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
         let status = response.status();
         let location = (response.headers().get(http::header::LOCATION))
             .and_then(|v| v.to_str().ok())

@@ -87,9 +87,9 @@ fn kind(message: &str) -> String {
         ("timed out", "timeout"),
         ("within", "timeout"),
         ("connection refused", "connection refused"),
-        ("error sending request", "connection failed"),
         ("certificate", "tls"),
         ("tls", "tls"),
+        ("error sending request", "connection failed"),
         ("answered", "http status"),
         ("closed", "closed"),
         ("terminate", "session ended"),
@@ -307,6 +307,16 @@ impl Report {
             let _ = writeln!(out, "\nerrors:");
             for (phase, kind, count, example) in &self.errors_by_kind {
                 let _ = writeln!(out, "  {phase:<8} {kind:<20} {count:>6}  e.g. {example}");
+            }
+            if self
+                .errors_by_kind
+                .iter()
+                .any(|(_, kind, ..)| kind == "tls")
+            {
+                let _ = writeln!(
+                    out,
+                    "  (a certificate this machine does not trust: name its CA with --ca FILE, or use --insecure on a test deployment)"
+                );
             }
         }
         let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error_chain::error_chain;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -239,7 +240,7 @@ impl Participant {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("BOSH request failed: {e}"))?;
+            .map_err(|e| format!("BOSH request failed: {}", error_chain(&e)))?;
         if !response.status().is_success() {
             return Err(format!("BOSH answered {}", response.status()));
         }
@@ -436,11 +437,12 @@ async fn open_websocket(endpoint: &Endpoint, room: &str) -> Result<(Link, String
             let target = location
                 .replacen("https://", "wss://", 1)
                 .replacen("http://", "ws://", 1);
-            let (ws, _) = (connect(target).await?)
-                .map_err(|e| format!("following the redirect to {location}: {e}"))?;
+            let (ws, _) = (connect(target).await?).map_err(|e| {
+                format!("following the redirect to {location}: {}", error_chain(&e))
+            })?;
             Ok((Link::WebSocket(Box::new(ws)), node, String::new()))
         }
-        Err(e) => Err(format!("WebSocket to {url} failed: {e}")),
+        Err(e) => Err(format!("WebSocket to {url} failed: {}", error_chain(&e))),
     }
 }
 
@@ -457,8 +459,8 @@ async fn open_bosh(endpoint: &Endpoint, room: &str) -> Result<(Link, String, Str
             .body(body.clone())
             .send()
     };
-    let mut response =
-        (post(url.clone()).await).map_err(|e| format!("BOSH to {url} failed: {e}"))?;
+    let mut response = (post(url.clone()).await)
+        .map_err(|e| format!("BOSH to {url} failed: {}", error_chain(&e)))?;
     let node = shard(response.headers());
     if response.status() == 307 {
         // Redirect mode: the session lives on the node's own URL from now on.
@@ -466,7 +468,8 @@ async fn open_bosh(endpoint: &Endpoint, room: &str) -> Result<(Link, String, Str
             .and_then(|v| v.to_str().ok())
             .ok_or("a 307 without Location")?
             .to_owned();
-        response = (post(url.clone()).await).map_err(|e| format!("BOSH to {url} failed: {e}"))?;
+        response = (post(url.clone()).await)
+            .map_err(|e| format!("BOSH to {url} failed: {}", error_chain(&e)))?;
     }
     if !response.status().is_success() {
         return Err(format!(

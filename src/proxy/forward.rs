@@ -12,6 +12,7 @@ use super::body::{ClientBody, ClientBodyError};
 use super::headers::{self, Forwarded};
 use super::upstream::{UpstreamClient, UpstreamError};
 use super::{errors, tunnel, Body};
+use crate::error_chain::error_chain;
 use crate::fleet::Node;
 use crate::metrics::Timeout;
 use crate::peer::Client;
@@ -180,16 +181,4 @@ fn failed(
         errors::plain(StatusCode::BAD_GATEWAY, &reason),
         Answered::Node,
     )
-}
-
-/// The error and its causes on one line (hyper's top-level messages are terse).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
