@@ -31,7 +31,8 @@
 //!   [`metrics::Decision`]), [`room`] (request path and query → room key, property-tested),
 //!   [`rendezvous`], [`tls`], [`local_fault`] (a shortage of the router's own told from a node's
 //!   fault), [`peer`] (who a client is, and the key per-client limits count by), [`stall`],
-//!   [`throttle`] (warnings at most once an interval).
+//!   [`throttle`] (warnings at most once an interval), [`error_chain`] (an error and its causes
+//!   on one line).
 //! - Entry points: [`demo`] (simulated Jitsi nodes, and real prosody signalling behind them, for
 //!   `demo` and the tests), [`simulate`] (the placement simulator) and [`bench`](mod@bench) (participants
 //!   joining conferences through a deployment, timed).
