@@ -110,12 +110,14 @@ enum Command {
         /// Accept any certificate (a self-signed test deployment).
         #[arg(long)]
         insecure: bool,
-        /// The XMPP domain.
-        #[arg(long, default_value = "meet.jitsi")]
-        xmpp_domain: String,
-        /// The MUC domain.
-        #[arg(long, default_value = "muc.meet.jitsi")]
-        muc_domain: String,
+        /// The XMPP domain [default: `hosts.domain` of the first target's config.js, else
+        /// meet.jitsi]
+        #[arg(long)]
+        xmpp_domain: Option<String>,
+        /// The MUC domain [default: `hosts.muc` of the first target's config.js, else
+        /// muc.meet.jitsi]
+        #[arg(long)]
+        muc_domain: Option<String>,
         /// The longest wait for one step's answer.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         step_timeout: std::time::Duration,

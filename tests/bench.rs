@@ -1,6 +1,7 @@
 //! `jitsi-router bench` against real prosody nodes: everyone meets through one router; two
 //! routers that place rooms differently split them and the run fails; a dead target gives
-//! errors, not a hang; an untrusted certificate is named as the reason.
+//! errors, not a hang; an untrusted certificate and a wrong XMPP or MUC domain are named as the
+//! reason.
 
 mod support;
 
@@ -81,6 +82,58 @@ async fn through_the_demo_prosody_fleet_everyone_joins_and_no_room_splits() {
         4,
         "{report}"
     );
+    // No domain given: both as the deployment's config.js names them.
+    assert_eq!(report["xmpp_domain"]["from"], "config.js", "{report}");
+    assert_eq!(report["muc_domain"]["from"], "config.js", "{report}");
+    assert_eq!(report["muc_domain"]["name"], "muc.meet.jitsi", "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_domain_fails_at_once_and_names_the_option() {
+    let demo = Demo::start(&["--prosody", "--no-prometheus"]);
+    let target = format!("https://127.0.0.1:{}", demo.port);
+    for (transport, option, domain, phase, said) in [
+        (
+            "websocket",
+            "--xmpp-domain",
+            "meet.example.com",
+            "connect",
+            "host-unknown",
+        ),
+        (
+            "bosh",
+            "--xmpp-domain",
+            "meet.example.com",
+            "connect",
+            "--xmpp-domain",
+        ),
+        (
+            "websocket",
+            "--muc-domain",
+            "conference.meet.example.com",
+            "join",
+            "--muc-domain",
+        ),
+    ] {
+        let args = [
+            &["--target", &target, "--insecure", "--transport", transport][..],
+            &[option, domain][..],
+            &SMALL,
+        ]
+        .concat();
+        let started = std::time::Instant::now();
+        let (code, report, _) = bench(&args).await;
+        assert_eq!(code, Some(1), "{report}");
+        // Well within the step timeout (10 s): the server's refusal is taken as the answer.
+        assert!(started.elapsed() < Duration::from_secs(8), "{report}");
+        let kinds = &report["errors_by_kind"][0];
+        assert_eq!(kinds["phase"], phase, "{report}");
+        let example = kinds["example"].as_str().unwrap_or_default();
+        assert!(
+            example.contains(said) && example.contains(domain),
+            "{report}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

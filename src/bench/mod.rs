@@ -9,6 +9,7 @@
 //! participant reached (`X-Jitsi-Shard`), and the rooms that split: participants on different
 //! nodes, or not seeing each other's presence.
 
+pub mod domains;
 pub mod report;
 pub mod xmpp;
 
@@ -56,10 +57,10 @@ pub struct Settings {
     pub ca: Option<std::path::PathBuf>,
     /// Accept any certificate.
     pub insecure: bool,
-    /// The XMPP domain.
-    pub xmpp_domain: String,
-    /// The MUC domain.
-    pub muc_domain: String,
+    /// The XMPP domain; `None`: as the first target's `config.js` names it.
+    pub xmpp_domain: Option<String>,
+    /// The MUC domain; `None`: as the first target's `config.js` names it.
+    pub muc_domain: Option<String>,
     /// The longest wait for one step.
     pub step_timeout: Duration,
     /// Show a progress bar (on a terminal).
@@ -123,8 +124,8 @@ fn endpoints(settings: &Settings, targets: &[String]) -> Result<Vec<Endpoint>, S
                 base,
                 tls: tls.clone(),
                 http: http.clone(),
-                domain: settings.xmpp_domain.clone(),
-                muc: settings.muc_domain.clone(),
+                domain: String::new(),
+                muc: String::new(),
                 step: settings.step_timeout,
             })
         })
@@ -207,7 +208,20 @@ struct Seen {
 
 /// Runs the benchmark against `targets` (the settings' own, or one node for `--direct`).
 pub async fn run(settings: &Settings, targets: &[String]) -> Result<Report, String> {
-    let endpoints = endpoints(settings, targets)?;
+    let mut endpoints = endpoints(settings, targets)?;
+    let given = [
+        settings.xmpp_domain.as_deref(),
+        settings.muc_domain.as_deref(),
+    ];
+    let config_js = match (given, endpoints.first()) {
+        ([Some(_), Some(_)], _) | (_, None) => None,
+        (_, Some(first)) => (get(first, &format!("{}/config.js", first.base)).await).ok(),
+    };
+    let domains = domains::resolve(given, config_js.as_deref());
+    for endpoint in &mut endpoints {
+        endpoint.domain.clone_from(&domains[0].name);
+        endpoint.muc.clone_from(&domains[1].name);
+    }
     let total = settings.rooms * settings.participants;
     let stats = Arc::new(Stats::default());
     let progress = progress_bar(settings, total as u64);
@@ -267,7 +281,13 @@ pub async fn run(settings: &Settings, targets: &[String]) -> Result<Report, Stri
     progress.finish_and_clear();
     let seen = std::mem::take(&mut *seen.lock().map_err(|_| "a participant task panicked")?);
     let rooms = rooms(settings.rooms, seen);
-    Ok(Report::new(&stats, total, rooms, started.elapsed()))
+    Ok(Report::new(
+        &stats,
+        total,
+        rooms,
+        started.elapsed(),
+        domains,
+    ))
 }
 
 /// Groups what participants saw by room, and tells which rooms split.
@@ -449,7 +469,7 @@ async fn timed<T>(
 }
 
 /// `GET url` and its body, following up to five redirects (a router in redirect mode).
-async fn get(endpoint: &Endpoint, url: &str) -> Result<(), String> {
+async fn get(endpoint: &Endpoint, url: &str) -> Result<String, String> {
     let mut url = url.to_owned();
     for _ in 0..=5 {
         let response = (endpoint.http.get(&url).timeout(endpoint.step).send().await)
@@ -458,10 +478,12 @@ async fn get(endpoint: &Endpoint, url: &str) -> Result<(), String> {
         let location = (response.headers().get(http::header::LOCATION))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let _ = response.bytes().await;
+        let body = response.text().await;
         match location {
             Some(next) if status.is_redirection() => url = next,
-            _ if status.is_success() => return Ok(()),
+            _ if status.is_success() => {
+                return body.map_err(|e| format!("GET {url}: {}", error_chain(&e)));
+            }
             _ => return Err(format!("GET {url} answered {status}")),
         }
     }

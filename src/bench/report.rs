@@ -10,6 +10,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::domains::Domain;
+
 /// The steps of a participant's visit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -87,6 +89,8 @@ fn kind(message: &str) -> String {
         ("timed out", "timeout"),
         ("within", "timeout"),
         ("connection refused", "connection refused"),
+        ("ended the stream", "stream error"),
+        ("refused", "refused"),
         ("certificate", "tls"),
         ("tls", "tls"),
         ("error sending request", "connection failed"),
@@ -161,6 +165,8 @@ pub struct Report {
     pub rooms: Vec<RoomOutcome>,
     /// How long the run took.
     pub elapsed: Duration,
+    /// The XMPP and MUC domains it used.
+    pub domains: [Domain; 2],
 }
 
 impl Report {
@@ -170,6 +176,7 @@ impl Report {
         participants: usize,
         rooms: Vec<RoomOutcome>,
         elapsed: Duration,
+        domains: [Domain; 2],
     ) -> Report {
         let phases = (stats.latencies.lock())
             .map(|l| {
@@ -195,6 +202,7 @@ impl Report {
             phases,
             rooms,
             elapsed,
+            domains,
         }
     }
 
@@ -234,6 +242,8 @@ impl Report {
             "rooms_per_node": nodes,
             "split_rooms": self.rooms.iter().filter(|r| r.split).collect::<Vec<_>>(),
             "elapsed_s": self.elapsed.as_secs_f64(),
+            "xmpp_domain": self.domains[0],
+            "muc_domain": self.domains[1],
         });
         if let Some(direct) = direct {
             out["direct"] = direct.json(None);
@@ -274,6 +284,12 @@ impl Report {
             self.splits(),
             self.rooms.len(),
             self.elapsed.as_secs_f64()
+        );
+        let [xmpp, muc] = &self.domains;
+        let _ = writeln!(
+            out,
+            "XMPP domain {} ({}), MUC domain {} ({})",
+            xmpp.name, xmpp.from, muc.name, muc.from
         );
         let _ = writeln!(
             out,

@@ -65,6 +65,8 @@ pub struct Participant {
     endpoint: Endpoint,
     /// Received but not yet read: BOSH answers to what is sent may carry stanzas.
     pending: String,
+    /// Why the MUC refused this participant's presence (its error condition), if it did.
+    refused: Option<String>,
 }
 
 impl Participant {
@@ -89,6 +91,7 @@ impl Participant {
             link,
             endpoint: endpoint.clone(),
             pending,
+            refused: None,
         };
         participant.login().await?;
         Ok(participant)
@@ -291,6 +294,10 @@ impl Participant {
         if text.contains("type='terminate'") || text.contains("type=\"terminate\"") {
             return Err(format!("the server ended the session: {text}"));
         }
+        if let Some(condition) = condition(&text, STREAM_ERRORS) {
+            let hint = domain_hint(&condition, &self.endpoint);
+            return Err(format!("the server ended the stream: {condition}{hint}"));
+        }
         self.take_in(&text);
         Ok(text)
     }
@@ -308,6 +315,10 @@ impl Participant {
             match attr(tag, "type").as_deref() {
                 Some("unavailable") => {
                     self.occupants.remove(nick);
+                }
+                Some("error") if nick == self.nick => {
+                    let condition = condition(xml, STANZA_ERRORS);
+                    self.refused = Some(condition.unwrap_or_else(|| "an error".into()));
                 }
                 Some("error") => {}
                 _ => {
@@ -328,6 +339,13 @@ impl Participant {
             if text.contains(needle) {
                 return Ok(text);
             }
+            // SASL's answer to ANONYMOUS: a deployment with authentication on (a secure domain,
+            // JWT) lets no anonymous participant in.
+            if let Some(reason) = sasl_failure(&text) {
+                return Err(format!(
+                    "the server refused anonymous login: {reason} (bench logs in anonymously; is authentication on?)"
+                ));
+            }
             seen.push_str(&text);
         }
         Err(format!("no {needle} within {step:?}; got: {seen}"))
@@ -340,6 +358,13 @@ impl Participant {
     ) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         while !done(self) {
+            if let Some(condition) = &self.refused {
+                let hint = format!(
+                    " (is the MUC domain {} right? --muc-domain)",
+                    self.endpoint.muc
+                );
+                return Err(format!("the MUC refused the presence: {condition}{hint}"));
+            }
             if Instant::now() > deadline {
                 return Err(format!(
                     "timed out; {} sees {:?}",
@@ -380,6 +405,42 @@ fn tags<'a>(xml: &'a str, element: &str) -> Vec<&'a str> {
         .filter(|rest| rest[open.len()..].starts_with([' ', '>', '/']))
         .map(|rest| &rest[..rest.find('>').map_or(rest.len(), |e| e + 1)])
         .collect()
+}
+
+/// The namespace of stream error conditions (RFC 6120 4.9.3).
+const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+/// The namespace of stanza error conditions (RFC 6120 8.3.3).
+const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+
+/// The first error condition of namespace `ns` in `xml`: the name of the element that declares
+/// it (`<host-unknown xmlns='...'/>`), `<text>` left out.
+fn condition(xml: &str, ns: &str) -> Option<String> {
+    xml.match_indices(ns).find_map(|(at, _)| {
+        let open = xml[..at].rfind('<')?;
+        let name = xml[open + 1..].split([' ', '/', '>']).next()?;
+        (name != "text").then(|| name.to_owned())
+    })
+}
+
+/// The condition of a SASL `<failure>` in `xml` (`not-authorized`), if there is one.
+fn sasl_failure(xml: &str) -> Option<String> {
+    let tag = *tags(xml, "failure").first()?;
+    let rest = &xml[xml.find(tag)? + tag.len()..];
+    let name = (rest.trim_start().strip_prefix('<'))
+        .and_then(|r| r.split([' ', '/', '>']).next())
+        .filter(|name| !name.is_empty() && !tag.ends_with("/>"));
+    Some(name.unwrap_or("failure").to_owned())
+}
+
+/// A pointer to `--xmpp-domain` when `condition` says the server does not serve that domain.
+fn domain_hint(condition: &str, endpoint: &Endpoint) -> String {
+    match condition {
+        "host-unknown" | "improper-addressing" | "host-gone" => format!(
+            " (is the XMPP domain {} right? --xmpp-domain)",
+            endpoint.domain
+        ),
+        _ => String::new(),
+    }
 }
 
 fn text_of(xml: &str, element: &str) -> Option<String> {
@@ -478,9 +539,16 @@ async fn open_bosh(endpoint: &Endpoint, room: &str) -> Result<(Link, String, Str
         ));
     }
     let text = response.text().await.map_err(|e| e.to_string())?;
-    let sid = (tags(&text, "body").first())
-        .and_then(|tag| attr(tag, "sid"))
-        .ok_or_else(|| format!("no BOSH sid in {text}"))?;
+    let body = tags(&text, "body").first().copied().unwrap_or_default();
+    if let (Some(condition), Some("terminate")) =
+        (attr(body, "condition"), attr(body, "type").as_deref())
+    {
+        let hint = domain_hint(&condition, endpoint);
+        return Err(format!(
+            "the server refused the BOSH session: {condition}{hint}"
+        ));
+    }
+    let sid = attr(body, "sid").ok_or_else(|| format!("no BOSH sid in {text}"))?;
     Ok((
         Link::Bosh {
             url,
@@ -490,4 +558,40 @@ async fn open_bosh(endpoint: &Endpoint, room: &str) -> Result<(Link, String, Str
         node,
         text,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{condition, sasl_failure, STANZA_ERRORS, STREAM_ERRORS};
+
+    #[test]
+    fn error_conditions_are_named() {
+        let stream = "<stream:error xmlns:stream='http://etherx.jabber.org/streams'><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>no</text></stream:error>";
+        assert_eq!(
+            condition(stream, STREAM_ERRORS).as_deref(),
+            Some("host-unknown")
+        );
+        let presence = "<presence type='error' from='r@muc.x/p0'><error type='cancel'><not-allowed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>";
+        assert_eq!(
+            condition(presence, STANZA_ERRORS).as_deref(),
+            Some("not-allowed")
+        );
+        assert_eq!(
+            condition("<presence from='r@muc.x/p0'/>", STANZA_ERRORS),
+            None
+        );
+    }
+
+    #[test]
+    fn a_sasl_failure_gives_its_condition() {
+        let failure =
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>";
+        assert_eq!(sasl_failure(failure).as_deref(), Some("not-authorized"));
+        let bare = "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>";
+        assert_eq!(sasl_failure(bare).as_deref(), Some("failure"));
+        assert_eq!(
+            sasl_failure("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"),
+            None
+        );
+    }
 }

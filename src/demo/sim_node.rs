@@ -344,8 +344,14 @@ async fn content(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
         p if p.ends_with("/config.js") || p == "/config.js" => reply(
             StatusCode::OK,
             "application/javascript",
+            // Shaped like docker-jitsi-meet's: `jitsi-router bench` reads the domains here.
             format!(
-                "var config = {{ simulatedNode: {name:?}, room: {:?} }};\n",
+                "var config = {{}};\nconfig.hosts = {{}};\nconfig.hosts.domain = '{}';\n\
+                 config.hosts.muc = '{}';\nconfig.bosh = '/http-bind';\n\
+                 config.websocket = '/xmpp-websocket';\n\
+                 config.simulatedNode = {name:?};\nconfig.room = {:?};\n",
+                super::prosody::DOMAIN,
+                super::prosody::MUC,
                 escape_html(&room)
             ),
         ),
