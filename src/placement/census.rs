@@ -148,7 +148,7 @@ impl Router {
             if self.pins.keep(&room.key, &target.id).is_some() || self.pins.full() {
                 continue;
             }
-            let held = self.pin(&room.key, None, target.id.clone());
+            let held = self.pin(&state, &room.key, None, target.id.clone());
             if held.created {
                 tracing::info!(room = %room.key, node, participants = room.participants, "room adopted from the node's census");
                 adopted += 1;

@@ -154,7 +154,9 @@ impl Router {
         admit: impl FnOnce() -> Result<(), E>,
     ) -> Result<Option<Routed>, E> {
         let room = key.as_str();
-        let stale = match self.held(&self.fleet.load(), room) {
+        // One fleet state for the whole decision, but not across the shared store's round trip.
+        let state = self.fleet.load();
+        let stale = match self.held(&state, room) {
             Held::Usable(node) => {
                 return Ok(Some(Routed {
                     node,
@@ -167,9 +169,10 @@ impl Router {
         admit()?;
         Ok(match self.shared.get() {
             Some(shared) if stale.is_some() || !self.pins.full() => {
+                drop(state);
                 self.route_shared(shared, room, stale).await
             }
-            _ => self.place_here(room, stale),
+            _ => self.place_here(&state, room, stale),
         })
     }
 
@@ -184,29 +187,32 @@ impl Router {
     }
 
     /// Places the room with this router's readings alone and pins it (moving it from `stale`).
-    fn place_here(&self, room: &str, stale: Option<NodeId>) -> Option<Routed> {
-        let state = self.fleet.load();
+    fn place_here(&self, state: &FleetState, room: &str, stale: Option<NodeId>) -> Option<Routed> {
         if stale.is_none() && self.pins.full() {
             // A request racing this one may have pinned the room before the table filled.
-            if let Held::Usable(node) = self.held(&state, room) {
+            if let Held::Usable(node) = self.held(state, room) {
                 let decision = Decision::Pinned;
                 return Some(Routed { node, decision });
             }
-            return self.route_unpinned(&state, room);
+            return self.route_unpinned(state, room);
         }
-        let chosen = self.place(&state, room)?;
-        let held = self.pin(room, stale.as_ref(), state.nodes()[chosen].id.clone());
-        self.settle(&state, room, held, stale.is_some(), true)
+        let chosen = self.place(state, room)?;
+        let held = self.pin(
+            state,
+            room,
+            stale.as_ref(),
+            state.nodes()[chosen].id.clone(),
+        );
+        self.settle(state, room, held, stale.is_some(), true)
     }
 
-    /// The pin write that holds, counted into the nodes' room counts.
-    fn pin(&self, room: &str, stale: Option<&NodeId>, node: NodeId) -> Pinned {
+    /// The pin write that holds, counted into the nodes' room counts (`state`'s).
+    fn pin(&self, state: &FleetState, room: &str, stale: Option<&NodeId>, node: NodeId) -> Pinned {
         let held = match stale {
             Some(old) => self.pins.repin(room, old, node),
             None => self.pins.pin_if_absent(room, node),
         };
         if held.created {
-            let state = self.fleet.load();
             if let Some(live) = state.live(held.node.as_str()) {
                 live.room_placed();
             }
@@ -309,7 +315,7 @@ impl Router {
                     let Some(id) = state.node(&node).map(|n| n.id.clone()) else {
                         break;
                     };
-                    let held = self.pin(room, stale.as_ref(), id);
+                    let held = self.pin(&state, room, stale.as_ref(), id);
                     if held.created && !placed_here {
                         tracing::debug!(room, node, "room pinned as another replica pinned it");
                     }
@@ -330,7 +336,7 @@ impl Router {
                 }
             }
         }
-        self.place_here(room, stale)
+        self.place_here(&self.fleet.load(), room, stale)
     }
 
     /// Whether a node named `node` may hold rooms here (in the fleet and healthy; draining
