@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 mod acme;
 mod census;
+mod check;
 mod edge;
 mod fleet;
 mod limits;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::validate::Check;
+use super::check::Check;
 use super::ConfigError;
 
 /// `[tls.acme]`

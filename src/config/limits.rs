@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::validate::Check;
+use super::check::Check;
 use super::ConfigError;
 
 /// `[limits]`: what one client may hold or send, and how long each state of a client connection

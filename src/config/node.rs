@@ -5,7 +5,7 @@ use std::path::Path;
 use http::Uri;
 use serde::Deserialize;
 
-use super::validate::Check;
+use super::check::{http_url, Check};
 use super::{one, ConfigError, Mode};
 
 /// One `[[nodes]]` entry.
@@ -67,24 +67,6 @@ fn ok_status() -> u16 {
 /// An upstream URL: `http://` or `https://`, a host, no path or query.
 fn uri<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
     http_url(&String::deserialize(d)?, false).map_err(serde::de::Error::custom)
-}
-
-/// `text` as an `http://` or `https://` URL with a host and no query (and, unless
-/// `allow_path`, no path), or why not.
-pub(super) fn http_url(text: &str, allow_path: bool) -> Result<Uri, String> {
-    let uri: Uri = text.parse().map_err(|e| format!("not a URL ({e})"))?;
-    let problem = match () {
-        _ if !matches!(uri.scheme_str(), Some("http" | "https")) => {
-            "must start with http:// or https://"
-        }
-        _ if uri.host().is_none_or(str::is_empty) => "has no host",
-        _ if uri.query().is_some() => "must not have a query",
-        _ if !allow_path && !matches!(uri.path(), "" | "/") => {
-            "must not have a path: requests keep their own path"
-        }
-        _ => return Ok(uri),
-    };
-    Err(problem.to_owned())
 }
 
 impl NodeSpec {

@@ -1,12 +1,9 @@
 //! What serde cannot check: ranges, formats, rules across keys, defaults that follow from other
 //! values, and paths relative to the config file.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use http::Uri;
-
-use super::node::http_url;
+use super::check::Check;
 use super::{Config, ConfigError, SharedPins, ADMIN_TOKEN_ENV};
 
 impl Config {
@@ -232,45 +229,4 @@ fn redis_url(check: &Check, redis: &SharedPins) -> Result<(), ConfigError> {
         return Err(check.invalid("pins.redis.prefix", &redis.prefix, "must not be empty"));
     }
     Ok(())
-}
-
-/// Validation context: the file name plus helpers that build precise errors.
-pub(super) struct Check<'a> {
-    pub(super) file: &'a Path,
-}
-
-impl Check<'_> {
-    pub(super) fn invalid(
-        &self,
-        key: &str,
-        value: impl fmt::Debug,
-        problem: impl Into<String>,
-    ) -> ConfigError {
-        ConfigError::Invalid {
-            file: self.file.to_path_buf(),
-            key: key.to_owned(),
-            value: format!("{value:?}"),
-            problem: problem.into(),
-        }
-    }
-
-    /// Anchors a relative path at the config file's folder.
-    pub(super) fn resolve(&self, key: &str, path: &mut PathBuf) -> Result<(), ConfigError> {
-        if path.as_os_str().is_empty() {
-            return Err(self.invalid(key, "", "must name a file"));
-        }
-        if path.is_relative() {
-            *path = self.file.parent().unwrap_or(Path::new(".")).join(&*path);
-        }
-        Ok(())
-    }
-
-    pub(super) fn http_url(
-        &self,
-        key: &str,
-        text: &str,
-        allow_path: bool,
-    ) -> Result<Uri, ConfigError> {
-        http_url(text, allow_path).map_err(|problem| self.invalid(key, text, problem))
-    }
 }

@@ -7,9 +7,14 @@
 //! leaves out jicofo's focus, so 0 is live too) unless `leaked`. Rooms opened under a tenant are
 //! named `[tenant]myroom@...`; both map to the router's room keys (`tenant/myroom`) through the
 //! same normalisation as URLs, and the MUC domain is ignored.
+//!
+//! A room live on more than one node's census at once is split ([`splits`]).
+
+use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use super::Node;
 use crate::local_fault::LocalFault;
 use crate::room::{RoomKey, RoomLimits};
 
@@ -113,6 +118,47 @@ pub async fn fetch(
         body.extend_from_slice(&chunk);
     }
     parse(&body, limits)
+}
+
+/// A room the census found live on more than one node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Split {
+    /// The room key.
+    pub room: String,
+    /// Each node it is live on with its participants there, most participants first.
+    pub nodes: Vec<SplitPart>,
+}
+
+/// One node's part of a split room.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SplitPart {
+    /// The node.
+    pub node: String,
+    /// Participants on it.
+    pub participants: u32,
+}
+
+/// The rooms live on more than one of `censuses`' nodes at once (split), by room key.
+pub fn splits(censuses: &[(&Node, &[LiveRoom])]) -> Vec<Split> {
+    let mut by_room: HashMap<&str, Vec<SplitPart>> = HashMap::new();
+    for (node, rooms) in censuses {
+        for room in *rooms {
+            by_room.entry(&room.key).or_default().push(SplitPart {
+                node: node.id.as_str().to_owned(),
+                participants: room.participants,
+            });
+        }
+    }
+    let mut splits: Vec<Split> = (by_room.into_iter())
+        .filter(|(_, parts)| parts.len() > 1)
+        .map(|(room, mut parts)| {
+            parts.sort_by(|a, b| (b.participants.cmp(&a.participants)).then(a.node.cmp(&b.node)));
+            let room = room.to_owned();
+            Split { room, nodes: parts }
+        })
+        .collect();
+    splits.sort_by(|a, b| a.room.cmp(&b.room));
+    splits
 }
 
 #[cfg(test)]

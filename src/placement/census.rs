@@ -18,62 +18,17 @@
 //! admin API shows since when, a gauge says so, and the moment is logged.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::join_all;
 
 use super::Router;
 use crate::config::Census;
-use crate::fleet::census::{self, CensusError, LiveRoom};
+use crate::fleet::census::{self, CensusError, LiveRoom, Split};
 use crate::fleet::Node;
 use crate::room::RoomLimits;
 use crate::throttle::Throttle;
-
-/// A room the census found live on more than one node.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Split {
-    /// The room key.
-    pub room: String,
-    /// Each node it is live on with its participants there, most participants first.
-    pub nodes: Vec<SplitPart>,
-}
-
-/// One node's part of a split room.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SplitPart {
-    /// The node.
-    pub node: String,
-    /// Participants on it.
-    pub participants: u32,
-}
-
-/// The splits the last census round found.
-#[derive(Debug, Default)]
-pub struct Splits(Mutex<Vec<Split>>);
-
-/// The rooms live on more than one of `censuses`' nodes, by room key.
-fn find_splits(censuses: &[(&Node, &[LiveRoom])]) -> Vec<Split> {
-    let mut by_room: HashMap<&str, Vec<SplitPart>> = HashMap::new();
-    for (node, rooms) in censuses {
-        for room in *rooms {
-            by_room.entry(&room.key).or_default().push(SplitPart {
-                node: node.id.as_str().to_owned(),
-                participants: room.participants,
-            });
-        }
-    }
-    let mut splits: Vec<Split> = (by_room.into_iter())
-        .filter(|(_, parts)| parts.len() > 1)
-        .map(|(room, mut parts)| {
-            parts.sort_by(|a, b| (b.participants.cmp(&a.participants)).then(a.node.cmp(&b.node)));
-            let room = room.to_owned();
-            Split { room, nodes: parts }
-        })
-        .collect();
-    splits.sort_by(|a, b| a.room.cmp(&b.room));
-    splits
-}
 
 /// Notes whether `node` is draining with no live room, so that an operator's upgrade script or
 /// an autoscaler knows it may stop it, and logs the moment it becomes so. Its pins must agree:
@@ -97,7 +52,7 @@ const CENSUS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60)
 impl Router {
     /// The rooms the last census round found live on more than one node.
     pub fn splits(&self) -> Vec<Split> {
-        (self.splits.0.lock()).map_or_else(|_| Vec::new(), |splits| splits.clone())
+        (self.splits.lock()).map_or_else(|_| Vec::new(), |splits| splits.clone())
     }
 
     /// Takes the splits of a census round: logs the new ones, and points each split room's pin
@@ -105,7 +60,7 @@ impl Router {
     /// Returns the rooms whose pin moved, with their node.
     fn settle_splits(&self, splits: Vec<Split>) -> Vec<(String, String)> {
         let mut moved = Vec::new();
-        let before = match self.splits.0.lock() {
+        let before = match self.splits.lock() {
             Ok(mut known) => std::mem::replace(&mut *known, splits.clone()),
             Err(_) => return moved,
         };
@@ -210,7 +165,7 @@ impl Router {
                     Some((node.as_ref(), rooms.as_slice()))
                 })
                 .collect();
-            let moved = self.settle_splits(find_splits(&counting));
+            let moved = self.settle_splits(census::splits(&counting));
             // Other replicas follow the store on their next sync, as for an operator's move.
             if let Some(shared) = self.shared.get() {
                 for (room, node) in &moved {

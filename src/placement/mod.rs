@@ -17,11 +17,12 @@ pub mod shared;
 pub mod snapshot;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
+use crate::fleet::census::Split;
 use crate::fleet::{Fleet, FleetState, Node, NodeId};
 pub use crate::metrics::Decision;
 use crate::rendezvous;
@@ -81,7 +82,8 @@ pub struct Router {
     listened: AtomicBool,
     over_max_cpu: Throttle,
     unpinned: Throttle,
-    splits: census::Splits,
+    /// The rooms the last census round found live on more than one node.
+    splits: Mutex<Vec<Split>>,
 }
 
 impl Router {
@@ -96,7 +98,7 @@ impl Router {
             listened: AtomicBool::new(false),
             over_max_cpu: Throttle::default(),
             unpinned: Throttle::default(),
-            splits: census::Splits::default(),
+            splits: Mutex::default(),
         }
     }
 
