@@ -112,7 +112,8 @@ impl Router {
         self.over_max_cpu.count()
     }
 
-    /// New rooms routed without a pin because the pin table was full (`limits.max_pins`).
+    /// Requests of rooms routed without a pin because the pin table was full
+    /// (`limits.max_pins`): every request of such a room counts, not the room once.
     pub fn routed_unpinned(&self) -> u64 {
         self.unpinned.count()
     }
@@ -263,7 +264,7 @@ impl Router {
         if self.unpinned.due().is_some() {
             tracing::warn!(
                 max_pins = self.pins.len(),
-                rooms_so_far = self.unpinned.count(),
+                requests_so_far = self.unpinned.count(),
                 "the pin table is full (limits.max_pins); new rooms are routed by hash, unpinned"
             );
         }
