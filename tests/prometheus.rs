@@ -126,3 +126,41 @@ async fn a_bad_prometheus_answer_keeps_routing_alive() {
     assert_eq!(response.status(), 200);
     assert!(router.is_running());
 }
+
+/// An idle node's idle counter grows by about one second a second, and `rate()` over it reads a
+/// hair above that now and then, so the query answers values such as -0.00002 busy. That is an
+/// idle node, not a failed query: readings keep coming, and new rooms go to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_node_reads_as_idle_and_takes_the_new_rooms() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    nodes[0].set_busy(0.5);
+    nodes[1].set_busy(0.0);
+    let prometheus = Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
+    let text = config(
+        &certs,
+        &format!(
+            "[placement]\nbalance_factor = 100.0\n\n[prometheus]\nurl = {:?}\nquery = '{QUERY}'\ninterval = \"200ms\"\n",
+            prometheus.url
+        ),
+        &[],
+    ) + &nodes_with_instances(&nodes, &|_| String::new());
+    let router = Router::start(&certs, &text);
+    wait_until_least_busy(&prometheus, &nodes, 1).await;
+    // Some 40 readings of the idle node.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let seen = metrics(&router).await;
+    assert_eq!(
+        seen["jitsi_router_prometheus_refresh_failures_total"],
+        0.0,
+        "{}",
+        router.logs()
+    );
+    assert_eq!(seen["jitsi_router_node_cpu_ratio{node=\"jitsi-b\"}"], 0.0);
+    assert!(
+        !router.logs().contains("not a busy fraction"),
+        "{}",
+        router.logs()
+    );
+    new_rooms_land_on(&router, &["idle-1", "idle-2", "idle-3"], "jitsi-b").await;
+}

@@ -1,8 +1,17 @@
 //! Reads each node's busy CPU from Prometheus with an instant query every `interval`.
 //!
 //! A failed or malformed answer keeps the last snapshot (it ages out after `max_staleness`, and then
-//! placement falls back to hashing) and logs a warning with the reason. An answer with any value
-//! that is not a number in range is rejected whole: half a snapshot would skew placement.
+//! placement falls back to hashing) and logs a warning with the reason.
+//!
+//! DESIGN note: values. A value a hair outside 0..1 counts as the nearer end: `rate()` over an
+//! idle node's idle counter reads a little above one second per second (extrapolation and float
+//! sums), so the default query answers values such as `-0.00008` for an idle node, and a
+//! saturated node can read a little above 1. A value further out than [`NOISE`], `NaN`, an
+//! infinity or not a number leaves that node without a reading this time, with a warning naming
+//! it (at most once a minute); the other nodes' readings stand. A node without a reading takes
+//! new rooms only after those with one, so a bad value holds that node back rather than skewing
+//! placement, while rejecting the whole answer would let one broken exporter blind placement
+//! for the whole fleet. An answer in which no value is usable is a failed query.
 //!
 //! Polls follow the wall clock: each one happens just after a multiple of `interval` since the Unix
 //! epoch and evaluates at that boundary (`time=`), so router replicas read exactly the same values
@@ -18,6 +27,10 @@ use serde::Deserialize;
 use super::Fleet;
 use crate::config::{Prometheus, Scale};
 use crate::metrics::Metrics;
+use crate::throttle::Throttle;
+
+/// How far outside 0..1 a busy fraction may read and still count, as the nearer end.
+pub const NOISE: f64 = 0.05;
 
 /// Why one query did not produce a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -38,18 +51,27 @@ pub enum QueryError {
     /// The result was not an instant vector.
     #[error("result type {0:?}, expected \"vector\"")]
     ResultType(String),
-    /// A sample's value is not a number within range.
-    #[error("value {value:?} for {label}={instance:?} is not a busy {expected}")]
-    BadValue {
+    /// No sample's value is a busy fraction within range.
+    #[error("no value is a busy {expected}: {value:?} for {label}={instance:?}, for one (check prometheus.query and prometheus.scale)")]
+    NoUsableValue {
         /// The label name.
         label: String,
-        /// The label value.
+        /// The label value of the first unusable sample.
         instance: String,
-        /// The value as sent.
+        /// Its value as sent.
         value: String,
         /// What was expected.
         expected: &'static str,
     },
+}
+
+/// One answer: each node's busy fraction by its label value, and the values that are none.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Reading {
+    /// Busy fraction in 0..=1 by the label's value (the node's `instance`).
+    pub busy: HashMap<String, f64>,
+    /// `(label value, value as answered)` of each sample that is not a busy fraction.
+    pub unusable: Vec<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -84,12 +106,13 @@ pub fn aligned_time(now: SystemTime, interval: Duration) -> f64 {
     (since_epoch - since_epoch % step) as f64 / 1000.0
 }
 
-/// Runs one instant query evaluated at `time` (Unix seconds); returns busy CPU (0..1) by label value.
+/// Runs one instant query evaluated at `time` (Unix seconds); returns busy CPU (0..1) by label
+/// value, and the values that are not a busy fraction.
 pub async fn query(
     client: &reqwest::Client,
     cfg: &Prometheus,
     time: f64,
-) -> Result<HashMap<String, f64>, QueryError> {
+) -> Result<Reading, QueryError> {
     let timed_out = |e: reqwest::Error| {
         if e.is_timeout() {
             QueryError::Timeout(cfg.timeout())
@@ -124,16 +147,20 @@ pub async fn query(
     busy_by_label(data.result, &cfg.label, cfg.scale)
 }
 
-fn busy_by_label(
-    samples: Vec<Sample>,
-    label: &str,
-    scale: Scale,
-) -> Result<HashMap<String, f64>, QueryError> {
-    let (divisor, expected) = match scale {
-        Scale::Fraction => (1.0, "fraction in [0, 1]"),
-        Scale::Percent => (100.0, "percentage in [0, 100]"),
+/// What a value must be, by scale.
+fn expected(scale: Scale) -> &'static str {
+    match scale {
+        Scale::Fraction => "fraction in [0, 1]",
+        Scale::Percent => "percentage in [0, 100]",
+    }
+}
+
+fn busy_by_label(samples: Vec<Sample>, label: &str, scale: Scale) -> Result<Reading, QueryError> {
+    let divisor = match scale {
+        Scale::Fraction => 1.0,
+        Scale::Percent => 100.0,
     };
-    let mut busy = HashMap::with_capacity(samples.len());
+    let mut reading = Reading::default();
     for sample in samples {
         // Series without the label cannot belong to a node; they are skipped, not fatal.
         let Some(instance) = sample.metric.get(label) else {
@@ -141,20 +168,21 @@ fn busy_by_label(
         };
         let value = sample.value.1.parse::<f64>().ok().map(|v| v / divisor);
         match value {
-            Some(v) if (0.0..=1.0).contains(&v) => {
-                busy.insert(instance.clone(), v);
+            Some(v) if (-NOISE..=1.0 + NOISE).contains(&v) => {
+                reading.busy.insert(instance.clone(), v.clamp(0.0, 1.0));
             }
-            _ => {
-                return Err(QueryError::BadValue {
-                    label: label.to_owned(),
-                    instance: instance.clone(),
-                    value: sample.value.1,
-                    expected,
-                })
-            }
+            _ => reading.unusable.push((instance.clone(), sample.value.1)),
         }
     }
-    Ok(busy)
+    match reading.unusable.first() {
+        Some((instance, value)) if reading.busy.is_empty() => Err(QueryError::NoUsableValue {
+            label: label.to_owned(),
+            instance: instance.clone(),
+            value: value.clone(),
+            expected: expected(scale),
+        }),
+        _ => Ok(reading),
+    }
 }
 
 /// Polls forever, publishing each good reading into the fleet.
@@ -168,15 +196,16 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
         }
     };
     let mut failing = false;
+    let unusable = Throttle::new(Duration::from_secs(60));
     // Start-up: the last boundary (what every replica read), else now.
     let boundary = aligned_time(SystemTime::now(), cfg.interval);
     let first = match query(&client, &cfg, boundary).await {
-        Ok(cpu) if cpu.is_empty() => query(&client, &cfg, unix_now())
+        Ok(cpu) if cpu == Reading::default() => query(&client, &cfg, unix_now())
             .await
             .map(|cpu| (cpu, unix_now())),
         other => other.map(|cpu| (cpu, boundary)),
     };
-    publish(&fleet, &cfg, first, &mut failing, &metrics);
+    publish(&fleet, &cfg, first, (&mut failing, &unusable), &metrics);
     loop {
         let (boundary, wait) = next_boundary(SystemTime::now(), cfg.interval);
         // A moment past the boundary, so scrapes up to it are stored everywhere.
@@ -184,15 +213,15 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
         let result = query(&client, &cfg, boundary)
             .await
             .map(|cpu| (cpu, boundary));
-        publish(&fleet, &cfg, result, &mut failing, &metrics);
+        publish(&fleet, &cfg, result, (&mut failing, &unusable), &metrics);
     }
 }
 
 fn publish(
     fleet: &Fleet,
     cfg: &Prometheus,
-    result: Result<(HashMap<String, f64>, f64), QueryError>,
-    failing: &mut bool,
+    result: Result<(Reading, f64), QueryError>,
+    (failing, unusable): (&mut bool, &Throttle),
     metrics: &Metrics,
 ) {
     match result {
@@ -201,8 +230,22 @@ fn publish(
                 tracing::info!(url = %cfg.url, "prometheus answering again");
             }
             *failing = false;
-            tracing::debug!(series = cpu.len(), at, "cpu snapshot");
-            fleet.set_cpu(cpu, Instant::now());
+            if let Some((instance, value)) = cpu.unusable.first() {
+                if let Some(answers) = unusable.due() {
+                    tracing::warn!(
+                        url = %cfg.url,
+                        label = %cfg.label,
+                        instance,
+                        value,
+                        nodes = cpu.unusable.len(),
+                        answers_since_last_warning = answers,
+                        "prometheus answered a value that is not a busy {}; those nodes have no CPU reading this time (check prometheus.query)",
+                        expected(cfg.scale)
+                    );
+                }
+            }
+            tracing::debug!(series = cpu.busy.len(), at, "cpu snapshot");
+            fleet.set_cpu(cpu.busy, Instant::now());
         }
         Err(e) => {
             *failing = true;
@@ -264,28 +307,69 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_reject_the_whole_answer() {
-        for bad in ["NaN", "1.5", "-0.1", "+Inf", "busy"] {
-            let e = busy_by_label(
-                vec![sample("a", "0.5"), sample("b", bad)],
+    fn an_idle_nodes_noise_counts_as_the_nearer_end() {
+        // What a real Prometheus answers for an idle node with the default query.
+        for (noise, busy) in [
+            ("-0.0000847457627117798", 0.0),
+            ("-2.220446049250313e-16", 0.0),
+        ]
+        .into_iter()
+        .chain([("1.00003", 1.0), ("0.0500", 0.05), ("-0.05", 0.0)])
+        {
+            let reading = busy_by_label(vec![sample("a", noise)], "instance", Scale::Fraction);
+            let reading = reading.unwrap();
+            assert_eq!(reading.busy["a"], busy, "{noise}");
+            assert!(reading.unusable.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_bad_value_leaves_only_its_node_without_a_reading() {
+        for bad in ["NaN", "1.5", "-0.1", "+Inf", "-Inf", "busy", ""] {
+            let reading = busy_by_label(
+                vec![sample("a", "0.5"), sample("b", bad), sample("c", "0")],
                 "instance",
                 Scale::Fraction,
+            )
+            .unwrap();
+            assert_eq!(
+                reading.busy,
+                HashMap::from([("a".to_owned(), 0.5), ("c".to_owned(), 0.0)]),
+                "{bad}"
             );
-            assert!(matches!(e, Err(QueryError::BadValue { .. })), "{bad}");
+            assert_eq!(reading.unusable, [("b".to_owned(), bad.to_owned())]);
         }
-        let ok = busy_by_label(
-            vec![sample("a", "0.5"), sample("b", "0")],
+    }
+
+    #[test]
+    fn an_answer_with_no_usable_value_fails_and_names_one() {
+        let e = busy_by_label(
+            vec![sample("a", "45"), sample("b", "70")],
             "instance",
             Scale::Fraction,
         )
-        .unwrap();
-        assert_eq!(ok["a"], 0.5);
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, QueryError::NoUsableValue { .. }), "{text}");
+        assert!(
+            text.contains(r#""45" for instance="a""#) && text.contains("prometheus.scale"),
+            "{text}"
+        );
+        // Series without the label are no nodes: an answer of only those is empty, not failed.
+        let unlabelled = Sample {
+            metric: HashMap::new(),
+            value: (0.0, "NaN".to_owned()),
+        };
+        let empty = busy_by_label(vec![unlabelled], "instance", Scale::Fraction).unwrap();
+        assert_eq!(empty, Reading::default());
     }
 
     #[test]
     fn percent_scale_is_converted() {
         let ok = busy_by_label(vec![sample("a", "42")], "instance", Scale::Percent).unwrap();
-        assert!((ok["a"] - 0.42).abs() < 1e-12);
+        assert!((ok.busy["a"] - 0.42).abs() < 1e-12);
         assert!(busy_by_label(vec![sample("a", "42")], "instance", Scale::Fraction).is_err());
+        let noise = busy_by_label(vec![sample("a", "-0.3")], "instance", Scale::Percent).unwrap();
+        assert_eq!(noise.busy["a"], 0.0);
     }
 }
