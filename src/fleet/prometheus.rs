@@ -11,7 +11,9 @@
 //! it (at most once a minute); the other nodes' readings stand. A node without a reading takes
 //! new rooms only after those with one, so a bad value holds that node back rather than skewing
 //! placement, while rejecting the whole answer would let one broken exporter blind placement
-//! for the whole fleet. An answer in which no value is usable is a failed query.
+//! for the whole fleet. An answer in which no value is usable is a failed query. A node the
+//! answer has no series for is named in a warning too (at most once a minute): its `instance`
+//! is likely not the label's value for it.
 //!
 //! Polls follow the wall clock: each one happens just after a multiple of `interval` since the Unix
 //! epoch and evaluates at that boundary (`time=`), so router replicas read exactly the same values
@@ -196,7 +198,10 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
         }
     };
     let mut failing = false;
-    let unusable = Throttle::new(Duration::from_secs(60));
+    let warnings = Warnings {
+        unusable: Throttle::new(Duration::from_secs(60)),
+        unmatched: Throttle::new(Duration::from_secs(60)),
+    };
     // Start-up: the last boundary (what every replica read), else now.
     let boundary = aligned_time(SystemTime::now(), cfg.interval);
     let first = match query(&client, &cfg, boundary).await {
@@ -205,7 +210,7 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
             .map(|cpu| (cpu, unix_now())),
         other => other.map(|cpu| (cpu, boundary)),
     };
-    publish(&fleet, &cfg, first, (&mut failing, &unusable), &metrics);
+    publish(&fleet, &cfg, first, (&mut failing, &warnings), &metrics);
     loop {
         let (boundary, wait) = next_boundary(SystemTime::now(), cfg.interval);
         // A moment past the boundary, so scrapes up to it are stored everywhere.
@@ -213,15 +218,23 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
         let result = query(&client, &cfg, boundary)
             .await
             .map(|cpu| (cpu, boundary));
-        publish(&fleet, &cfg, result, (&mut failing, &unusable), &metrics);
+        publish(&fleet, &cfg, result, (&mut failing, &warnings), &metrics);
     }
+}
+
+/// The warnings about good answers, each logged at most once a minute.
+struct Warnings {
+    /// Values that are not a busy fraction.
+    unusable: Throttle,
+    /// Nodes whose `instance` no series of the answer carries.
+    unmatched: Throttle,
 }
 
 fn publish(
     fleet: &Fleet,
     cfg: &Prometheus,
     result: Result<(Reading, f64), QueryError>,
-    (failing, unusable): (&mut bool, &Throttle),
+    (failing, warnings): (&mut bool, &Warnings),
     metrics: &Metrics,
 ) {
     match result {
@@ -231,7 +244,7 @@ fn publish(
             }
             *failing = false;
             if let Some((instance, value)) = cpu.unusable.first() {
-                if let Some(answers) = unusable.due() {
+                if let Some(answers) = warnings.unusable.due() {
                     tracing::warn!(
                         url = %cfg.url,
                         label = %cfg.label,
@@ -244,6 +257,7 @@ fn publish(
                     );
                 }
             }
+            warn_unmatched(fleet, cfg, &cpu, &warnings.unmatched);
             tracing::debug!(series = cpu.busy.len(), at, "cpu snapshot");
             fleet.set_cpu(cpu.busy, Instant::now());
         }
@@ -253,6 +267,34 @@ fn publish(
             tracing::warn!(url = %cfg.url, error = %e, "prometheus query failed; keeping the last snapshot");
         }
     }
+}
+
+/// Warns of the nodes the answer has no series for: a node without a reading takes new rooms
+/// only after the nodes with one, so an `instance` that matches nothing (the default, the
+/// upstream's `host:port`, where node_exporter's series say `host:9100`) holds a node back
+/// for good. Names a few of the answer's own values to compare with.
+fn warn_unmatched(fleet: &Fleet, cfg: &Prometheus, cpu: &Reading, throttle: &Throttle) {
+    let answered = |instance: &str| {
+        cpu.busy.contains_key(instance) || cpu.unusable.iter().any(|(i, _)| i == instance)
+    };
+    let state = fleet.snapshot();
+    let unmatched: Vec<String> = (state.nodes().iter())
+        .filter(|node| !answered(&node.spec.instance))
+        .map(|node| format!("{} ({:?})", node.id, node.spec.instance))
+        .collect();
+    // An answer with no series at all (a Prometheus that has just started) shows no mismatch.
+    if unmatched.is_empty() || cpu == &Reading::default() || throttle.due().is_none() {
+        return;
+    }
+    let mut values: Vec<&str> = cpu.busy.keys().map(String::as_str).collect();
+    values.sort_unstable();
+    values.truncate(5);
+    tracing::warn!(
+        label = %cfg.label,
+        nodes = %unmatched.join(", "),
+        answer_has = ?values,
+        "prometheus has no series for these nodes' instance; they take new rooms only after the nodes with a reading (set [[nodes]] instance to the node's value of the label)"
+    );
 }
 
 fn unix_now() -> f64 {
