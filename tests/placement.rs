@@ -169,7 +169,7 @@ async fn garbage_or_slow_prometheus_answers_keep_the_last_snapshot() {
 
     for (answer, reason) in [
         (PromAnswer::Garbage, "prometheus query failed"),
-        (PromAnswer::NotANumber, "is not a busy fraction"),
+        (PromAnswer::NotANumber, "no value is a busy fraction"),
         (PromAnswer::Hang(Duration::from_secs(5)), "timed out"),
     ] {
         fake.answer(answer);

@@ -271,12 +271,18 @@ pub async fn run(
         let section = crate::config::Prometheus::built_in(server.url(), CPU_QUERY, READ_EVERY);
         config.prometheus = Some(section);
     }
-    // The admin listener's usual port when it is free, so the dashboard is where the README says.
-    let usual: SocketAddr = ([127, 0, 0, 1], 9480).into();
-    if std::net::TcpListener::bind(usual).is_ok() {
-        config.server.admin_listen = usual;
-    }
-    let server = Server::bind(config).await?;
+    // The admin listener's usual port, so the dashboard is where the README says; any free one
+    // when something else holds it (another demo may take it between a check and the bind, so
+    // the bind itself is the check).
+    let any_port = config.server.admin_listen;
+    config.server.admin_listen = ([127, 0, 0, 1], 9480).into();
+    let server = match Server::bind(config.clone()).await {
+        Ok(server) => server,
+        Err(_) => {
+            config.server.admin_listen = any_port;
+            Server::bind(config).await?
+        }
+    };
     let port = server.https_addrs().first().map_or(8443, |a| a.port());
     print_welcome(&list, port, &cert, with_prosody);
     println!("{}\n", cpu.describe());
