@@ -54,7 +54,7 @@ pub enum QueryError {
     #[error("result type {0:?}, expected \"vector\"")]
     ResultType(String),
     /// No sample's value is a busy fraction within range.
-    #[error("no value is a busy {expected}: {value:?} for {label}={instance:?}, for one (check prometheus.query and prometheus.scale)")]
+    #[error("no value is a busy {expected} (for example {value:?} for {label}={instance:?}); check prometheus.query and prometheus.scale")]
     NoUsableValue {
         /// The label name.
         label: String,
