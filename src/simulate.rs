@@ -412,7 +412,7 @@ fn simulate(policy: &mut dyn Policy, workload: &Workload, p: &Params) -> Outcome
         .collect();
     let burst = workload.warmup..total;
     let burst_mean =
-        burst.clone().map(|room| workload.cost(room)).sum::<f64>() / burst.len() as f64;
+        burst.clone().map(|room| workload.cost(room)).sum::<f64>() / burst.len().max(1) as f64;
     let at_mean_size: Vec<f64> = present
         .iter()
         .map(|&n| {
