@@ -197,8 +197,8 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
             return;
         }
     };
-    let mut failing = false;
-    let warnings = Warnings {
+    let mut watch = Watch {
+        failing: false,
         unusable: Throttle::new(Duration::from_secs(60)),
         unmatched: Throttle::new(Duration::from_secs(60)),
     };
@@ -210,7 +210,7 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
             .map(|cpu| (cpu, unix_now())),
         other => other.map(|cpu| (cpu, boundary)),
     };
-    publish(&fleet, &cfg, first, (&mut failing, &warnings), &metrics);
+    publish(&fleet, &cfg, first, &mut watch, &metrics);
     loop {
         let (boundary, wait) = next_boundary(SystemTime::now(), cfg.interval);
         // A moment past the boundary, so scrapes up to it are stored everywhere.
@@ -218,15 +218,17 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
         let result = query(&client, &cfg, boundary)
             .await
             .map(|cpu| (cpu, boundary));
-        publish(&fleet, &cfg, result, (&mut failing, &warnings), &metrics);
+        publish(&fleet, &cfg, result, &mut watch, &metrics);
     }
 }
 
-/// The warnings about good answers, each logged at most once a minute.
-struct Warnings {
-    /// Values that are not a busy fraction.
+/// What the poll loop remembers between answers for its log lines.
+struct Watch {
+    /// The last query failed: the next good one says Prometheus answers again.
+    failing: bool,
+    /// Values that are not a busy fraction (warned at most once a minute).
     unusable: Throttle,
-    /// Nodes whose `instance` no series of the answer carries.
+    /// Nodes whose `instance` no series of the answer carries (warned at most once a minute).
     unmatched: Throttle,
 }
 
@@ -234,17 +236,17 @@ fn publish(
     fleet: &Fleet,
     cfg: &Prometheus,
     result: Result<(Reading, f64), QueryError>,
-    (failing, warnings): (&mut bool, &Warnings),
+    watch: &mut Watch,
     metrics: &Metrics,
 ) {
     match result {
         Ok((cpu, at)) => {
-            if *failing {
+            if watch.failing {
                 tracing::info!(url = %cfg.url, "prometheus answering again");
             }
-            *failing = false;
+            watch.failing = false;
             if let Some((instance, value)) = cpu.unusable.first() {
-                if let Some(answers) = warnings.unusable.due() {
+                if let Some(answers) = watch.unusable.due() {
                     tracing::warn!(
                         url = %cfg.url,
                         label = %cfg.label,
@@ -257,12 +259,12 @@ fn publish(
                     );
                 }
             }
-            warn_unmatched(fleet, cfg, &cpu, &warnings.unmatched);
+            warn_unmatched(fleet, cfg, &cpu, &watch.unmatched);
             tracing::debug!(series = cpu.busy.len(), at, "cpu snapshot");
             fleet.set_cpu(cpu.busy, Instant::now());
         }
         Err(e) => {
-            *failing = true;
+            watch.failing = true;
             metrics.prometheus_failed();
             tracing::warn!(url = %cfg.url, error = %e, "prometheus query failed; keeping the last snapshot");
         }
