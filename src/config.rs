@@ -50,7 +50,11 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or does not fit the schema.
-    #[error("{file}:{line}: {key}{}: {message}", value.as_ref().map(|v| format!(" = {v}")).unwrap_or_default())]
+    #[error(
+        "{file}{}: {key}{}: {message}",
+        if *line > 0 { format!(":{line}") } else { String::new() },
+        value.as_ref().map(|v| format!(" = {v}")).unwrap_or_default()
+    )]
     Syntax {
         /// The config file.
         file: PathBuf,

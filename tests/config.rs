@@ -162,6 +162,15 @@ fn unknown_keys_are_errors_with_a_line() {
 }
 
 #[test]
+fn a_missing_section_names_it_without_a_line() {
+    let e = error(&MINIMAL.replace("[server]\nlisten = \"127.0.0.1:8443\"\n", ""));
+    assert_eq!(
+        e,
+        "/etc/jitsi-router/router.toml: (top level): missing field `server`"
+    );
+}
+
+#[test]
 fn wrong_types_name_the_key() {
     let e = error(&MINIMAL.replace("name = \"jitsi-1\"", "name = 5"));
     assert!(e.contains("nodes[0].name"), "{e}");
