@@ -2,7 +2,8 @@
 //!
 //! A Jitsi client names its room in two ways: the room page `/<room>` (or `/<tenant>/<room>`), and
 //! the `room=` query parameter of the signalling endpoints (`/http-bind`, `/xmpp-websocket`,
-//! `config.js`, `/conference-request/v1`, optionally behind `/<tenant>/`). Both forms go through the
+//! `config.js`, `/conference-request/v1`, `/_api/room-info`, optionally behind `/<tenant>/`). Both
+//! forms go through the
 //! same normalisation as the web client (percent-decode, NFKC, lower-case), so every form of one
 //! room yields one [`RoomKey`].
 //!
@@ -50,6 +51,12 @@ const RESERVED_DIRS: &[&str] = &[
     "colibri-ws",
     "colibri-relay-ws",
 ];
+
+/// Folders of endpoints that, like the reserved names, name their room in the `room=` query:
+/// jitsi-meet's nginx sends `/_api/room-info?room=<room>` (and `/<tenant>/_api/room-info`) to the
+/// node's prosody, which answers for the rooms it hosts. Their other files (`/_api/public/…`)
+/// carry no room and follow the affinity cookie.
+const QUERY_DIRS: &[&str] = &["_api"];
 
 /// Folders that carry a videobridge server id as their first sub-segment.
 const BRIDGE_DIRS: &[&str] = &["colibri-ws", "colibri-relay-ws"];
@@ -221,7 +228,7 @@ pub fn classify<'a>(
     if RESERVED_DIRS.contains(&head) {
         return Ok(Target::Unrouted);
     }
-    if RESERVED_NAMES.contains(&head) || is_static_file(head) {
+    if RESERVED_NAMES.contains(&head) || QUERY_DIRS.contains(&head) || is_static_file(head) {
         return from_query(tenant, query, limits);
     }
     if next.is_some() {
@@ -235,7 +242,9 @@ pub fn classify<'a>(
 }
 
 fn is_reserved(segment: &str) -> bool {
-    RESERVED_NAMES.contains(&segment) || RESERVED_DIRS.contains(&segment)
+    RESERVED_NAMES.contains(&segment)
+        || RESERVED_DIRS.contains(&segment)
+        || QUERY_DIRS.contains(&segment)
 }
 
 fn is_static_file(segment: &str) -> bool {
@@ -353,6 +362,7 @@ mod tests {
             ("/config.js", Some("room=myroom")),
             ("/conference-request/v1", Some("room=myroom")),
             ("/http-bind", Some("foo=1&room=my%72oom&bar=2")),
+            ("/_api/room-info", Some("room=myroom")),
         ] {
             assert_eq!(key_of(path, query), "myroom", "{path} {query:?}");
         }
@@ -379,6 +389,10 @@ mod tests {
         );
         assert_eq!(
             key_of("/acme/xmpp-websocket", Some("room=standup")),
+            "acme/standup"
+        );
+        assert_eq!(
+            key_of("/acme/_api/room-info", Some("room=standup")),
             "acme/standup"
         );
         assert_ne!(key_of("/acme/standup", None), key_of("/standup", None));
@@ -428,6 +442,9 @@ mod tests {
             "/logging_config.js",
             "/title.html",
             "/acme/libs/app.bundle.min.js",
+            "/_api/room-info",
+            "/_api/public/logo.png",
+            "/acme/_api/public/logo.png",
             "/a/b/c",
         ] {
             assert_eq!(target(path, None), Ok(Target::Unrouted), "{path}");

@@ -25,6 +25,7 @@ async fn one_room_one_node_over_every_url_form() {
         "/config.js?room=team%73ync",
         "/conference-request/v1?room=teamsync",
         "/room-size?room=teamsync&domain=meet.example.com",
+        "/_api/room-info?room=TeamSync",
     ];
     let mut seen = HashSet::new();
     for round in 0..5 {
@@ -143,6 +144,8 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
         "/sounds/ring.mp3",
         "/lang/main-fr.json",
         "/.well-known/security.txt",
+        "/_api/room-info",
+        "/_api/public/logo.png",
     ];
     for other in ["jitsi-a", "jitsi-b", "jitsi-c"] {
         for path in reserved {
