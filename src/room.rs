@@ -47,6 +47,8 @@ const RESERVED_DIRS: &[&str] = &[
     "fonts",
     "sounds",
     "lang",
+    "connection_optimization",
+    "transcripts",
     ".well-known",
     "colibri-ws",
     "colibri-relay-ws",
@@ -444,6 +446,8 @@ mod tests {
             "/acme/libs/app.bundle.min.js",
             "/_api/room-info",
             "/_api/public/logo.png",
+            "/connection_optimization/do_external_connect.min.js",
+            "/transcripts/standup-2026-12-06",
             "/acme/_api/public/logo.png",
             "/a/b/c",
         ] {
