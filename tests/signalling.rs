@@ -312,11 +312,57 @@ async fn demo_with_prosody_lets_a_browser_join_a_room() {
     tab.goto(&format!("https://localhost:{}/DemoCall", demo.port))
         .await;
     tab.wait_for("window.xmppRoom?.joined === true", MEET).await;
+    // A tenant's room signals under its tenant, as jitsi-meet does: one room, one pin.
+    tab.goto(&format!("https://localhost:{}/Acme/Standup", demo.port))
+        .await;
+    tab.wait_for("window.xmppRoom?.joined === true", MEET).await;
+    let mut pinned = Vec::new();
+    while let Ok(line) = demo.lines.recv_timeout(Duration::from_secs(2)) {
+        if let Some(room) = line.trim().strip_prefix("room ") {
+            pinned.push(room.split(" → ").next().unwrap_or(room).to_owned());
+        }
+    }
+    assert_eq!(pinned, [r#""democall""#, r#""acme/standup""#]);
 
     // SIGTERM: the demo stops its prosody processes on the way out.
     drop(tab);
     drop(browser);
     assert!(demo.stop(Duration::from_secs(40)), "the demo did not stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_page_signals_as_its_room() {
+    let mut demo = Demo::start(&["--no-prometheus"]);
+    let browser = support::browser::Browser::launch(&["--ignore-certificate-errors"]).await;
+    let mut tab = browser.tab().await;
+    // A tenant and a name that is not ASCII: the page's config.js, BOSH and WebSocket requests
+    // name the room as jitsi-meet's client does, so they are the page's room.
+    tab.goto(&format!("https://localhost:{}/Acme/Caf%C3%A9", demo.port))
+        .await;
+    let done = "document.getElementById('log').textContent.split('\\n').length > 3";
+    tab.wait_for(done, MEET).await;
+    let log = tab.eval("document.getElementById('log').textContent").await;
+    let title = tab.eval("document.title").await;
+    let node = title
+        .as_str()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let log = log.as_str().unwrap();
+    assert_eq!(log.matches(&format!("→ {node}")).count(), 2, "{log}");
+    assert!(log.contains("echoed"), "{log}");
+    let mut pinned = Vec::new();
+    while let Ok(line) = demo.lines.recv_timeout(Duration::from_secs(2)) {
+        if let Some(room) = line.trim().strip_prefix("room ") {
+            pinned.push(room.to_owned());
+        }
+    }
+    assert_eq!(pinned, [format!(r#""acme/café" → {node}"#)]);
+    drop(tab);
+    drop(browser);
+    assert!(demo.stop(Duration::from_secs(20)), "the demo did not stop");
 }
 
 /// A demo killed outright (SIGKILL: no code of its own runs) takes its prosody processes and its

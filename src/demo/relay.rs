@@ -42,8 +42,11 @@ impl Relay {
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         let downstream = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let Ok(uri) = format!("http://{}{target}", self.backend).parse() else {
+        // As jitsi-meet's nginx rewrites `/<tenant>/http-bind` to prosody's `/http-bind`.
+        let path = parts.uri.path();
+        let endpoint = &path[path.rfind('/').unwrap_or(0)..];
+        let query = parts.uri.query().map_or(String::new(), |q| format!("?{q}"));
+        let Ok(uri) = format!("http://{}{endpoint}{query}", self.backend).parse() else {
             return plain(StatusCode::BAD_REQUEST, "request target cannot be relayed");
         };
         parts.uri = uri;
@@ -103,8 +106,13 @@ room in another tab: both tabs list each other.</p>
 pub const ROOM_SCRIPT: &str = r#""use strict";
 (function () {
   const DOMAIN = "meet.jitsi", MUC = "muc.meet.jitsi";
-  const room = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "lobby")
-    .toLowerCase();
+  const path = location.pathname.split("/").filter(Boolean).map((s) => decodeURIComponent(s).toLowerCase());
+  const room = path.pop() || "lobby";
+  // A tenant's page (`/<tenant>/<room>`) signals under its tenant, as jitsi-meet's config.js
+  // does, and its MUC room is `[tenant]room`, as Jitsi names it.
+  const tenant = path.length ? path[0] : "";
+  const base = tenant ? "/" + encodeURIComponent(tenant) : "";
+  const mucRoom = (tenant ? "[" + tenant + "]" : "") + room;
   const nick = "web-" + Math.random().toString(36).slice(2, 8);
   const state = window.xmppRoom = { room, nick, jid: null, joined: false, occupants: [] };
   const seen = new Set();
@@ -120,7 +128,7 @@ pub const ROOM_SCRIPT: &str = r#""use strict";
     }));
   };
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  const ws = new WebSocket(scheme + location.host + "/xmpp-websocket?room=" + encodeURIComponent(room), "xmpp");
+  const ws = new WebSocket(scheme + location.host + base + "/xmpp-websocket?room=" + encodeURIComponent(room), "xmpp");
   const open = () => ws.send('<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="' + DOMAIN + '" version="1.0"/>');
   ws.onopen = open;
   ws.onclose = () => status("disconnected");
@@ -145,14 +153,14 @@ pub const ROOM_SCRIPT: &str = r#""use strict";
         if (stanza.getAttribute("id") === "bind" && stanza.getAttribute("type") === "result") {
           state.jid = stanza.getElementsByTagName("jid")[0].textContent;
           document.getElementById("me").textContent = nick;
-          ws.send('<presence xmlns="jabber:client" to="' + room + "@" + MUC + "/" + nick +
+          ws.send('<presence xmlns="jabber:client" to="' + mucRoom + "@" + MUC + "/" + nick +
                   '"><x xmlns="http://jabber.org/protocol/muc"/></presence>');
         }
         break;
       case "presence": {
         const from = stanza.getAttribute("from") || "";
         const who = from.slice(from.indexOf("/") + 1);
-        if (!from.startsWith(room + "@" + MUC + "/")) break;
+        if (!from.startsWith(mucRoom + "@" + MUC + "/")) break;
         if (stanza.getAttribute("type") === "error") { status("join refused"); break; }
         if (stanza.getAttribute("type") === "unavailable") seen.delete(who); else seen.add(who);
         if (who === nick && stanza.getAttribute("type") !== "unavailable") {

@@ -425,12 +425,15 @@ tab or browser: it lands on the same node. Below, this page's signalling request
 too: <code>config.js</code> and BOSH name the node that answered, and the XMPP WebSocket echoes a message.</p>
 <pre id="log"></pre>
 <script>
-const room = location.pathname.split('/').filter(Boolean).pop() || '';
+const path = location.pathname.split('/').filter(Boolean);
+const room = path.pop() || '';
+// A tenant's page (`/<tenant>/<room>`) signals under its tenant, as jitsi-meet's config.js does.
+const base = path.length ? '/' + path[0] : '';
 const log = t => document.getElementById('log').textContent += t + '\n';
-const q = '?room=' + encodeURIComponent(room);
-fetch('/config.js' + q).then(r => log('config.js      → ' + r.headers.get('x-jitsi-shard')));
-fetch('/http-bind' + q, {{method: 'POST', body: '<body/>'}}).then(r => log('http-bind      → ' + r.headers.get('x-jitsi-shard')));
-const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/xmpp-websocket' + q);
+const q = '?room=' + encodeURIComponent(decodeURIComponent(room).toLowerCase());
+fetch(base + '/config.js' + q).then(r => log('config.js      → ' + r.headers.get('x-jitsi-shard')));
+fetch(base + '/http-bind' + q, {{method: 'POST', body: '<body/>'}}).then(r => log('http-bind      → ' + r.headers.get('x-jitsi-shard')));
+const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + base + '/xmpp-websocket' + q);
 ws.onopen = () => ws.send('hello from the browser');
 ws.onmessage = m => {{ log('xmpp-websocket → echoed "' + m.data + '"'); ws.close(); }};
 ws.onerror = () => log('xmpp-websocket → failed');
