@@ -81,6 +81,8 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
             431,
             "request head too large",
         ),
+        ("HTTP/1.1 without Host", b"GET /standup HTTP/1.1\r\n\r\n".to_vec(), 400, "missing Host header"),
+        ("HTTP/1.0 without Host", b"GET /standup HTTP/1.0\r\n\r\n".to_vec(), 200, ""),
         (
             "CONNECT",
             b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n".to_vec(),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -133,6 +133,10 @@ impl Proxy {
         }
         if req.method() == Method::CONNECT {
             return self.refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+        }
+        // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host, as nginx does.
+        if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+            return self.refuse(StatusCode::BAD_REQUEST, "missing Host header");
         }
         let websocket = headers::is_websocket_upgrade(&req);
         let started = std::time::Instant::now();
