@@ -3,9 +3,8 @@
 //! A Jitsi client names its room in two ways: the room page `/<room>` (or `/<tenant>/<room>`), and
 //! the `room=` query parameter of the signalling endpoints (`/http-bind`, `/xmpp-websocket`,
 //! `config.js`, `/conference-request/v1`, `/_api/room-info`, optionally behind `/<tenant>/`). Both
-//! forms go through the
-//! same normalisation as the web client (percent-decode, NFKC, lower-case), so every form of one
-//! room yields one [`RoomKey`].
+//! forms go through the same normalisation as the web client (percent-decode, NFKC, lower-case),
+//! so every form of one room yields one [`RoomKey`].
 //!
 //! DESIGN note: besides the reserved names ([`classify`]), a single path segment ending in a static-file
 //! extension (`.js`, `.css`, `.html`, …) is treated as an asset, not a room: jitsi-meet serves files
