@@ -360,6 +360,27 @@ async fn the_demo_page_signals_as_its_room() {
         }
     }
     assert_eq!(pinned, [format!(r#""acme/café" → {node}"#)]);
+    // A name that does not percent-decode is a room as it stands, for the router and the page.
+    tab.goto(&format!("https://localhost:{}/Half%ZZ", demo.port))
+        .await;
+    tab.wait_for(done, MEET).await;
+    let log = tab.eval("document.getElementById('log').textContent").await;
+    let title = tab.eval("document.title").await;
+    let node = title
+        .as_str()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let log = log.as_str().unwrap();
+    assert_eq!(log.matches(&format!("→ {node}")).count(), 2, "{log}");
+    let line = demo.lines.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(line.trim(), format!(r#"room "half%zz" → {node}"#));
+    assert!(
+        demo.lines.recv_timeout(Duration::from_secs(2)).is_err(),
+        "one pin"
+    );
     drop(tab);
     drop(browser);
     assert!(demo.stop(Duration::from_secs(20)), "the demo did not stop");

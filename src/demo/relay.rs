@@ -106,7 +106,9 @@ room in another tab: both tabs list each other.</p>
 pub const ROOM_SCRIPT: &str = r#""use strict";
 (function () {
   const DOMAIN = "meet.jitsi", MUC = "muc.meet.jitsi";
-  const path = location.pathname.split("/").filter(Boolean).map((s) => decodeURIComponent(s).toLowerCase());
+  // As jitsi-meet's getBackendSafeRoomName: a segment that does not decode stays as it is.
+  const decode = (s) => { try { return decodeURIComponent(s); } catch (e) { return s; } };
+  const path = location.pathname.split("/").filter(Boolean).map((s) => decode(s).toLowerCase());
   const room = path.pop() || "lobby";
   // A tenant's page (`/<tenant>/<room>`) signals under its tenant, as jitsi-meet's config.js
   // does, and its MUC room is `[tenant]room`, as Jitsi names it.

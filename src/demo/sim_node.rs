@@ -430,7 +430,9 @@ const room = path.pop() || '';
 // A tenant's page (`/<tenant>/<room>`) signals under its tenant, as jitsi-meet's config.js does.
 const base = path.length ? '/' + path[0] : '';
 const log = t => document.getElementById('log').textContent += t + '\n';
-const q = '?room=' + encodeURIComponent(decodeURIComponent(room).toLowerCase());
+// As jitsi-meet's getBackendSafeRoomName: a name that does not decode stays as it is.
+const decode = s => {{ try {{ return decodeURIComponent(s); }} catch (e) {{ return s; }} }};
+const q = '?room=' + encodeURIComponent(decode(room).toLowerCase());
 fetch(base + '/config.js' + q).then(r => log('config.js      → ' + r.headers.get('x-jitsi-shard')));
 fetch(base + '/http-bind' + q, {{method: 'POST', body: '<body/>'}}).then(r => log('http-bind      → ' + r.headers.get('x-jitsi-shard')));
 const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + base + '/xmpp-websocket' + q);
