@@ -177,6 +177,53 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn assets_follow_the_page_that_loaded_them() {
+    let (_certs, _nodes, router) = fleet(3, "").await;
+    let h1 = router.client_h1();
+    // Two rooms on two nodes.
+    let first = shard(&h1.get(router.url("/room-0")).send().await.unwrap());
+    let mut other = None;
+    for i in 1..50 {
+        let node = shard(&h1.get(router.url(&format!("/room-{i}"))).send().await.unwrap());
+        if node != first {
+            other = Some((i, node));
+            break;
+        }
+    }
+    let (i, second) = other.expect("rooms on two nodes");
+    let pinned = router.logs().matches("room pinned").count();
+    let cookie = format!("jitsi_router_node={second}");
+    // A page in another site's iframe gets no cookie, or the cookie of another tab's room: its
+    // assets name their page in `Referer`, over HTTP/1.1 (Host) and HTTP/2 (:authority) alike.
+    for client in [&h1, &router.client()] {
+        for (referer, with_cookie, want) in [
+            (router.url("/Room-0"), false, &first),
+            (router.url("/Room-0"), true, &first),
+            (router.url(&format!("/room-{i}")), false, &second),
+            (router.url("/http-bind?room=room-0"), true, &first),
+            // Another host's page, or a room nobody opened: the cookie decides, nothing is pinned.
+            ("https://example.org/room-0".to_owned(), true, &second),
+            (router.url("/never-opened"), true, &second),
+        ] {
+            let mut request = client
+                .get(router.url("/libs/app.bundle.min.js?v=1"))
+                .header("referer", &referer);
+            if with_cookie {
+                request = request.header("cookie", &cookie);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(&shard(&response), want, "{referer} cookie {with_cookie}");
+        }
+    }
+    assert_eq!(
+        router.logs().matches("room pinned").count(),
+        pinned,
+        "a Referer pins nothing:\n{}",
+        router.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn header_hygiene_and_shard_marking() {
     let (_certs, _nodes, router) = fleet(2, "").await;
     let client = router.client_h1();

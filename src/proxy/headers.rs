@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Version};
+use http::uri::PathAndQuery;
+use http::{Request, Uri, Version};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -227,6 +228,27 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
             let (k, v) = pair.trim().split_once('=')?;
             (k == name).then_some(v.trim_matches('"'))
         })
+}
+
+/// The path and query of the page that led to this request (`Referer`), when that page is on
+/// this request's host: for an asset, the page that loaded it. Browsers send the whole URL to
+/// the same origin, also where they withhold cookies (a page in another site's iframe).
+pub fn referring_page<B>(req: &Request<B>) -> Option<PathAndQuery> {
+    let referer: Uri = req
+        .headers()
+        .get(header::REFERER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let host = match req.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let same_host = referer.authority()?.as_str().eq_ignore_ascii_case(host);
+    same_host
+        .then(|| referer.path_and_query().cloned())
+        .flatten()
 }
 
 /// `Set-Cookie` for the affinity cookie naming `node`.

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::{Config, Mode};
-use crate::fleet::Node;
+use crate::fleet::{Node, NodeId};
 use crate::metrics::{Limit, Metrics};
 use crate::peer::{Client, ClientKey};
 use crate::placement::{Decision, Router};
@@ -261,7 +262,11 @@ impl Proxy {
                 })
             }
             Target::Unrouted => {
-                let preferred = headers::cookie(req.headers(), &self.affinity_cookie);
+                // The node of the room whose page loaded this asset, else the affinity cookie's
+                // (the last room page this browser opened, and only where cookies are sent).
+                let referred = headers::referring_page(req).and_then(|page| self.pinned(&page));
+                let preferred = (referred.as_ref().map(NodeId::as_str))
+                    .or_else(|| headers::cookie(req.headers(), &self.affinity_cookie));
                 let spread = match peer.ip() {
                     std::net::IpAddr::V4(ip) => rendezvous::seed(&ip.octets()),
                     std::net::IpAddr::V6(ip) => rendezvous::seed(&ip.octets()),
@@ -277,6 +282,15 @@ impl Proxy {
                     decision: Decision::Unrouted,
                 })
             }
+        }
+    }
+
+    /// The node of a pinned room named by `page` (a room page or signalling URL); never places
+    /// a room.
+    fn pinned(&self, page: &PathAndQuery) -> Option<NodeId> {
+        match room::classify(page.path(), page.query(), &self.room_limits) {
+            Ok(Target::Room { key, .. }) => self.router.pins().lookup(key.as_str()),
+            _ => None,
         }
     }
 }
