@@ -54,9 +54,11 @@
 //! - The routing decision is kept plain. A pinned room is one lookup in the concurrent map and
 //!   one in the fleet state's name index: 0.2–0.7 µs of a request's 50 µs of CPU. A new room
 //!   reads every candidate node twice (totals, then the pick) over the fleet state.
-//! - Requests with no room (assets, `/`) follow the affinity cookie set on room pages, so a page and
-//!   its assets come from one node and one jitsi-meet version; without the cookie they go to the
-//!   least busy node, ties spread by a hash of the client address.
+//! - Requests with no room (assets, `/`) go where the page that loaded them went, so a page and
+//!   its assets come from one node and one jitsi-meet version: the pinned room of a same-host
+//!   `Referer` (sent also from another site's iframe, where cookies often are not), else the
+//!   affinity cookie set on room pages, else the least busy node, ties spread by a hash of the
+//!   client address.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
