@@ -114,9 +114,12 @@ async fn slow_readers_hold_little_memory_and_give_it_back() {
     );
 
     drop(slow);
+    // What they held comes back, all but a tenth: the allocator may keep a few hundred KiB of
+    // its high-water mark (the same after every round of slow readers, so not a leak).
+    let kept = (held.saturating_sub(baseline)) / 10;
     let mut now = router.rss_kib();
     for _ in 0..60 {
-        if now <= baseline + baseline / 10 {
+        if now <= baseline + kept {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -124,8 +127,9 @@ async fn slow_readers_hold_little_memory_and_give_it_back() {
     }
     println!("after they left: {now} KiB");
     assert!(
-        now <= baseline + baseline / 10,
-        "{now} KiB a minute after the slow readers left, baseline {baseline} KiB"
+        now <= baseline + kept,
+        "{now} KiB a minute after the slow readers left; baseline {baseline} KiB, \
+         held {held} KiB, at most {kept} KiB may stay"
     );
 }
 

@@ -184,7 +184,12 @@ async fn assets_follow_the_page_that_loaded_them() {
     let first = shard(&h1.get(router.url("/room-0")).send().await.unwrap());
     let mut other = None;
     for i in 1..50 {
-        let node = shard(&h1.get(router.url(&format!("/room-{i}"))).send().await.unwrap());
+        let node = shard(
+            &h1.get(router.url(&format!("/room-{i}")))
+                .send()
+                .await
+                .unwrap(),
+        );
         if node != first {
             other = Some((i, node));
             break;
