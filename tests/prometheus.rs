@@ -167,8 +167,8 @@ async fn an_idle_node_reads_as_idle_and_takes_the_new_rooms() {
 }
 
 /// A node whose `instance` matches no series of the answer (node_exporter's `host:9100` against
-/// the default, the upstream's `host:port`) is named in a warning, with the values the answer
-/// does have; the other nodes' readings stand.
+/// the default, the upstream's `host:port`) is named in a warning once two answers in a row
+/// miss it, with the values the answer does have; the other nodes' readings stand.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_no_series_matches_is_named() {
     let certs = Certs::new();

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use super::Fleet;
+use super::{Fleet, Node, NodeId};
 use crate::config::{Prometheus, Scale};
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
@@ -201,6 +201,7 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
         failing: false,
         unusable: Throttle::new(Duration::from_secs(60)),
         unmatched: Throttle::new(Duration::from_secs(60)),
+        missed: Vec::new(),
     };
     // Start-up: the last boundary (what every replica read), else now.
     let boundary = aligned_time(SystemTime::now(), cfg.interval);
@@ -230,6 +231,8 @@ struct Watch {
     unusable: Throttle,
     /// Nodes whose `instance` no series of the answer carries (warned at most once a minute).
     unmatched: Throttle,
+    /// The nodes the last answer with series had none for.
+    missed: Vec<NodeId>,
 }
 
 fn publish(
@@ -259,7 +262,7 @@ fn publish(
                     );
                 }
             }
-            warn_unmatched(fleet, cfg, &cpu, &watch.unmatched);
+            warn_unmatched(fleet, cfg, &cpu, watch);
             tracing::debug!(series = cpu.busy.len(), at, "cpu snapshot");
             fleet.set_cpu(cpu.busy, Instant::now());
         }
@@ -275,17 +278,31 @@ fn publish(
 /// only after the nodes with one, so an `instance` that matches nothing (the default, the
 /// upstream's `host:port`, where node_exporter's series say `host:9100`) holds a node back
 /// for good. Names a few of the answer's own values to compare with.
-fn warn_unmatched(fleet: &Fleet, cfg: &Prometheus, cpu: &Reading, throttle: &Throttle) {
+///
+/// A node is named only when two answers with series in a row have none for it: a Prometheus
+/// that has just started gets its series one scrape at a time, and an answer with no series at
+/// all shows no mismatch.
+fn warn_unmatched(fleet: &Fleet, cfg: &Prometheus, cpu: &Reading, watch: &mut Watch) {
+    if cpu == &Reading::default() {
+        watch.missed.clear();
+        return;
+    }
     let answered = |instance: &str| {
         cpu.busy.contains_key(instance) || cpu.unusable.iter().any(|(i, _)| i == instance)
     };
     let state = fleet.snapshot();
-    let unmatched: Vec<String> = (state.nodes().iter())
+    let missed: Vec<&Arc<Node>> = (state.nodes().iter())
         .filter(|node| !answered(&node.spec.instance))
+        .collect();
+    let before = std::mem::replace(
+        &mut watch.missed,
+        missed.iter().map(|node| node.id.clone()).collect(),
+    );
+    let unmatched: Vec<String> = (missed.iter())
+        .filter(|node| before.contains(&node.id))
         .map(|node| format!("{} ({:?})", node.id, node.spec.instance))
         .collect();
-    // An answer with no series at all (a Prometheus that has just started) shows no mismatch.
-    if unmatched.is_empty() || cpu == &Reading::default() || throttle.due().is_none() {
+    if unmatched.is_empty() || watch.unmatched.due().is_none() {
         return;
     }
     let mut values: Vec<&str> = cpu.busy.keys().map(String::as_str).collect();
@@ -415,5 +432,35 @@ mod tests {
         assert!(busy_by_label(vec![sample("a", "42")], "instance", Scale::Fraction).is_err());
         let noise = busy_by_label(vec![sample("a", "-0.3")], "instance", Scale::Percent).unwrap();
         assert_eq!(noise.busy["a"], 0.0);
+    }
+
+    #[test]
+    fn a_node_is_named_unmatched_after_two_answers_in_a_row() {
+        use crate::config::{NodeSpec, DEFAULT_QUERY};
+        let specs = ["a", "b"].map(|n| NodeSpec::new(n, &format!("http://{n}:80")).unwrap());
+        let fleet = Fleet::new(specs.to_vec(), Duration::from_secs(90));
+        let cfg = Prometheus::built_in("http://p", DEFAULT_QUERY, Duration::from_secs(1));
+        let mut watch = Watch {
+            failing: false,
+            unusable: Throttle::new(Duration::from_secs(60)),
+            unmatched: Throttle::new(Duration::ZERO),
+            missed: Vec::new(),
+        };
+        let answer = |instances: &[&str]| Reading {
+            busy: instances.iter().map(|i| (i.to_string(), 0.5)).collect(),
+            unusable: Vec::new(),
+        };
+        let warnings = |watch: &Watch| watch.unmatched.count();
+        // A Prometheus that has just started: no series, then a's, then both.
+        for (instances, warned) in [(&[][..], 0), (&["a:80"][..], 0), (&["a:80", "b:80"][..], 0)] {
+            warn_unmatched(&fleet, &cfg, &answer(instances), &mut watch);
+            assert_eq!(warnings(&watch), warned, "{instances:?}");
+        }
+        // b's instance matches nothing: named from the second answer on.
+        warn_unmatched(&fleet, &cfg, &answer(&["a:80", "b:9100"]), &mut watch);
+        assert_eq!(warnings(&watch), 0);
+        warn_unmatched(&fleet, &cfg, &answer(&["a:80", "b:9100"]), &mut watch);
+        assert_eq!(warnings(&watch), 1);
+        assert_eq!(watch.missed, [NodeId::new("b")]);
     }
 }
