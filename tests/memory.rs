@@ -146,7 +146,7 @@ fn snapshot_of(dir: &std::path::Path, count: usize, node: &str) -> std::path::Pa
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listing_many_rooms_holds_up_no_proxied_request() {
-    const PINS: usize = 200_000;
+    const PINS: usize = 500_000;
     let certs = Certs::new();
     let nodes = sim_nodes(1).await;
     let dir = tempfile::tempdir().unwrap();
