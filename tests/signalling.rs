@@ -275,14 +275,7 @@ async fn two_browser_tabs_in_one_room_see_each_other() {
         assert_eq!(listed, 2);
     }
     // The page, its script and its WebSocket all came from one node through the router.
-    let title = tabs[0].eval("document.title").await;
-    let node = title
-        .as_str()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
+    let node = page_node(&mut tabs[0]).await;
     let pinned: serde_json::Value = reqwest::get(router.admin_url("/api/rooms/browserroom"))
         .await
         .unwrap()
@@ -316,13 +309,11 @@ async fn demo_with_prosody_lets_a_browser_join_a_room() {
     tab.goto(&format!("https://localhost:{}/Acme/Standup", demo.port))
         .await;
     tab.wait_for("window.xmppRoom?.joined === true", MEET).await;
-    let mut pinned = Vec::new();
-    while let Ok(line) = demo.lines.recv_timeout(Duration::from_secs(2)) {
-        if let Some(room) = line.trim().strip_prefix("room ") {
-            pinned.push(room.split(" → ").next().unwrap_or(room).to_owned());
-        }
-    }
-    assert_eq!(pinned, [r#""democall""#, r#""acme/standup""#]);
+    let pinned = demo_pins(&demo);
+    let rooms: Vec<&str> = (pinned.iter())
+        .map(|p| p.split(" → ").next().unwrap())
+        .collect();
+    assert_eq!(rooms, [r#""democall""#, r#""acme/standup""#]);
 
     // SIGTERM: the demo stops its prosody processes on the way out.
     drop(tab);
@@ -339,41 +330,14 @@ async fn the_demo_page_signals_as_its_room() {
     // name the room as jitsi-meet's client does, so they are the page's room.
     tab.goto(&format!("https://localhost:{}/Acme/Caf%C3%A9", demo.port))
         .await;
-    let done = "document.getElementById('log').textContent.split('\\n').length > 3";
-    tab.wait_for(done, MEET).await;
-    let log = tab.eval("document.getElementById('log').textContent").await;
-    let title = tab.eval("document.title").await;
-    let node = title
-        .as_str()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let log = log.as_str().unwrap();
+    let (node, log) = demo_page_log(&mut tab).await;
     assert_eq!(log.matches(&format!("→ {node}")).count(), 2, "{log}");
     assert!(log.contains("echoed"), "{log}");
-    let mut pinned = Vec::new();
-    while let Ok(line) = demo.lines.recv_timeout(Duration::from_secs(2)) {
-        if let Some(room) = line.trim().strip_prefix("room ") {
-            pinned.push(room.to_owned());
-        }
-    }
-    assert_eq!(pinned, [format!(r#""acme/café" → {node}"#)]);
+    assert_eq!(demo_pins(&demo), [format!(r#""acme/café" → {node}"#)]);
     // A name that does not percent-decode is a room as it stands, for the router and the page.
     tab.goto(&format!("https://localhost:{}/Half%ZZ", demo.port))
         .await;
-    tab.wait_for(done, MEET).await;
-    let log = tab.eval("document.getElementById('log').textContent").await;
-    let title = tab.eval("document.title").await;
-    let node = title
-        .as_str()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let log = log.as_str().unwrap();
+    let (node, log) = demo_page_log(&mut tab).await;
     assert_eq!(log.matches(&format!("→ {node}")).count(), 2, "{log}");
     let line = demo.lines.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(line.trim(), format!(r#"room "half%zz" → {node}"#));
@@ -384,6 +348,34 @@ async fn the_demo_page_signals_as_its_room() {
     drop(tab);
     drop(browser);
     assert!(demo.stop(Duration::from_secs(20)), "the demo did not stop");
+}
+
+/// The demo's console lines for the rooms pinned so far (`"room" → node`), read until it has
+/// been quiet for two seconds.
+fn demo_pins(demo: &Demo) -> Vec<String> {
+    let mut pinned = Vec::new();
+    while let Ok(line) = demo.lines.recv_timeout(Duration::from_secs(2)) {
+        if let Some(room) = line.trim().strip_prefix("room ") {
+            pinned.push(room.to_owned());
+        }
+    }
+    pinned
+}
+
+/// The node a room page names last in its title (`<room> · <node>`).
+async fn page_node(tab: &mut support::browser::Tab) -> String {
+    let title = tab.eval("document.title").await;
+    let title = title.as_str().unwrap();
+    title.rsplit(' ').next().unwrap().to_owned()
+}
+
+/// The simple demo's room page once its three signalling requests are logged: its node and the
+/// log.
+async fn demo_page_log(tab: &mut support::browser::Tab) -> (String, String) {
+    let done = "document.getElementById('log').textContent.split('\\n').length > 3";
+    tab.wait_for(done, MEET).await;
+    let log = tab.eval("document.getElementById('log').textContent").await;
+    (page_node(tab).await, log.as_str().unwrap().to_owned())
 }
 
 /// A demo killed outright (SIGKILL: no code of its own runs) takes its prosody processes and its
