@@ -20,7 +20,9 @@
 //!   Envoy ring hash), no pins;
 //! - `bounded-load hashing`: the same, walking the room's hash order to the first node with fewer
 //!   than ⌈1.25 × mean⌉ rooms (HAProxy `hash-balance-factor 125`), recomputed without a stick table;
-//! - `jitsi-router`: this crate's [`Router`] with its pin table, fed the same readings.
+//! - `jitsi-router`: this crate's [`Router`] with its pin table, fed the same readings. A room's
+//!   people arrive with it, and the router sees each one join as it would through the proxy (a
+//!   signalling WebSocket opened to the room's node); the other policies have no use for that.
 //!
 //! After all rooms exist, one node is lost and then a new node joins; every existing room is asked
 //! for again, and the simulator counts the rooms that moved although their node was still fine
@@ -37,7 +39,7 @@ use serde::Serialize;
 use crate::config::NodeSpec;
 use crate::fleet::Fleet;
 use crate::placement::pins::Pins;
-use crate::placement::{Router, Settings};
+use crate::placement::{Decision, Router, Settings};
 use crate::rendezvous;
 use crate::room::{RoomKey, RoomLimits};
 
@@ -281,16 +283,20 @@ impl Policy for BoundedHashing {
 struct Ours {
     router: Router,
     weights: Vec<f64>,
+    /// Each room's participants, who join as it is created.
+    sizes: Vec<f64>,
 }
 
 impl Ours {
-    fn new(nodes: usize, weights: &[f64]) -> Ours {
+    fn new(nodes: usize, workload: &Workload) -> Ours {
+        let weights = &workload.weights;
         let specs = (0..nodes).map(|i| spec(i, weights)).collect();
         let fleet = Arc::new(Fleet::new(specs, Duration::from_secs(3600)));
         let pins = Arc::new(Pins::new(Duration::from_secs(24 * 3600), usize::MAX));
         Ours {
             router: Router::new(fleet, pins, Settings::default()),
-            weights: weights.to_vec(),
+            weights: weights.clone(),
+            sizes: workload.sizes.clone(),
         }
     }
 
@@ -324,7 +330,14 @@ impl Policy for Ours {
         let routed = self.router.route(&key, || Ok::<(), ()>(()));
         // No shared store: the answer is ready at once.
         let routed = routed.now_or_never().expect("ready").expect("admitted");
-        routed.expect("a node is present").node.id.as_str()["node-".len()..]
+        let routed = routed.expect("a node is present");
+        if routed.decision == Decision::Placed {
+            // Its people connect through the router: each one's signalling WebSocket.
+            for _ in 0..self.sizes[room] as u32 {
+                routed.node.live.participant_joined();
+            }
+        }
+        routed.node.id.as_str()["node-".len()..]
             .parse()
             .expect("simulated node names end in their index")
     }
@@ -345,7 +358,7 @@ pub fn run(p: &Params) -> Vec<Outcome> {
             total: 0,
             weights: workload.weights.clone(),
         }),
-        Box::new(Ours::new(p.nodes, &workload.weights)),
+        Box::new(Ours::new(p.nodes, &workload)),
     ];
     policies
         .iter_mut()

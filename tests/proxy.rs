@@ -332,6 +332,44 @@ async fn http2_downstream_http1_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn signalling_websockets_count_as_participants_joining_their_node() {
+    let (certs, _nodes, router) = fleet(3, "").await;
+    let (_, node) = report(&router.client(), &router.url("/joinroom")).await;
+    let joined = || async {
+        let nodes: serde_json::Value = reqwest::get(router.admin_url("/api/nodes"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (nodes.as_array().unwrap().iter())
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap().to_owned(),
+                    n["joined_since_reading"].as_u64().unwrap(),
+                )
+            })
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    // The room page is not a participant joining.
+    assert!(joined().await.values().all(|&n| n == 0));
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (ws, shard) = websocket(&certs, &router, "/xmpp-websocket?room=JoinRoom").await;
+        assert_eq!(shard, node);
+        open.push(ws);
+    }
+    let counts = joined().await;
+    for (name, count) in &counts {
+        assert_eq!(*count, if *name == node { 2 } else { 0 }, "{counts:?}");
+    }
+    // A room's other WebSockets (here a path-form room's, as the whiteboard's `/socket.io/`)
+    // are no participant's signalling.
+    let (_ws, _) = websocket(&certs, &router, "/joinroom").await;
+    assert_eq!(joined().await, counts);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn websocket_echo_through_the_router() {
     let (certs, _nodes, router) = fleet(3, "").await;
     let (_, node) = report(&router.client(), &router.url("/wsroom")).await;

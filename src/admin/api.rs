@@ -104,6 +104,7 @@ fn node_views(admin: &Admin, only: Option<&str>) -> Vec<Value> {
                 "draining": node.live.draining(),
                 "rooms": node.live.rooms(),
                 "placed_since_reading": node.live.placed_since_reading(),
+                "joined_since_reading": node.live.joined_since_reading(),
                 "last_health_check": node.live.checked_at_ms().map(|ms| ms as f64 / 1000.0),
                 "health_failure": node.live.failure(),
                 "participants": node.live.participants(),
@@ -115,13 +116,14 @@ fn node_views(admin: &Admin, only: Option<&str>) -> Vec<Value> {
 }
 
 /// What [`nodes`] shows of a node's state besides its `[[nodes]]` fields.
-const NODE_STATE: [&str; 11] = [
+const NODE_STATE: [&str; 12] = [
     "cpu",
     "cpu_estimate",
     "healthy",
     "draining",
     "rooms",
     "placed_since_reading",
+    "joined_since_reading",
     "last_health_check",
     "health_failure",
     "participants",

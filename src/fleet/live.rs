@@ -28,6 +28,9 @@ pub struct NodeLive {
     rooms: AtomicU32,
     /// Rooms placed on the node since its last CPU reading.
     placed: AtomicU32,
+    /// Participants who joined a room on the node through this router since its last CPU
+    /// reading: signalling WebSockets opened to it.
+    joined: AtomicU32,
     unhealthy: AtomicBool,
     draining: AtomicBool,
     /// Consecutive failures (high half) and successes (low half) of health checks.
@@ -63,6 +66,7 @@ impl Default for NodeLive {
         NodeLive {
             rooms: AtomicU32::new(0),
             placed: AtomicU32::new(0),
+            joined: AtomicU32::new(0),
             unhealthy: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             streak: AtomicU64::new(0),
@@ -118,9 +122,21 @@ impl NodeLive {
             (self.rooms).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// A fresh CPU reading now includes the rooms placed so far.
+    /// A participant joined a room on this node through this router (its signalling
+    /// WebSocket opened).
+    pub fn participant_joined(&self) {
+        saturating_add(&self.joined);
+    }
+
+    /// Participants who joined rooms on this node since its last CPU reading.
+    pub fn joined_since_reading(&self) -> u32 {
+        self.joined.load(Ordering::Relaxed)
+    }
+
+    /// A fresh CPU reading now includes the rooms placed and the participants joined so far.
     pub fn reading_taken(&self) {
         self.placed.store(0, Ordering::Relaxed);
+        self.joined.store(0, Ordering::Relaxed);
     }
 
     /// Sets the drain switch; returns the previous value.

@@ -129,6 +129,7 @@ pub struct FleetState {
     cpu_read_at: Option<Instant>,
     max_staleness: Duration,
     learned_room_cost: Option<f64>,
+    learned_joins_per_room: Option<f64>,
 }
 
 impl FleetState {
@@ -189,6 +190,13 @@ impl FleetState {
     pub fn learned_room_cost(&self) -> Option<f64> {
         self.learned_room_cost
     }
+
+    /// Participants who join through this router per room it places, learned over the windows
+    /// between readings (joins to older rooms included); `None` until enough rooms were placed
+    /// in one window while participants were seen joining.
+    pub fn learned_joins_per_room(&self) -> Option<f64> {
+        self.learned_joins_per_room
+    }
 }
 
 /// Rooms that must come or go between two readings before they teach the per-room cost.
@@ -208,6 +216,7 @@ struct Inputs {
     max_staleness: Duration,
     lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
     learned_room_cost: Option<f64>,
+    learned_joins_per_room: Option<f64>,
     rooms_at_reading: HashMap<NodeId, u32, RandomState>,
 }
 
@@ -229,6 +238,7 @@ impl Fleet {
             max_staleness,
             lives: HashMap::default(),
             learned_room_cost: None,
+            learned_joins_per_room: None,
             rooms_at_reading: HashMap::default(),
         };
         apply_specs(&mut inputs, specs);
@@ -301,6 +311,7 @@ impl Fleet {
     pub fn set_cpu(&self, cpu_by_instance: HashMap<String, f64>, read_at: Instant) {
         self.update(|inputs| {
             inputs.learned_room_cost = learn_room_cost(inputs, &cpu_by_instance);
+            inputs.learned_joins_per_room = learn_joins_per_room(inputs);
             inputs.rooms_at_reading = inputs
                 .lives
                 .iter()
@@ -424,6 +435,27 @@ fn learn_room_cost(inputs: &Inputs, cpu_by_instance: &HashMap<String, f64>) -> O
     )
 }
 
+/// Learns how many participants join through this router per room it places, from the window
+/// that a reading closes: joins over rooms placed, fleet-wide. Windows with too few rooms placed
+/// or no join seen (BOSH clients, redirect mode) teach nothing; good ones are smoothed (half
+/// weight each).
+fn learn_joins_per_room(inputs: &Inputs) -> Option<f64> {
+    let (mut joined, mut placed) = (0u64, 0u64);
+    for live in inputs.lives.values() {
+        joined += u64::from(live.joined_since_reading());
+        placed += u64::from(live.placed_since_reading());
+    }
+    if placed < u64::from(ROOMS_TO_LEARN_COST) || joined == 0 {
+        return inputs.learned_joins_per_room;
+    }
+    let sample = joined as f64 / placed as f64;
+    Some(
+        inputs
+            .learned_joins_per_room
+            .map_or(sample, |old| (old + sample) / 2.0),
+    )
+}
+
 fn build(inputs: &Inputs) -> FleetState {
     let nodes: Vec<Arc<Node>> = (inputs.specs.iter())
         .map(|spec| {
@@ -474,6 +506,7 @@ fn build(inputs: &Inputs) -> FleetState {
         cpu_read_at: inputs.cpu_read_at,
         max_staleness: inputs.max_staleness,
         learned_room_cost: inputs.learned_room_cost,
+        learned_joins_per_room: inputs.learned_joins_per_room,
     }
 }
 
@@ -528,6 +561,33 @@ mod tests {
         // Too few rooms changed: the estimate stays.
         fleet.set_cpu(reading(0.50, 0.50), Instant::now());
         assert_eq!(fleet.snapshot().learned_room_cost(), Some(learned));
+    }
+
+    #[test]
+    fn joins_per_room_are_learned_from_the_window_a_reading_closes() {
+        let fleet = fleet();
+        let reading = || HashMap::from([("10.0.0.1:80".to_owned(), 0.3)]);
+        fleet.set_cpu(reading(), Instant::now());
+        let state = fleet.snapshot();
+        let (a, b) = (&state.nodes()[0].live, &state.nodes()[1].live);
+        let window = |rooms: u32, joins: u32| {
+            for _ in 0..rooms {
+                a.room_placed();
+            }
+            for _ in 0..joins {
+                b.participant_joined();
+            }
+            fleet.set_cpu(reading(), Instant::now());
+            fleet.snapshot().learned_joins_per_room()
+        };
+        // No join seen (BOSH clients, redirect mode), or too few rooms: nothing learned.
+        assert_eq!(window(40, 0), None);
+        assert_eq!(window(10, 50), None);
+        // 60 participants joined (on any node) while 20 rooms were placed: 3 per room.
+        assert_eq!(window(20, 60), Some(3.0));
+        // Smoothed: half weight each.
+        assert_eq!(window(20, 100), Some(4.0));
+        assert_eq!(a.joined_since_reading() + b.joined_since_reading(), 0);
     }
 
     #[test]

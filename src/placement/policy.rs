@@ -1,11 +1,14 @@
 //! Placement of a new room: which node takes it. One function, [`choose`], over one fleet state.
 //!
 //! 1. **Candidates** are nodes that are healthy and not draining.
-//! 2. **Estimated CPU** is a node's last Prometheus reading plus what the rooms placed on it since
-//!    that reading will add: `room_cost` ÷ its `weight`, per room. Readings are up to one interval
-//!    old; without the estimate every room of a burst would land on the node that looked least
-//!    busy when it was read (herding). `room_cost` (the cost on a node of weight 1) is
-//!    configured, or learned from the fleet.
+//! 2. **Estimated CPU** is a node's last Prometheus reading plus what came to it since that
+//!    reading: `room_cost` ÷ its `weight` per room placed on it, or, when more, per room's worth
+//!    of participants who joined it (signalling WebSockets opened through this router, over the
+//!    fleet's participants per placed room, learned). Readings are up to one interval old;
+//!    without the estimate every room of a burst would land on the node that looked least busy
+//!    when it was read (herding), and a large room, or people joining older rooms, would show
+//!    only a reading later. `room_cost` (the cost on a node of weight 1) is configured, or
+//!    learned from the fleet.
 //! 3. **The herding bound** (consistent hashing with bounded loads, Mirrokni et al. 2016, applied
 //!    to the stale window): with `P` rooms placed on the candidates since their last reading, a
 //!    node may take the room only while its rooms placed since its reading + 1 ≤
@@ -30,7 +33,8 @@
 //!    (HAProxy's `hash-balance-factor`, by weight).
 //!
 //! Nothing depends on arrival order or randomness, so replicas that read the same snapshot and
-//! saw the same rooms choose the same node.
+//! saw the same rooms and participants choose the same node. (Replicas behind one load balancer
+//! each see their share of both; where they disagree, the shared pin store settles the room.)
 //!
 //! [`choose`] reads the candidates twice over the fleet state's [`placing`](FleetState::placing)
 //! list: once in fleet order for the totals the bound needs, once in ascending order of reading
@@ -41,7 +45,7 @@
 use std::cmp::Ordering;
 use std::time::Instant;
 
-use crate::fleet::{FleetState, Node, Placing};
+use crate::fleet::{FleetState, Node, NodeLive, Placing};
 use crate::rendezvous;
 
 /// Busy CPU assumed per room until the fleet teaches a better figure.
@@ -76,11 +80,30 @@ pub fn estimate(
 ) -> Option<f64> {
     let reading = state.cpu(now).get(index).copied().flatten()?;
     let node = &state.nodes()[index];
-    Some(estimated(node, reading, room_cost(state, settings)))
+    Some(estimated(
+        node,
+        reading,
+        room_cost(state, settings),
+        state.learned_joins_per_room(),
+    ))
 }
 
-fn estimated(node: &Node, reading: f64, cost: f64) -> f64 {
-    reading + cost * f64::from(node.live.placed_since_reading()) / node.weight()
+fn estimated(node: &Node, reading: f64, cost: f64, joins_per_room: Option<f64>) -> f64 {
+    reading + cost * arrived(&node.live, joins_per_room) / node.weight()
+}
+
+/// What came to a node since its last reading, in rooms: the rooms placed on it, or the
+/// participants who joined it over the fleet's participants per placed room, whichever is
+/// more. A large room, or people joining older rooms, shows as soon as its people connect,
+/// not a reading later.
+fn arrived(live: &NodeLive, joins_per_room: Option<f64>) -> f64 {
+    let placed = f64::from(live.placed_since_reading());
+    match joins_per_room {
+        Some(per_room) if per_room > 0.0 => {
+            placed.max(f64::from(live.joined_since_reading()) / per_room)
+        }
+        _ => placed,
+    }
 }
 
 /// What placement reads of one candidate, gathered in one pass over the fleet state.
@@ -124,6 +147,7 @@ fn candidates<'s>(
     order: impl Iterator<Item = usize> + 's,
 ) -> impl Iterator<Item = Candidate<'s>> + 's {
     let (cost, max_cpu) = (room_cost(state, settings), settings.max_cpu);
+    let joins_per_room = state.learned_joins_per_room();
     let placing = state.placing();
     order.filter_map(move |index| {
         let node = &placing[index];
@@ -137,7 +161,9 @@ fn candidates<'s>(
             index,
             placed,
             reading: reading.unwrap_or(f64::INFINITY),
-            estimate: reading.map_or(f64::INFINITY, |r| r + cost * f64::from(placed) / weight),
+            estimate: reading.map_or(f64::INFINITY, |r| {
+                r + cost * arrived(&node.live, joins_per_room) / weight
+            }),
             share: weight * (max_cpu - reading.unwrap_or(0.0)).max(MIN_SPARE),
         })
     })

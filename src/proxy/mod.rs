@@ -57,6 +57,9 @@ struct Choice {
     page: bool,
     /// A room WebSocket: the tunnel keeps the room's pin alive.
     keepalive: Option<tunnel::Keepalive>,
+    /// A room's signalling WebSocket (`/xmpp-websocket?room=`): once the node takes it, one
+    /// participant joined the room there.
+    joins: bool,
     /// How the node was found.
     decision: Decision,
 }
@@ -190,6 +193,9 @@ impl Proxy {
                     }
                 }
                 choice.node.live.report.requests.count(response.status());
+                if choice.joins && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    choice.node.live.participant_joined();
+                }
             }
             // The client's fault or the router's own: not the node's answer.
             forward::Answered::Router => self.metrics.no_node_requests.count(response.status()),
@@ -246,6 +252,7 @@ impl Proxy {
                     node: routed.node,
                     page,
                     keepalive,
+                    joins: websocket && !page,
                     decision: routed.decision,
                 })
             }
@@ -258,6 +265,7 @@ impl Proxy {
                     node,
                     page: false,
                     keepalive: None,
+                    joins: false,
                     decision: Decision::Bridge,
                 })
             }
@@ -279,6 +287,7 @@ impl Proxy {
                     node,
                     page: false,
                     keepalive: None,
+                    joins: false,
                     decision: Decision::Unrouted,
                 })
             }

@@ -215,6 +215,52 @@ fn a_burst_between_readings_does_not_herd() {
 }
 
 #[test]
+fn participants_joining_between_readings_count_as_soon_as_they_join() {
+    let settings = Settings {
+        room_cost: Some(0.01),
+        ..Settings::default()
+    };
+    let fleet = fleet(2);
+    read(&fleet, &[0.30, 0.30]);
+    // A window of 20 rooms with 60 participants teaches 3 participants per room.
+    let state = fleet.snapshot();
+    for _ in 0..20 {
+        state.nodes()[1].live.room_placed();
+    }
+    for _ in 0..60 {
+        state.nodes()[1].live.participant_joined();
+    }
+    read(&fleet, &[0.30, 0.32]);
+    assert_eq!(fleet.snapshot().learned_joins_per_room(), Some(3.0));
+    // n0 reads less busy and took one room since, but 30 people joined it (a large room, or
+    // people joining its older rooms): ten rooms' worth, 0.10 of CPU, before any reading
+    // shows it.
+    let state = fleet.snapshot();
+    let n0 = &state.nodes()[0].live;
+    n0.room_placed();
+    for _ in 0..30 {
+        n0.participant_joined();
+    }
+    let n0_estimate = estimate_of(&state, &settings, 0);
+    assert!((n0_estimate - 0.40).abs() < 1e-9, "{n0_estimate}");
+    assert_eq!(
+        choose(&state, &settings, 9, Instant::now()).unwrap().index,
+        1
+    );
+    // Fewer joins than rooms' worth: the rooms placed count.
+    let state = fleet.snapshot();
+    for _ in 0..5 {
+        state.nodes()[1].live.room_placed();
+    }
+    let n1_estimate = estimate_of(&state, &settings, 1);
+    assert!((n1_estimate - 0.37).abs() < 1e-9, "{n1_estimate}");
+}
+
+fn estimate_of(state: &FleetState, settings: &Settings, index: usize) -> f64 {
+    estimate(state, settings, index, Instant::now()).unwrap()
+}
+
+#[test]
 fn weights_share_a_burst_by_capacity() {
     let fleet = fleet_of(&[1.0, 3.0]);
     read(&fleet, &[0.3, 0.3]);
