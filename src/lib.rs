@@ -24,8 +24,8 @@
 //! - [`fleet`]: nodes from the config, their CPU from Prometheus ([`fleet::prometheus`]), their
 //!   health ([`fleet::health`]) and live counters ([`fleet::live`]: rooms, drain), published as
 //!   an immutable [`fleet::FleetState`] through `arc-swap`. Imports no routing code: the proxy
-//!   reports a node's failed requests to its health, and placement counts rooms into its
-//!   counters.
+//!   reports a node's failed requests to its health and the participants who join it to its
+//!   counters, and placement counts rooms into them.
 //! - Leaves, which import no other module of the crate: [`config`] (the TOML schema, its
 //!   validation and the typed settings), [`metrics`] (lock-free counters, and
 //!   [`metrics::Decision`]), [`room`] (request path and query → room key, property-tested),

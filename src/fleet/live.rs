@@ -1,4 +1,5 @@
-//! What changes about a node between fleet rebuilds: its rooms, its health, its drain switch.
+//! What changes about a node between fleet rebuilds: its rooms and participants joining, its
+//! health, its drain switch.
 //!
 //! A [`NodeLive`] is created once per node name and kept for the life of the process (also while
 //! the node is out of the config), so counters survive every rebuild of the immutable fleet state

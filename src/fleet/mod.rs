@@ -5,7 +5,8 @@
 //! `arc-swap`; a routing decision loads the current state once and takes no lock. Writers
 //! serialise on a mutex of their own. What changes between rebuilds (rooms, health, drain) lives
 //! in each node's [`NodeLive`], kept across rebuilds. This module imports no routing code: the
-//! proxy reports failed requests to [`health`], placement counts rooms into [`NodeLive`].
+//! proxy reports failed requests to [`health`] and participants joining into [`NodeLive`],
+//! placement counts rooms into it.
 
 pub mod census;
 pub mod health;
