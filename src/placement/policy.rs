@@ -45,7 +45,7 @@
 use std::cmp::Ordering;
 use std::time::Instant;
 
-use crate::fleet::{FleetState, Node, NodeLive, Placing};
+use crate::fleet::{FleetState, NodeLive, Placing};
 use crate::rendezvous;
 
 /// Busy CPU assumed per room until the fleet teaches a better figure.
@@ -80,16 +80,25 @@ pub fn estimate(
 ) -> Option<f64> {
     let reading = state.cpu(now).get(index).copied().flatten()?;
     let node = &state.nodes()[index];
+    let (cost, joins_per_room) = (room_cost(state, settings), state.learned_joins_per_room());
     Some(estimated(
-        node,
+        &node.live,
+        node.weight(),
         reading,
-        room_cost(state, settings),
-        state.learned_joins_per_room(),
+        cost,
+        joins_per_room,
     ))
 }
 
-fn estimated(node: &Node, reading: f64, cost: f64, joins_per_room: Option<f64>) -> f64 {
-    reading + cost * arrived(&node.live, joins_per_room) / node.weight()
+/// A node's reading plus `cost` ÷ its `weight` for each room's worth that came to it since.
+fn estimated(
+    live: &NodeLive,
+    weight: f64,
+    reading: f64,
+    cost: f64,
+    joins_per_room: Option<f64>,
+) -> f64 {
+    reading + cost * arrived(live, joins_per_room) / weight
 }
 
 /// What came to a node since its last reading, in rooms: the rooms placed on it, or the
@@ -162,7 +171,7 @@ fn candidates<'s>(
             placed,
             reading: reading.unwrap_or(f64::INFINITY),
             estimate: reading.map_or(f64::INFINITY, |r| {
-                r + cost * arrived(&node.live, joins_per_room) / weight
+                estimated(&node.live, weight, r, cost, joins_per_room)
             }),
             share: weight * (max_cpu - reading.unwrap_or(0.0)).max(MIN_SPARE),
         })
