@@ -22,10 +22,11 @@
 //!   the pins router replicas share through Redis ([`placement::shared`]); knows nothing of
 //!   hyper.
 //! - [`fleet`]: nodes from the config, their CPU from Prometheus ([`fleet::prometheus`]), their
-//!   health ([`fleet::health`]) and live counters ([`fleet::live`]: rooms, drain), published as
-//!   an immutable [`fleet::FleetState`] through `arc-swap`. Imports no routing code: the proxy
-//!   reports a node's failed requests to its health and the participants who join it to its
-//!   counters, and placement counts rooms into them.
+//!   health ([`fleet::health`]) and live counters ([`fleet::live`]: rooms, participants joining,
+//!   drain), with what consecutive readings teach (the cost of a room, participants per room),
+//!   published as an immutable [`fleet::FleetState`] through `arc-swap`. Imports no routing
+//!   code: the proxy reports a node's failed requests to its health and the participants who
+//!   join it to its counters, and placement counts rooms into them.
 //! - Leaves, which import no other module of the crate: [`config`] (the TOML schema, its
 //!   validation and the typed settings), [`metrics`] (lock-free counters, and
 //!   [`metrics::Decision`]), [`room`] (request path and query → room key, property-tested),

@@ -91,12 +91,7 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<CertificateDer<'static>> {
 }
 
 async fn status(router: &Router) -> Value {
-    reqwest::get(router.admin_url("/api/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    router.admin_json("/api/status").await
 }
 
 async fn wait_served(router: &Router, pebble: &Pebble) -> CertificateDer<'static> {

@@ -16,12 +16,7 @@ async fn text(tab: &mut Tab, selector: &str) -> String {
 }
 
 async fn draining(router: &Router, node: &str) -> bool {
-    let nodes: serde_json::Value = reqwest::get(router.admin_url("/api/nodes"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes: serde_json::Value = router.admin_json("/api/nodes").await;
     nodes
         .as_array()
         .unwrap()

@@ -12,12 +12,7 @@ use support::*;
 
 /// The node's entry in `GET /api/nodes`.
 async fn node_status(router: &Router, name: &str) -> Value {
-    let nodes: Value = reqwest::get(router.admin_url("/api/nodes"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes: Value = router.admin_json("/api/nodes").await;
     let found = nodes.as_array().unwrap().iter().find(|n| n["name"] == name);
     found
         .cloned()

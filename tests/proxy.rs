@@ -336,12 +336,7 @@ async fn signalling_websockets_count_as_participants_joining_their_node() {
     let (certs, _nodes, router) = fleet(3, "").await;
     let (_, node) = report(&router.client(), &router.url("/joinroom")).await;
     let joined = || async {
-        let nodes: serde_json::Value = reqwest::get(router.admin_url("/api/nodes"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let nodes: serde_json::Value = router.admin_json("/api/nodes").await;
         (nodes.as_array().unwrap().iter())
             .map(|n| {
                 (

@@ -107,12 +107,7 @@ async fn replicas_sharing_redis_put_each_room_on_one_node() {
         .unwrap();
     assert_eq!(new.status(), 503);
 
-    let status: serde_json::Value = reqwest::get(two.admin_url("/api/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = two.admin_json("/api/status").await;
     assert_eq!(status["shared_pins"]["connected"], true, "{status}");
     let metrics = metrics(&two).await;
     assert_eq!(metrics["jitsi_router_shared_pin_store_connected"], 1.0);

@@ -276,12 +276,7 @@ async fn two_browser_tabs_in_one_room_see_each_other() {
     }
     // The page, its script and its WebSocket all came from one node through the router.
     let node = page_node(&mut tabs[0]).await;
-    let pinned: serde_json::Value = reqwest::get(router.admin_url("/api/rooms/browserroom"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pinned: serde_json::Value = router.admin_json("/api/rooms/browserroom").await;
     assert_eq!(pinned["node"], node.as_str());
     // A participant from a Rust client joins them there.
     let mut erin = join(&router, &certs, Transport::Bosh, "browserroom", "erin")

@@ -375,6 +375,12 @@ impl Router {
         format!("http://{}{path}", self.admin.expect("admin listener"))
     }
 
+    /// The JSON answer of the admin listener's `GET <path>`.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let response = reqwest::get(self.admin_url(path)).await.unwrap();
+        response.json().await.unwrap()
+    }
+
     /// The config file the router was started with (rewrite it to test reloads).
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("router.toml")
