@@ -139,8 +139,13 @@ async fn a_request_lost_on_a_pooled_connection_is_sent_again_only_when_safe() {
     let certs = Certs::new();
     let entries = [("dropper", format!("http://{addr}"))];
     let router = Router::start(&certs, &config(&certs, "", &entries));
-    let client = router.client_h1();
+    // One HTTP/2 connection carries every request, so that one worker thread serves them all
+    // with its own pooled node connection. An HTTP/1.1 client may open a second connection
+    // while its first is still being handed back to its pool, and the router deals that one to
+    // the other worker, whose pool is empty: the request would not meet the closing connection.
+    let client = router.client();
     let first = client.get(router.url("/dropped")).send().await.unwrap();
+    assert_eq!(first.version(), reqwest::Version::HTTP_2);
     assert_eq!(first.status(), 200);
     assert_eq!(requests.load(Ordering::SeqCst), 1);
     // The pooled connection takes the GET and closes: the router sends it again on a new one.
