@@ -35,7 +35,9 @@ async fn idle_upstream_connections_are_retired_as_configured() {
         seen["peer"].as_str().unwrap().to_owned()
     };
     let (_certs, _nodes, router) = fleet(1, "[upstream]\npool_idle_timeout = \"300ms\"\n").await;
-    let client = router.client_h1();
+    // One HTTP/2 connection, served by one worker thread and its pool lane throughout (see
+    // `a_request_lost_on_a_pooled_connection_is_sent_again_only_when_safe`).
+    let client = router.client();
     let first = peer(client.clone(), router.url("/idle")).await;
     let again = peer(client.clone(), router.url("/idle")).await;
     assert_eq!(first, again, "a connection used a moment ago is used again");
@@ -274,7 +276,8 @@ async fn a_removed_node_keeps_no_pooled_connections() {
 async fn each_worker_thread_pools_its_own_node_connections() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (_certs, _nodes, router) = fleet(1, "").await;
-    let clients: Vec<reqwest::Client> = (0..threads).map(|_| router.client_h1()).collect();
+    // HTTP/2 clients: each keeps to its one connection (an HTTP/1.1 client may open another).
+    let clients: Vec<reqwest::Client> = (0..threads).map(|_| router.client()).collect();
     let mut peers: Vec<HashSet<String>> = vec![HashSet::new(); threads];
     for round in 0..3 {
         for (client, peers) in clients.iter().zip(&mut peers) {
