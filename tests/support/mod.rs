@@ -157,13 +157,41 @@ impl Certs {
     }
 }
 
-/// A loopback port nobody listens on.
+/// A loopback port nobody listens on, free to be listened on later by a process the test starts
+/// (pebble, nginx, a router told its ports ahead). It comes from below the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`, 32768 and up by default), where no `bind` to port 0
+/// and no outgoing connection of another test can take it in the meantime; each call in this
+/// process tries the next port from a start that differs between processes.
 pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOW);
+    if span < 1_000 {
+        // No room below the ephemeral range on this machine: a port the kernel picks.
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let _ = NEXT.compare_exchange(u32::MAX, start % span, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port from {LOW} to {ephemeral}");
 }
 
 /// Starts `n` simulated nodes named `jitsi-a`, `jitsi-b`, …
