@@ -126,8 +126,6 @@ pub struct FleetState {
     /// Every node known now or earlier, by name.
     lives: HashMap<NodeId, Arc<NodeLive>, RandomState>,
     cpu: Vec<Option<f64>>,
-    /// Node indices by ascending reading, nodes without one last.
-    by_reading: Vec<usize>,
     cpu_read_at: Option<Instant>,
     max_staleness: Duration,
     learned_room_cost: Option<f64>,
@@ -143,13 +141,6 @@ impl FleetState {
     /// Placement's view of the nodes, aligned with [`nodes`](Self::nodes).
     pub fn placing(&self) -> &[Placing] {
         &self.placing
-    }
-
-    /// Indices into [`nodes`](Self::nodes) in ascending order of the nodes' last CPU reading,
-    /// nodes without one last: placement's scan order, in which it can stop at the first node
-    /// whose reading is above the best estimate so far (an estimate is never below its reading).
-    pub fn by_reading(&self) -> &[usize] {
-        &self.by_reading
     }
 
     /// The node with this name.
@@ -418,11 +409,6 @@ fn build(inputs: &Inputs) -> FleetState {
     let cpu: Vec<Option<f64>> = (inputs.specs.iter())
         .map(|spec| inputs.cpu_by_instance.get(&spec.instance).copied())
         .collect();
-    let mut by_reading: Vec<usize> = (0..cpu.len()).collect();
-    by_reading.sort_by(|&a, &b| {
-        let reading = |i: usize| cpu[i].unwrap_or(f64::INFINITY);
-        reading(a).total_cmp(&reading(b))
-    });
     let placing = (nodes.iter())
         .map(|node| Placing {
             seed: node.seed,
@@ -439,7 +425,6 @@ fn build(inputs: &Inputs) -> FleetState {
         by_server_id,
         lives: inputs.lives.clone(),
         cpu,
-        by_reading,
         cpu_read_at: inputs.cpu_read_at,
         max_staleness: inputs.max_staleness,
         learned_room_cost: inputs.learned_room_cost,
