@@ -273,8 +273,17 @@ pub struct Pins {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharedPins {
-    /// `redis://[user:password@]host[:port][/db]` or `unix:///path/to/socket`.
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://…` (TLS) or
+    /// `unix:///path/to/socket`.
     pub url: String,
+    /// For `rediss://`: the CA certificates (PEM) that sign the server's certificate, trusted
+    /// instead of the system's roots. `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// For `rediss://`: a client certificate chain (PEM), for a Redis that asks for one
+    /// (`tls-auth-clients`, on by default once Redis serves TLS); with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert`.
+    pub client_key: Option<PathBuf>,
     /// What every key starts with; replicas of one fleet must use the same.
     #[serde(default = "default_prefix")]
     pub prefix: String,

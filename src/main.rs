@@ -351,6 +351,11 @@ fn check(path: &Path) -> Result<(), String> {
     if let Some(ca) = &config.upstream.ca {
         jitsi_router::tls::upstream_client_config(Some(ca)).map_err(|e| e.to_string())?;
     }
+    if let Some(redis) = &config.pins.redis {
+        // Reads the TLS files of a `rediss://` store; connects to nothing.
+        jitsi_router::placement::shared::SharedPins::new(redis, config.routing.pin_idle_timeout)
+            .map_err(|e| format!("pins.redis: {e}"))?;
+    }
     print!("{}", describe(&config, path));
     Ok(())
 }

@@ -45,9 +45,9 @@ pub enum TlsError {
         /// The key file.
         key: PathBuf,
     },
-    /// An extra CA file for upstreams could not be loaded.
-    #[error("{path}: cannot load upstream CA certificates: {reason}")]
-    UpstreamCa {
+    /// A CA file (for upstreams, the ACME directory or Redis) could not be loaded.
+    #[error("{path}: cannot load CA certificates: {reason}")]
+    Ca {
         /// The file.
         path: PathBuf,
         /// What went wrong.
@@ -309,26 +309,33 @@ pub fn upstream_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig,
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca {
-        let ca_err = |reason: String| TlsError::UpstreamCa {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| ca_err(pem_reason(e)))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ca_err(pem_reason(e)))?;
-        if certs.is_empty() {
-            return Err(ca_err("no CERTIFICATE block found".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
-        }
+        load_ca(path, &mut roots)?;
     }
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// Adds the CA certificates of a PEM file to `roots`; fails naming the file if it holds none
+/// or one that is not a usable trust anchor.
+pub fn load_ca(path: &Path, roots: &mut rustls::RootCertStore) -> Result<(), TlsError> {
+    let ca_err = |reason: String| TlsError::Ca {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ca_err(pem_reason(e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ca_err(pem_reason(e)))?;
+    if certs.is_empty() {
+        return Err(ca_err("no CERTIFICATE block found".into()));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Writes a self-signed certificate and key for `localhost` (and 127.0.0.1, ::1) into `dir`,

@@ -56,10 +56,20 @@ fn shared_pins_take_a_redis_url_and_defaults() {
     assert_eq!(shared.prefix, "jitsi-router:pin:");
     assert_eq!(shared.timeout, Duration::from_millis(250));
     assert_eq!(shared.sync_interval, Duration::from_secs(5));
+    let tls = MINIMAL.replace(
+        "[tls]",
+        "[pins.redis]\nurl = \"rediss://redis.internal:6380\"\nca = \"redis-ca.pem\"\n[tls]",
+    );
+    let shared = parse(&tls).unwrap().pins.redis.unwrap();
+    assert_eq!(
+        shared.ca.as_deref(),
+        Some(Path::new("/etc/jitsi-router/redis-ca.pem"))
+    );
+    assert_eq!(shared.client_cert, None);
     for (section, message) in [
         (
             "url = \"https://10.0.0.9\"",
-            r#"pins.redis.url = "https://10.0.0.9": must start with redis:// or unix:// (TLS to Redis is not built in)"#,
+            r#"pins.redis.url = "https://10.0.0.9": must start with redis://, rediss:// (TLS) or unix://"#,
         ),
         (
             "url = \"redis://10.0.0.9:notaport\"",
@@ -74,6 +84,22 @@ fn shared_pins_take_a_redis_url_and_defaults() {
             r#"pins.redis.sync_interval = "0s": must be greater than zero"#,
         ),
         ("urls = \"redis://h\"", "unknown field `urls`"),
+        (
+            "url = \"rediss://h/#insecure\"",
+            r#"pins.redis.url = "rediss://h/#insecure": takes no #fragment (certificate checks stay on"#,
+        ),
+        (
+            "url = \"redis://h\"\nca = \"ca.pem\"",
+            r#"pins.redis.ca = "ca.pem": only for a rediss:// url (TLS)"#,
+        ),
+        (
+            "url = \"rediss://h\"\nclient_cert = \"me.pem\"",
+            r#"pins.redis.client_cert = "/etc/jitsi-router/me.pem": needs pins.redis.client_key"#,
+        ),
+        (
+            "url = \"rediss://h\"\nclient_key = \"/k.pem\"",
+            r#"pins.redis.client_key = "/k.pem": needs pins.redis.client_cert"#,
+        ),
     ] {
         let e = error(&MINIMAL.replace("[tls]", &format!("[pins.redis]\n{section}\n[tls]")));
         assert!(e.contains(message), "{e}");

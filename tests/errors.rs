@@ -258,6 +258,23 @@ fn startup_failures_are_one_clear_line_and_exit_1() {
         &["router.toml", "routing.mode", "\"fast\""],
     );
 
+    // A CA file for TLS to Redis that is not one: named by `check` and by `serve`, which
+    // does not start.
+    std::fs::write(dir.path().join("redis-ca.pem"), "not a certificate").unwrap();
+    let bad_ca = write_config(
+        dir.path(),
+        &good.replace(
+            "[tls]",
+            "[pins.redis]\nurl = \"rediss://127.0.0.1:1\"\nca = \"redis-ca.pem\"\n\n[tls]",
+        ),
+    );
+    for command in ["check", "serve"] {
+        assert_one_line_failure(
+            &[command, "--config", &bad_ca],
+            &["pins.redis", "redis-ca.pem", "no CERTIFICATE block found"],
+        );
+    }
+
     let bad_log = write_config(
         dir.path(),
         &good.replace("[tls]", "[log]\nformat = \"xml\"\n\n[tls]"),

@@ -364,3 +364,70 @@ async fn a_dead_redis_costs_no_request_and_is_used_once_it_answers() {
         1.0
     );
 }
+
+/// The `[pins.redis]` section for a TLS store at `url`: `ca` to check the server by, and the
+/// client certificate Redis asks for.
+fn shared_tls(url: &str, ca: &std::path::Path, client: &Certs) -> String {
+    shared(url)
+        + &format!(
+            "ca = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            ca, client.cert, client.key
+        )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_pins_over_tls_and_trust_no_store_their_ca_did_not_sign() {
+    let certs = Certs::new();
+    let redis = Redis::start_tls(&certs).await;
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+    let nodes = sim_nodes(2).await;
+    let tls = shared_tls(&redis.url(), &certs.ca, &certs);
+    let one = replica(&certs, &nodes, "jitsi-a", &tls);
+    let two = replica(&certs, &nodes, "jitsi-b", &tls);
+    for i in 0..6 {
+        let room = format!("sealed-{i}");
+        let (first, second) = if i % 2 == 0 {
+            (&one, &two)
+        } else {
+            (&two, &one)
+        };
+        let node = node_of(first, &room).await;
+        assert_eq!(node_of(second, &room).await, node, "{room} split");
+        let key = format!("jitsi-router:pin:{room}");
+        assert_eq!(redis.get(&key).await.as_deref(), Some(node.as_str()));
+    }
+    let status: serde_json::Value = two.admin_json("/api/status").await;
+    assert_eq!(status["shared_pins"]["connected"], true, "{status}");
+    assert_eq!(
+        metrics(&two).await["jitsi_router_shared_pin_store_failures_total"],
+        0.0
+    );
+
+    // A replica told to trust another CA refuses the store's certificate: it never asks the
+    // store, says so, and places rooms alone (here on jitsi-b, where `one` put sealed-0 on
+    // jitsi-a: the split the store prevents, and no pin of the store's is taken on trust).
+    let stranger = Certs::new();
+    let doubting = replica(
+        &certs,
+        &nodes,
+        "jitsi-b",
+        &shared_tls(&redis.url(), &stranger.ca, &certs),
+    );
+    assert_eq!(node_of(&doubting, "sealed-0").await, "jitsi-b");
+    eventually(
+        Duration::from_secs(10),
+        "the store's failures to be counted",
+        || async {
+            metrics(&doubting).await["jitsi_router_shared_pin_store_failures_total"] >= 1.0
+        },
+    )
+    .await;
+    let status: serde_json::Value = doubting.admin_json("/api/status").await;
+    assert_eq!(status["shared_pins"]["connected"], false, "{status}");
+    log_shows(&doubting, "certificate").await;
+    assert_eq!(
+        redis.get("jitsi-router:pin:sealed-0").await.as_deref(),
+        Some("jitsi-a"),
+        "the doubting replica wrote nothing"
+    );
+}

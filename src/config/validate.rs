@@ -74,7 +74,7 @@ impl Config {
         self.placement(&check)?;
         self.health(&check)?;
         self.admin(&check)?;
-        if let Some(redis) = &self.pins.redis {
+        if let Some(redis) = &mut self.pins.redis {
             redis_url(&check, redis)?;
         }
         if let Some(p) = &mut self.prometheus {
@@ -214,16 +214,43 @@ impl Config {
     }
 }
 
-fn redis_url(check: &Check, redis: &SharedPins) -> Result<(), ConfigError> {
+fn redis_url(check: &Check, redis: &mut SharedPins) -> Result<(), ConfigError> {
     use redis::IntoConnectionInfo;
     let url = &redis.url;
     let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
-    if !matches!(scheme, "redis" | "unix" | "redis+unix") {
-        let problem = "must start with redis:// or unix:// (TLS to Redis is not built in)";
+    if !matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
+        let problem = "must start with redis://, rediss:// (TLS) or unix://";
+        return Err(check.invalid("pins.redis.url", url, problem));
+    }
+    if url.contains('#') {
+        let problem = "takes no #fragment (certificate checks stay on: give the server's CA in pins.redis.ca)";
         return Err(check.invalid("pins.redis.url", url, problem));
     }
     if let Err(e) = url.as_str().into_connection_info() {
         return Err(check.invalid("pins.redis.url", url, format!("not a Redis URL ({e})")));
+    }
+    let files = [
+        ("pins.redis.ca", &mut redis.ca),
+        ("pins.redis.client_cert", &mut redis.client_cert),
+        ("pins.redis.client_key", &mut redis.client_key),
+    ];
+    for (key, path) in files {
+        let Some(path) = path else { continue };
+        if scheme != "rediss" {
+            return Err(check.invalid(key, &*path, "only for a rediss:// url (TLS)"));
+        }
+        check.resolve(key, path)?;
+    }
+    match (&redis.client_cert, &redis.client_key) {
+        (Some(cert), None) => {
+            let problem = "needs pins.redis.client_key, its private key";
+            return Err(check.invalid("pins.redis.client_cert", cert, problem));
+        }
+        (None, Some(key)) => {
+            let problem = "needs pins.redis.client_cert, the certificate it belongs to";
+            return Err(check.invalid("pins.redis.client_key", key, problem));
+        }
+        _ => {}
     }
     if redis.prefix.is_empty() {
         return Err(check.invalid("pins.redis.prefix", &redis.prefix, "must not be empty"));

@@ -21,7 +21,13 @@
 //! after a failure they do not ask it at all. Rooms first seen
 //! during such an outage may land on different nodes through different replicas; the next sync
 //! after Redis is back moves them together (the first pin written wins).
+//!
+//! With a `rediss://` URL the connection is TLS (rustls): the server's certificate is checked
+//! against `ca` (or the system's roots) and its name against the URL's host, and `client_cert`
+//! is presented when the server asks for one. There is no switch to skip the checks: pins
+//! decide where people meet, so a store that cannot prove who it is is not asked.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -31,6 +37,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::pins::PinInfo;
 use crate::config;
 use crate::throttle::Throttle;
+use crate::tls::{self, TlsError};
 
 /// The value an unpinned room's key holds for a while, so that every replica unpins it.
 const TOMBSTONE: &str = "-";
@@ -101,6 +108,9 @@ pub enum SharedError {
     /// The store or the connection failed.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A certificate, key or CA file for TLS to Redis is not usable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The shared pin store of one router replica.
@@ -124,12 +134,51 @@ pub struct SharedPins {
     last_failure_ms: AtomicU64,
 }
 
+/// The Redis client for `config`: TLS with its CA and client certificate for `rediss://`, each
+/// file checked here so that a bad one is named at start-up rather than at the first handshake.
+fn client(config: &config::SharedPins) -> Result<redis::Client, SharedError> {
+    if !config.url.starts_with("rediss://") {
+        return Ok(redis::Client::open(config.url.as_str())?);
+    }
+    // The redis crate builds its TLS config with the process's default crypto provider: make
+    // it the one the rest of the router uses (an error only says one is installed already).
+    let _already = rustls::crypto::ring::default_provider().install_default();
+    let read = |path: &Path, error: fn(PathBuf, String) -> TlsError| {
+        std::fs::read(path).map_err(|e| error(path.to_path_buf(), e.to_string()))
+    };
+    let root_cert = match &config.ca {
+        Some(ca) => {
+            tls::load_ca(ca, &mut rustls::RootCertStore::empty())?;
+            Some(read(ca, |path, reason| TlsError::Ca { path, reason })?)
+        }
+        None => None,
+    };
+    let client_tls = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => {
+            tls::load_certified_key(cert, key)?;
+            Some(redis::ClientTlsConfig {
+                client_cert: read(cert, |path, reason| TlsError::Cert { path, reason })?,
+                client_key: read(key, |path, reason| TlsError::Key { path, reason })?,
+            })
+        }
+        _ => None,
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    Ok(redis::Client::build_with_tls(
+        config.url.as_str(),
+        certificates,
+    )?)
+}
+
 impl SharedPins {
     /// A store for `config`, whose pins expire after `idle` without a request on any replica.
     /// Connects in [`connect`](Self::connect).
     pub fn new(config: &config::SharedPins, idle: Duration) -> Result<SharedPins, SharedError> {
         Ok(SharedPins {
-            client: redis::Client::open(config.url.as_str())?,
+            client: client(config)?,
             url: config.url.clone(),
             connection: OnceLock::new(),
             prefix: config.prefix.clone(),

@@ -17,7 +17,7 @@ pub mod xmpp;
 
 use jitsi_router::demo::prometheus::PrometheusServer;
 pub use jitsi_router::demo::SimNode;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -39,6 +39,9 @@ impl Certs {
         let dir = tempfile::tempdir().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own: OpenSSL (Redis) takes a leaf whose issuer is its own subject (rcgen's
+        // default name for both) for self-signed.
+        (ca_params.distinguished_name).push(DnType::CommonName, "jitsi-router test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
@@ -857,6 +860,8 @@ impl Drop for Demo {
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// For a TLS server: the CA, and the client certificate and key it accepts.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
@@ -868,12 +873,35 @@ impl Redis {
 
     /// Starts one on `port` (a port a router was told of before anything listened there).
     pub async fn start_on(port: u16) -> Redis {
+        Redis::launch(port, None).await
+    }
+
+    /// Starts one that speaks only TLS, with `certs`' leaf (names `localhost` and `127.0.0.1`),
+    /// and asks every client for a certificate signed by `certs`' CA (Redis's default).
+    pub async fn start_tls(certs: &Certs) -> Redis {
+        let tls = (certs.ca.clone(), certs.cert.clone(), certs.key.clone());
+        Redis::launch(closed_port(), Some(tls)).await
+    }
+
+    async fn launch(port: u16, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("jitsi-router-redis-")
             .tempdir()
             .unwrap();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        let mut command = std::process::Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        match &tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some((ca, cert, key)) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key),
+        };
+        let child = command
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(dir.path())
@@ -886,6 +914,7 @@ impl Redis {
         let redis = Redis {
             child,
             port,
+            tls,
             _dir: dir,
         };
         eventually(
@@ -898,13 +927,30 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
-            .await
+        let client = match &self.tls {
+            None => redis::Client::open(self.url())?,
+            Some((ca, cert, key)) => {
+                let read = |path: &PathBuf| std::fs::read(path).unwrap();
+                let certificates = redis::TlsCertificates {
+                    client_tls: Some(redis::ClientTlsConfig {
+                        client_cert: read(cert),
+                        client_key: read(key),
+                    }),
+                    root_cert: Some(read(ca)),
+                };
+                redis::Client::build_with_tls(self.url(), certificates)?
+            }
+        };
+        client.get_multiplexed_async_connection().await
     }
 
     /// The value of a key, if any.
