@@ -11,11 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// A certificate or key problem, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -303,24 +306,88 @@ pub fn server_config(certs: Arc<CertStore>, acme_alpn: bool) -> rustls::ServerCo
     config
 }
 
-/// The client config for `https://` upstreams: the system's roots plus an optional CA file.
+/// The client config for `https://` upstreams: the system's roots plus an optional CA file,
+/// whose certificates are also trusted as themselves ([`Listed`]).
 pub fn upstream_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
-    if let Some(path) = ca {
-        load_ca(path, &mut roots)?;
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
+        .expect("ring supports the default protocol versions");
+    let Some(path) = ca else {
+        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    };
+    let listed = load_ca(path, &mut roots)?;
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Ca {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Listed { listed, webpki }))
         .with_no_client_auth())
 }
 
-/// Adds the CA certificates of a PEM file to `roots`; fails naming the file if it holds none
-/// or one that is not a usable trust anchor.
-pub fn load_ca(path: &Path, roots: &mut rustls::RootCertStore) -> Result<(), TlsError> {
+/// DESIGN note: a certificate listed in a CA file is trusted as itself too. A server that
+/// presents exactly one of them is accepted whatever names, CA flag or dates it carries: the
+/// certificate a docker-jitsi-meet node makes for itself (`openssl req -x509`, subject `CN=*`,
+/// no subject alternative name, marked as a CA) is one WebPKI never accepts for any name, and
+/// listing it is how an operator says "this node, exactly". The handshake must still be signed
+/// with that certificate's key. Every other certificate is checked by WebPKI against the
+/// system's roots and the file's certificates as issuers.
+#[derive(Debug)]
+struct Listed {
+    listed: Vec<CertificateDer<'static>>,
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for Listed {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.listed.iter().any(|cert| cert == end_entity) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        (self.webpki).verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// Adds the CA certificates of a PEM file to `roots` and returns them; fails naming the file if
+/// it holds none or one that is not a usable trust anchor.
+pub fn load_ca(
+    path: &Path,
+    roots: &mut rustls::RootCertStore,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let ca_err = |reason: String| TlsError::Ca {
         path: path.to_path_buf(),
         reason,
@@ -332,10 +399,10 @@ pub fn load_ca(path: &Path, roots: &mut rustls::RootCertStore) -> Result<(), Tls
     if certs.is_empty() {
         return Err(ca_err("no CERTIFICATE block found".into()));
     }
-    for cert in certs {
-        roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+    for cert in &certs {
+        roots.add(cert.clone()).map_err(|e| ca_err(e.to_string()))?;
     }
-    Ok(())
+    Ok(certs)
 }
 
 /// Writes a self-signed certificate and key for `localhost` (and 127.0.0.1, ::1) into `dir`,

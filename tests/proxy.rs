@@ -517,6 +517,100 @@ async fn https_upstreams_are_pooled_and_verified() {
     assert_eq!(response.status(), 502);
 }
 
+/// A certificate made as a docker-jitsi-meet web container makes its own when it has no other
+/// (`openssl req -new -x509 -subj "/C=US/ST=TX/L=Austin/O=jitsi.org/OU=Jitsi Server/CN=*"`):
+/// self-signed, subject `CN=*`, no subject alternative name, marked as a CA. Written as PEM to
+/// `dir/<name>.crt`; returns that path and a server config presenting it.
+fn docker_jitsi_meet_certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::sync::Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    for (kind, value) in [
+        (DnType::CountryName, "US"),
+        (DnType::StateOrProvinceName, "TX"),
+        (DnType::LocalityName, "Austin"),
+        (DnType::OrganizationName, "jitsi.org"),
+        (DnType::OrganizationalUnitName, "Jitsi Server"),
+        (DnType::CommonName, "*"),
+    ] {
+        params.distinguished_name.push(kind, value);
+    }
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let path = dir.join(format!("{name}.crt"));
+    std::fs::write(&path, cert.pem()).unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes());
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], der.unwrap())
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (path, std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nodes_own_self_signed_certificate_is_trusted_once_upstream_ca_lists_it() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (listed, tls) = docker_jitsi_meet_certificate(dir.path(), "node");
+    let node = SimNode::start_tls("docker-1", "127.0.0.1:0".parse().unwrap(), tls)
+        .await
+        .unwrap();
+    // The same kind of certificate with another key: what anyone can make.
+    let (_, impostor_tls) = docker_jitsi_meet_certificate(dir.path(), "impostor");
+    let impostor = SimNode::start_tls("impostor", "127.0.0.1:0".parse().unwrap(), impostor_tls)
+        .await
+        .unwrap();
+    let nodes = |node: &SimNode, name: &'static str| {
+        vec![(name, format!("https://127.0.0.1:{}", node.addr().port()))]
+    };
+    let routed = |router: &Router, room: &str| {
+        let request = router.client().get(router.url(&format!("/{room}"))).send();
+        async move { request.await.unwrap() }
+    };
+
+    // Health checks every 200 ms, one failure enough to mark a node down.
+    let health = "[health]\ninterval = \"200ms\"\nfall = 1\nrise = 1\n";
+    let listing = format!("{health}[upstream]\nca = {listed:?}\n");
+    let trusting = Router::start(&certs, &config(&certs, &listing, &nodes(&node, "docker-1")));
+    let response = routed(&trusting, "listed-room").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(shard(&response), "docker-1");
+    // Health checks go through the same trust: after several, the node is still healthy.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = trusting.admin_json("/api/nodes").await;
+    assert_eq!(status[0]["healthy"], true, "{status}");
+
+    // Unlisted, the node's certificate names nothing and is trusted by no one: its health
+    // checks fail on it, and no request reaches it (502, or 503 once it is marked down).
+    let refused = |router: Router, node: &'static str| async move {
+        let status = routed(&router, &format!("{node}-room")).await.status();
+        assert!(status == 502 || status == 503, "{node}: {status}");
+        eventually(
+            Duration::from_secs(5),
+            "the node to fail its checks",
+            || async { router.admin_json("/api/nodes").await[0]["healthy"] == false },
+        )
+        .await;
+        log_shows(&router, "certificate").await;
+    };
+    let unlisted = Router::start(&certs, &config(&certs, health, &nodes(&node, "docker-1")));
+    refused(unlisted, "docker-1").await;
+    // Listing one certificate trusts that one only, not another made the same way.
+    let fooled = Router::start(
+        &certs,
+        &config(&certs, &listing, &nodes(&impostor, "impostor")),
+    );
+    refused(fooled, "impostor").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn redirect_mode_sends_307_to_the_pinned_node() {
     let certs = Certs::new();

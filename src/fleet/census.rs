@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::Node;
+use crate::error_chain::error_chain;
 use crate::local_fault::LocalFault;
 use crate::room::{RoomKey, RoomLimits};
 
@@ -104,7 +105,9 @@ pub async fn fetch(
     let unreachable = |e: reqwest::Error| match LocalFault::find(&e) {
         Some(fault) => CensusError::Local(fault),
         None if e.is_timeout() => CensusError::Unreachable("timed out".into()),
-        None => CensusError::Unreachable(format!("unreachable ({e})")),
+        None => {
+            CensusError::Unreachable(format!("unreachable ({})", error_chain(&e.without_url())))
+        }
     };
     let mut response = client.get(url).send().await.map_err(unreachable)?;
     if !response.status().is_success() {

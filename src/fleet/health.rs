@@ -12,6 +12,7 @@ use futures_util::future::join_all;
 
 use super::{Fleet, Node};
 use crate::config::Health;
+use crate::error_chain::error_chain;
 use crate::local_fault::LocalFault;
 use crate::metrics::Metrics;
 use crate::tls::TlsError;
@@ -70,7 +71,12 @@ async fn probe(client: &reqwest::Client, url: &str, status: Option<u16>) -> Chec
         Err(e) if e.is_timeout() => Checked::Failed(format!("GET {url}: timed out")),
         Err(e) => match LocalFault::find(&e) {
             Some(fault) => Checked::Local(fault),
-            None => Checked::Failed(format!("GET {url}: unreachable ({e})")),
+            // The cause an operator can act on (refused, an untrusted certificate) is in the
+            // error's sources; the URL is already in the line.
+            None => Checked::Failed(format!(
+                "GET {url}: unreachable ({})",
+                error_chain(&e.without_url())
+            )),
         },
     }
 }
