@@ -445,6 +445,45 @@ async fn colibri_websockets_route_by_server_id() {
         .await
         .unwrap()
         .contains("unknown videobridge server id"));
+
+    // An id no node declares (docker-jitsi-meet's default: the bridge container's address, alike
+    // on every host) goes where the browser's room page went, named by its affinity cookie.
+    let bridge = "/colibri-ws/172.18.0.5/conf42/ep7?pwd=secret";
+    let mut reached = HashSet::new();
+    for room in ["bridge-room-1", "bridge-room-2", "bridge-room-3"] {
+        let page = router
+            .client()
+            .get(router.url(&format!("/{room}")))
+            .send()
+            .await
+            .unwrap();
+        let cookie = page.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let (node, _) = (shard(&page), page.bytes().await);
+        let routed = (router.client().get(router.url(bridge)))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(routed.status(), 200, "{room}");
+        assert_eq!(shard(&routed), node, "{room}");
+        reached.insert(node);
+    }
+    assert_eq!(
+        reached.len(),
+        3,
+        "the rooms spread over the nodes: {reached:?}"
+    );
+    // Without the cookie, or with one naming no node, there is nowhere to send it.
+    for cookie in ["", "jitsi_router_node=jitsi-z"] {
+        let refused = (router.client().get(router.url(bridge)))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 404, "{cookie:?}");
+    }
+    log_shows(&router, "no node declares").await;
     assert!(
         !router.logs().contains("secret"),
         "pwd= values never reach the logs"

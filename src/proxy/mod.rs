@@ -28,6 +28,7 @@ use crate::peer::{Client, ClientKey};
 use crate::placement::{Decision, Router};
 use crate::rendezvous;
 use crate::room::{self, RoomLimits, Target};
+use crate::throttle::Throttle;
 use crate::tls::TlsError;
 use forward::ForwardSettings;
 use upstream::{Pooled, UpstreamClient};
@@ -48,6 +49,8 @@ pub struct Proxy {
     keepalive_every: Duration,
     new_rooms: new_rooms::NewRooms,
     metrics: Arc<Metrics>,
+    /// Bridge channels whose server id no node declared, warned about once a minute.
+    undeclared_bridges: Throttle,
 }
 
 /// What routing settled on for one request.
@@ -93,6 +96,7 @@ impl Proxy {
                 config.limits.new_room_burst,
             ),
             metrics,
+            undeclared_bridges: Throttle::new(Duration::from_secs(60)),
         })
     }
 
@@ -257,10 +261,10 @@ impl Proxy {
                 })
             }
             Target::Bridge { server_id } => {
-                let node = self
-                    .router
-                    .route_bridge(server_id)
-                    .ok_or(Refusal::UnknownBridge)?;
+                let node = match self.router.route_bridge(server_id) {
+                    Some(node) => node,
+                    None => self.undeclared_bridge(req, server_id)?,
+                };
                 Ok(Choice {
                     node,
                     page: false,
@@ -292,6 +296,34 @@ impl Proxy {
                 })
             }
         }
+    }
+
+    /// The node for a bridge channel whose server id no node declared: the node the browser's
+    /// affinity cookie names, which is where the room page it opened last came from, and so
+    /// where its conference is.
+    ///
+    /// DESIGN note: docker-jitsi-meet's bridges take their container's address as server id
+    /// unless `JVB_WS_SERVER_ID` is set, and that address is alike on every Docker host, so an
+    /// id often cannot tell the nodes apart. The cookie makes a fleet with undeclared ids work
+    /// for browsers that send it (not in an iframe on another site, where it is withheld);
+    /// declared ids (`jvb_server_ids`) work for every client and are checked first. The warning
+    /// tells the operator which ids to declare.
+    fn undeclared_bridge(
+        &self,
+        req: &Request<Incoming>,
+        server_id: &str,
+    ) -> Result<Arc<Node>, Refusal> {
+        let named = headers::cookie(req.headers(), &self.affinity_cookie);
+        let node = named.and_then(|name| self.router.fleet().load().node(name).cloned());
+        if let Some(requests) = self.undeclared_bridges.due() {
+            tracing::warn!(
+                server_id,
+                cookie_node = node.as_ref().map(|n| n.id.as_str()),
+                requests_so_far = requests,
+                "bridge channel for a videobridge server id no node declares; routed by the affinity cookie, or 404 without one (set each node's JVB_WS_SERVER_ID and list it in [[nodes]] jvb_server_ids)"
+            );
+        }
+        node.ok_or(Refusal::UnknownBridge)
     }
 
     /// The node of a pinned room named by `page` (a room page or signalling URL); never places
