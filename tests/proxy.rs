@@ -491,6 +491,54 @@ async fn colibri_websockets_route_by_server_id() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_undeclared_bridge_id_follows_the_clients_open_signalling() {
+    // A mobile app or a page in another site's iframe: no affinity cookie, but its signalling
+    // WebSocket is open to its room's node while it is in the conference.
+    let (certs, _nodes, router) = fleet(3, "").await;
+    let bridge = "/colibri-ws/172.18.0.5/conf42/ep7?pwd=x";
+    let status = |path: &'static str| {
+        let request = router.client().get(router.url(path)).send();
+        async move { request.await.unwrap() }
+    };
+    assert_eq!(status(bridge).await.status(), 404, "no signalling yet");
+    let (mut signalling, node) = websocket(&certs, &router, "/xmpp-websocket?room=app-room").await;
+    echoes(&mut signalling, "<open/>").await;
+    let routed = status(bridge).await;
+    assert_eq!(routed.status(), 200);
+    assert_eq!(shard(&routed), node);
+    // Signalling to a second node from the same address (two rooms, or two people behind one
+    // NAT): the router cannot tell which, and does not guess.
+    let mut other = None;
+    for i in 0..10 {
+        let (ws, to) = websocket(&certs, &router, &format!("/xmpp-websocket?room=other-{i}")).await;
+        if to != node {
+            other = Some(ws);
+            break;
+        }
+    }
+    let mut other = other.expect("a room on another node");
+    assert_eq!(
+        status(bridge).await.status(),
+        404,
+        "signalling to two nodes"
+    );
+    other.close(None).await.unwrap();
+    drop(other);
+    eventually(
+        Duration::from_secs(5),
+        "the other signalling to end",
+        || async { status(bridge).await.status() == 200 },
+    )
+    .await;
+    signalling.close(None).await.unwrap();
+    drop(signalling);
+    eventually(Duration::from_secs(5), "the signalling to end", || async {
+        status(bridge).await.status() == 404
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bosh_long_poll_held_20_seconds_passes() {
     let (_certs, _nodes, router) = fleet(2, "").await;
     let client = router.client_h1();

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod headers;
 pub mod new_rooms;
 pub mod redirect;
+pub mod signalling;
 pub mod tunnel;
 pub mod upstream;
 
@@ -31,6 +32,7 @@ use crate::room::{self, RoomLimits, Target};
 use crate::throttle::Throttle;
 use crate::tls::TlsError;
 use forward::ForwardSettings;
+use signalling::Signalling;
 use upstream::{Pooled, UpstreamClient};
 
 /// Response body: a node's streamed body, or a small body of the router's own.
@@ -51,6 +53,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// Bridge channels whose server id no node declared, warned about once a minute.
     undeclared_bridges: Throttle,
+    /// The nodes each client holds signalling WebSockets to.
+    signalling: Arc<Signalling>,
 }
 
 /// What routing settled on for one request.
@@ -97,6 +101,7 @@ impl Proxy {
             ),
             metrics,
             undeclared_bridges: Throttle::new(Duration::from_secs(60)),
+            signalling: Arc::default(),
         })
     }
 
@@ -251,6 +256,7 @@ impl Proxy {
                     room: key.to_string(),
                     pins: self.router.pins().clone(),
                     every: self.keepalive_every,
+                    signalling: self.signalling.open(client, routed.node.id.clone()),
                 });
                 Ok(Choice {
                     node: routed.node,
@@ -263,7 +269,7 @@ impl Proxy {
             Target::Bridge { server_id } => {
                 let node = match self.router.route_bridge(server_id) {
                     Some(node) => node,
-                    None => self.undeclared_bridge(req, server_id)?,
+                    None => self.undeclared_bridge(req, ClientKey::of(peer.ip()), server_id)?,
                 };
                 Ok(Choice {
                     node,
@@ -299,28 +305,35 @@ impl Proxy {
     }
 
     /// The node for a bridge channel whose server id no node declared: the node the browser's
-    /// affinity cookie names, which is where the room page it opened last came from, and so
-    /// where its conference is.
+    /// affinity cookie names (where the room page it opened last came from), else the one node
+    /// the client holds signalling WebSockets to. Either is where its conference is.
     ///
     /// DESIGN note: docker-jitsi-meet's bridges take their container's address as server id
     /// unless `JVB_WS_SERVER_ID` is set, and that address is alike on every Docker host, so an
-    /// id often cannot tell the nodes apart. The cookie makes a fleet with undeclared ids work
-    /// for browsers that send it (not in an iframe on another site, where it is withheld);
-    /// declared ids (`jvb_server_ids`) work for every client and are checked first. The warning
-    /// tells the operator which ids to declare.
+    /// id often cannot tell the nodes apart. The cookie covers browsers on this host's room
+    /// pages; the client's open signalling covers the mobile apps and pages in an iframe on
+    /// another site, which send no cookie, unless people behind one address hold signalling
+    /// to two nodes (then nothing is guessed). Declared ids (`jvb_server_ids`) work for every
+    /// client and are checked first; the warning tells the operator which ids to declare.
     fn undeclared_bridge(
         &self,
         req: &Request<Incoming>,
+        client: ClientKey,
         server_id: &str,
     ) -> Result<Arc<Node>, Refusal> {
-        let named = headers::cookie(req.headers(), &self.affinity_cookie);
-        let node = named.and_then(|name| self.router.fleet().load().node(name).cloned());
+        let state = self.router.fleet().load();
+        let named = headers::cookie(req.headers(), &self.affinity_cookie)
+            .and_then(|name| state.node(name).cloned());
+        let node = named.or_else(|| {
+            let node = self.signalling.node_of(client)?;
+            state.node(node.as_str()).cloned()
+        });
         if let Some(requests) = self.undeclared_bridges.due() {
             tracing::warn!(
                 server_id,
-                cookie_node = node.as_ref().map(|n| n.id.as_str()),
+                routed_to = node.as_ref().map(|n| n.id.as_str()),
                 requests_so_far = requests,
-                "bridge channel for a videobridge server id no node declares; routed by the affinity cookie, or 404 without one (set each node's JVB_WS_SERVER_ID and list it in [[nodes]] jvb_server_ids)"
+                "bridge channel for a videobridge server id no node declares; routed by the affinity cookie or the client's signalling, 404 without either (give each node's bridge an id of its own and list it in [[nodes]] jvb_server_ids)"
             );
         }
         node.ok_or(Refusal::UnknownBridge)
