@@ -136,6 +136,29 @@ async fn a_node_whose_prosody_is_down_is_unhealthy_though_its_web_front_answers_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_sends_plain_http_to_https_is_unhealthy_and_says_where_to() {
+    // The plain-HTTP port of a docker-jitsi-meet node with ENABLE_HTTP_REDIRECT=1: every
+    // request, the health check's included, is answered with a redirect.
+    let certs = Certs::new();
+    let front = Nginx::redirecting_to_https().await;
+    let health = format!(
+        "[health]\ninterval = \"{}ms\"\nfall = 1\n",
+        INTERVAL.as_millis()
+    );
+    let router = Router::start(
+        &certs,
+        &config(&certs, &health, &[("jitsi-a", front.url())]),
+    );
+    until_health(&router, "jitsi-a", false, Duration::from_secs(10)).await;
+    let status = node_status(&router, "jitsi-a").await;
+    let why = status["health_failure"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("status 301 to https://") && why.contains("/http-bind"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_extra_check_of_a_node_must_pass_and_the_failing_one_is_named() {
     let certs = Certs::new();
     let nodes = sim_nodes(2).await;

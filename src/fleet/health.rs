@@ -59,13 +59,20 @@ async fn probe(client: &reqwest::Client, url: &str, status: Option<u16>) -> Chec
         Ok(response) => {
             let got = response.status();
             let passed = status.map_or(got.is_success(), |wanted| got.as_u16() == wanted);
+            // A node that sends plain HTTP to HTTPS (docker-jitsi-meet's ENABLE_HTTP_REDIRECT)
+            // answers every request so: say where to, which names the fix.
+            let to = (got.is_redirection())
+                .then(|| response.headers().get(http::header::LOCATION))
+                .flatten()
+                .and_then(|to| to.to_str().ok())
+                .map_or(String::new(), |to| format!(" to {to}"));
             match status {
                 _ if passed => Checked::Passed,
                 Some(wanted) => Checked::Failed(format!(
-                    "GET {url}: status {} (expected {wanted})",
+                    "GET {url}: status {}{to} (expected {wanted})",
                     got.as_u16()
                 )),
-                None => Checked::Failed(format!("GET {url}: status {}", got.as_u16())),
+                None => Checked::Failed(format!("GET {url}: status {}{to}", got.as_u16())),
             }
         }
         Err(e) if e.is_timeout() => Checked::Failed(format!("GET {url}: timed out")),

@@ -19,6 +19,27 @@ impl Nginx {
     /// `signalling`, no `/about/health` location, and every other path answered 200 with a room
     /// page (as docker-jitsi-meet's rewrite to the room page does with `ENABLE_SUBDOMAINS`).
     pub async fn jitsi_front(signalling: SocketAddr) -> Nginx {
+        Nginx::start(&format!(
+            "location = /http-bind {{ proxy_pass http://{signalling}/http-bind; }}\n\
+             location = /xmpp-websocket {{\n\
+               proxy_http_version 1.1;\n\
+               proxy_set_header Upgrade $http_upgrade;\n\
+               proxy_set_header Connection $connection_upgrade;\n\
+               proxy_pass http://{signalling}/xmpp-websocket;\n\
+             }}\n\
+             location / {{ default_type text/html; return 200 \"<html><body>room page</body></html>\\n\"; }}\n"
+        ))
+        .await
+    }
+
+    /// The plain-HTTP port of a docker-jitsi-meet web container with `ENABLE_HTTP_REDIRECT=1`
+    /// (`web/rootfs/defaults/default`): every request is sent to HTTPS.
+    pub async fn redirecting_to_https() -> Nginx {
+        Nginx::start("location / { return 301 https://$host$request_uri; }\n").await
+    }
+
+    /// An nginx whose one `server` has these directives besides its `listen`.
+    async fn start(server: &str) -> Nginx {
         let dir = tempfile::Builder::new()
             .prefix("jitsi-router-nginx-")
             .tempdir()
@@ -35,14 +56,7 @@ impl Nginx {
                map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
                server {{\n\
                  listen {addr};\n\
-                 location = /http-bind {{ proxy_pass http://{signalling}/http-bind; }}\n\
-                 location = /xmpp-websocket {{\n\
-                   proxy_http_version 1.1;\n\
-                   proxy_set_header Upgrade $http_upgrade;\n\
-                   proxy_set_header Connection $connection_upgrade;\n\
-                   proxy_pass http://{signalling}/xmpp-websocket;\n\
-                 }}\n\
-                 location / {{ default_type text/html; return 200 \"<html><body>room page</body></html>\\n\"; }}\n\
+                 {server}\
                }}\n\
              }}\n"
         );
@@ -64,7 +78,10 @@ impl Nginx {
                 panic!("nginx: {e}: run the README's test command, which installs it")
             });
         let nginx = Nginx { child, addr, dir };
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = (reqwest::Client::builder().no_proxy())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         let page = nginx.url() + "/";
         eventually(Duration::from_secs(10), "nginx to answer", || async {
             client.get(&page).send().await.is_ok()
