@@ -9,9 +9,9 @@
 //! production router has seen earlier readings too, and learned what a room costs). Then the
 //! measured burst: `rooms` room creations arriving evenly over `windows` Prometheus refresh windows.
 //! Room sizes (participants) are heavy-tailed: Pareto with α = 3 from 3 people (mean 4.5, a few
-//! rooms of 20 to 100). A room of 100 costs about 6 % of a node's CPU on nodes alike; with
-//! `capacity_spread` 4 it costs a node of weight 1 about 16 %, a quarter of the fleet's mean,
-//! so where such a room lands late in a run shows in `max_over_mean_cpu`.
+//! rooms of 20 to 100). A room of 100 costs about 7 % of a node's CPU on nodes alike; with
+//! `capacity_spread` 4 it costs a node of weight 1 about 18 %, over a quarter of the fleet's
+//! mean, so where such a room lands late in a run shows in `max_over_mean_cpu`.
 //! Each participant costs the same CPU, scaled so the fleet ends about 60 % busy on average. At the
 //! start of each window every policy sees a fresh reading of every node's true CPU; within a window
 //! the reading is stale, as with a real 30 s scrape. Loads count warm-up and burst rooms.
