@@ -307,7 +307,7 @@ pub fn server_config(certs: Arc<CertStore>, acme_alpn: bool) -> rustls::ServerCo
 }
 
 /// The client config for `https://` upstreams: the system's roots plus an optional CA file,
-/// whose certificates are also trusted as themselves ([`Listed`]).
+/// whose certificates are also trusted as themselves (see `Listed` in the source).
 pub fn upstream_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
