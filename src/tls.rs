@@ -72,19 +72,28 @@ fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// The certificates of a PEM file, at least one; `error` makes the error from the reason.
+fn certificates(
+    path: &Path,
+    error: impl Fn(String) -> TlsError,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| error(pem_reason(e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(pem_reason(e)))?;
+    if certs.is_empty() {
+        return Err(error("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
 /// Loads a PEM chain and a PEM key (PKCS#8, PKCS#1 RSA or SEC1 EC) and checks that they match.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let cert_err = |reason: String| TlsError::Cert {
         path: cert.to_path_buf(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_err(pem_reason(e)))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_err(pem_reason(e)))?;
-    if chain.is_empty() {
-        return Err(cert_err("no CERTIFICATE block found".into()));
-    }
+    let chain = certificates(cert, cert_err)?;
     let key_err = |reason: String| TlsError::Key {
         path: key.to_path_buf(),
         reason,
@@ -392,13 +401,7 @@ pub fn load_ca(
         path: path.to_path_buf(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| ca_err(pem_reason(e)))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ca_err(pem_reason(e)))?;
-    if certs.is_empty() {
-        return Err(ca_err("no CERTIFICATE block found".into()));
-    }
+    let certs = certificates(path, ca_err)?;
     for cert in &certs {
         roots.add(cert.clone()).map_err(|e| ca_err(e.to_string()))?;
     }
