@@ -491,6 +491,40 @@ async fn colibri_websockets_route_by_server_id() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_browser_sends_the_affinity_cookie_with_its_bridge_channel() {
+    let (_certs, _nodes, router) = fleet(3, "").await;
+    let browser = support::browser::Browser::launch(&["--ignore-certificate-errors"]).await;
+    let mut tab = browser.tab().await;
+    tab.goto(&router.url("/CookieRoom")).await;
+    // The room page's own signalling WebSocket echoes once and closes; once it has, only the
+    // cookie can tell the router where this browser's conference is.
+    let log = "document.getElementById('log').textContent";
+    tab.wait_for(
+        &format!("{log}.includes('echoed')"),
+        Duration::from_secs(10),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the page's WebSocket to close",
+        || async { metrics(&router).await["jitsi_router_websocket_tunnels"] == 0.0 },
+    )
+    .await;
+    // What lib-jitsi-meet does with the URL its bridge advertises: open it and talk.
+    let bridge = "new Promise(done => {
+        const ws = new WebSocket('wss://' + location.host + '/colibri-ws/172.18.0.5/conf/ep?pwd=x');
+        ws.onopen = () => ws.send('ping');
+        ws.onmessage = m => { done('echo: ' + m.data); ws.close(); };
+        ws.onerror = () => done('failed');
+    })";
+    assert_eq!(tab.eval(bridge).await, "echo: ping");
+    // Without the cookie the same channel has nowhere to go.
+    tab.call("Network.clearBrowserCookies", serde_json::json!({}))
+        .await;
+    assert_eq!(tab.eval(bridge).await, "failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_undeclared_bridge_id_follows_the_clients_open_signalling() {
     // A mobile app or a page in another site's iframe: no affinity cookie, but its signalling
     // WebSocket is open to its room's node while it is in the conference.
