@@ -535,6 +535,15 @@ async fn an_undeclared_bridge_id_follows_the_clients_open_signalling() {
         async move { request.await.unwrap() }
     };
     assert_eq!(status(bridge).await.status(), 404, "no signalling yet");
+    // A whiteboard's WebSocket is routed as a room named `socket.io`, and is no signalling.
+    let (mut whiteboard, _) =
+        websocket(&certs, &router, "/socket.io/?roomId=w1&transport=websocket").await;
+    echoes(&mut whiteboard, "draw").await;
+    assert_eq!(
+        status(bridge).await.status(),
+        404,
+        "a whiteboard is no signalling"
+    );
     let (mut signalling, node) = websocket(&certs, &router, "/xmpp-websocket?room=app-room").await;
     echoes(&mut signalling, "<open/>").await;
     let routed = status(bridge).await;

@@ -256,7 +256,10 @@ impl Proxy {
                     room: key.to_string(),
                     pins: self.router.pins().clone(),
                     every: self.keepalive_every,
-                    signalling: self.signalling.open(client, routed.node.id.clone()),
+                    // XMPP only: another room WebSocket (a whiteboard's `/socket.io/`, pinned
+                    // as a room of that name) says nothing of where the client's conference is.
+                    signalling: (uri.path().ends_with("/xmpp-websocket"))
+                        .then(|| self.signalling.open(client, routed.node.id.clone())),
                 });
                 Ok(Choice {
                     node: routed.node,

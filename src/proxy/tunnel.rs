@@ -22,8 +22,9 @@ pub struct Keepalive {
     pub pins: Arc<Pins>,
     /// How often to touch it (a fraction of the idle timeout).
     pub every: Duration,
-    /// Counts the tunnel as its client's signalling to the node while it is open.
-    pub signalling: super::signalling::Open,
+    /// Counts the tunnel as its client's signalling to the node while it is open (XMPP
+    /// WebSockets only).
+    pub signalling: Option<super::signalling::Open>,
 }
 
 impl Keepalive {
