@@ -525,6 +525,49 @@ async fn a_browser_sends_the_affinity_cookie_with_its_bridge_channel() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_room_in_another_sites_iframe_keeps_its_affinity_cookie() {
+    // The iframe API: a page of another site (here plain http on 127.0.0.1, the router being
+    // https on localhost) embeds the room. The browser stores and sends the cookie only if it
+    // may live in a third-party frame.
+    let (_certs, nodes, router) = fleet(3, "").await;
+    let mut flags = vec!["--ignore-certificate-errors"];
+    flags.extend(support::browser::SAME_PROCESS_FRAMES);
+    let browser = support::browser::Browser::launch(&flags).await;
+    let mut tab = browser.tab().await;
+    tab.goto(&format!("{}/embedder", nodes[0].url())).await;
+    let room = router.url("/IframeRoom");
+    let embed = format!(
+        "new Promise(done => {{
+            const frame = document.createElement('iframe');
+            frame.onload = () => done(true);
+            frame.src = {room:?};
+            document.body.appendChild(frame);
+        }})"
+    );
+    assert_eq!(tab.eval(&embed).await, true);
+    let frame = tab.frame_context(&room).await;
+    let log = "document.getElementById('log').textContent.includes('echoed')";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tab.eval_in(frame, log).await != true {
+        assert!(Instant::now() < deadline, "the room page never signalled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the page's WebSocket to close",
+        || async { metrics(&router).await["jitsi_router_websocket_tunnels"] == 0.0 },
+    )
+    .await;
+    let bridge = "new Promise(done => {
+        const ws = new WebSocket('wss://' + location.host + '/colibri-ws/172.18.0.5/conf/ep?pwd=x');
+        ws.onopen = () => ws.send('ping');
+        ws.onmessage = m => { done('echo: ' + m.data); ws.close(); };
+        ws.onerror = () => done('failed');
+    })";
+    assert_eq!(tab.eval_in(frame, bridge).await, "echo: ping");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_undeclared_bridge_id_follows_the_clients_open_signalling() {
     // A mobile app or a page in another site's iframe: no affinity cookie, but its signalling
     // WebSocket is open to its room's node while it is in the conference.

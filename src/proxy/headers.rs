@@ -252,9 +252,16 @@ pub fn referring_page<B>(req: &Request<B>) -> Option<PathAndQuery> {
 }
 
 /// `Set-Cookie` for the affinity cookie naming `node`.
+///
+/// DESIGN note. `SameSite=None; Partitioned`: a room embedded in another site's page (the
+/// iframe API) is a third-party frame, where a `Lax` cookie is neither stored nor sent, and
+/// its bridge channels need the cookie as much as a room opened on its own. `Partitioned`
+/// (CHIPS) keeps the cookie to the embedding site, so it is allowed where third-party cookies
+/// are blocked and tracks no one across sites; browsers that do not know the attribute ignore
+/// it. The cookie only names a node, so a cross-site request carrying it gains nothing.
 pub fn affinity_cookie(name: &str, node: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!(
-        "{name}={node}; Path=/; Secure; HttpOnly; SameSite=Lax"
+        "{name}={node}; Path=/; Secure; HttpOnly; SameSite=None; Partitioned"
     ))
     .ok()
 }

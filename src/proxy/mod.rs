@@ -313,10 +313,11 @@ impl Proxy {
     ///
     /// DESIGN note: docker-jitsi-meet's bridges take their container's address as server id
     /// unless `JVB_WS_SERVER_ID` is set, and that address is alike on every Docker host, so an
-    /// id often cannot tell the nodes apart. The cookie covers browsers on this host's room
-    /// pages; the client's open signalling covers the mobile apps and pages in an iframe on
-    /// another site, which send no cookie, unless people behind one address hold signalling
-    /// to two nodes (then nothing is guessed). Declared ids (`jvb_server_ids`) work for every
+    /// id often cannot tell the nodes apart. The cookie covers browsers, on this host's room
+    /// pages and in other sites' iframes (it is partitioned, see
+    /// [`headers::affinity_cookie`]); the client's open signalling covers the mobile apps and
+    /// browsers that withhold the cookie, unless people behind one address hold signalling to
+    /// two nodes (then nothing is guessed). Declared ids (`jvb_server_ids`) work for every
     /// client and are checked first; the warning tells the operator which ids to declare.
     fn undeclared_bridge(
         &self,

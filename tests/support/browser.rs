@@ -21,6 +21,13 @@ fn chromium_binary() -> PathBuf {
     panic!("the chromium binary is missing: run the README's test command, which installs it");
 }
 
+/// Flags that keep a cross-site iframe in its page's process, so that
+/// [`Tab::frame_context`] can find it (without them it is a target of its own).
+pub const SAME_PROCESS_FRAMES: [&str; 2] = [
+    "--disable-site-isolation-trials",
+    "--disable-features=IsolateOrigins,site-per-process",
+];
+
 /// A headless Chromium with its own profile folder; killed when dropped.
 pub struct Browser {
     child: Child,
@@ -162,6 +169,35 @@ impl Tab {
                 json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
             )
             .await;
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression} threw: {result}"
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// An execution context in the page's frame whose URL starts with `url`, for
+    /// [`eval_in`](Self::eval_in): a cross-site iframe's, which the page's own scripts cannot
+    /// reach. Needs a browser launched with [`SAME_PROCESS_FRAMES`].
+    pub async fn frame_context(&mut self, url: &str) -> u64 {
+        let tree = self.call("Page.getFrameTree", json!({})).await;
+        let children = tree["frameTree"]["childFrames"].as_array().cloned();
+        let frame = (children.unwrap_or_default().iter())
+            .map(|child| &child["frame"])
+            .find(|frame| frame["url"].as_str().is_some_and(|u| u.starts_with(url)))
+            .map(|frame| frame["id"].clone())
+            .unwrap_or_else(|| panic!("no frame at {url} in {tree}"));
+        let world = json!({ "frameId": frame, "worldName": "test" });
+        let created = self.call("Page.createIsolatedWorld", world).await;
+        created["executionContextId"].as_u64().unwrap()
+    }
+
+    /// Evaluates a JavaScript expression in `context` (see
+    /// [`frame_context`](Self::frame_context)), promises awaited, and returns its value.
+    pub async fn eval_in(&mut self, context: u64, expression: &str) -> Value {
+        let params = json!({ "expression": expression, "contextId": context,
+            "returnByValue": true, "awaitPromise": true });
+        let result = self.call("Runtime.evaluate", params).await;
         assert!(
             result.get("exceptionDetails").is_none(),
             "{expression} threw: {result}"
