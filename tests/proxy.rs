@@ -490,38 +490,45 @@ async fn colibri_websockets_route_by_server_id() {
     );
 }
 
+/// What lib-jitsi-meet does with the URL its bridge advertises, for an id no node declares:
+/// open it and talk. `echo: ping` when routed, `failed` when not.
+const BRIDGE_CHANNEL: &str = "new Promise(done => {
+    const ws = new WebSocket('wss://' + location.host + '/colibri-ws/172.18.0.5/conf/ep?pwd=x');
+    ws.onopen = () => ws.send('ping');
+    ws.onmessage = m => { done('echo: ' + m.data); ws.close(); };
+    ws.onerror = () => done('failed');
+})";
+
+/// Waits for the room page in `context` (the tab's page with `None`) to have signalled, and for
+/// its signalling WebSocket, which echoes once and closes, to be gone: from then on only the
+/// affinity cookie can tell the router where this browser's conference is.
+async fn signalled_and_closed(
+    tab: &mut support::browser::Tab,
+    context: Option<u64>,
+    router: &Router,
+) {
+    let log = "document.getElementById('log').textContent.includes('echoed')";
+    tab.wait_for_in(context, log, Duration::from_secs(10)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the page's WebSocket to close",
+        || async { metrics(router).await["jitsi_router_websocket_tunnels"] == 0.0 },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_sends_the_affinity_cookie_with_its_bridge_channel() {
     let (_certs, _nodes, router) = fleet(3, "").await;
     let browser = support::browser::Browser::launch(&["--ignore-certificate-errors"]).await;
     let mut tab = browser.tab().await;
     tab.goto(&router.url("/CookieRoom")).await;
-    // The room page's own signalling WebSocket echoes once and closes; once it has, only the
-    // cookie can tell the router where this browser's conference is.
-    let log = "document.getElementById('log').textContent";
-    tab.wait_for(
-        &format!("{log}.includes('echoed')"),
-        Duration::from_secs(10),
-    )
-    .await;
-    eventually(
-        Duration::from_secs(5),
-        "the page's WebSocket to close",
-        || async { metrics(&router).await["jitsi_router_websocket_tunnels"] == 0.0 },
-    )
-    .await;
-    // What lib-jitsi-meet does with the URL its bridge advertises: open it and talk.
-    let bridge = "new Promise(done => {
-        const ws = new WebSocket('wss://' + location.host + '/colibri-ws/172.18.0.5/conf/ep?pwd=x');
-        ws.onopen = () => ws.send('ping');
-        ws.onmessage = m => { done('echo: ' + m.data); ws.close(); };
-        ws.onerror = () => done('failed');
-    })";
-    assert_eq!(tab.eval(bridge).await, "echo: ping");
+    signalled_and_closed(&mut tab, None, &router).await;
+    assert_eq!(tab.eval(BRIDGE_CHANNEL).await, "echo: ping");
     // Without the cookie the same channel has nowhere to go.
     tab.call("Network.clearBrowserCookies", serde_json::json!({}))
         .await;
-    assert_eq!(tab.eval(bridge).await, "failed");
+    assert_eq!(tab.eval(BRIDGE_CHANNEL).await, "failed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -545,26 +552,9 @@ async fn a_room_in_another_sites_iframe_keeps_its_affinity_cookie() {
         }})"
     );
     assert_eq!(tab.eval(&embed).await, true);
-    let frame = tab.frame_context(&room).await;
-    let log = "document.getElementById('log').textContent.includes('echoed')";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tab.eval_in(frame, log).await != true {
-        assert!(Instant::now() < deadline, "the room page never signalled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eventually(
-        Duration::from_secs(5),
-        "the page's WebSocket to close",
-        || async { metrics(&router).await["jitsi_router_websocket_tunnels"] == 0.0 },
-    )
-    .await;
-    let bridge = "new Promise(done => {
-        const ws = new WebSocket('wss://' + location.host + '/colibri-ws/172.18.0.5/conf/ep?pwd=x');
-        ws.onopen = () => ws.send('ping');
-        ws.onmessage = m => { done('echo: ' + m.data); ws.close(); };
-        ws.onerror = () => done('failed');
-    })";
-    assert_eq!(tab.eval_in(frame, bridge).await, "echo: ping");
+    let frame = Some(tab.frame_context(&room).await);
+    signalled_and_closed(&mut tab, frame, &router).await;
+    assert_eq!(tab.eval_in(frame, BRIDGE_CHANNEL).await, "echo: ping");
 }
 
 #[tokio::test(flavor = "multi_thread")]

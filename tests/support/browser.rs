@@ -163,12 +163,18 @@ impl Tab {
 
     /// Evaluates a JavaScript expression (promises awaited) and returns its value.
     pub async fn eval(&mut self, expression: &str) -> Value {
-        let result = self
-            .call(
-                "Runtime.evaluate",
-                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
-            )
-            .await;
+        self.eval_in(None, expression).await
+    }
+
+    /// Evaluates a JavaScript expression (promises awaited) in `context` (see
+    /// [`frame_context`](Self::frame_context)), else in the page, and returns its value.
+    pub async fn eval_in(&mut self, context: Option<u64>, expression: &str) -> Value {
+        let mut params =
+            json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+        if let Some(context) = context {
+            params["contextId"] = context.into();
+        }
+        let result = self.call("Runtime.evaluate", params).await;
         assert!(
             result.get("exceptionDetails").is_none(),
             "{expression} threw: {result}"
@@ -192,24 +198,16 @@ impl Tab {
         created["executionContextId"].as_u64().unwrap()
     }
 
-    /// Evaluates a JavaScript expression in `context` (see
-    /// [`frame_context`](Self::frame_context)), promises awaited, and returns its value.
-    pub async fn eval_in(&mut self, context: u64, expression: &str) -> Value {
-        let params = json!({ "expression": expression, "contextId": context,
-            "returnByValue": true, "awaitPromise": true });
-        let result = self.call("Runtime.evaluate", params).await;
-        assert!(
-            result.get("exceptionDetails").is_none(),
-            "{expression} threw: {result}"
-        );
-        result["result"]["value"].clone()
-    }
-
     /// Waits until `expression` is true in the page.
     pub async fn wait_for(&mut self, expression: &str, limit: Duration) {
+        self.wait_for_in(None, expression, limit).await;
+    }
+
+    /// Waits until `expression` is true in `context`, else in the page.
+    pub async fn wait_for_in(&mut self, context: Option<u64>, expression: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            if self.eval(expression).await == Value::Bool(true) {
+            if self.eval_in(context, expression).await == Value::Bool(true) {
                 return;
             }
             assert!(
