@@ -284,6 +284,14 @@ pub struct SharedPins {
     pub client_cert: Option<PathBuf>,
     /// The private key (PEM) of `client_cert`.
     pub client_key: Option<PathBuf>,
+    /// Redis Sentinel: each sentinel's `host:port`. With them, `url`'s host is the name the
+    /// sentinels monitor the primary under (`sentinel monitor <name> …`), and the sentinels
+    /// say where it is, again after every failure. They are reached as `url` says: TLS, with
+    /// `ca` and `client_cert`, for `rediss://`.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The sentinels' password (`requirepass` in their config), when they ask for one.
+    pub sentinel_password: Option<String>,
     /// What every key starts with; replicas of one fleet must use the same.
     #[serde(default = "default_prefix")]
     pub prefix: String,

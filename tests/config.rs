@@ -100,6 +100,22 @@ fn shared_pins_take_a_redis_url_and_defaults() {
             "url = \"rediss://h\"\nclient_key = \"/k.pem\"",
             r#"pins.redis.client_key = "/k.pem": needs pins.redis.client_cert"#,
         ),
+        (
+            "url = \"redis://pins\"\nsentinels = [\"10.0.0.5\"]",
+            r#"pins.redis.sentinels = "10.0.0.5": must be host:port"#,
+        ),
+        (
+            "url = \"redis://pins\"\nsentinels = [\"10.0.0.5:26379\", \"10.0.0.6:0\"]",
+            r#"pins.redis.sentinels = "10.0.0.6:0": must be host:port"#,
+        ),
+        (
+            "url = \"unix:///run/redis.sock\"\nsentinels = [\"10.0.0.5:26379\"]",
+            r#"pins.redis.url = "unix:///run/redis.sock": with pins.redis.sentinels, must be redis:// or rediss://"#,
+        ),
+        (
+            "url = \"redis://h\"\nsentinel_password = \"s3cret\"",
+            r#"pins.redis.sentinel_password = "***": only with pins.redis.sentinels"#,
+        ),
     ] {
         let e = error(&MINIMAL.replace("[tls]", &format!("[pins.redis]\n{section}\n[tls]")));
         assert!(e.contains(message), "{e}");

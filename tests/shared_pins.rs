@@ -431,3 +431,95 @@ async fn replicas_share_pins_over_tls_and_trust_no_store_their_ca_did_not_sign()
         "the doubting replica wrote nothing"
     );
 }
+
+/// Waits until the sentinel names `server` as the primary and both replicas use it: a room
+/// first asked for through each has its pin there.
+async fn switched(sentinel: &Sentinel, server: &Redis, replicas: [&Router; 2], name: &str) {
+    eventually(
+        Duration::from_secs(20),
+        "the sentinel to switch",
+        || async { sentinel.primary_port().await == Some(server.port) },
+    )
+    .await;
+    let probes = std::sync::atomic::AtomicUsize::new(0);
+    for router in replicas {
+        eventually(Duration::from_secs(10), "the replica to follow", || async {
+            let n = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let room = format!("{name}-probe-{n}");
+            node_of(router, &room).await;
+            server
+                .get(&format!("jitsi-router:pin:{room}"))
+                .await
+                .is_some()
+        })
+        .await;
+    }
+}
+
+/// New rooms, first asked for through either replica, meet on one node, and `server` (the
+/// primary now) holds their pins.
+async fn new_rooms_meet(one: &Router, two: &Router, server: &Redis, prefix: &str) {
+    for i in 0..6 {
+        let room = format!("{prefix}-{i}");
+        let (first, second) = if i % 2 == 0 { (one, two) } else { (two, one) };
+        let node = node_of(first, &room).await;
+        assert_eq!(node_of(second, &room).await, node, "{room} split");
+        let pinned = server.get(&format!("jitsi-router:pin:{room}")).await;
+        assert_eq!(
+            pinned.as_deref(),
+            Some(node.as_str()),
+            "{room} not in the primary"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_follow_sentinel_to_each_new_primary_and_rooms_stay_on_one_node() {
+    let certs = Certs::new();
+    let first = Redis::start().await;
+    let second = Redis::start_replica_of(&first).await;
+    let sentinel = Sentinel::start(&first, "pins").await;
+    let nodes = sim_nodes(2).await;
+    // The URL names the primary by the name the sentinel monitors it under.
+    let section = |sync: &str| {
+        format!(
+            "[pins.redis]\nurl = \"redis://pins/0\"\nsentinels = [\"127.0.0.1:{}\"]\n\
+             sync_interval = {sync:?}\ntimeout = \"3s\"\n",
+            sentinel.port
+        )
+    };
+    // Alone, these replicas would place every new room on different nodes.
+    let one = replica(&certs, &nodes, "jitsi-a", &section("300ms"));
+    let two = replica(&certs, &nodes, "jitsi-b", &section("300ms"));
+    new_rooms_meet(&one, &two, &first, "before").await;
+    eventually(
+        Duration::from_secs(5),
+        "the pins to reach the replica",
+        || async { second.get("jitsi-router:pin:before-0").await.is_some() },
+    )
+    .await;
+
+    // An operator's switch: the old primary stays up and takes writes until the sentinel tells
+    // it, so the replicas ask the sentinel before every sync.
+    sentinel.failover().await;
+    switched(&sentinel, &second, [&one, &two], "switched").await;
+    new_rooms_meet(&one, &two, &second, "switched").await;
+
+    // Replicas that sync once a minute: only a failed question sends them to the sentinel.
+    let three = replica(&certs, &nodes, "jitsi-a", &section("60s"));
+    let four = replica(&certs, &nodes, "jitsi-b", &section("60s"));
+    new_rooms_meet(&three, &four, &second, "slow").await;
+
+    // The new primary dies: the sentinel promotes the first server again.
+    drop(second);
+    switched(&sentinel, &first, [&one, &two], "after").await;
+    switched(&sentinel, &first, [&three, &four], "slow-after").await;
+    new_rooms_meet(&one, &two, &first, "after").await;
+    new_rooms_meet(&three, &four, &first, "slow-after").await;
+    for router in [&one, &two] {
+        assert_eq!(
+            node_of(router, "before-0").await,
+            node_of(&one, "before-0").await
+        );
+    }
+}

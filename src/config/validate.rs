@@ -255,5 +255,31 @@ fn redis_url(check: &Check, redis: &mut SharedPins) -> Result<(), ConfigError> {
     if redis.prefix.is_empty() {
         return Err(check.invalid("pins.redis.prefix", &redis.prefix, "must not be empty"));
     }
+    sentinels(check, redis, scheme)
+}
+
+/// `pins.redis.sentinels`: `host:port` each, for a `redis://` or `rediss://` url whose host
+/// names the primary.
+fn sentinels(check: &Check, redis: &SharedPins, scheme: &str) -> Result<(), ConfigError> {
+    if redis.sentinels.is_empty() {
+        if redis.sentinel_password.is_some() {
+            let problem = "only with pins.redis.sentinels";
+            return Err(check.invalid("pins.redis.sentinel_password", "***", problem));
+        }
+        return Ok(());
+    }
+    if !matches!(scheme, "redis" | "rediss") {
+        let problem = "with pins.redis.sentinels, must be redis:// or rediss:// whose host is the name the sentinels monitor";
+        return Err(check.invalid("pins.redis.url", &redis.url, problem));
+    }
+    for sentinel in &redis.sentinels {
+        let valid = sentinel.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            let problem = "must be host:port, such as \"10.0.0.5:26379\"";
+            return Err(check.invalid("pins.redis.sentinels", sentinel, problem));
+        }
+    }
     Ok(())
 }

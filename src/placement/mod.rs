@@ -18,7 +18,7 @@ pub mod snapshot;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::broadcast;
 
@@ -348,22 +348,30 @@ impl Router {
         (self.fleet.load().node(node)).is_some_and(|node| node.live.healthy())
     }
 
-    /// Connects to the shared store (trying again every second until it answers), then sends
-    /// it this router's pins every `sync_interval`. Runs until dropped; nothing without a store.
+    /// Keeps a connection to the shared store (trying again every second, or every
+    /// `sync_interval` if shorter, while it does not answer; with sentinels, following them to
+    /// a new primary before each sync) and sends it this router's pins every `sync_interval`.
+    /// Runs until dropped; nothing without a store.
     pub async fn run_shared(self: Arc<Self>) {
         let Some(shared) = self.shared.get().cloned() else {
             return;
         };
-        while let Err(e) = shared.connect().await {
-            shared.failed(&e);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let mut every = tokio::time::interval(shared.sync_interval());
+        // The sync interval in whole ticks of at most a second.
+        let sync = shared.sync_interval();
+        let ticks_per_sync = u32::try_from(sync.as_millis().div_ceil(1000)).unwrap_or(u32::MAX);
+        let mut every = tokio::time::interval(sync / ticks_per_sync.max(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for tick in 0u64.. {
             every.tick().await;
-            if let Err(e) = self.sync_shared(&shared).await {
+            let sync = tick % u64::from(ticks_per_sync.max(1)) == 0;
+            if let Err(e) = shared.connect(sync).await {
                 shared.failed(&e);
+                continue;
+            }
+            if sync {
+                if let Err(e) = self.sync_shared(&shared).await {
+                    shared.failed(&e);
+                }
             }
         }
     }

@@ -26,13 +26,21 @@
 //! against `ca` (or the system's roots) and its name against the URL's host, and `client_cert`
 //! is presented when the server asks for one. There is no switch to skip the checks: pins
 //! decide where people meet, so a store that cannot prove who it is is not asked.
+//!
+//! With `sentinels`, Redis Sentinel says where the primary is. The background task asks the
+//! sentinels again before every sync, and within a second of a failed question (which drops
+//! the connection): after a failover the replicas follow the new primary, which a Redis
+//! replica kept as the old one's copy. Without sentinels the connection to `url` reconnects by
+//! itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{ConnectionAddr, IntoConnectionInfo, TlsMode};
 
 use super::pins::PinInfo;
 use crate::config;
@@ -113,11 +121,19 @@ pub enum SharedError {
     Tls(#[from] TlsError),
 }
 
+/// Where the store's primary is.
+enum Primary {
+    /// The server `url` names.
+    Fixed(redis::Client),
+    /// Wherever the sentinels say when asked (at each connection).
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
 /// The shared pin store of one router replica.
 pub struct SharedPins {
-    client: redis::Client,
+    primary: Primary,
     url: String,
-    connection: OnceLock<ConnectionManager>,
+    connection: Mutex<Option<(ConnectionManager, String)>>,
     prefix: String,
     expiry_ms: u64,
     timeout: Duration,
@@ -134,11 +150,81 @@ pub struct SharedPins {
     last_failure_ms: AtomicU64,
 }
 
-/// The Redis client for `config`: TLS with its CA and client certificate for `rediss://`, each
-/// file checked here so that a bad one is named at start-up rather than at the first handshake.
-fn client(config: &config::SharedPins) -> Result<redis::Client, SharedError> {
+/// The Redis client for `config`, or its sentinels' client.
+fn primary(config: &config::SharedPins) -> Result<Primary, SharedError> {
+    let certificates = certificates(config)?;
+    if config.sentinels.is_empty() {
+        return Ok(Primary::Fixed(match certificates {
+            Some(certificates) => redis::Client::build_with_tls(config.url.as_str(), certificates)?,
+            None => redis::Client::open(config.url.as_str())?,
+        }));
+    }
+    let sentinels = sentinels(config, certificates)?;
+    Ok(Primary::Sentinel(tokio::sync::Mutex::new(sentinels)))
+}
+
+/// The client of `config`'s sentinels, which connects to the primary they name: `url`'s host
+/// is the name they know it by, its credentials and database are the primary's.
+fn sentinels(
+    config: &config::SharedPins,
+    certificates: Option<redis::TlsCertificates>,
+) -> Result<SentinelClient, SharedError> {
+    let url = config.url.as_str().into_connection_info()?;
+    let master = match url.addr() {
+        ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
+        _ => {
+            let problem = "sentinels need a redis:// or rediss:// url";
+            return Err(
+                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, problem)).into(),
+            );
+        }
+    };
+    let sentinels = (config.sentinels.iter()).map(|sentinel| {
+        let (host, port) = sentinel.rsplit_once(':').unwrap_or((sentinel, "26379"));
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = port.parse().unwrap_or(26379);
+        match certificates {
+            Some(_) => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            None => ConnectionAddr::Tcp(host, port),
+        }
+    });
+    let redis = url.redis_settings();
+    let mut builder = SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
+        .set_client_to_redis_db(redis.db());
+    if let Some(username) = redis.username() {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = redis.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(password) = &config.sentinel_password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if let Some(certificates) = certificates {
+        builder = builder
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_redis_certificates(certificates.clone())
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+            .set_client_to_sentinel_certificates(certificates);
+    }
+    Ok(builder.build()?)
+}
+
+/// For `rediss://`: the CA and client certificate, each file checked here so that a bad one is
+/// named at start-up rather than at the first handshake.
+fn certificates(
+    config: &config::SharedPins,
+) -> Result<Option<redis::TlsCertificates>, SharedError> {
     if !config.url.starts_with("rediss://") {
-        return Ok(redis::Client::open(config.url.as_str())?);
+        return Ok(None);
     }
     // The redis crate builds its TLS config with the process's default crypto provider: make
     // it the one the rest of the router uses (an error only says one is installed already).
@@ -163,14 +249,10 @@ fn client(config: &config::SharedPins) -> Result<redis::Client, SharedError> {
         }
         _ => None,
     };
-    let certificates = redis::TlsCertificates {
+    Ok(Some(redis::TlsCertificates {
         client_tls,
         root_cert,
-    };
-    Ok(redis::Client::build_with_tls(
-        config.url.as_str(),
-        certificates,
-    )?)
+    }))
 }
 
 impl SharedPins {
@@ -178,9 +260,9 @@ impl SharedPins {
     /// Connects in [`connect`](Self::connect).
     pub fn new(config: &config::SharedPins, idle: Duration) -> Result<SharedPins, SharedError> {
         Ok(SharedPins {
-            client: client(config)?,
+            primary: primary(config)?,
             url: config.url.clone(),
-            connection: OnceLock::new(),
+            connection: Mutex::default(),
             prefix: config.prefix.clone(),
             expiry_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1),
             timeout: config.timeout,
@@ -208,9 +290,15 @@ impl SharedPins {
     }
 
     /// Connects to Redis, unless connected already. The server calls it before it serves, so
-    /// that a replica starting next to running ones asks Redis from its first request.
-    pub async fn connect(&self) -> Result<(), SharedError> {
-        if self.connection.get().is_some() {
+    /// that a replica starting next to running ones asks Redis from its first request. With
+    /// sentinels and `recheck`, asks them where the primary is even when connected, and moves
+    /// there if it is elsewhere: a primary the sentinels replaced answers writes until they
+    /// tell it (their next look at it, up to ten seconds on), and pins written there meanwhile
+    /// would be lost. The background task rechecks before every sync.
+    pub async fn connect(&self, recheck: bool) -> Result<(), SharedError> {
+        let held_at = self.current().map(|(_, at)| at);
+        let ask_sentinels = recheck && matches!(self.primary, Primary::Sentinel(_));
+        if held_at.is_some() && !ask_sentinels {
             return Ok(());
         }
         let patience = self.timeout.max(Duration::from_secs(1));
@@ -219,15 +307,44 @@ impl SharedPins {
             .set_response_timeout(Some(patience))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
-        let connection = match tokio::time::timeout(patience * 2, connecting).await {
-            Ok(connection) => connection?,
+        let connecting = async {
+            let client = match &self.primary {
+                Primary::Fixed(client) => client.clone(),
+                Primary::Sentinel(sentinels) => sentinels.lock().await.async_get_client().await?,
+            };
+            let at = client.get_connection_info().addr().to_string();
+            if held_at.as_ref() == Some(&at) {
+                return Ok(None);
+            }
+            let connection = ConnectionManager::new_with_config(client, config).await?;
+            Ok::<_, SharedError>(Some((connection, at)))
+        };
+        let connected = match tokio::time::timeout(patience * 2, connecting).await {
+            Ok(connected) => connected?,
             Err(_) => return Err(SharedError::Timeout(patience * 2)),
         };
-        if self.connection.set(connection).is_ok() {
-            tracing::info!(url = %redacted(&self.url), "sharing pins through redis");
+        let Some((connection, at)) = connected else {
+            return Ok(());
+        };
+        match &held_at {
+            Some(old) => tracing::warn!(
+                from = old,
+                to = at,
+                "the sentinels name another redis primary; pins are shared there now"
+            ),
+            None => {
+                tracing::info!(url = %redacted(&self.url), primary = at, "sharing pins through redis")
+            }
         }
+        let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some((connection, at));
         Ok(())
+    }
+
+    /// The connection and the address it goes to.
+    fn current(&self) -> Option<(ConnectionManager, String)> {
+        let slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        slot.clone()
     }
 
     /// How often a replica sends the store its pins.
@@ -316,10 +433,7 @@ impl SharedPins {
         if self.now_ms() < self.resting_until_ms.load(Ordering::Relaxed) {
             return Err(SharedError::Resting);
         }
-        self.connection
-            .get()
-            .cloned()
-            .ok_or(SharedError::NotConnected)
+        (self.current().map(|(connection, _)| connection)).ok_or(SharedError::NotConnected)
     }
 
     fn now_ms(&self) -> u64 {
@@ -345,6 +459,11 @@ impl SharedPins {
     pub fn failed(&self, e: &SharedError) {
         if matches!(e, SharedError::Resting) {
             return;
+        }
+        if matches!(self.primary, Primary::Sentinel(_)) {
+            // The primary may have moved: the next connection asks the sentinels.
+            let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = None;
         }
         let now = self.now_ms();
         self.last_failure_ms.fetch_max(now + 1, Ordering::Relaxed);

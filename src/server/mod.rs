@@ -121,7 +121,7 @@ impl Server {
             let shared = SharedPins::new(shared, config.routing.pin_idle_timeout)
                 .map_err(|e| StartError::SharedPins(e.to_string()))?;
             // Serving before Redis answers would place the first rooms alone; try once first.
-            if let Err(e) = shared.connect().await {
+            if let Err(e) = shared.connect(false).await {
                 tracing::warn!(error = %e, "shared pin store not reachable at start; placing rooms alone until it is");
             }
             router.share_pins(Arc::new(shared));

@@ -873,17 +873,31 @@ impl Redis {
 
     /// Starts one on `port` (a port a router was told of before anything listened there).
     pub async fn start_on(port: u16) -> Redis {
-        Redis::launch(port, None).await
+        Redis::launch(port, None, &[]).await
+    }
+
+    /// Starts a replica of `primary` on a free port, which Sentinel may promote.
+    pub async fn start_replica_of(primary: &Redis) -> Redis {
+        let of = [
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port.to_string(),
+        ];
+        Redis::launch(closed_port(), None, &of).await
     }
 
     /// Starts one that speaks only TLS, with `certs`' leaf (names `localhost` and `127.0.0.1`),
     /// and asks every client for a certificate signed by `certs`' CA (Redis's default).
     pub async fn start_tls(certs: &Certs) -> Redis {
         let tls = (certs.ca.clone(), certs.cert.clone(), certs.key.clone());
-        Redis::launch(closed_port(), Some(tls)).await
+        Redis::launch(closed_port(), Some(tls), &[]).await
     }
 
-    async fn launch(port: u16, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Redis {
+    async fn launch(
+        port: u16,
+        tls: Option<(PathBuf, PathBuf, PathBuf)>,
+        extra: &[String],
+    ) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("jitsi-router-redis-")
             .tempdir()
@@ -903,6 +917,7 @@ impl Redis {
         };
         let child = command
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
@@ -965,6 +980,95 @@ impl Redis {
 }
 
 impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real Redis Sentinel (`redis-server --sentinel`) watching one primary under a name, on a
+/// free loopback port, quick to fail over: the primary counts as down after 500 ms without an
+/// answer, and one sentinel's word is enough (quorum 1).
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub async fn start(primary: &Redis, name: &str) -> Sentinel {
+        let dir = tempfile::Builder::new()
+            .prefix("jitsi-router-sentinel-")
+            .tempdir()
+            .unwrap();
+        let port = closed_port();
+        // Sentinel rewrites its config file as it learns, so it lives in the folder.
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "bind 127.0.0.1\nport {port}\ndir {dir}\n\
+                 sentinel monitor {name} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {name} 500\n\
+                 sentinel failover-timeout {name} 5000\n",
+                dir = dir.path().display(),
+                primary = primary.port,
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server: {e}: run the README's test command, which installs it")
+            });
+        let sentinel = Sentinel {
+            child,
+            port,
+            name: name.to_owned(),
+            _dir: dir,
+        };
+        eventually(
+            Duration::from_secs(10),
+            "the sentinel to know the primary",
+            || async { sentinel.primary_port().await == Some(primary.port) },
+        )
+        .await;
+        sentinel
+    }
+
+    /// Makes the sentinel switch the primary to a replica now (`SENTINEL FAILOVER`), with
+    /// both servers up.
+    pub async fn failover(&self) {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("SENTINEL")
+            .arg("failover")
+            .arg(&self.name)
+            .query_async::<()>(&mut connection)
+            .await
+            .unwrap();
+    }
+
+    /// The port of the primary this sentinel names now.
+    pub async fn primary_port(&self) -> Option<u16> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).ok()?;
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        let address: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.name)
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        address.map(|(_, port)| port)
+    }
+}
+
+impl Drop for Sentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
