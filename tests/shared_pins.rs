@@ -475,16 +475,38 @@ async fn new_rooms_meet(one: &Router, two: &Router, server: &Redis, prefix: &str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_follow_sentinel_to_each_new_primary_and_rooms_stay_on_one_node() {
+    failovers(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_follow_sentinel_over_tls() {
+    failovers(true).await;
+}
+
+/// Two failovers under router replicas that share pins through Sentinel, all over TLS
+/// (sentinel, servers, replication) with `tls`.
+async fn failovers(tls: bool) {
     let certs = Certs::new();
-    let first = Redis::start().await;
+    let first = match tls {
+        true => Redis::start_tls(&certs).await,
+        false => Redis::start().await,
+    };
     let second = Redis::start_replica_of(&first).await;
-    let sentinel = Sentinel::start(&first, "pins").await;
+    let sentinel = Sentinel::start(&first, &[&second], "pins").await;
     let nodes = sim_nodes(2).await;
     // The URL names the primary by the name the sentinel monitors it under.
     let section = |sync: &str| {
+        let scheme = if tls { "rediss" } else { "redis" };
+        let files = match tls {
+            true => format!(
+                "ca = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+                certs.ca, certs.cert, certs.key
+            ),
+            false => String::new(),
+        };
         format!(
-            "[pins.redis]\nurl = \"redis://pins/0\"\nsentinels = [\"127.0.0.1:{}\"]\n\
-             sync_interval = {sync:?}\ntimeout = \"3s\"\n",
+            "[pins.redis]\nurl = \"{scheme}://pins/0\"\nsentinels = [\"127.0.0.1:{}\"]\n\
+             sync_interval = {sync:?}\ntimeout = \"3s\"\n{files}",
             sentinel.port
         )
     };

@@ -876,14 +876,29 @@ impl Redis {
         Redis::launch(port, None, &[]).await
     }
 
-    /// Starts a replica of `primary` on a free port, which Sentinel may promote.
+    /// Starts a replica of `primary` on a free port (TLS, as `primary` speaks it), which
+    /// Sentinel may promote; returns once it copies from `primary`.
     pub async fn start_replica_of(primary: &Redis) -> Redis {
-        let of = [
+        let mut args = vec![
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary.port.to_string(),
         ];
-        Redis::launch(closed_port(), None, &of).await
+        if primary.tls.is_some() {
+            args.extend(["--tls-replication".into(), "yes".into()]);
+        }
+        let replica = Redis::launch(closed_port(), primary.tls.clone(), &args).await;
+        eventually(Duration::from_secs(10), "the replica to copy", || async {
+            let mut connection = replica.connection().await.unwrap();
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            info.contains("master_link_status:up")
+        })
+        .await;
+        replica
     }
 
     /// Starts one that speaks only TLS, with `certs`' leaf (names `localhost` and `127.0.0.1`),
@@ -951,21 +966,7 @@ impl Redis {
     }
 
     pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let client = match &self.tls {
-            None => redis::Client::open(self.url())?,
-            Some((ca, cert, key)) => {
-                let read = |path: &PathBuf| std::fs::read(path).unwrap();
-                let certificates = redis::TlsCertificates {
-                    client_tls: Some(redis::ClientTlsConfig {
-                        client_cert: read(cert),
-                        client_key: read(key),
-                    }),
-                    root_cert: Some(read(ca)),
-                };
-                redis::Client::build_with_tls(self.url(), certificates)?
-            }
-        };
-        client.get_multiplexed_async_connection().await
+        redis_connection(self.port, &self.tls).await
     }
 
     /// The value of a key, if any.
@@ -986,29 +987,66 @@ impl Drop for Redis {
     }
 }
 
+/// A connection to the Redis server (or sentinel) on `port`, with TLS as `tls` says (the CA,
+/// and the client certificate and key).
+async fn redis_connection(
+    port: u16,
+    tls: &Option<(PathBuf, PathBuf, PathBuf)>,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = match tls {
+        None => redis::Client::open(format!("redis://127.0.0.1:{port}/0"))?,
+        Some((ca, cert, key)) => {
+            let read = |path: &PathBuf| std::fs::read(path).unwrap();
+            let certificates = redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: read(cert),
+                    client_key: read(key),
+                }),
+                root_cert: Some(read(ca)),
+            };
+            redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/0"), certificates)?
+        }
+    };
+    client.get_multiplexed_async_connection().await
+}
+
 /// A real Redis Sentinel (`redis-server --sentinel`) watching one primary under a name, on a
 /// free loopback port, quick to fail over: the primary counts as down after 500 ms without an
-/// answer, and one sentinel's word is enough (quorum 1).
+/// answer, and one sentinel's word is enough (quorum 1). It speaks TLS when the primary does,
+/// with the same certificates, to its clients and to the servers.
 pub struct Sentinel {
     child: Child,
     pub port: u16,
     name: String,
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
 impl Sentinel {
-    pub async fn start(primary: &Redis, name: &str) -> Sentinel {
+    /// Starts one watching `primary`; returns once it knows `primary` and its `replicas`.
+    pub async fn start(primary: &Redis, replicas: &[&Redis], name: &str) -> Sentinel {
         let dir = tempfile::Builder::new()
             .prefix("jitsi-router-sentinel-")
             .tempdir()
             .unwrap();
         let port = closed_port();
+        let listen = match &primary.tls {
+            None => format!("port {port}\n"),
+            // `tls-replication` makes the sentinel speak TLS to the servers too.
+            Some((ca, cert, key)) => format!(
+                "port 0\ntls-port {port}\ntls-replication yes\ntls-ca-cert-file {}\n\
+                 tls-cert-file {}\ntls-key-file {}\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
+        };
         // Sentinel rewrites its config file as it learns, so it lives in the folder.
         let config = dir.path().join("sentinel.conf");
         std::fs::write(
             &config,
             format!(
-                "bind 127.0.0.1\nport {port}\ndir {dir}\n\
+                "bind 127.0.0.1\n{listen}dir {dir}\n\
                  sentinel monitor {name} 127.0.0.1 {primary} 1\n\
                  sentinel down-after-milliseconds {name} 500\n\
                  sentinel failover-timeout {name} 5000\n",
@@ -1030,6 +1068,7 @@ impl Sentinel {
             child,
             port,
             name: name.to_owned(),
+            tls: primary.tls.clone(),
             _dir: dir,
         };
         eventually(
@@ -1038,14 +1077,44 @@ impl Sentinel {
             || async { sentinel.primary_port().await == Some(primary.port) },
         )
         .await;
+        // It learns of replicas from the primary's INFO, which it asks for every 10 s.
+        eventually(
+            Duration::from_secs(25),
+            "the sentinel to know the replicas",
+            || async {
+                let known = sentinel.replica_ports().await;
+                replicas.iter().all(|r| known.contains(&r.port))
+            },
+        )
+        .await;
         sentinel
+    }
+
+    async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis_connection(self.port, &self.tls).await
+    }
+
+    /// The ports of the replicas this sentinel knows and finds up.
+    async fn replica_ports(&self) -> Vec<u16> {
+        let Ok(mut connection) = self.connection().await else {
+            return Vec::new();
+        };
+        let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(&self.name)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default();
+        (replicas.iter())
+            .filter(|r| r.get("flags").is_some_and(|f| !f.contains("down")))
+            .filter_map(|r| r.get("port")?.parse().ok())
+            .collect()
     }
 
     /// Makes the sentinel switch the primary to a replica now (`SENTINEL FAILOVER`), with
     /// both servers up.
     pub async fn failover(&self) {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let mut connection = self.connection().await.unwrap();
         redis::cmd("SENTINEL")
             .arg("failover")
             .arg(&self.name)
@@ -1056,8 +1125,7 @@ impl Sentinel {
 
     /// The port of the primary this sentinel names now.
     pub async fn primary_port(&self) -> Option<u16> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).ok()?;
-        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        let mut connection = self.connection().await.ok()?;
         let address: Option<(String, u16)> = redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
             .arg(&self.name)
