@@ -544,4 +544,9 @@ async fn failovers(tls: bool) {
             node_of(&one, "before-0").await
         );
     }
+
+    // Without the sentinel the primary still answers, and the replicas keep using it.
+    drop(sentinel);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    new_rooms_meet(&one, &two, &first, "unwatched").await;
 }

@@ -142,6 +142,8 @@ pub struct SharedPins {
     sync: redis::Script,
     /// Questions the store did not answer, warned about at most every ten seconds.
     errors: Throttle,
+    /// Rechecks with the sentinels that got no answer, warned about at most every ten seconds.
+    sentinels_silent: Throttle,
     epoch: Instant,
     /// Until when (ms since `epoch`) requests do not ask Redis, after a failure.
     resting_until_ms: AtomicU64,
@@ -270,6 +272,7 @@ impl SharedPins {
             claim: redis::Script::new(CLAIM),
             sync: redis::Script::new(SYNC),
             errors: Throttle::default(),
+            sentinels_silent: Throttle::default(),
             epoch: Instant::now(),
             resting_until_ms: AtomicU64::new(0),
             last_answer_ms: AtomicU64::new(0),
@@ -320,8 +323,19 @@ impl SharedPins {
             Ok::<_, SharedError>(Some((connection, at)))
         };
         let connected = match tokio::time::timeout(patience * 2, connecting).await {
-            Ok(connected) => connected?,
-            Err(_) => return Err(SharedError::Timeout(patience * 2)),
+            Ok(connected) => connected,
+            Err(_) => Err(SharedError::Timeout(patience * 2)),
+        };
+        let connected = match (connected, &held_at) {
+            (Ok(connected), _) => connected,
+            // Sentinels that do not answer say nothing of the primary, which may: keep it.
+            (Err(e), Some(at)) => {
+                if self.sentinels_silent.due().is_some() {
+                    tracing::warn!(error = %e, primary = at, "the redis sentinels did not say where the primary is; keeping the one connected");
+                }
+                return Ok(());
+            }
+            (Err(e), None) => return Err(e),
         };
         let Some((connection, at)) = connected else {
             return Ok(());
