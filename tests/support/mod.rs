@@ -930,17 +930,12 @@ impl Redis {
                 .arg("--tls-key-file")
                 .arg(key),
         };
-        let child = command
+        command
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(extra)
             .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("redis-server: {e}: run the README's test command, which installs it")
-            });
+            .arg(dir.path());
+        let child = spawn_redis_server(&mut command);
         let redis = Redis {
             child,
             port,
@@ -985,6 +980,17 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `redis-server` as `command` says, its output discarded.
+fn spawn_redis_server(command: &mut std::process::Command) -> Child {
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("redis-server: {e}: run the README's test command, which installs it")
+        })
 }
 
 /// A connection to the Redis server (or sentinel) on `port`, with TLS as `tls` says (the CA,
@@ -1055,15 +1061,8 @@ impl Sentinel {
             ),
         )
         .unwrap();
-        let child = std::process::Command::new("redis-server")
-            .arg(&config)
-            .arg("--sentinel")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("redis-server: {e}: run the README's test command, which installs it")
-            });
+        let mut command = std::process::Command::new("redis-server");
+        let child = spawn_redis_server(command.arg(&config).arg("--sentinel"));
         let sentinel = Sentinel {
             child,
             port,
