@@ -109,6 +109,12 @@ async fn replicas_sharing_redis_put_each_room_on_one_node() {
 
     let status: serde_json::Value = two.admin_json("/api/status").await;
     assert_eq!(status["shared_pins"]["connected"], true, "{status}");
+    let primary = format!("127.0.0.1:{}", redis.port);
+    assert_eq!(
+        status["shared_pins"]["primary"],
+        primary.as_str(),
+        "{status}"
+    );
     let metrics = metrics(&two).await;
     assert_eq!(metrics["jitsi_router_shared_pin_store_connected"], 1.0);
     assert_eq!(metrics["jitsi_router_shared_pin_store_failures_total"], 0.0);
@@ -453,6 +459,13 @@ async fn switched(sentinel: &Sentinel, server: &Redis, replicas: [&Router; 2], n
                 .is_some()
         })
         .await;
+        let status: serde_json::Value = router.admin_json("/api/status").await;
+        let primary = format!("127.0.0.1:{}", server.port);
+        assert_eq!(
+            status["shared_pins"]["primary"],
+            primary.as_str(),
+            "{status}"
+        );
     }
 }
 

@@ -299,7 +299,7 @@ impl SharedPins {
     /// tell it (their next look at it, up to ten seconds on), and pins written there meanwhile
     /// would be lost. The background task rechecks before every sync.
     pub async fn connect(&self, recheck: bool) -> Result<(), SharedError> {
-        let held_at = self.current().map(|(_, at)| at);
+        let held_at = self.primary();
         let ask_sentinels = recheck && matches!(self.primary, Primary::Sentinel(_));
         if held_at.is_some() && !ask_sentinels {
             return Ok(());
@@ -353,6 +353,12 @@ impl SharedPins {
         let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         *slot = Some((connection, at));
         Ok(())
+    }
+
+    /// The address of the Redis server this replica is connected to (with sentinels, the
+    /// primary they named last).
+    pub fn primary(&self) -> Option<String> {
+        self.current().map(|(_, at)| at)
     }
 
     /// The connection and the address it goes to.
