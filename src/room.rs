@@ -236,8 +236,36 @@ pub fn classify<'a>(
         // Deeper paths are no room page of jitsi-meet's; let the affinity cookie route them.
         return Ok(Target::Unrouted);
     }
+    if head == SOCKET_IO {
+        return socket_io(tenant, query, limits);
+    }
     Ok(match build_key(tenant, head, limits)? {
         Some(key) => Target::Room { key, page: true },
+        None => Target::Unrouted,
+    })
+}
+
+/// socket.io's endpoint: docker-jitsi-meet's web front sends `/socket.io/` to the whiteboard's
+/// collaboration server (excalidraw-backend), and Etherpad under `/etherpad/` has one too.
+const SOCKET_IO: &str = "socket.io";
+
+/// A socket.io connection is no room page: it never sets the affinity cookie, which names
+/// the node of the conference the browser is in. Every participant of a meeting must reach one
+/// collaboration server, so it is pinned: jitsi-meet's whiteboard names its board in `room=`
+/// (an md5 of the meeting's URL), and each board gets a pin of its own; without a room
+/// (Etherpad's, other clients') it is pinned as a room of its path.
+fn socket_io<'a>(
+    tenant: Option<&'a str>,
+    query: Option<&'a str>,
+    limits: &RoomLimits,
+) -> Result<Target<'a>, RoomError> {
+    if tenant.is_none() {
+        if let named @ Target::Room { .. } = from_query(None, query, limits)? {
+            return Ok(named);
+        }
+    }
+    Ok(match build_key(tenant, SOCKET_IO, limits)? {
+        Some(key) => Target::Room { key, page: false },
         None => Target::Unrouted,
     })
 }
@@ -348,6 +376,39 @@ mod tests {
         match target(path, query) {
             Ok(Target::Room { key, .. }) => key.to_string(),
             other => panic!("{path}?{query:?} gave {other:?}, not a room"),
+        }
+    }
+
+    #[test]
+    fn socket_io_is_pinned_by_its_board_and_is_no_page() {
+        let whiteboard = target(
+            "/socket.io/",
+            Some("EIO=4&transport=polling&room=9f86d081e"),
+        );
+        match whiteboard {
+            Ok(Target::Room { key, page: false }) => assert_eq!(key.as_str(), "9f86d081e"),
+            other => panic!("{other:?}"),
+        }
+        for (path, query, key) in [
+            (
+                "/socket.io/",
+                Some("EIO=4&transport=websocket"),
+                "socket.io",
+            ),
+            ("/socket.io/", None, "socket.io"),
+            (
+                "/etherpad/socket.io/",
+                Some("EIO=3&room=x"),
+                "etherpad/socket.io",
+            ),
+        ] {
+            match target(path, query) {
+                Ok(Target::Room {
+                    key: k,
+                    page: false,
+                }) => assert_eq!(k.as_str(), key),
+                other => panic!("{path}?{query:?}: {other:?}"),
+            }
         }
     }
 

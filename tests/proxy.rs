@@ -177,6 +177,63 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_whiteboard_is_pinned_by_its_board_and_leaves_the_affinity_cookie_alone() {
+    let (certs, _nodes, router) = fleet(3, "").await;
+    let client = router.client_h1();
+    // jitsi-meet's whiteboard: socket.io to `collabServerBaseUrl` (docker-jitsi-meet's own
+    // host) with `room=` an md5 of the meeting's URL, the same for every participant.
+    let board =
+        |room: &str| router.url(&format!("/socket.io/?EIO=4&transport=polling&room={room}"));
+    let first = client.get(board("0cc175b9c0f1b6a8")).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("set-cookie").is_none(), "no page");
+    let node = shard(&first);
+    for other in ["jitsi-a", "jitsi-b", "jitsi-c"] {
+        let again = client
+            .get(board("0cc175b9c0f1b6a8"))
+            .header("cookie", format!("jitsi_router_node={other}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            shard(&again),
+            node,
+            "a board meets on one node, whatever the cookie"
+        );
+    }
+    let pin: serde_json::Value = router.admin_json("/api/rooms/0cc175b9c0f1b6a8").await;
+    assert_eq!(pin["node"], node.as_str(), "{pin}");
+    // Boards are rooms of their own, spread like rooms, not all on one node.
+    let mut nodes = HashSet::new();
+    for i in 0..12 {
+        nodes.insert(shard(
+            &client.get(board(&format!("b{i}"))).send().await.unwrap(),
+        ));
+    }
+    assert!(nodes.len() > 1, "every board on {nodes:?}");
+    // A board's WebSocket is nobody joining; a signalling WebSocket is.
+    let joined = || async {
+        let nodes: serde_json::Value = router.admin_json("/api/nodes").await;
+        let counts = nodes.as_array().unwrap().iter();
+        counts
+            .map(|n| n["joined_since_reading"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let (mut ws, to) = websocket(
+        &certs,
+        &router,
+        "/socket.io/?EIO=4&transport=websocket&room=0cc175b9c0f1b6a8",
+    )
+    .await;
+    assert_eq!(to, node);
+    echoes(&mut ws, "draw").await;
+    assert_eq!(joined().await, 0);
+    let (mut ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=drawing").await;
+    echoes(&mut ws, "<open/>").await;
+    assert_eq!(joined().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn assets_follow_the_page_that_loaded_them() {
     let (_certs, _nodes, router) = fleet(3, "").await;
     let h1 = router.client_h1();

@@ -252,20 +252,21 @@ impl Proxy {
                     self.new_rooms.give_back(client);
                 }
                 let routed = routed.ok_or(Refusal::NoNodeForRoom)?;
+                // A participant's signalling. Another room WebSocket (a whiteboard's
+                // `/socket.io/`, pinned by its board) says nothing of where the client's
+                // conference is, and is nobody joining.
+                let xmpp = websocket && uri.path().ends_with("/xmpp-websocket");
                 let keepalive = websocket.then(|| tunnel::Keepalive {
                     room: key.to_string(),
                     pins: self.router.pins().clone(),
                     every: self.keepalive_every,
-                    // XMPP only: another room WebSocket (a whiteboard's `/socket.io/`, pinned
-                    // as a room of that name) says nothing of where the client's conference is.
-                    signalling: (uri.path().ends_with("/xmpp-websocket"))
-                        .then(|| self.signalling.open(client, routed.node.id.clone())),
+                    signalling: xmpp.then(|| self.signalling.open(client, routed.node.id.clone())),
                 });
                 Ok(Choice {
                     node: routed.node,
                     page,
                     keepalive,
-                    joins: websocket && !page,
+                    joins: xmpp,
                     decision: routed.decision,
                 })
             }
