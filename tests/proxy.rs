@@ -174,6 +174,31 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
     assert_eq!(stale.status(), 200, "a cookie naming no node is ignored");
     let pinned = router.logs().matches("room pinned").count();
     assert_eq!(pinned, 1, "only /Daily was pinned:\n{}", router.logs());
+    // Only a room page's HTML sets the cookie: not a WebSocket on a path like a room's
+    // (docker-jitsi-meet's `/rtcstats-ws/`), nor an answer that is no page.
+    let upgrade = client
+        .get(router.url("/rtcstats-ws/"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upgrade.status(), 101);
+    assert!(upgrade.headers().get("set-cookie").is_none(), "a WebSocket");
+    let plain = client
+        .get(router.url("/metrics-room"))
+        .header("x-sim-report", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    assert!(!plain.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("html"));
+    assert!(plain.headers().get("set-cookie").is_none(), "no HTML");
 }
 
 #[tokio::test(flavor = "multi_thread")]

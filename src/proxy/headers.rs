@@ -251,6 +251,13 @@ pub fn referring_page<B>(req: &Request<B>) -> Option<PathAndQuery> {
         .flatten()
 }
 
+/// Whether a response's body is HTML (`Content-Type: text/html…`).
+pub fn is_html(headers: &HeaderMap) -> bool {
+    (headers.get(header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/html"))
+}
+
 /// `Set-Cookie` for the affinity cookie naming `node`.
 ///
 /// DESIGN note. `SameSite=None; Partitioned`: a room embedded in another site's page (the

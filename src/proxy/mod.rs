@@ -194,7 +194,13 @@ impl Proxy {
         match answered {
             forward::Answered::Node => {
                 headers::mark_shard(response.headers_mut(), choice.node.id.as_str());
-                if choice.page && self.mode == Mode::Proxy && method == Method::GET {
+                // A room page is the HTML a GET of `/<room>` answers: not a WebSocket's `101`
+                // on a path like it (`/rtcstats-ws/`), not a redirect or an error page.
+                let page = choice.page
+                    && method == Method::GET
+                    && response.status().is_success()
+                    && headers::is_html(response.headers());
+                if page && self.mode == Mode::Proxy {
                     if let Some(cookie) =
                         headers::affinity_cookie(&self.affinity_cookie, choice.node.id.as_str())
                     {
