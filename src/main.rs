@@ -409,8 +409,15 @@ fn describe(c: &Config, path: &Path) -> String {
     );
     let shared = match &c.pins.redis {
         Some(r) => format!(
-            "shared with other replicas through {} (keys {}…, timeout {}, synced every {})",
+            "shared with other replicas through {}{} (keys {}…, timeout {}, synced every {})",
             jitsi_router::placement::shared::redacted(&r.url),
+            match r.sentinels.as_slice() {
+                [] => String::new(),
+                sentinels => format!(
+                    ", its host the primary Sentinel names ({})",
+                    sentinels.join(", ")
+                ),
+            },
             r.prefix,
             humantime::format_duration(r.timeout),
             humantime::format_duration(r.sync_interval)

@@ -340,7 +340,8 @@ fn check_prints_what_it_understood() {
     let dir = tempfile::tempdir().unwrap();
     let text = config(
         &certs,
-        "[routing]\nmode = \"redirect\"\n\n[prometheus]\nurl = \"http://127.0.0.1:9090\"\ninterval = \"15s\"\n",
+        "[routing]\nmode = \"redirect\"\n\n[prometheus]\nurl = \"http://127.0.0.1:9090\"\ninterval = \"15s\"\n\n\
+         [pins.redis]\nurl = \"redis://:s3cret@pins/0\"\nsentinels = [\"10.0.0.5:26379\", \"10.0.0.6:26379\"]\n",
         &[],
     ) + "\n[[nodes]]\nname = \"jitsi-1\"\nupstream = \"http://10.0.0.11:80\"\npublic_url = \"https://jitsi-1.example.com\"\ninstance = \"10.0.0.11:9100\"\n";
     let path = write_config(dir.path(), &text);
@@ -358,9 +359,11 @@ fn check_prints_what_it_understood() {
         "max_cpu 0.85",
         "GET /http-bind",
         "admin:",
+        "redis://:***@pins/0, its host the primary Sentinel names (10.0.0.5:26379, 10.0.0.6:26379)",
     ] {
         assert!(stdout.contains(part), "{part} missing from:\n{stdout}");
     }
+    assert!(!stdout.contains("s3cret"), "{stdout}");
 }
 
 #[test]
