@@ -57,7 +57,7 @@ pub(super) fn status(admin: &Admin) -> Answer {
             "shared_pins": admin.router.shared_pins().map(|shared| json!({
                 "connected": shared.connected(),
                 "errors": shared.errors(),
-                "primary": shared.primary(),
+                "primary": shared.connected_to(),
             })),
         }),
     )

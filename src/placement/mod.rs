@@ -357,9 +357,9 @@ impl Router {
             return;
         };
         // The sync interval in whole ticks of at most a second.
-        let sync = shared.sync_interval();
-        let ticks_per_sync = u32::try_from(sync.as_millis().div_ceil(1000)).unwrap_or(u32::MAX);
-        let mut every = tokio::time::interval(sync / ticks_per_sync.max(1));
+        let interval = shared.sync_interval();
+        let ticks_per_sync = u32::try_from(interval.as_millis().div_ceil(1000)).unwrap_or(u32::MAX);
+        let mut every = tokio::time::interval(interval / ticks_per_sync.max(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for tick in 0u64.. {
             every.tick().await;

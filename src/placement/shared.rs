@@ -299,7 +299,7 @@ impl SharedPins {
     /// tell it (their next look at it, up to ten seconds on), and pins written there meanwhile
     /// would be lost. The background task rechecks before every sync.
     pub async fn connect(&self, recheck: bool) -> Result<(), SharedError> {
-        let held_at = self.primary();
+        let held_at = self.connected_to();
         let ask_sentinels = recheck && matches!(self.primary, Primary::Sentinel(_));
         if held_at.is_some() && !ask_sentinels {
             return Ok(());
@@ -357,7 +357,7 @@ impl SharedPins {
 
     /// The address of the Redis server this replica is connected to (with sentinels, the
     /// primary they named last).
-    pub fn primary(&self) -> Option<String> {
+    pub fn connected_to(&self) -> Option<String> {
         self.current().map(|(_, at)| at)
     }
 
