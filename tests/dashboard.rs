@@ -31,8 +31,12 @@ async fn draining(router: &Router, node: &str) -> bool {
 async fn the_dashboard_shows_the_fleet_and_drains_a_node() {
     let certs = Certs::new();
     let nodes = sim_nodes(2).await;
-    let health = "[health]\ninterval = \"300ms\"\ntimeout = \"300ms\"\n";
-    let router = Router::start(&certs, &config(&certs, health, &node_entries(&nodes)));
+    let redis = Redis::start().await;
+    let sections = format!(
+        "[health]\ninterval = \"300ms\"\ntimeout = \"300ms\"\n\n[pins.redis]\nurl = {:?}\n",
+        redis.url()
+    );
+    let router = Router::start(&certs, &config(&certs, &sections, &node_entries(&nodes)));
     let client = router.client();
     for i in 0..6 {
         // Room 0 is asked for most, so it heads the busiest rooms.
@@ -56,6 +60,12 @@ async fn the_dashboard_shows_the_fleet_and_drains_a_node() {
     assert_eq!(names, "jitsi-a,jitsi-b");
     assert_eq!(text(&mut tab, "#s-rooms").await, "6");
     assert_eq!(text(&mut tab, "#s-healthy").await, "2");
+    let shared = format!("127.0.0.1:{}", redis.port);
+    assert_eq!(
+        text(&mut tab, "#s-shared").await,
+        shared,
+        "the shared pin store"
+    );
     assert_eq!(
         text(&mut tab, "#rooms tr td").await,
         "dash-0",
