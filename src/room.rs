@@ -51,6 +51,7 @@ const RESERVED_DIRS: &[&str] = &[
     ".well-known",
     "colibri-ws",
     "colibri-relay-ws",
+    "rtcstats-ws",
 ];
 
 /// Folders of endpoints that, like the reserved names, name their room in the `room=` query:
@@ -216,10 +217,24 @@ pub fn classify<'a>(
         return Ok(Target::Unrouted);
     };
     let second = segments.next();
+    let (first, second) = match first {
+        LOAD_TEST => match second {
+            Some(second) => (second, segments.next()),
+            None => return Ok(Target::Unrouted),
+        },
+        _ => (first, second),
+    };
     // jitsi-meet's nginx strips one leading tenant segment: `/<tenant>/<anything>` is `/<anything>`.
     let (tenant, head, next) = match second {
         Some(second) if !is_reserved(first) => (Some(first), second, segments.next()),
         _ => (None, first, second),
+    };
+    let (head, next) = match (tenant, head) {
+        (Some(_), LOAD_TEST) => match next {
+            Some(next) => (next, segments.next()),
+            None => return Ok(Target::Unrouted),
+        },
+        _ => (head, next),
     };
     if BRIDGE_DIRS.contains(&head) {
         return Ok(Target::Bridge {
@@ -244,6 +259,13 @@ pub fn classify<'a>(
         None => Target::Unrouted,
     })
 }
+
+/// The folder of jitsi-meet's load-test client: `/_load-test/<room>` (and
+/// `/<tenant>/_load-test/<room>`) is a page that joins the conference `<room>`, and
+/// `/_load-test/libs/…` its script. docker-jitsi-meet's nginx serves them as the room page and
+/// its assets, and so does the router: the folder is dropped from the path, so that the page is
+/// routed, and sets the affinity cookie, as the room it joins.
+const LOAD_TEST: &str = "_load-test";
 
 /// socket.io's endpoint: docker-jitsi-meet's web front sends `/socket.io/` to the whiteboard's
 /// collaboration server (excalidraw-backend), and Etherpad under `/etherpad/` has one too.
@@ -443,6 +465,26 @@ mod tests {
     }
 
     #[test]
+    fn the_load_test_client_is_the_page_of_the_room_it_joins() {
+        // docker-jitsi-meet serves jitsi-meet's load-test client at `/_load-test/<room>`; it
+        // joins `<room>` (`/xmpp-websocket?room=<room>`), so its page is that room's.
+        for (path, key) in [
+            ("/_load-test/MyRoom", "myroom"),
+            ("/_load-test/myroom/", "myroom"),
+            ("/acme/_load-test/Standup", "acme/standup"),
+        ] {
+            match target(path, None) {
+                Ok(Target::Room { key: k, page: true }) => assert_eq!(k.as_str(), key, "{path}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            key_of("/_load-test/myroom", None),
+            key_of("/xmpp-websocket", Some("room=myroom"))
+        );
+    }
+
+    #[test]
     fn tenant_prefixes_the_key() {
         assert_eq!(key_of("/Acme/Standup", None), "acme/standup");
         assert_eq!(
@@ -510,6 +552,12 @@ mod tests {
             "/transcripts/standup-2026-12-06",
             "/acme/_api/public/logo.png",
             "/a/b/c",
+            "/rtcstats-ws/",
+            "/_load-test",
+            "/_load-test/",
+            "/_load-test/libs/load-test-participant.min.js",
+            "/acme/_load-test/libs/load-test-participant.min.js",
+            "/acme/_load-test",
         ] {
             assert_eq!(target(path, None), Ok(Target::Unrouted), "{path}");
         }

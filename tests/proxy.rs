@@ -146,6 +146,8 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
         "/.well-known/security.txt",
         "/_api/room-info",
         "/_api/public/logo.png",
+        "/rtcstats-ws/",
+        "/_load-test/libs/load-test-participant.min.js",
     ];
     for other in ["jitsi-a", "jitsi-b", "jitsi-c"] {
         for path in reserved {
@@ -174,10 +176,10 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
     assert_eq!(stale.status(), 200, "a cookie naming no node is ignored");
     let pinned = router.logs().matches("room pinned").count();
     assert_eq!(pinned, 1, "only /Daily was pinned:\n{}", router.logs());
-    // Only a room page's HTML sets the cookie: not a WebSocket on a path like a room's
-    // (docker-jitsi-meet's `/rtcstats-ws/`), nor an answer that is no page.
+    // Only a room page's HTML sets the cookie: not a WebSocket on a room's path, nor an
+    // answer that is no page.
     let upgrade = client
-        .get(router.url("/rtcstats-ws/"))
+        .get(router.url("/standup"))
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-version", "13")
@@ -199,6 +201,44 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
         .unwrap()
         .contains("html"));
     assert!(plain.headers().get("set-cookie").is_none(), "no HTML");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_load_test_client_meets_its_room_on_the_rooms_node() {
+    // docker-jitsi-meet serves jitsi-meet's load-test client at `/_load-test/<room>`: a page
+    // that joins `<room>` over `/xmpp-websocket?room=<room>`, and whose bridge channels follow
+    // the affinity cookie its page sets.
+    let (_certs, _nodes, router) = fleet(3, "").await;
+    let client = router.client_h1();
+    let mut nodes = HashSet::new();
+    for i in 0..6 {
+        let page = (client.get(router.url(&format!("/_load-test/Load{i}"))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let node = shard(&page);
+        let cookie = page.headers()["set-cookie"].to_str().unwrap();
+        assert!(
+            cookie.starts_with(&format!("jitsi_router_node={node};")),
+            "{cookie}"
+        );
+        let signalling = (client.get(router.url(&format!("/xmpp-websocket?room=load{i}"))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(shard(&signalling), node, "load{i}: page and signalling");
+        let script = (client.get(router.url("/_load-test/libs/load-test-participant.min.js")))
+            .header("cookie", format!("jitsi_router_node={node}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(shard(&script), node, "its script follows the cookie");
+        nodes.insert(node);
+    }
+    assert!(nodes.len() > 1, "every room on {nodes:?}");
+    let pins: serde_json::Value = router.admin_json("/api/rooms").await;
+    assert_eq!(pins["total"], 6, "one pin per room: {pins}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -195,7 +195,7 @@ impl Proxy {
             forward::Answered::Node => {
                 headers::mark_shard(response.headers_mut(), choice.node.id.as_str());
                 // A room page is the HTML a GET of `/<room>` answers: not a WebSocket's `101`
-                // on a path like it (`/rtcstats-ws/`), not a redirect or an error page.
+                // on its path, not a redirect or an error page.
                 let page = choice.page
                     && method == Method::GET
                     && response.status().is_success()
