@@ -5,8 +5,9 @@
 //! and applies only if all of it is good, so a bad edit never leaves a half-applied state: the
 //! running config stays and the reason is logged. What applies live: the node list (new nodes take
 //! rooms, removed nodes' rooms move on their next request, `drain` flags) and the certificate (new
-//! handshakes use it; open connections and WebSocket tunnels keep going). Other sections need a
-//! restart; a reload that changes them says which.
+//! handshakes use it; open connections and WebSocket tunnels keep going), and the TLS files of
+//! `[pins.redis]` when they changed (the next connection to Redis uses them). Other sections
+//! need a restart; a reload that changes them says which.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
+use crate::placement::shared::{Renewed, SharedPins};
 use crate::tls::{self, CertStore};
 
 /// How often files are checked for changes.
@@ -41,7 +43,20 @@ pub struct Reloader {
     fleet: Arc<Fleet>,
     certs: Arc<CertStore>,
     metrics: Arc<Metrics>,
+    /// The shared pin store, whose TLS files a reload reads again when they changed.
+    shared: Option<Arc<SharedPins>>,
     stamps: Vec<Stamp>,
+    /// The Redis TLS files as last read.
+    redis_tls: Vec<Stamp>,
+}
+
+/// What a reload applies, all of it read and checked first.
+struct Prepared {
+    config: Config,
+    /// The certificate and key (none with ACME, whose issuer swaps certificates itself).
+    key: Option<rustls::sign::CertifiedKey>,
+    /// The Redis TLS files, read again because they changed.
+    redis_tls: Option<Renewed>,
 }
 
 impl Reloader {
@@ -52,6 +67,7 @@ impl Reloader {
         fleet: Arc<Fleet>,
         certs: Arc<CertStore>,
         metrics: Arc<Metrics>,
+        shared: Option<Arc<SharedPins>>,
     ) -> Option<Reloader> {
         let path = current.source.clone()?;
         let mut reloader = Reloader {
@@ -60,19 +76,43 @@ impl Reloader {
             fleet,
             certs,
             metrics,
+            shared,
             stamps: Vec::new(),
+            redis_tls: Vec::new(),
         };
         reloader.stamps = reloader.read_stamps();
+        reloader.redis_tls = reloader.read_redis_tls_stamps();
         Some(reloader)
     }
 
-    /// The config file, and the certificate files unless ACME issues the certificate.
+    /// The CA and client certificate files of `[pins.redis]`.
+    fn redis_tls_files(&self) -> Vec<&Path> {
+        let Some(redis) = &self.current.pins.redis else {
+            return Vec::new();
+        };
+        [&redis.ca, &redis.client_cert, &redis.client_key]
+            .into_iter()
+            .filter_map(|file| file.as_deref())
+            .collect()
+    }
+
+    fn read_redis_tls_stamps(&self) -> Vec<Stamp> {
+        self.redis_tls_files()
+            .iter()
+            .map(|p| Stamp::of(p))
+            .collect()
+    }
+
+    /// The config file, the certificate files unless ACME issues the certificate, and the
+    /// Redis TLS files.
     fn watched(&self) -> Vec<&Path> {
         let tls = &self.current.tls;
-        match tls.acme {
-            Some(_) => vec![&self.path],
-            None => vec![&self.path, &tls.cert, &tls.key],
-        }
+        let mut watched = match tls.acme {
+            Some(_) => vec![self.path.as_path()],
+            None => vec![self.path.as_path(), &tls.cert, &tls.key],
+        };
+        watched.extend(self.redis_tls_files());
+        watched
     }
 
     fn read_stamps(&self) -> Vec<Stamp> {
@@ -114,10 +154,20 @@ impl Reloader {
         // Whatever happens, these versions of the files have been looked at.
         self.stamps = self.read_stamps();
         match self.prepare() {
-            Ok((config, key)) => {
+            Ok(Prepared {
+                config,
+                key,
+                redis_tls,
+            }) => {
                 let restart = restart_only_changes(&self.current, &config);
                 if let Some(key) = key {
                     self.certs.replace(key);
+                }
+                if let (Some(shared), Some(renewed)) = (&self.shared, redis_tls) {
+                    shared.renew(renewed);
+                    tracing::info!(
+                        "redis TLS files read again: the next connection to redis uses them"
+                    );
                 }
                 self.fleet.set_nodes(config.nodes.clone());
                 if !restart.is_empty() {
@@ -127,6 +177,7 @@ impl Reloader {
                 self.metrics.reloaded(true);
                 self.current = config;
                 self.stamps = self.read_stamps();
+                self.redis_tls = self.read_redis_tls_stamps();
             }
             Err(reason) => {
                 self.metrics.reloaded(false);
@@ -135,16 +186,32 @@ impl Reloader {
         }
     }
 
-    /// The new config, and its certificate files' contents (none with ACME, whose issuer
-    /// swaps certificates itself).
-    fn prepare(&self) -> Result<(Config, Option<rustls::sign::CertifiedKey>), String> {
+    /// The new config and the files it names, read and checked.
+    fn prepare(&self) -> Result<Prepared, String> {
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
-        if config.tls.acme.is_some() {
-            return Ok((config, None));
-        }
-        let key = tls::load_certified_key(&config.tls.cert, &config.tls.key)
-            .map_err(|e| e.to_string())?;
-        Ok((config, Some(key)))
+        let key = match config.tls.acme {
+            Some(_) => None,
+            None => Some(
+                tls::load_certified_key(&config.tls.cert, &config.tls.key)
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        // A changed `[pins]` section waits for a restart; unchanged, its files may have.
+        let redis_tls = match (&self.shared, &config.pins.redis) {
+            (Some(_), Some(redis))
+                if config.pins == self.current.pins
+                    && self.read_redis_tls_stamps() != self.redis_tls =>
+            {
+                let renewed = SharedPins::reread(redis);
+                Some(renewed.map_err(|e| format!("[pins.redis]: {e}"))?)
+            }
+            _ => None,
+        };
+        Ok(Prepared {
+            config,
+            key,
+            redis_tls,
+        })
     }
 }
 

@@ -438,6 +438,84 @@ async fn replicas_share_pins_over_tls_and_trust_no_store_their_ca_did_not_sign()
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn renewed_redis_tls_files_take_effect_without_a_restart() {
+    let certs = Certs::new();
+    let redis = Redis::start_tls(&certs).await;
+    let port = redis.port;
+    let nodes = sim_nodes(2).await;
+    // The files the router is told of, which an operator replaces in place.
+    let files = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = ["ca.pem", "client.pem", "client.key"].map(|f| files.path().join(f));
+    let install = |from: &Certs| {
+        for (source, target) in [(&from.ca, &ca), (&from.cert, &cert), (&from.key, &key)] {
+            std::fs::copy(source, target).unwrap();
+        }
+    };
+    install(&certs);
+    let section = shared(&redis.url())
+        + &format!("ca = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n");
+    let one = replica(&certs, &nodes, "jitsi-a", &section);
+    let node = node_of(&one, "before").await;
+    let pin = redis.get("jitsi-router:pin:before").await;
+    assert_eq!(pin.as_deref(), Some(node.as_str()));
+
+    // The store moves to a new CA, as a certificate rotation does: the old files are refused.
+    drop(redis);
+    let rotated = Certs::new();
+    let redis = Redis::start_tls_on(&rotated, port).await;
+    let connected = || async {
+        let status: serde_json::Value = one.admin_json("/api/status").await;
+        status["shared_pins"]["connected"] == true
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the old files to be refused",
+        || async { !connected().await },
+    )
+    .await;
+
+    // The operator installs the new CA and client certificate; the router is not restarted.
+    install(&rotated);
+    log_shows(&one, "redis TLS files read again").await;
+    eventually(
+        Duration::from_secs(15),
+        "the new files to be used",
+        connected,
+    )
+    .await;
+    let node = node_of(&one, "after").await;
+    let pin = redis.get("jitsi-router:pin:after").await;
+    assert_eq!(pin.as_deref(), Some(node.as_str()), "{}", one.logs());
+    log_shows(&one, "connected to redis with the reloaded TLS files").await;
+
+    // Files the store refuses (a CA it was not moved to) leave the open connection in use.
+    install(&Certs::new());
+    log_shows(
+        &one,
+        "redis refused a connection made with the reloaded TLS files",
+    )
+    .await;
+    let node = node_of(&one, "still").await;
+    let pin = redis.get("jitsi-router:pin:still").await;
+    assert_eq!(pin.as_deref(), Some(node.as_str()), "{}", one.logs());
+    assert!(connected().await);
+
+    // A file that is not usable rejects the reload, naming it; the store stays in use.
+    std::fs::write(&key, "not a key").unwrap();
+    log_shows(&one, "reload rejected").await;
+    let rejected = one.logs();
+    let rejected = rejected
+        .lines()
+        .find(|l| l.contains("reload rejected"))
+        .unwrap();
+    assert!(
+        rejected.contains("[pins.redis]") && rejected.contains("client.key"),
+        "{rejected}"
+    );
+    assert!(connected().await);
+}
+
 /// Waits until the sentinel names `server` as the primary and both replicas use it: a room
 /// first asked for through each has its pin there.
 async fn switched(sentinel: &Sentinel, server: &Redis, replicas: [&Router; 2], name: &str) {

@@ -32,12 +32,18 @@
 //! the connection): after a failover the replicas follow the new primary, which a Redis
 //! replica kept as the old one's copy. Without sentinels the connection to `url` reconnects by
 //! itself.
+//!
+//! A reload that finds the TLS files (`ca`, `client_cert`, `client_key`) changed reads them
+//! again ([`SharedPins::renew`]): the background task then connects with them and swaps the
+//! new connection in, keeping the open one until then, or for as long as the new files are
+//! refused. A renewed client certificate, or a store moved to another CA, needs no restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, IntoConnectionInfo, TlsMode};
@@ -129,11 +135,27 @@ enum Primary {
     Sentinel(tokio::sync::Mutex<SentinelClient>),
 }
 
+/// The TLS files of `[pins.redis]` read again by a reload, for [`SharedPins::renew`].
+pub struct Renewed(Primary);
+
+/// A connection to the store.
+#[derive(Clone)]
+struct Connected {
+    manager: ConnectionManager,
+    /// The server's address.
+    at: String,
+    /// The [`SharedPins::renewals`] it was made after.
+    renewals: u64,
+}
+
 /// The shared pin store of one router replica.
 pub struct SharedPins {
-    primary: Primary,
+    /// The clients to connect with; replaced when the TLS files are read again.
+    primary: ArcSwap<Primary>,
+    /// How often the TLS files were read again.
+    renewals: AtomicU64,
     url: String,
-    connection: Mutex<Option<(ConnectionManager, String)>>,
+    connection: Mutex<Option<Connected>>,
     prefix: String,
     expiry_ms: u64,
     timeout: Duration,
@@ -144,6 +166,8 @@ pub struct SharedPins {
     errors: Throttle,
     /// Rechecks with the sentinels that got no answer, warned about at most every ten seconds.
     sentinels_silent: Throttle,
+    /// Connections with renewed TLS files that failed, warned about likewise.
+    renewal_refused: Throttle,
     epoch: Instant,
     /// Until when (ms since `epoch`) requests do not ask Redis, after a failure.
     resting_until_ms: AtomicU64,
@@ -262,7 +286,8 @@ impl SharedPins {
     /// Connects in [`connect`](Self::connect).
     pub fn new(config: &config::SharedPins, idle: Duration) -> Result<SharedPins, SharedError> {
         Ok(SharedPins {
-            primary: primary(config)?,
+            primary: ArcSwap::from_pointee(primary(config)?),
+            renewals: AtomicU64::new(0),
             url: config.url.clone(),
             connection: Mutex::default(),
             prefix: config.prefix.clone(),
@@ -273,6 +298,7 @@ impl SharedPins {
             sync: redis::Script::new(SYNC),
             errors: Throttle::default(),
             sentinels_silent: Throttle::default(),
+            renewal_refused: Throttle::default(),
             epoch: Instant::now(),
             resting_until_ms: AtomicU64::new(0),
             last_answer_ms: AtomicU64::new(0),
@@ -298,10 +324,17 @@ impl SharedPins {
     /// there if it is elsewhere: a primary the sentinels replaced answers writes until they
     /// tell it (their next look at it, up to ten seconds on), and pins written there meanwhile
     /// would be lost. The background task rechecks before every sync.
+    ///
+    /// After [`renew`](Self::renew) it connects again with the files read anew, and keeps the
+    /// connection it has while the new one fails.
     pub async fn connect(&self, recheck: bool) -> Result<(), SharedError> {
-        let held_at = self.connected_to();
-        let ask_sentinels = recheck && matches!(self.primary, Primary::Sentinel(_));
-        if held_at.is_some() && !ask_sentinels {
+        let held = self.current();
+        let held_at = held.as_ref().map(|held| held.at.clone());
+        let renewals = self.renewals.load(Ordering::Acquire);
+        let renewing = held.is_some_and(|held| held.renewals != renewals);
+        let primary = self.primary.load_full();
+        let ask_sentinels = recheck && matches!(*primary, Primary::Sentinel(_));
+        if held_at.is_some() && !ask_sentinels && !renewing {
             return Ok(());
         }
         let patience = self.timeout.max(Duration::from_secs(1));
@@ -311,12 +344,12 @@ impl SharedPins {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
         let connecting = async {
-            let client = match &self.primary {
+            let client = match &*primary {
                 Primary::Fixed(client) => client.clone(),
                 Primary::Sentinel(sentinels) => sentinels.lock().await.async_get_client().await?,
             };
             let at = client.get_connection_info().addr().to_string();
-            if held_at.as_ref() == Some(&at) {
+            if held_at.as_ref() == Some(&at) && !renewing {
                 return Ok(None);
             }
             let connection = ConnectionManager::new_with_config(client, config).await?;
@@ -328,6 +361,13 @@ impl SharedPins {
         };
         let connected = match (connected, &held_at) {
             (Ok(connected), _) => connected,
+            // Files the store refuses (not yet renewed on its side, say): keep what works.
+            (Err(e), Some(at)) if renewing => {
+                if self.renewal_refused.due().is_some() {
+                    tracing::warn!(error = %e, server = at, "redis refused a connection made with the reloaded TLS files; keeping the one open");
+                }
+                return Ok(());
+            }
             // Sentinels that do not answer say nothing of the primary, which may: keep it.
             (Err(e), Some(at)) => {
                 if self.sentinels_silent.due().is_some() {
@@ -341,6 +381,12 @@ impl SharedPins {
             return Ok(());
         };
         match &held_at {
+            Some(old) if renewing && *old == at => {
+                tracing::info!(
+                    server = at,
+                    "connected to redis with the reloaded TLS files"
+                )
+            }
             Some(old) => tracing::warn!(
                 from = old,
                 to = at,
@@ -351,18 +397,34 @@ impl SharedPins {
             }
         }
         let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Some((connection, at));
+        *slot = Some(Connected {
+            manager: connection,
+            at,
+            renewals,
+        });
         Ok(())
+    }
+
+    /// Reads the TLS files of `config` (the running store's section, reloaded) again, checking
+    /// each as at start-up, for [`renew`](Self::renew).
+    pub fn reread(config: &config::SharedPins) -> Result<Renewed, SharedError> {
+        Ok(Renewed(primary(config)?))
+    }
+
+    /// Connects with the files read anew from the background task's next tick on (see
+    /// [`connect`](Self::connect)).
+    pub fn renew(&self, renewed: Renewed) {
+        self.primary.store(Arc::new(renewed.0));
+        self.renewals.fetch_add(1, Ordering::Release);
     }
 
     /// The address of the Redis server this replica is connected to (with sentinels, the
     /// primary they named last).
     pub fn connected_to(&self) -> Option<String> {
-        self.current().map(|(_, at)| at)
+        self.current().map(|held| held.at)
     }
 
-    /// The connection and the address it goes to.
-    fn current(&self) -> Option<(ConnectionManager, String)> {
+    fn current(&self) -> Option<Connected> {
         let slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         slot.clone()
     }
@@ -453,7 +515,7 @@ impl SharedPins {
         if self.now_ms() < self.resting_until_ms.load(Ordering::Relaxed) {
             return Err(SharedError::Resting);
         }
-        (self.current().map(|(connection, _)| connection)).ok_or(SharedError::NotConnected)
+        (self.current().map(|held| held.manager)).ok_or(SharedError::NotConnected)
     }
 
     fn now_ms(&self) -> u64 {
@@ -480,7 +542,7 @@ impl SharedPins {
         if matches!(e, SharedError::Resting) {
             return;
         }
-        if matches!(self.primary, Primary::Sentinel(_)) {
+        if matches!(**self.primary.load(), Primary::Sentinel(_)) {
             // The primary may have moved: the next connection asks the sentinels.
             let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
             *slot = None;

@@ -241,6 +241,7 @@ impl Server {
             fleet,
             self.certs.clone(),
             metrics.clone(),
+            self.proxy.router().shared_pins().cloned(),
         ) {
             tasks.spawn(reloader.run());
         }

@@ -904,8 +904,13 @@ impl Redis {
     /// Starts one that speaks only TLS, with `certs`' leaf (names `localhost` and `127.0.0.1`),
     /// and asks every client for a certificate signed by `certs`' CA (Redis's default).
     pub async fn start_tls(certs: &Certs) -> Redis {
+        Redis::start_tls_on(certs, closed_port()).await
+    }
+
+    /// The same on `port` (where another one ran before: a store moved to a new CA).
+    pub async fn start_tls_on(certs: &Certs, port: u16) -> Redis {
         let tls = (certs.ca.clone(), certs.cert.clone(), certs.key.clone());
-        Redis::launch(closed_port(), Some(tls), &[]).await
+        Redis::launch(port, Some(tls), &[]).await
     }
 
     async fn launch(
