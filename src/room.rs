@@ -236,6 +236,11 @@ pub fn classify<'a>(
         },
         _ => (head, next),
     };
+    if tenant == Some(ETHERPAD) {
+        if let Some(pad) = etherpad_pad(head, next, query) {
+            return pinned_as(Some(ETHERPAD), pad, limits);
+        }
+    }
     if BRIDGE_DIRS.contains(&head) {
         return Ok(Target::Bridge {
             server_id: next.unwrap_or(""),
@@ -267,6 +272,24 @@ pub fn classify<'a>(
 /// routed, and sets the affinity cookie, as the room it joins.
 const LOAD_TEST: &str = "_load-test";
 
+/// Etherpad's folder: docker-jitsi-meet's web front sends `/etherpad/` to the node's Etherpad,
+/// which keeps each pad (a meeting's shared document) to itself.
+const ETHERPAD: &str = "etherpad";
+
+/// The pad an Etherpad request belongs to: its page `/etherpad/p/<pad>` (and the pages under
+/// it, such as `/timeslider` and `/export/…`), or its socket.io connection, which names the pad
+/// in `padId=` (Etherpad does, it says, so that proxies can shard by pad). Every participant
+/// must reach the Etherpad holding the pad, so each pad is pinned as a room `etherpad/<pad>`
+/// and pads spread over the nodes like rooms. Etherpad's other files follow the pad page that
+/// loaded them (`Referer`) or the affinity cookie.
+fn etherpad_pad<'a>(head: &str, next: Option<&'a str>, query: Option<&'a str>) -> Option<&'a str> {
+    match head {
+        "p" => next,
+        SOCKET_IO => query.and_then(|query| param(query, "padId")),
+        _ => None,
+    }
+}
+
 /// socket.io's endpoint: docker-jitsi-meet's web front sends `/socket.io/` to the whiteboard's
 /// collaboration server (excalidraw-backend), and Etherpad under `/etherpad/` has one too.
 const SOCKET_IO: &str = "socket.io";
@@ -275,7 +298,7 @@ const SOCKET_IO: &str = "socket.io";
 /// the node of the conference the browser is in. Every participant of a meeting must reach one
 /// collaboration server, so it is pinned: jitsi-meet's whiteboard names its board in `room=`
 /// (an md5 of the meeting's URL), and each board gets a pin of its own; without a room
-/// (Etherpad's, other clients') it is pinned as a room of its path.
+/// (Etherpad's without a pad, other clients') it is pinned as a room of its path.
 fn socket_io<'a>(
     tenant: Option<&'a str>,
     query: Option<&'a str>,
@@ -286,7 +309,16 @@ fn socket_io<'a>(
             return Ok(named);
         }
     }
-    Ok(match build_key(tenant, SOCKET_IO, limits)? {
+    pinned_as(tenant, SOCKET_IO, limits)
+}
+
+/// A request that is no room page pinned as the room `name` (under `tenant`).
+fn pinned_as<'a>(
+    tenant: Option<&'a str>,
+    name: &'a str,
+    limits: &RoomLimits,
+) -> Result<Target<'a>, RoomError> {
+    Ok(match build_key(tenant, name, limits)? {
         Some(key) => Target::Room { key, page: false },
         None => Target::Unrouted,
     })
@@ -312,7 +344,7 @@ fn from_query<'a>(
     query: Option<&'a str>,
     limits: &RoomLimits,
 ) -> Result<Target<'a>, RoomError> {
-    let Some(raw) = query.and_then(room_param) else {
+    let Some(raw) = query.and_then(|query| param(query, "room")) else {
         return Ok(Target::Unrouted);
     };
     Ok(match build_key(tenant, raw, limits)? {
@@ -321,9 +353,9 @@ fn from_query<'a>(
     })
 }
 
-/// The raw value of the first `room=` parameter of a query string.
-fn room_param(query: &str) -> Option<&str> {
-    query.split('&').find_map(|pair| pair.strip_prefix("room="))
+/// The raw value of a query string's first parameter `name`.
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    (query.split('&')).find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Builds the key from raw tenant and room segments; `None` when the room is empty.
@@ -432,6 +464,39 @@ mod tests {
                 other => panic!("{path}?{query:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_etherpad_pad_is_pinned_by_its_name_and_is_no_page() {
+        for (path, query) in [
+            ("/etherpad/p/Standup-Notes", None),
+            ("/etherpad/p/Standup-Notes/timeslider", None),
+            ("/etherpad/p/Standup-Notes/export/txt", None),
+            (
+                "/etherpad/socket.io/",
+                Some("padId=Standup-Notes&EIO=4&transport=polling"),
+            ),
+            ("/etherpad/socket.io/", Some("EIO=4&padId=standup-notes")),
+        ] {
+            match target(path, query) {
+                Ok(Target::Room { key, page: false }) => {
+                    assert_eq!(key.as_str(), "etherpad/standup-notes", "{path}")
+                }
+                other => panic!("{path}?{query:?}: {other:?}"),
+            }
+        }
+        for path in [
+            "/etherpad/static/css/pad.css",
+            "/etherpad/locales.json",
+            "/etherpad/pluginfw/plugin-definitions.json",
+        ] {
+            assert_eq!(target(path, None), Ok(Target::Unrouted), "{path}");
+        }
+        // Only `padId=` names a pad, not a parameter whose name ends the same.
+        assert_eq!(
+            key_of("/etherpad/socket.io/", Some("xpadId=a")),
+            "etherpad/socket.io"
+        );
     }
 
     #[test]

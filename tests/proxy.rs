@@ -204,6 +204,48 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_etherpad_pad_meets_on_one_node_whatever_the_cookie() {
+    // docker-jitsi-meet's web front sends `/etherpad/` to the node's Etherpad, which keeps each
+    // pad to itself: a meeting's shared document is `/etherpad/p/<pad>`, whose socket.io
+    // connection names the pad in `padId=`.
+    let (_certs, _nodes, router) = fleet(3, "").await;
+    let client = router.client_h1();
+    let mut nodes = HashSet::new();
+    for i in 0..12 {
+        let page = (client.get(router.url(&format!("/etherpad/p/Notes-{i}"))))
+            .header("cookie", "jitsi_router_node=jitsi-a")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        assert!(page.headers().get("set-cookie").is_none(), "no room page");
+        let node = shard(&page);
+        let socket = format!("/etherpad/socket.io/?padId=Notes-{i}&EIO=4&transport=polling");
+        for cookie in ["jitsi-a", "jitsi-b", "jitsi-c"] {
+            let polled = (client.get(router.url(&socket)))
+                .header("cookie", format!("jitsi_router_node={cookie}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                shard(&polled),
+                node,
+                "notes-{i}: its socket.io, cookie {cookie}"
+            );
+        }
+        let style = (client.get(router.url("/etherpad/static/css/pad.css")))
+            .header("referer", router.url(&format!("/etherpad/p/Notes-{i}")))
+            .header("cookie", "jitsi_router_node=jitsi-c")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(shard(&style), node, "notes-{i}: a file its page loaded");
+        nodes.insert(node);
+    }
+    assert!(nodes.len() > 1, "every pad on {nodes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_load_test_client_meets_its_room_on_the_rooms_node() {
     // docker-jitsi-meet serves jitsi-meet's load-test client at `/_load-test/<room>`: a page
     // that joins `<room>` over `/xmpp-websocket?room=<room>`, and whose bridge channels follow
