@@ -569,6 +569,167 @@ async fn websocket_echo_through_the_router() {
     assert!(end.is_ok(), "the node's close did not reach the client");
 }
 
+/// An HTTP/2 connection to the router, and the task driving it.
+async fn h2_connection(
+    certs: &Certs,
+    router: &Router,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(router.https).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(certs.client_config_alpn(b"h2"));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// Sends a request on an HTTP/2 connection to the router: `CONNECT` with `:protocol`
+/// `websocket` (RFC 8441) when `websocket`, else `GET`.
+async fn h2_request(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    router: &Router,
+    path: &str,
+    websocket: bool,
+) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+    let mut request = http::Request::builder()
+        .uri(format!("https://localhost:{}{path}", router.https.port()))
+        .header("sec-websocket-version", "13");
+    if websocket {
+        request = (request.method(http::Method::CONNECT))
+            .extension(hyper::ext::Protocol::from_static("websocket"));
+    }
+    let request = request.body(http_body_util::Empty::new()).unwrap();
+    sender.ready().await?;
+    sender.send_request(request).await
+}
+
+/// A WebSocket client over an HTTP/2 stream the router answered `200`.
+type H2Ws = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// A WebSocket over `h2` (RFC 8441) to `path`, and the node that answered.
+async fn h2_websocket(
+    h2: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    router: &Router,
+    path: &str,
+) -> (H2Ws, String) {
+    let mut answer = h2_request(h2, router, path, true).await.unwrap();
+    assert_eq!(answer.status(), 200, "{path}");
+    assert!(answer.headers().get("sec-websocket-accept").is_none());
+    let node = h2_shard(&answer);
+    let upgraded = hyper::upgrade::on(&mut answer).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(upgraded);
+    let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, role, None).await;
+    (ws, node)
+}
+
+/// The node an HTTP/2 answer names.
+fn h2_shard<B>(response: &http::Response<B>) -> String {
+    response.headers()["x-jitsi-shard"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websockets_over_http2_reach_their_rooms_node_and_hold_their_connection() {
+    // A keep-alive timeout far shorter than a meeting (the supervisor looks again no later
+    // than the request-head timeout): open tunnels must keep their connection.
+    let limits = "[limits]\nkeepalive_timeout = \"1s\"\nrequest_head_timeout = \"1s\"\n";
+    let (certs, _nodes, router) = fleet(3, limits).await;
+    let mut h2 = h2_connection(&certs, &router).await;
+    // The page first, on the same connection (the router's SETTINGS arrive meanwhile).
+    let page = h2_request(&mut h2, &router, "/Standup", false)
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let node = h2_shard(&page);
+    let mut sockets = Vec::new();
+    for room in ["standup", "retro"] {
+        let path = format!("/xmpp-websocket?room={room}");
+        let (ws, to) = h2_websocket(&mut h2, &router, &path).await;
+        if room == "standup" {
+            assert_eq!(to, node, "the room page's node");
+        }
+        sockets.push(ws);
+    }
+    for ws in &mut sockets {
+        ws.send(Message::text("<open/>")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("<open/>"));
+    }
+    // Both count as participants joining.
+    let nodes: serde_json::Value = router.admin_json("/api/nodes").await;
+    let joined: u64 = (nodes.as_array().unwrap().iter())
+        .map(|n| n["joined_since_reading"].as_u64().unwrap())
+        .sum();
+    assert_eq!(joined, 2, "{nodes}");
+    // Past the keep-alive timeout the connection is still in use: it takes new streams and
+    // the tunnels carry on.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = h2_request(&mut h2, &router, "/Standup", false).await;
+    assert_eq!(again.expect("the connection is open").status(), 200);
+    for ws in &mut sockets {
+        ws.send(Message::text("<iq/>")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("<iq/>"));
+    }
+    // A plain CONNECT is still refused.
+    let mut plain = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("localhost:{}", router.https.port()))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    plain.headers_mut().clear();
+    let refused = h2.send_request(plain).await.unwrap();
+    assert_eq!(refused.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_over_http2_counts_as_a_connection_for_the_caps() {
+    // Like a WebSocket on a connection of its own, each holds a connection to a node.
+    let limits = "[limits]\nmax_connections_per_client = 2\n";
+    let (certs, _nodes, router) = fleet(2, limits).await;
+    let mut h2 = h2_connection(&certs, &router).await;
+    let page = h2_request(&mut h2, &router, "/standup", false)
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let path = "/xmpp-websocket?room=standup";
+    let mut first = h2_request(&mut h2, &router, path, true).await.unwrap();
+    assert_eq!(first.status(), 200, "the connection and one WebSocket");
+    let over = h2_request(&mut h2, &router, path, true).await.unwrap();
+    assert_eq!(over.status(), 429);
+    let reason = http_body_util::BodyExt::collect(over.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let reason = String::from_utf8_lossy(&reason).into_owned();
+    assert!(reason.contains("max_connections_per_client"), "{reason}");
+    assert_eq!(
+        metrics(&router).await["jitsi_router_limited_total{limit=\"max_connections_per_client\"}"],
+        1.0
+    );
+    // The first one closes: its place is free again.
+    let upgraded = hyper::upgrade::on(&mut first).await.unwrap();
+    drop(upgraded);
+    eventually(
+        Duration::from_secs(10),
+        "a WebSocket once one closed",
+        || {
+            let mut h2 = h2.clone();
+            let router = &router;
+            async move {
+                let answer = h2_request(&mut h2, router, path, true).await.unwrap();
+                answer.status() == 200
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn colibri_websockets_route_by_server_id() {
     let certs = Certs::new();
@@ -1026,6 +1187,8 @@ async fn sigterm_lets_requests_and_tunnels_finish_then_exits_0() {
         }
     });
     let (mut ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=goodbye").await;
+    let mut h2 = h2_connection(&certs, &router).await;
+    let (mut over_h2, _) = h2_websocket(&mut h2, &router, "/xmpp-websocket?room=goodbye").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     router.signal("TERM");
 
@@ -1041,6 +1204,15 @@ async fn sigterm_lets_requests_and_tunnels_finish_then_exits_0() {
         ws.next().await.unwrap().unwrap(),
         Message::text("still here")
     );
+    over_h2.send(Message::text("here too")).await.unwrap();
+    assert_eq!(
+        over_h2.next().await.unwrap().unwrap(),
+        Message::text("here too"),
+        "a WebSocket over HTTP/2"
+    );
+    over_h2.close(None).await.unwrap();
+    while over_h2.next().await.is_some() {}
+    drop(over_h2);
     let response = poll.await.unwrap().unwrap();
     assert_eq!(response.status(), 200, "the long-poll in flight finished");
     assert!(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -69,7 +69,17 @@ pub async fn forward(
         keepalive,
     } = upgrade;
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let hold = req.extensions_mut().remove::<tunnel::Hold>();
     let (mut parts, body) = req.into_parts();
+    // RFC 8441: an HTTP/2 WebSocket is a `CONNECT` stream; the node is asked the HTTP/1.1 way.
+    let over_h2 = upgrade && parts.method == Method::CONNECT;
+    if over_h2 {
+        parts.method = Method::GET;
+        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+        if let Ok(key) = HeaderValue::from_str(&key) {
+            parts.headers.insert(header::SEC_WEBSOCKET_KEY, key);
+        }
+    }
     // Origin form (`/path?query`); the node's scheme and authority pick the connection.
     let target = parts
         .uri
@@ -119,7 +129,7 @@ pub async fn forward(
                 downstream,
                 hyper::upgrade::on(&mut response),
                 node.id.clone(),
-                settings.tunnels.open(),
+                (settings.tunnels.open(), hold),
                 keepalive,
             ),
             None => {
@@ -132,7 +142,12 @@ pub async fn forward(
         }
     }
     let (mut parts, body) = response.into_parts();
-    headers::prepare_response(&mut parts.headers, upgraded);
+    headers::prepare_response(&mut parts.headers, upgraded && !over_h2);
+    if upgraded && over_h2 {
+        // The HTTP/2 answer to a WebSocket's `CONNECT`: `200`, without the HTTP/1.1 handshake.
+        parts.status = StatusCode::OK;
+        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    }
     (
         Response::from_parts(parts, Either::Left(body)),
         Answered::Node,

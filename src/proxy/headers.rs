@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Uri, Version};
+use http::{Method, Request, Uri, Version};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -29,15 +29,24 @@ pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// `X-Jitsi-Shard`: the node that answered.
 pub const X_JITSI_SHARD: HeaderName = HeaderName::from_static("x-jitsi-shard");
 
-/// Whether a request asks for a WebSocket upgrade (HTTP/1.1 `Upgrade: websocket`).
+/// Whether a request asks for a WebSocket: HTTP/1.1 `Upgrade: websocket`, or an HTTP/2 extended
+/// `CONNECT` (RFC 8441).
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && has_token(req.headers(), &header::CONNECTION, "upgrade")
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    match req.version() {
+        Version::HTTP_11 => {
+            has_token(req.headers(), &header::CONNECTION, "upgrade")
+                && (req.headers().get(header::UPGRADE))
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        }
+        // RFC 8441: an extended CONNECT whose `:protocol` is `websocket`.
+        Version::HTTP_2 => {
+            req.method() == Method::CONNECT
+                && (req.extensions().get::<hyper::ext::Protocol>())
+                    .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+        }
+        _ => false,
+    }
 }
 
 fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {

@@ -144,14 +144,15 @@ impl Proxy {
             let reason = format!("request head larger than {} bytes", self.max_request_head);
             return self.refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
         }
-        if req.method() == Method::CONNECT {
-            return self.refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+        let websocket = headers::is_websocket_upgrade(&req);
+        if req.method() == Method::CONNECT && !websocket {
+            let reason = "CONNECT is not supported, but for a WebSocket over HTTP/2";
+            return self.refuse(StatusCode::METHOD_NOT_ALLOWED, reason);
         }
         // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host, as nginx does.
         if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
             return self.refuse(StatusCode::BAD_REQUEST, "missing Host header");
         }
-        let websocket = headers::is_websocket_upgrade(&req);
         let started = std::time::Instant::now();
         let choice = match self.choose(&req, client.addr, websocket).await {
             Ok(choice) => choice,
@@ -208,7 +209,13 @@ impl Proxy {
                     }
                 }
                 choice.node.live.report.requests.count(response.status());
-                if choice.joins && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // A WebSocket the node took: `101`, or `200` to an HTTP/2 `CONNECT`.
+                let opened = match response.status() {
+                    StatusCode::SWITCHING_PROTOCOLS => true,
+                    StatusCode::OK => websocket && method == Method::CONNECT,
+                    _ => false,
+                };
+                if choice.joins && opened {
                     choice.node.live.participant_joined();
                 }
             }

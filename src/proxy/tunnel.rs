@@ -43,17 +43,30 @@ impl Keepalive {
     }
 }
 
+/// Keeps the client connection of a WebSocket over HTTP/2 (RFC 8441) in use while the tunnel
+/// is open: the tunnel is one of the connection's streams, and the connection's idle timeout
+/// must not close it. The server puts one in the request's extensions.
+#[derive(Clone)]
+pub struct Hold(#[allow(dead_code)] Arc<dyn std::any::Any + Send + Sync>);
+
+impl Hold {
+    /// A hold that lasts as long as `mark`.
+    pub fn new(mark: impl std::any::Any + Send + Sync) -> Hold {
+        Hold(Arc::new(mark))
+    }
+}
+
 /// Joins the client's and the node's upgraded connections in a background task, counted by
-/// `guard` until it ends.
+/// `guard` (and holding `hold`, for an HTTP/2 WebSocket) until it ends.
 pub fn splice(
     client: OnUpgrade,
     node: OnUpgrade,
     id: NodeId,
-    guard: TunnelGuard,
+    (guard, hold): (TunnelGuard, Option<Hold>),
     keepalive: Option<Keepalive>,
 ) {
     tokio::spawn(async move {
-        let _open = guard;
+        let _open = (guard, hold);
         let (client, upstream) = match tokio::try_join!(client, node) {
             Ok(both) => both,
             Err(e) => {

@@ -83,7 +83,10 @@ impl Connections {
     /// Counts in a connection from `ip` (`None`: from a trusted proxy, whose PROXY header names
     /// the client later, see [`Admitted::count_for`]), unless a cap is reached.
     pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Admitted, Refused> {
-        let client = ip.map(ClientKey::of);
+        self.admit_for(ip.map(ClientKey::of))
+    }
+
+    fn admit_for(self: &Arc<Self>, client: Option<ClientKey>) -> Result<Admitted, Refused> {
         let mut per_client = self
             .per_client
             .lock()
@@ -141,6 +144,14 @@ impl Connections {
 }
 
 impl Admitted {
+    /// Admits more connections of this one's client ([`Siblings::admit`]).
+    pub fn siblings(&self) -> Siblings {
+        Siblings {
+            connections: self.connections.clone(),
+            client: self.client,
+        }
+    }
+
     /// Counts a trusted proxy's connection for the client its PROXY header named, unless that
     /// client is at its cap. (A connection already counted for a client stays so.)
     pub fn count_for(&mut self, ip: IpAddr) -> Result<(), Refused> {
@@ -154,6 +165,22 @@ impl Admitted {
         connections.count_in(&mut per_client, client)?;
         self.client = Some(client);
         Ok(())
+    }
+}
+
+/// Counts in more connections of one admitted connection's client.
+#[derive(Clone)]
+pub struct Siblings {
+    connections: Arc<Connections>,
+    client: Option<ClientKey>,
+}
+
+impl Siblings {
+    /// One more connection of the client, unless a cap is reached: a WebSocket over one of its
+    /// connection's HTTP/2 streams (RFC 8441) holds a connection to a node as a connection of
+    /// its own would, and counts as one.
+    pub fn admit(&self) -> Result<Admitted, Refused> {
+        self.connections.admit_for(self.client)
     }
 }
 

@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | no request yet (TLS done; HTTP/2 preface and first `HEADERS` included) | `request_head_timeout` | closed (HTTP/2: `GOAWAY`) |
 //! | HTTP/1.1 head in progress (a byte of it arrived) | `request_head_timeout` from that byte | closed |
-//! | no request in flight (keep-alive) | `keepalive_timeout` since the last answer | closed (HTTP/2: `GOAWAY`) |
+//! | no request in flight (keep-alive; an open HTTP/2 WebSocket counts as one in flight) | `keepalive_timeout` since the last answer | closed (HTTP/2: `GOAWAY`) |
 //! | request body the node waits for | `request_body_timeout` between bytes | `408` (see `proxy::body`) |
 //! | node's response body | `response_body_timeout` between bytes | answer cut (see `proxy::upstream`) |
 //! | client takes no bytes of what it is sent (also in WebSocket tunnels) | `send_timeout` | closed |
@@ -154,6 +154,14 @@ impl Activity {
             activity: self.clone(),
             answered: false,
         }
+    }
+
+    /// Marks the connection in use, as a request in flight does, until the mark is dropped:
+    /// a WebSocket tunnel over one of its HTTP/2 streams.
+    pub fn hold(self: &Arc<Self>) -> InFlight {
+        let mut held = self.request_started();
+        held.answered = true;
+        held
     }
 
     fn request_ended(&self, answered: bool) {

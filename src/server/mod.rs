@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request, Response};
+use http::{header, Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -38,13 +38,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::acme::{AcmeError, Http01Answers, Issuer};
 use crate::config::Config;
 use crate::fleet::{health, prometheus, Fleet};
+use crate::metrics::{Limit, Metrics};
 use crate::placement::pins::Pins;
 use crate::placement::shared::SharedPins;
 use crate::placement::{snapshot, Router};
-use crate::proxy::Proxy;
+use crate::proxy::{tunnel, Proxy};
 use crate::throttle::Throttle;
 use crate::tls::{self, CertStore, TlsError};
-use caps::{Admitted, Connections};
+use caps::{Admitted, Connections, Refused};
 use conn::{supervise, Activity, ConnLimits, Graceful, Tracked, Watched};
 use listener::{Edge, Listener};
 use sweeps::{close_idle_connections, sweep_pins};
@@ -403,7 +404,10 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_local_error_reset_streams(limits.h2_max_local_reset_streams)
         .max_send_buf_size(H2_SEND_BUFFER)
         .initial_stream_window_size(H2_RECEIVE_WINDOW)
-        .initial_connection_window_size(H2_RECEIVE_WINDOW * 4);
+        .initial_connection_window_size(H2_RECEIVE_WINDOW * 4)
+        // WebSockets over HTTP/2 (RFC 8441): a browser's signalling and bridge channels share
+        // the connection its page came on, rather than each opening a TLS connection.
+        .enable_connect_protocol();
     builder
 }
 
@@ -472,14 +476,32 @@ async fn accept_https(
             tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let activity = Activity::new(h2, shared.limits, shared.metrics.clone());
+            let siblings = admitted.siblings();
             let io = TokioIo::new(Watched::new(tls, activity.clone(), admitted));
             let requests = activity.clone();
             let hsts = shared.edge.hsts.clone();
-            let service = service_fn(move |req: Request<Incoming>| {
+            let metrics = shared.metrics.clone();
+            let service = service_fn(move |mut req: Request<Incoming>| {
                 let in_flight = requests.request_started();
+                let refused = match req.method() == Method::CONNECT {
+                    // An HTTP/2 WebSocket: a connection's worth for the caps, and a stream that
+                    // keeps this connection in use while its tunnel is open, after its answer.
+                    true => match siblings.admit() {
+                        Ok(admitted) => {
+                            let hold = tunnel::Hold::new((requests.hold(), admitted));
+                            req.extensions_mut().insert(hold);
+                            None
+                        }
+                        Err(refused) => Some(over_cap(refused, &metrics)),
+                    },
+                    false => None,
+                };
                 let (proxy, hsts) = (proxy.clone(), hsts.clone());
                 async move {
-                    let mut response = proxy.handle(req, client).await;
+                    let mut response = match refused {
+                        Some(refused) => refused,
+                        None => proxy.handle(req, client).await,
+                    };
                     if let Some(hsts) = hsts {
                         (response.headers_mut()).insert(header::STRICT_TRANSPORT_SECURITY, hsts);
                     }
@@ -492,6 +514,24 @@ async fn accept_https(
             }
         });
     }
+}
+
+/// The answer to an HTTP/2 WebSocket over a cap on client connections, counted.
+fn over_cap(refused: Refused, metrics: &Metrics) -> Response<crate::proxy::Body> {
+    let (limit, status, cap) = match refused {
+        Refused::Full => (
+            Limit::Connections,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "limits.max_connections",
+        ),
+        Refused::ClientFull => (
+            Limit::ClientConnections,
+            http::StatusCode::TOO_MANY_REQUESTS,
+            "limits.max_connections_per_client",
+        ),
+    };
+    metrics.limit_hit(limit);
+    crate::proxy::errors::plain(status, &format!("too many connections ({cap})"))
 }
 
 /// A plain HTTP/1.1 connection on `tcp` answered by `answer`, watched like every client
