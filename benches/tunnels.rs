@@ -11,6 +11,9 @@
 //! echo, lets them sit idle for a second, and reports how much the proxy's resident memory grew
 //! per open tunnel (kernel socket buffers are not in it, and are alike for all three). A peer that
 //! is not installed is skipped with a note (`benches/load.sh` installs both).
+//! With `H2=1` the tunnels are WebSockets over HTTP/2 (RFC 8441), as Chromium and Firefox open
+//! them through a proxy that offers it: two per connection (a participant's XMPP and bridge
+//! channel on the connection of its page), through jitsi-router and HAProxy (nginx has none).
 //! Loopback only; temporary folder.
 
 use std::net::SocketAddr;
@@ -27,6 +30,15 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
+/// A WebSocket over an HTTP/2 stream.
+type H2Ws = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// An HTTP/2 connection's sender.
+type H2 = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// What keeps tunnels open: the WebSockets, and for HTTP/2 their connection.
+type Open = Vec<Box<dyn Send>>;
+
 /// Handshakes in flight at once.
 const AT_ONCE: usize = 64;
 
@@ -40,18 +52,28 @@ fn main() {
 }
 
 async fn run(tunnels: usize) {
+    let h2 = std::env::var_os("H2").is_some();
     let dir = tempfile::tempdir().expect("a temporary folder");
     let certs = Certs::write(dir.path());
     let node = SimNode::start("jitsi-a", "127.0.0.1:0".parse().unwrap())
         .await
         .expect("the simulated node starts");
-    println!("{tunnels} WebSocket tunnels through each proxy, each used once, then idle");
+    let over = if h2 {
+        ", over HTTP/2, two a connection"
+    } else {
+        ""
+    };
+    println!("{tunnels} WebSocket tunnels through each proxy{over}, each used once, then idle");
     println!(
         "{:<14} {:>14} {:>16} {:>16}",
         "proxy", "KiB per tunnel", "RSS before, MiB", "RSS open, MiB"
     );
     let mut base = None;
     for proxy in [Proxy::Router, Proxy::Haproxy, Proxy::Nginx] {
+        if h2 && matches!(proxy, Proxy::Nginx) {
+            println!("{:<14} skipped: no WebSockets over HTTP/2", proxy.name());
+            continue;
+        }
         let Some(mut running) = proxy.start(dir.path(), &certs, node.addr()) else {
             println!(
                 "{:<14} skipped: {} is not installed",
@@ -63,10 +85,10 @@ async fn run(tunnels: usize) {
         running.wait_until_up(&certs).await;
         // Warm-up: the first tunnels' one-time allocations (threads' caches, TLS session state)
         // are not a tunnel's cost.
-        drop(open(&certs, running.addr, 128).await);
+        drop(open(&certs, running.addr, 128, h2).await);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = running.rss_kib();
-        let open_now = open(&certs, running.addr, tunnels).await;
+        let open_now = open(&certs, running.addr, tunnels, h2).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = running.rss_kib();
         drop(open_now);
@@ -88,19 +110,84 @@ async fn run(tunnels: usize) {
     }
 }
 
-/// Opens `count` tunnels, `AT_ONCE` at a time, and has each echo one message.
-async fn open(certs: &Certs, addr: SocketAddr, count: usize) -> Vec<Ws> {
-    let mut open = Vec::with_capacity(count);
+/// Opens `count` tunnels (over HTTP/2, two a connection), `AT_ONCE` handshakes at a time, and
+/// has each echo one message.
+async fn open(certs: &Certs, addr: SocketAddr, count: usize, h2: bool) -> Open {
+    let mut open: Open = Vec::with_capacity(count);
+    let step = if h2 { 2 } else { 1 };
     let mut started = 0;
     while started < count {
         let batch = AT_ONCE.min(count - started);
-        let handshakes = (started..started + batch).map(|i| tunnel(certs, addr, i));
-        for ws in futures_util::future::join_all(handshakes).await {
-            open.push(ws);
+        let firsts = (started..started + batch).step_by(step);
+        if h2 {
+            let participants = firsts.map(|i| participant_h2(certs, addr, i));
+            for held in futures_util::future::join_all(participants).await {
+                open.push(Box::new(held));
+            }
+        } else {
+            let handshakes = firsts.map(|i| tunnel(certs, addr, i));
+            for ws in futures_util::future::join_all(handshakes).await {
+                open.push(Box::new(ws));
+            }
         }
         started += batch;
     }
     open
+}
+
+/// One HTTP/2 connection with its page fetched and two WebSockets on it, each echoing once.
+async fn participant_h2(certs: &Certs, addr: SocketAddr, i: usize) -> (H2, [H2Ws; 2]) {
+    let tcp = TcpStream::connect(addr).await.expect("the proxy accepts");
+    let connector = tokio_rustls::TlsConnector::from(certs.client_h2.clone());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("a TLS handshake");
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let (mut h2, connection) = hyper::client::conn::http2::handshake(executor, io)
+        .await
+        .expect("an HTTP/2 connection");
+    tokio::spawn(connection);
+    let url = |path: &str| format!("https://localhost:{}{path}?room=bench-{i}", addr.port());
+    let request = |path: &str, connect: bool| {
+        let mut request = http::Request::builder().uri(url(path));
+        if connect {
+            request = (request.method(http::Method::CONNECT))
+                .header("sec-websocket-version", "13")
+                .extension(hyper::ext::Protocol::from_static("websocket"));
+        }
+        request.body(http_body_util::Empty::new()).unwrap()
+    };
+    // The page: the proxy's SETTINGS (extended CONNECT allowed) arrive meanwhile.
+    h2.ready().await.expect("ready");
+    let page = h2
+        .send_request(request("/page", false))
+        .await
+        .expect("a page");
+    assert_eq!(page.status(), 200, "participant {i}: the page");
+    let mut sockets = Vec::new();
+    for path in ["/xmpp-websocket", "/colibri-ws"] {
+        h2.ready().await.expect("ready");
+        let mut answer = (h2.send_request(request(path, true)).await)
+            .unwrap_or_else(|e| panic!("participant {i}: {path}: {e}"));
+        assert_eq!(answer.status(), 200, "participant {i}: {path}");
+        let upgraded = hyper::upgrade::on(&mut answer).await.expect("a tunnel");
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, role, None).await;
+        let text = format!("hello from participant {i}, {path}");
+        ws.send(Message::text(text.clone())).await.expect("sent");
+        let echo = ws.next().await.expect("an echo").expect("a message");
+        assert_eq!(
+            echo,
+            Message::text(text),
+            "participant {i}: the node's echo"
+        );
+        sockets.push(ws);
+    }
+    let Ok(sockets) = <[H2Ws; 2]>::try_from(sockets) else {
+        panic!("participant {i}: two WebSockets");
+    };
+    (h2, sockets)
 }
 
 async fn tunnel(certs: &Certs, addr: SocketAddr, i: usize) -> Ws {
@@ -129,6 +216,8 @@ struct Certs {
     /// Certificate then key, as HAProxy reads them.
     both: PathBuf,
     client: Arc<rustls::ClientConfig>,
+    /// The same, offering HTTP/2.
+    client_h2: Arc<rustls::ClientConfig>,
 }
 
 impl Certs {
@@ -149,11 +238,14 @@ impl Certs {
         let client = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut client_h2 = client.clone();
+        client_h2.alpn_protocols = vec![b"h2".to_vec()];
         Certs {
             cert,
             key,
             both,
             client: Arc::new(client),
+            client_h2: Arc::new(client_h2),
         }
     }
 }
@@ -190,6 +282,7 @@ impl Proxy {
                     &config,
                     format!(
                         "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\n\
+                         websockets_over_http2 = true\n\
                          [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
                          [limits]\nnew_room_burst = 1000000\n\
                          [[nodes]]\nname = \"jitsi-a\"\nupstream = \"http://{node}\"\n"
@@ -214,7 +307,7 @@ impl Proxy {
                         "global\n  maxconn 9000\n  nbthread 2\n\
                          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  \
                          timeout server 60s\n  timeout tunnel 1h\n\
-                         frontend fe\n  bind {addr} ssl crt {} alpn http/1.1\n  \
+                         frontend fe\n  bind {addr} ssl crt {} alpn h2,http/1.1\n  \
                          default_backend nodes\n\
                          backend nodes\n  balance url_param room\n  hash-type consistent\n  \
                          server jitsi-a {node}\n",

@@ -179,6 +179,11 @@ pub struct Server {
     /// external certbot `--webroot`, or another replica's `[tls.acme] state_dir`).
     #[serde(default)]
     pub acme_webroot: Option<PathBuf>,
+    /// Offer WebSockets over HTTP/2 (RFC 8441): browsers then open them as streams of their
+    /// page's connection, which saves each a TLS handshake and a file descriptor but keeps that
+    /// connection's HTTP/2 state for the meeting's length (see the README's tunnel memory).
+    #[serde(default)]
+    pub websockets_over_http2: bool,
 }
 
 impl Server {
@@ -464,6 +469,7 @@ impl Config {
                 trusted_proxies: TrustedProxies::default(),
                 hsts: None,
                 acme_webroot: None,
+                websockets_over_http2: false,
             },
             tls: Tls {
                 cert,

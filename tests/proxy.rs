@@ -569,6 +569,16 @@ async fn websocket_echo_through_the_router() {
     assert!(end.is_ok(), "the node's close did not reach the client");
 }
 
+/// `n` simulated nodes behind a router that offers WebSockets over HTTP/2 (RFC 8441).
+async fn h2_websocket_fleet(n: usize, sections: &str) -> (Certs, Vec<SimNode>, Router) {
+    let certs = Certs::new();
+    let nodes = sim_nodes(n).await;
+    let text = config(&certs, sections, &node_entries(&nodes))
+        .replace("[server]\n", "[server]\nwebsockets_over_http2 = true\n");
+    let router = Router::start(&certs, &text);
+    (certs, nodes, router)
+}
+
 /// An HTTP/2 connection to the router, and the task driving it.
 async fn h2_connection(
     certs: &Certs,
@@ -640,7 +650,7 @@ async fn websockets_over_http2_reach_their_rooms_node_and_hold_their_connection(
     // A keep-alive timeout far shorter than a meeting (the supervisor looks again no later
     // than the request-head timeout): open tunnels must keep their connection.
     let limits = "[limits]\nkeepalive_timeout = \"1s\"\nrequest_head_timeout = \"1s\"\n";
-    let (certs, _nodes, router) = fleet(3, limits).await;
+    let (certs, _nodes, router) = h2_websocket_fleet(3, limits).await;
     let mut h2 = h2_connection(&certs, &router).await;
     // The page first, on the same connection (the router's SETTINGS arrive meanwhile).
     let page = h2_request(&mut h2, &router, "/Standup", false)
@@ -676,6 +686,14 @@ async fn websockets_over_http2_reach_their_rooms_node_and_hold_their_connection(
         ws.send(Message::text("<iq/>")).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("<iq/>"));
     }
+    // Not offered unless configured.
+    let (plain_certs, _plain_nodes, plain_router) = fleet(1, "").await;
+    let mut plain_h2 = h2_connection(&plain_certs, &plain_router).await;
+    let page = h2_request(&mut plain_h2, &plain_router, "/Standup", false).await;
+    assert_eq!(page.unwrap().status(), 200);
+    let path = "/xmpp-websocket?room=standup";
+    let refused = h2_request(&mut plain_h2, &plain_router, path, true).await;
+    assert!(refused.is_err(), "{:?}", refused.map(|r| r.status()));
     // A plain CONNECT is still refused.
     let mut plain = http::Request::builder()
         .method(http::Method::CONNECT)
@@ -691,7 +709,7 @@ async fn websockets_over_http2_reach_their_rooms_node_and_hold_their_connection(
 async fn a_websocket_over_http2_counts_as_a_connection_for_the_caps() {
     // Like a WebSocket on a connection of its own, each holds a connection to a node.
     let limits = "[limits]\nmax_connections_per_client = 2\n";
-    let (certs, _nodes, router) = fleet(2, limits).await;
+    let (certs, _nodes, router) = h2_websocket_fleet(2, limits).await;
     let mut h2 = h2_connection(&certs, &router).await;
     let page = h2_request(&mut h2, &router, "/standup", false)
         .await
@@ -854,6 +872,21 @@ async fn a_browser_sends_the_affinity_cookie_with_its_bridge_channel() {
     tab.call("Network.clearBrowserCookies", serde_json::json!({}))
         .await;
     assert_eq!(tab.eval(BRIDGE_CHANNEL).await, "failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_opens_its_websockets_over_http2_when_offered() {
+    let (_certs, _nodes, router) = h2_websocket_fleet(3, "").await;
+    let browser = support::browser::Browser::launch(&["--ignore-certificate-errors"]).await;
+    let mut tab = browser.tab().await;
+    tab.goto(&router.url("/H2Room")).await;
+    signalled_and_closed(&mut tab, None, &router).await;
+    assert_eq!(tab.eval(BRIDGE_CHANNEL).await, "echo: ping");
+    let logs = router.logs();
+    for path in ["/xmpp-websocket", "/colibri-ws/"] {
+        let over_h2 = format!("method=CONNECT path={path}");
+        assert!(logs.contains(&over_h2), "no {over_h2:?}:\n{logs}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1172,7 +1205,7 @@ async fn plain_http_listener_redirects_to_https() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_requests_and_tunnels_finish_then_exits_0() {
-    let (certs, _nodes, mut router) = fleet(1, "").await;
+    let (certs, _nodes, mut router) = h2_websocket_fleet(1, "").await;
     let client = router.client_h1();
     let url = router.url("/http-bind?room=goodbye");
     let poll = tokio::spawn({

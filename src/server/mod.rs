@@ -404,10 +404,12 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_local_error_reset_streams(limits.h2_max_local_reset_streams)
         .max_send_buf_size(H2_SEND_BUFFER)
         .initial_stream_window_size(H2_RECEIVE_WINDOW)
-        .initial_connection_window_size(H2_RECEIVE_WINDOW * 4)
-        // WebSockets over HTTP/2 (RFC 8441): a browser's signalling and bridge channels share
-        // the connection its page came on, rather than each opening a TLS connection.
-        .enable_connect_protocol();
+        .initial_connection_window_size(H2_RECEIVE_WINDOW * 4);
+    if config.server.websockets_over_http2 {
+        // RFC 8441: a browser's signalling and bridge channels share the connection its page
+        // came on, rather than each opening a TLS connection.
+        builder.http2().enable_connect_protocol();
+    }
     builder
 }
 
