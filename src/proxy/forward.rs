@@ -129,7 +129,8 @@ pub async fn forward(
                 downstream,
                 hyper::upgrade::on(&mut response),
                 node.id.clone(),
-                (settings.tunnels.open(), hold),
+                settings.tunnels.open(),
+                hold,
                 keepalive,
             ),
             None => {

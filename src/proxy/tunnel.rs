@@ -62,7 +62,8 @@ pub fn splice(
     client: OnUpgrade,
     node: OnUpgrade,
     id: NodeId,
-    (guard, hold): (TunnelGuard, Option<Hold>),
+    guard: TunnelGuard,
+    hold: Option<Hold>,
     keepalive: Option<Keepalive>,
 ) {
     tokio::spawn(async move {

@@ -132,18 +132,19 @@ pub(super) async fn accept_https(
             let metrics = shared.metrics.clone();
             let service = service_fn(move |mut req: Request<Incoming>| {
                 let in_flight = requests.request_started();
-                let refused = match req.method() == Method::CONNECT {
-                    // An HTTP/2 WebSocket: a connection's worth for the caps, and a stream that
-                    // keeps this connection in use while its tunnel is open, after its answer.
-                    true => match siblings.admit() {
-                        Ok(admitted) => {
-                            let hold = tunnel::Hold::new((requests.hold(), admitted));
-                            req.extensions_mut().insert(hold);
-                            None
-                        }
-                        Err(refused) => Some(over_cap(refused, &metrics)),
-                    },
-                    false => None,
+                // An extended CONNECT (an HTTP/2 WebSocket, RFC 8441): a connection's worth for
+                // the caps, and a stream that keeps this connection in use while its tunnel is
+                // open, after its answer.
+                let extended = req.method() == Method::CONNECT
+                    && req.extensions().get::<hyper::ext::Protocol>().is_some();
+                let refused = match extended.then(|| siblings.admit()) {
+                    Some(Ok(admitted)) => {
+                        let hold = tunnel::Hold::new((requests.hold(), admitted));
+                        req.extensions_mut().insert(hold);
+                        None
+                    }
+                    Some(Err(refused)) => Some(over_cap(refused, &metrics)),
+                    None => None,
                 };
                 let (proxy, hsts) = (proxy.clone(), hsts.clone());
                 async move {
