@@ -366,6 +366,12 @@ fn describe(c: &Config, path: &Path) -> String {
     let _ = writeln!(out, "{}: OK", path.display());
     let listen: Vec<String> = c.server.listen.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "listen:      https on {}", listen.join(", "));
+    if c.server.websockets_over_http2 {
+        let _ = writeln!(
+            out,
+            "             WebSockets over HTTP/2 offered (RFC 8441)"
+        );
+    }
     if let Some(http) = c.server.http_listen {
         let _ = writeln!(
             out,

@@ -343,12 +343,15 @@ fn check_prints_what_it_understood() {
         "[routing]\nmode = \"redirect\"\n\n[prometheus]\nurl = \"http://127.0.0.1:9090\"\ninterval = \"15s\"\n\n\
          [pins.redis]\nurl = \"redis://:s3cret@pins/0\"\nsentinels = [\"10.0.0.5:26379\", \"10.0.0.6:26379\"]\n",
         &[],
-    ) + "\n[[nodes]]\nname = \"jitsi-1\"\nupstream = \"http://10.0.0.11:80\"\npublic_url = \"https://jitsi-1.example.com\"\ninstance = \"10.0.0.11:9100\"\n";
+    )
+    .replace("[server]\n", "[server]\nwebsockets_over_http2 = true\n")
+        + "\n[[nodes]]\nname = \"jitsi-1\"\nupstream = \"http://10.0.0.11:80\"\npublic_url = \"https://jitsi-1.example.com\"\ninstance = \"10.0.0.11:9100\"\n";
     let path = write_config(dir.path(), &text);
     let (code, stdout, stderr) = run_router(&["check", "--config", &path]);
     assert_eq!(code, Some(0), "{stderr}");
     for part in [
         "OK",
+        "WebSockets over HTTP/2 offered",
         "127.0.0.1:0",
         "redirect",
         "http://127.0.0.1:9090",
