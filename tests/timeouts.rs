@@ -162,6 +162,26 @@ async fn idle_keepalive_closes_http1_and_sends_goaway_on_http2() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_keepalive_timeout_shorter_than_the_request_head_timeout_holds() {
+    // nginx configs often say `keepalive_timeout 5s`; the request-head timeout stays 30 s.
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let limits = "[limits]\nkeepalive_timeout = \"1s\"\n";
+    let router = Router::start(&certs, &config(&certs, limits, &node_entries(&nodes)));
+    let mut h1 = certs.connect(router.https, b"http/1.1").await;
+    h1.write_all(b"GET /room HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, took) = closed_within(&mut h1, Duration::from_secs(10), "idle HTTP/1.1").await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_request_body_that_stops_gets_408_and_no_node_is_blamed() {
     let (certs, _nodes, router) = short_limits_router().await;
     let mut tls = certs.connect(router.https, b"http/1.1").await;

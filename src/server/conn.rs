@@ -324,8 +324,13 @@ where
         go(conn.as_mut(), &mut going);
         stopped = true;
     }
+    let keepalive = u64::try_from(activity.limits.keepalive_timeout.as_millis()).unwrap_or(NEVER);
     loop {
+        // Nothing wakes this loop when a request starts or ends: it looks again by the next
+        // deadline, and at the latest within a keep-alive timeout (shorter than the
+        // request-head timeout in some configs), which a request ending now would set.
         let (due, _) = activity.next();
+        let due = due.min(activity.now_ms().saturating_add(keepalive));
         // Once asked to go for a reason of its own, a connection only has its grace left.
         sleep
             .as_mut()
