@@ -647,9 +647,8 @@ fn h2_shard<B>(response: &http::Response<B>) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websockets_over_http2_reach_their_rooms_node_and_hold_their_connection() {
-    // A keep-alive timeout far shorter than a meeting (the supervisor looks again no later
-    // than the request-head timeout): open tunnels must keep their connection.
-    let limits = "[limits]\nkeepalive_timeout = \"1s\"\nrequest_head_timeout = \"1s\"\n";
+    // A keep-alive timeout far shorter than a meeting: open tunnels must keep their connection.
+    let limits = "[limits]\nkeepalive_timeout = \"1s\"\n";
     let (certs, _nodes, router) = h2_websocket_fleet(3, limits).await;
     let mut h2 = h2_connection(&certs, &router).await;
     // The page first, on the same connection (the router's SETTINGS arrive meanwhile).
