@@ -97,10 +97,7 @@ impl Reloader {
     }
 
     fn read_redis_tls_stamps(&self) -> Vec<Stamp> {
-        self.redis_tls_files()
-            .iter()
-            .map(|p| Stamp::of(p))
-            .collect()
+        stamps(&self.redis_tls_files())
     }
 
     /// The config file, the certificate files unless ACME issues the certificate, and the
@@ -116,7 +113,7 @@ impl Reloader {
     }
 
     fn read_stamps(&self) -> Vec<Stamp> {
-        self.watched().iter().map(|p| Stamp::of(p)).collect()
+        stamps(&self.watched())
     }
 
     /// Runs until the task is dropped.
@@ -213,6 +210,11 @@ impl Reloader {
             redis_tls,
         })
     }
+}
+
+/// What the files look like now.
+fn stamps(paths: &[&Path]) -> Vec<Stamp> {
+    paths.iter().map(|p| Stamp::of(p)).collect()
 }
 
 /// Config sections that changed but are only read at start.
