@@ -37,21 +37,22 @@
 //! again ([`SharedPins::renew`]): the background task then connects with them and swaps the
 //! new connection in, keeping the open one until then, or for as long as the new files are
 //! refused. A renewed client certificate, or a store moved to another CA, needs no restart.
+//!
+//! This module is what is asked of the store; the connection (the primary, TLS, Sentinel,
+//! renewal) is the `link` module's.
 
-use std::path::{Path, PathBuf};
+mod link;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{ConnectionAddr, IntoConnectionInfo, TlsMode};
+use redis::aio::ConnectionManager;
 
 use super::pins::PinInfo;
 use crate::config;
 use crate::throttle::Throttle;
-use crate::tls::{self, TlsError};
+use link::Link;
+pub use link::{redacted, Renewed, SharedError};
 
 /// The value an unpinned room's key holds for a while, so that every replica unpins it.
 const TOMBSTONE: &str = "-";
@@ -107,55 +108,10 @@ pub enum Held {
     On(String),
 }
 
-/// Why the store gave no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum SharedError {
-    /// No connection has been made yet.
-    #[error("not connected to Redis")]
-    NotConnected,
-    /// Redis failed under a second ago: not asked again yet.
-    #[error("Redis failed under a second ago")]
-    Resting,
-    /// The store took longer than the configured timeout.
-    #[error("no answer from Redis within {0:?}")]
-    Timeout(Duration),
-    /// The store or the connection failed.
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// A certificate, key or CA file for TLS to Redis is not usable.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-}
-
-/// Where the store's primary is.
-enum Primary {
-    /// The server `url` names.
-    Fixed(redis::Client),
-    /// Wherever the sentinels say when asked (at each connection).
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
-}
-
-/// The TLS files of `[pins.redis]` read again by a reload, for [`SharedPins::renew`].
-pub struct Renewed(Primary);
-
-/// A connection to the store.
-#[derive(Clone)]
-struct Connected {
-    manager: ConnectionManager,
-    /// The server's address.
-    at: String,
-    /// The [`SharedPins::renewals`] it was made after.
-    renewals: u64,
-}
-
 /// The shared pin store of one router replica.
 pub struct SharedPins {
-    /// The clients to connect with; replaced when the TLS files are read again.
-    primary: ArcSwap<Primary>,
-    /// How often the TLS files were read again.
-    renewals: AtomicU64,
+    link: Link,
     url: String,
-    connection: Mutex<Option<Connected>>,
     prefix: String,
     expiry_ms: u64,
     timeout: Duration,
@@ -164,10 +120,6 @@ pub struct SharedPins {
     sync: redis::Script,
     /// Questions the store did not answer, warned about at most every ten seconds.
     errors: Throttle,
-    /// Rechecks with the sentinels that got no answer, warned about at most every ten seconds.
-    sentinels_silent: Throttle,
-    /// Connections with renewed TLS files that failed, warned about likewise.
-    renewal_refused: Throttle,
     epoch: Instant,
     /// Until when (ms since `epoch`) requests do not ask Redis, after a failure.
     resting_until_ms: AtomicU64,
@@ -176,120 +128,13 @@ pub struct SharedPins {
     last_failure_ms: AtomicU64,
 }
 
-/// The Redis client for `config`, or its sentinels' client.
-fn primary(config: &config::SharedPins) -> Result<Primary, SharedError> {
-    let certificates = certificates(config)?;
-    if config.sentinels.is_empty() {
-        return Ok(Primary::Fixed(match certificates {
-            Some(certificates) => redis::Client::build_with_tls(config.url.as_str(), certificates)?,
-            None => redis::Client::open(config.url.as_str())?,
-        }));
-    }
-    let sentinels = sentinels(config, certificates)?;
-    Ok(Primary::Sentinel(tokio::sync::Mutex::new(sentinels)))
-}
-
-/// The client of `config`'s sentinels, which connects to the primary they name: `url`'s host
-/// is the name they know it by, its credentials and database are the primary's.
-fn sentinels(
-    config: &config::SharedPins,
-    certificates: Option<redis::TlsCertificates>,
-) -> Result<SentinelClient, SharedError> {
-    let url = config.url.as_str().into_connection_info()?;
-    let master = match url.addr() {
-        ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
-        _ => {
-            let problem = "sentinels need a redis:// or rediss:// url";
-            return Err(
-                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, problem)).into(),
-            );
-        }
-    };
-    let sentinels = (config.sentinels.iter()).map(|sentinel| {
-        let (host, port) = sentinel.rsplit_once(':').unwrap_or((sentinel, "26379"));
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = port.parse().unwrap_or(26379);
-        match certificates {
-            Some(_) => ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: false,
-                tls_params: None,
-            },
-            None => ConnectionAddr::Tcp(host, port),
-        }
-    });
-    let redis = url.redis_settings();
-    let mut builder = SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
-        .set_client_to_redis_db(redis.db());
-    if let Some(username) = redis.username() {
-        builder = builder.set_client_to_redis_username(username);
-    }
-    if let Some(password) = redis.password() {
-        builder = builder.set_client_to_redis_password(password);
-    }
-    if let Some(password) = &config.sentinel_password {
-        builder = builder.set_client_to_sentinel_password(password);
-    }
-    if let Some(certificates) = certificates {
-        builder = builder
-            .set_client_to_redis_tls_mode(TlsMode::Secure)
-            .set_client_to_redis_certificates(certificates.clone())
-            .set_client_to_sentinel_tls_mode(TlsMode::Secure)
-            .set_client_to_sentinel_certificates(certificates);
-    }
-    Ok(builder.build()?)
-}
-
-/// For `rediss://`: the CA and client certificate, each file checked here so that a bad one is
-/// named at start-up rather than at the first handshake.
-fn certificates(
-    config: &config::SharedPins,
-) -> Result<Option<redis::TlsCertificates>, SharedError> {
-    if !config.url.starts_with("rediss://") {
-        return Ok(None);
-    }
-    // The redis crate builds its TLS config with the process's default crypto provider: make
-    // it the one the rest of the router uses (an error only says one is installed already).
-    let _already = rustls::crypto::ring::default_provider().install_default();
-    let read = |path: &Path, error: fn(PathBuf, String) -> TlsError| {
-        std::fs::read(path).map_err(|e| error(path.to_path_buf(), e.to_string()))
-    };
-    let root_cert = match &config.ca {
-        Some(ca) => {
-            tls::load_ca(ca, &mut rustls::RootCertStore::empty())?;
-            Some(read(ca, |path, reason| TlsError::Ca { path, reason })?)
-        }
-        None => None,
-    };
-    let client_tls = match (&config.client_cert, &config.client_key) {
-        (Some(cert), Some(key)) => {
-            tls::load_certified_key(cert, key)?;
-            Some(redis::ClientTlsConfig {
-                client_cert: read(cert, |path, reason| TlsError::Cert { path, reason })?,
-                client_key: read(key, |path, reason| TlsError::Key { path, reason })?,
-            })
-        }
-        _ => None,
-    };
-    Ok(Some(redis::TlsCertificates {
-        client_tls,
-        root_cert,
-    }))
-}
-
 impl SharedPins {
     /// A store for `config`, whose pins expire after `idle` without a request on any replica.
     /// Connects in [`connect`](Self::connect).
     pub fn new(config: &config::SharedPins, idle: Duration) -> Result<SharedPins, SharedError> {
         Ok(SharedPins {
-            primary: ArcSwap::from_pointee(primary(config)?),
-            renewals: AtomicU64::new(0),
+            link: Link::new(config)?,
             url: config.url.clone(),
-            connection: Mutex::default(),
             prefix: config.prefix.clone(),
             expiry_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1),
             timeout: config.timeout,
@@ -297,8 +142,6 @@ impl SharedPins {
             claim: redis::Script::new(CLAIM),
             sync: redis::Script::new(SYNC),
             errors: Throttle::default(),
-            sentinels_silent: Throttle::default(),
-            renewal_refused: Throttle::default(),
             epoch: Instant::now(),
             resting_until_ms: AtomicU64::new(0),
             last_answer_ms: AtomicU64::new(0),
@@ -328,105 +171,25 @@ impl SharedPins {
     /// After [`renew`](Self::renew) it connects again with the files read anew, and keeps the
     /// connection it has while the new one fails.
     pub async fn connect(&self, recheck: bool) -> Result<(), SharedError> {
-        let held = self.current();
-        let held_at = held.as_ref().map(|held| held.at.clone());
-        let renewals = self.renewals.load(Ordering::Acquire);
-        let renewing = held.is_some_and(|held| held.renewals != renewals);
-        let primary = self.primary.load_full();
-        let ask_sentinels = recheck && matches!(*primary, Primary::Sentinel(_));
-        if held_at.is_some() && !ask_sentinels && !renewing {
-            return Ok(());
-        }
-        let patience = self.timeout.max(Duration::from_secs(1));
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(patience))
-            .set_response_timeout(Some(patience))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let connecting = async {
-            let client = match &*primary {
-                Primary::Fixed(client) => client.clone(),
-                Primary::Sentinel(sentinels) => sentinels.lock().await.async_get_client().await?,
-            };
-            let at = client.get_connection_info().addr().to_string();
-            if held_at.as_ref() == Some(&at) && !renewing {
-                return Ok(None);
-            }
-            let connection = ConnectionManager::new_with_config(client, config).await?;
-            Ok::<_, SharedError>(Some((connection, at)))
-        };
-        let connected = match tokio::time::timeout(patience * 2, connecting).await {
-            Ok(connected) => connected,
-            Err(_) => Err(SharedError::Timeout(patience * 2)),
-        };
-        let connected = match (connected, &held_at) {
-            (Ok(connected), _) => connected,
-            // Files the store refuses (not yet renewed on its side, say): keep what works.
-            (Err(e), Some(at)) if renewing => {
-                if self.renewal_refused.due().is_some() {
-                    tracing::warn!(error = %e, server = at, "redis refused a connection made with the reloaded TLS files; keeping the one open");
-                }
-                return Ok(());
-            }
-            // Sentinels that do not answer say nothing of the primary, which may: keep it.
-            (Err(e), Some(at)) => {
-                if self.sentinels_silent.due().is_some() {
-                    tracing::warn!(error = %e, primary = at, "the redis sentinels did not say where the primary is; keeping the one connected");
-                }
-                return Ok(());
-            }
-            (Err(e), None) => return Err(e),
-        };
-        let Some((connection, at)) = connected else {
-            return Ok(());
-        };
-        match &held_at {
-            Some(old) if renewing && *old == at => {
-                tracing::info!(
-                    server = at,
-                    "connected to redis with the reloaded TLS files"
-                )
-            }
-            Some(old) => tracing::warn!(
-                from = old,
-                to = at,
-                "the sentinels name another redis primary; pins are shared there now"
-            ),
-            None => {
-                tracing::info!(url = %redacted(&self.url), primary = at, "sharing pins through redis")
-            }
-        }
-        let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Some(Connected {
-            manager: connection,
-            at,
-            renewals,
-        });
-        Ok(())
+        self.link.connect(recheck).await
     }
 
     /// Reads the TLS files of `config` (the running store's section, reloaded) again, checking
     /// each as at start-up, for [`renew`](Self::renew).
     pub fn reread(config: &config::SharedPins) -> Result<Renewed, SharedError> {
-        Ok(Renewed(primary(config)?))
+        Ok(Renewed(link::primary(config)?))
     }
 
     /// Connects with the files read anew from the background task's next tick on (see
     /// [`connect`](Self::connect)).
     pub fn renew(&self, renewed: Renewed) {
-        self.primary.store(Arc::new(renewed.0));
-        self.renewals.fetch_add(1, Ordering::Release);
+        self.link.renew(renewed);
     }
 
     /// The address of the Redis server this replica is connected to (with sentinels, the
     /// primary they named last).
     pub fn connected_to(&self) -> Option<String> {
-        self.current().map(|held| held.at)
-    }
-
-    fn current(&self) -> Option<Connected> {
-        let slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        slot.clone()
+        self.link.current().map(|held| held.at)
     }
 
     /// How often a replica sends the store its pins.
@@ -515,7 +278,7 @@ impl SharedPins {
         if self.now_ms() < self.resting_until_ms.load(Ordering::Relaxed) {
             return Err(SharedError::Resting);
         }
-        (self.current().map(|held| held.manager)).ok_or(SharedError::NotConnected)
+        (self.link.current().map(|held| held.manager)).ok_or(SharedError::NotConnected)
     }
 
     fn now_ms(&self) -> u64 {
@@ -542,11 +305,7 @@ impl SharedPins {
         if matches!(e, SharedError::Resting) {
             return;
         }
-        if matches!(**self.primary.load(), Primary::Sentinel(_)) {
-            // The primary may have moved: the next connection asks the sentinels.
-            let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-            *slot = None;
-        }
+        self.link.failed();
         let now = self.now_ms();
         self.last_failure_ms.fetch_max(now + 1, Ordering::Relaxed);
         self.resting_until_ms
@@ -555,18 +314,6 @@ impl SharedPins {
             let failures = self.errors.count();
             tracing::warn!(error = %e, failures, url = %redacted(&self.url), "shared pin store did not answer; placing rooms on this router alone meanwhile");
         }
-    }
-}
-
-/// A Redis URL without its password, for logs.
-pub fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
-            let userinfo = &rest[..at - scheme.len() - 3];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{}", &url[at + 1..])
-        }
-        _ => url.to_owned(),
     }
 }
 
