@@ -748,6 +748,39 @@ async fn a_websocket_over_http2_counts_as_a_connection_for_the_caps() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_over_http2_whose_client_stops_reading_is_closed() {
+    // The connection reads on, so its socket never stalls; the stream takes nothing (flow
+    // control) while the node echoes everything the client sends.
+    let limits = "[limits]\nsend_timeout = \"1s\"\n";
+    let (certs, _nodes, router) = h2_websocket_fleet(1, limits).await;
+    let mut h2 = h2_connection(&certs, &router).await;
+    let (ws, _) = h2_websocket(&mut h2, &router, "/xmpp-websocket?room=standup").await;
+    let (mut sink, _never_read) = ws.split();
+    let sending = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..1_000 {
+            if sink.send(Message::binary(chunk.clone())).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    eventually(Duration::from_secs(20), "the send timeout", || async {
+        metric(&router, "jitsi_router_timeouts_total{state=\"send\"}").await >= 1.0
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the tunnel closed", || async {
+        metric(&router, "jitsi_router_websocket_tunnels").await == 0.0
+    })
+    .await;
+    let cut = tokio::time::timeout(Duration::from_secs(10), sending).await;
+    assert!(
+        cut.expect("the client's writes end").unwrap(),
+        "64 MiB went through"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn colibri_websockets_route_by_server_id() {
     let certs = Certs::new();
     let nodes = sim_nodes(3).await;

@@ -249,3 +249,40 @@ async fn a_client_that_stops_reading_is_closed() {
     .await;
     drop(tls);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_stream_the_client_stops_reading_is_closed() {
+    let certs = Certs::new();
+    let node = RawNode::start(RawAnswer::Big(64 * 1024 * 1024)).await;
+    let router = Router::start(&certs, &config(&certs, SHORT, &[("big", node.url())]));
+    let tls = certs.connect(router.https, b"h2").await;
+    // A small stream window that is never opened again: the client's connection keeps reading
+    // frames (its socket never stalls), but the answer's stream takes no more bytes.
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(format!("https://localhost:{}/room", router.https.port()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    eventually(Duration::from_secs(20), "the send timeout", || async {
+        metric(&router, "jitsi_router_timeouts_total{state=\"send\"}").await >= 1.0
+    })
+    .await;
+    // Asked to go away, the connection gets 5 s for its other streams, then it is dropped:
+    // what is left of the answer never comes.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        http_body_util::BodyExt::collect(answer.into_body()),
+    )
+    .await
+    .expect("the connection closed within the grace");
+    assert!(read.is_err(), "the whole 64 MiB arrived");
+}

@@ -39,7 +39,8 @@ pub struct Limits {
     /// Longest pause in a node's response body after its head.
     #[serde(with = "humantime_serde")]
     pub response_body_timeout: Duration,
-    /// Longest a client may take no bytes of what the router sends it.
+    /// Longest a client may take no bytes of what the router sends it, on its connection or,
+    /// over HTTP/2, on one stream (flow control).
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
     /// Open client connections, all listeners together; `None`: half the open-file limit

@@ -12,13 +12,15 @@
 //! | request body the node waits for | `request_body_timeout` between bytes | `408` (see `proxy::body`) |
 //! | node's response body | `response_body_timeout` between bytes | answer cut (see `proxy::upstream`) |
 //! | client takes no bytes of what it is sent (also in WebSocket tunnels) | `send_timeout` | closed |
+//! | HTTP/2: client makes no room for more of an answer (flow control; the connection itself reads on) | `send_timeout` | `GOAWAY`, dropped after [`CLOSE_GRACE`] |
 //!
 //! hyper's own `header_read_timeout` is not used: it starts when a connection becomes idle, so
 //! it would also be the keep-alive timeout, and the auto-detecting server (HTTP/1.1 or HTTP/2)
 //! does not apply it before the protocol is known, which left silent connections open forever.
 //! Instead three pieces share an [`Activity`] record: the connection's reader and writer
 //! ([`Watched`]) note arriving bytes and time out a stalled write; each request holds an
-//! [`InFlight`] mark until its answer is written ([`Tracked`]); and [`supervise`] drives the
+//! [`InFlight`] mark until its answer is written ([`Tracked`], which on HTTP/2 also notes since
+//! when hyper has not asked for more of it); and [`supervise`] drives the
 //! hyper connection, sleeping until the next deadline the record implies, then closing the
 //! connection or asking it to go away (an HTTP/2 client that does not leave within
 //! [`CLOSE_GRACE`] is dropped). A deadline is checked again when it comes, so a request that
@@ -28,8 +30,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -83,6 +85,13 @@ impl ConnLimits {
 /// No time recorded.
 const NEVER: u64 = u64::MAX;
 
+/// [`Activity::alarm`]: no reason to go.
+const QUIET: u8 = 0;
+/// [`Activity::alarm`]: the client cancelled too many streams.
+const CANCELLED: u8 = 1;
+/// [`Activity::alarm`]: the client stalled a WebSocket stream.
+const STALLED: u8 = 2;
+
 /// What one connection is doing, shared by its reader and writer, its requests and its
 /// supervisor. Times are milliseconds since the connection was accepted.
 pub struct Activity {
@@ -101,11 +110,18 @@ pub struct Activity {
     h2: AtomicBool,
     /// Streams the client cancelled before their answer: (window start, count).
     cancelled: Mutex<(u64, u32)>,
-    /// Set when the client cancelled too many streams; `supervisor` is woken then.
-    alarm: AtomicBool,
+    /// Why the connection must go ([`QUIET`] while it need not); `supervisor` is woken when
+    /// it is set.
+    alarm: AtomicU8,
     /// The supervisor's task, registered at each of its polls (no lock, unlike a `Notify`:
     /// this is polled at every wake of the connection).
     supervisor: AtomicWaker,
+    /// HTTP/2: one entry per answer being sent, holding since when the frame it last handed
+    /// to hyper has waited for hyper to ask for the next ([`NEVER`] while it has not). hyper
+    /// asks once the stream has room again, so a long wait is a client that keeps its
+    /// connection busy but makes no room for the answer (flow control): the socket's writes
+    /// never stall, and only this shows it.
+    sending: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 /// What the supervisor does when a deadline comes.
@@ -132,8 +148,9 @@ impl Activity {
             head_since: AtomicU64::new(NEVER),
             h2: AtomicBool::new(h2),
             cancelled: Mutex::new((0, 0)),
-            alarm: AtomicBool::new(false),
+            alarm: AtomicU8::new(QUIET),
             supervisor: AtomicWaker::new(),
+            sending: Mutex::default(),
         })
     }
 
@@ -186,19 +203,55 @@ impl Activity {
         }
         cancelled.1 += 1;
         if cancelled.1 > self.limits.max_cancelled_streams {
-            self.alarm.store(true, Ordering::Relaxed);
-            self.supervisor.wake();
+            self.ring(CANCELLED);
         }
     }
 
-    /// Completes once the client cancelled too many streams.
-    fn alarmed(&self) -> impl Future<Output = ()> + '_ {
+    /// HTTP/2: the wait of one more answer being sent (see [`Activity::sending`]); `None` on
+    /// HTTP/1.1, whose writes stall when the client reads nothing ([`Watched`]).
+    fn sending(&self) -> Option<Arc<AtomicU64>> {
+        if !self.h2.load(Ordering::Relaxed) {
+            return None;
+        }
+        let waiting = Arc::new(AtomicU64::new(NEVER));
+        let mut sending = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        if sending.len() == sending.capacity() {
+            sending.retain(|answer| answer.strong_count() > 0);
+        }
+        sending.push(Arc::downgrade(&waiting));
+        Some(waiting)
+    }
+
+    /// Since when the answer that has waited longest for the client to make room has waited;
+    /// [`NEVER`] if none waits.
+    fn longest_wait(&self) -> u64 {
+        let sending = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        (sending.iter().filter_map(Weak::upgrade))
+            .map(|waiting| waiting.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(NEVER)
+    }
+
+    /// HTTP/2: the client took no bytes of one of this connection's WebSocket streams for
+    /// `send_timeout` (the tunnel times its own writes; see `proxy::tunnel`). The stream's
+    /// reset would wait behind the data the client makes no room for, so the connection goes.
+    pub fn stream_stalled(&self) {
+        self.ring(STALLED);
+    }
+
+    fn ring(&self, reason: u8) {
+        self.alarm.store(reason, Ordering::Relaxed);
+        self.supervisor.wake();
+    }
+
+    /// Completes once the client cancelled too many streams ([`CANCELLED`]) or stalled a
+    /// WebSocket stream ([`STALLED`]), with the reason.
+    fn alarmed(&self) -> impl Future<Output = u8> + '_ {
         std::future::poll_fn(|cx| {
             self.supervisor.register(cx.waker());
-            if self.alarm.load(Ordering::Relaxed) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+            match self.alarm.load(Ordering::Relaxed) {
+                QUIET => Poll::Pending,
+                reason => Poll::Ready(reason),
             }
         })
     }
@@ -222,7 +275,13 @@ impl Activity {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NEVER / 2);
         let h2 = self.h2.load(Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return (self.now_ms() + ms(limits.keepalive_timeout), Action::Wait);
+            let look_again = self.now_ms() + ms(limits.keepalive_timeout);
+            let waiting = self.longest_wait();
+            if waiting != NEVER && waiting + ms(limits.send_timeout) <= look_again {
+                let due = waiting + ms(limits.send_timeout);
+                return (due, Action::GoAway(Timeout::Send));
+            }
+            return (look_again, Action::Wait);
         }
         if !self.served.load(Ordering::Relaxed) {
             let due = ms(limits.request_head_timeout);
@@ -257,7 +316,9 @@ impl Drop for InFlight {
 /// A response body that keeps its request in flight until it is written.
 pub struct Tracked<B> {
     body: B,
-    _in_flight: InFlight,
+    /// HTTP/2: since when the frame last handed to hyper has waited for the next poll.
+    waiting: Option<Arc<AtomicU64>>,
+    in_flight: InFlight,
 }
 
 impl<B> Tracked<B> {
@@ -266,7 +327,8 @@ impl<B> Tracked<B> {
         in_flight.answered = true;
         Tracked {
             body,
-            _in_flight: in_flight,
+            waiting: in_flight.activity.sending(),
+            in_flight,
         }
     }
 }
@@ -279,7 +341,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        if let Some(waiting) = &this.waiting {
+            waiting.store(NEVER, Ordering::Relaxed);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(waiting), Poll::Ready(Some(Ok(_)))) = (&this.waiting, &polled) {
+            waiting.store(this.in_flight.activity.now_ms(), Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -324,13 +394,19 @@ where
         go(conn.as_mut(), &mut going);
         stopped = true;
     }
-    let keepalive = u64::try_from(activity.limits.keepalive_timeout.as_millis()).unwrap_or(NEVER);
+    let keepalive = activity.limits.keepalive_timeout;
     loop {
-        // Nothing wakes this loop when a request starts or ends: it looks again by the next
-        // deadline, and at the latest within a keep-alive timeout (shorter than the
-        // request-head timeout in some configs), which a request ending now would set.
+        // Nothing wakes this loop when a request starts or ends, or an HTTP/2 answer begins to
+        // wait for the client: it looks again by the next deadline, and at the latest within a
+        // keep-alive timeout (shorter than the request-head timeout in some configs), which a
+        // request ending now would set, or on HTTP/2 within a send timeout.
+        let look_again = match activity.h2.load(Ordering::Relaxed) {
+            true => keepalive.min(activity.limits.send_timeout),
+            false => keepalive,
+        };
+        let look_again = u64::try_from(look_again.as_millis()).unwrap_or(NEVER);
         let (due, _) = activity.next();
-        let due = due.min(activity.now_ms().saturating_add(keepalive));
+        let due = due.min(activity.now_ms().saturating_add(look_again));
         // Once asked to go for a reason of its own, a connection only has its grace left.
         sleep
             .as_mut()
@@ -362,8 +438,11 @@ where
                     }
                 }
             }
-            () = activity.alarmed(), if drop_at.is_none() => {
-                activity.metrics.limit_hit(Limit::CancelledStreams);
+            reason = activity.alarmed(), if drop_at.is_none() => {
+                match reason {
+                    STALLED => activity.metrics.timed_out(Timeout::Send),
+                    _ => activity.metrics.limit_hit(Limit::CancelledStreams),
+                }
                 go(conn.as_mut(), &mut going);
                 drop_at = Some(Instant::now() + CLOSE_GRACE);
             }
@@ -591,6 +670,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_http2_answer_waiting_for_room_is_due_at_the_send_timeout() {
+        let activity = Activity::new(true, limits(), Arc::default());
+        let full = http_body_util::Full::new(Bytes::from_static(b"page"));
+        let mut answer = std::pin::pin!(Tracked::new(full, activity.request_started()));
+        let mut next_frame = || {
+            let mut answer = answer.as_mut();
+            futures_util::FutureExt::now_or_never(std::future::poll_fn(move |cx| {
+                let polled = answer.as_mut().poll_frame(cx);
+                Poll::Ready(polled.map(|frame| frame.is_some()))
+            }))
+        };
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(next_frame(), Some(Poll::Ready(true)));
+        // hyper asks for nothing more while the client makes no room.
+        assert_eq!(activity.next(), (70_000, Action::GoAway(Timeout::Send)));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(activity.next(), (70_000, Action::GoAway(Timeout::Send)));
+        // Asked again: it waits for nothing.
+        assert_eq!(next_frame(), Some(Poll::Ready(false)));
+        assert_eq!(activity.next(), (115_000, Action::Wait));
+        // HTTP/1.1 answers are timed by the socket's writes instead.
+        let h1 = Activity::new(false, limits(), Arc::default());
+        let full = http_body_util::Full::new(Bytes::from_static(b"page"));
+        let _answer = Tracked::new(full, h1.request_started());
+        assert!(h1.sending.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn too_many_cancelled_streams_ring_the_alarm() {
         let activity = Activity::new(true, limits(), Arc::default());
         drop(activity.request_started());
@@ -603,7 +710,7 @@ mod tests {
         drop(activity.request_started());
         assert!(futures_util::poll!(rung.as_mut()).is_pending());
         drop(activity.request_started());
-        assert!(futures_util::poll!(rung.as_mut()).is_ready());
+        assert_eq!(futures_util::poll!(rung.as_mut()), Poll::Ready(CANCELLED));
     }
 
     /// A connection that ends at its second poll, after the supervisor registered its waker.

@@ -130,6 +130,7 @@ pub(super) async fn accept_https(
             let requests = activity.clone();
             let hsts = shared.edge.hsts.clone();
             let metrics = shared.metrics.clone();
+            let send_timeout = shared.limits.send_timeout;
             let service = service_fn(move |mut req: Request<Incoming>| {
                 let in_flight = requests.request_started();
                 // An extended CONNECT (an HTTP/2 WebSocket, RFC 8441): a connection's worth for
@@ -139,7 +140,12 @@ pub(super) async fn accept_https(
                     && req.extensions().get::<hyper::ext::Protocol>().is_some();
                 let refused = match extended.then(|| siblings.admit()) {
                     Some(Ok(admitted)) => {
-                        let hold = tunnel::Hold::new((requests.hold(), admitted));
+                        let stalled = requests.clone();
+                        let hold = tunnel::Hold::new(
+                            (requests.hold(), admitted),
+                            send_timeout,
+                            move || stalled.stream_stalled(),
+                        );
                         req.extensions_mut().insert(hold);
                         None
                     }
