@@ -1,10 +1,12 @@
 //! Timing a pause: how long one side of a transfer has been waiting for the other.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 /// A limit on one pause of a transfer (a body that stops arriving, a client that stops
@@ -53,6 +55,84 @@ impl Stall {
                 }
             }
         }
+    }
+}
+
+/// A connection whose writes fail once one has waited `limit` for the other side to take
+/// bytes (a client that stops reading), calling `on_timeout` then; reads pass through.
+pub struct TimedWrites<T, F> {
+    inner: T,
+    stalled: Stall,
+    on_timeout: F,
+}
+
+impl<T, F: FnMut()> TimedWrites<T, F> {
+    /// Times the writes to `inner` with `limit`.
+    pub fn new(inner: T, limit: Duration, on_timeout: F) -> TimedWrites<T, F> {
+        TimedWrites {
+            inner,
+            stalled: Stall::new(limit),
+            on_timeout,
+        }
+    }
+
+    fn timed<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        let on_timeout = &mut self.on_timeout;
+        self.stalled.check(cx, polled, || {
+            on_timeout();
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no bytes for limits.send_timeout",
+            )
+        })
+    }
+}
+
+impl<T: AsyncRead + Unpin, F: Unpin> AsyncRead for TimedWrites<T, F> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin, F: FnMut() + Unpin> AsyncWrite for TimedWrites<T, F> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timed(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.timed(cx, polled)
     }
 }
 

@@ -1,21 +1,17 @@
 //! WebSocket tunnels: after both sides agreed to upgrade, bytes are copied both ways untouched
 //! until either side closes; a close on one side is passed on to the other.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::fleet::NodeId;
 use crate::placement::pins::Pins;
-use crate::stall::Stall;
+use crate::stall::TimedWrites;
 
 /// Keeps a room's pin alive while its WebSocket is open: after the upgrade a client sends no more
 /// HTTP requests, so without this a conference held entirely over WebSockets would be forgotten
@@ -77,66 +73,6 @@ impl Hold {
     }
 }
 
-/// The client's side of an HTTP/2 tunnel: its writes fail once one has waited `send_timeout`
-/// for the client to make room (HTTP/1.1 tunnels are timed by their connection's socket).
-struct SendTimed<T> {
-    inner: T,
-    /// `None`: not timed.
-    stalled: Option<Stall>,
-    timed_out: bool,
-}
-
-impl<T: AsyncWrite + Unpin> SendTimed<T> {
-    fn timed<R>(
-        &mut self,
-        cx: &mut Context<'_>,
-        polled: Poll<io::Result<R>>,
-    ) -> Poll<io::Result<R>> {
-        let Some(stall) = &mut self.stalled else {
-            return polled;
-        };
-        let timed_out = &mut self.timed_out;
-        stall.check(cx, polled, || {
-            *timed_out = true;
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client took no bytes for limits.send_timeout",
-            )
-        })
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for SendTimed<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimed<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.timed(cx, polled)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.timed(cx, polled)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.timed(cx, polled)
-    }
-}
-
 /// Joins the client's and the node's upgraded connections in a background task, counted by
 /// `guard` (and holding `hold`, for an HTTP/2 WebSocket) until it ends.
 pub fn splice(
@@ -149,7 +85,6 @@ pub fn splice(
 ) {
     tokio::spawn(async move {
         let _open = guard;
-        let stalled = hold.as_ref().map(|hold| Stall::new(hold.send_timeout));
         let (client, upstream) = match tokio::try_join!(client, node) {
             Ok(both) => both,
             Err(e) => {
@@ -157,20 +92,17 @@ pub fn splice(
                 return;
             }
         };
-        let mut client = SendTimed {
-            inner: TokioIo::new(client),
-            stalled,
-            timed_out: false,
-        };
+        let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        let copy = super::copy::both_ways(&mut client, &mut upstream);
-        let ended = match &keepalive {
-            None => copy.await,
-            Some(keepalive) => keepalive.while_open(copy).await,
+        let ended = match &hold {
+            // HTTP/1.1: the connection's socket times the client's writes.
+            None => copy(&mut client, &mut upstream, keepalive.as_ref()).await,
+            Some(hold) => {
+                let stalled = || (hold.stalled)();
+                let mut client = TimedWrites::new(client, hold.send_timeout, stalled);
+                copy(&mut client, &mut upstream, keepalive.as_ref()).await
+            }
         };
-        if let Some(hold) = hold.as_ref().filter(|_| client.timed_out) {
-            (hold.stalled)();
-        }
         match ended {
             Ok((up, down)) => {
                 tracing::debug!(node = %id, bytes_up = up, bytes_down = down, "websocket closed")
@@ -178,6 +110,23 @@ pub fn splice(
             Err(e) => tracing::debug!(node = %id, error = %e, "websocket ended"),
         }
     });
+}
+
+/// Copies both ways, touching the room's pin meanwhile when there is a `keepalive`.
+async fn copy<A, B>(
+    a: &mut A,
+    b: &mut B,
+    keepalive: Option<&Keepalive>,
+) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let copy = super::copy::both_ways(a, b);
+    match keepalive {
+        None => copy.await,
+        Some(keepalive) => keepalive.while_open(copy).await,
+    }
 }
 
 /// Counts open tunnels, so shutdown can wait for them (and metrics can show them).

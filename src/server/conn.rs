@@ -46,7 +46,7 @@ use super::caps::Admitted;
 use super::parse_errors::{self, HeadLimits};
 use crate::config::{Limits, CANCELLED_STREAMS_WINDOW};
 use crate::metrics::{Limit, Metrics, Timeout};
-use crate::stall::Stall;
+use crate::stall::TimedWrites;
 
 /// How long a connection asked to go away may take to leave before it is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -471,13 +471,12 @@ impl Drop for Unregister<'_> {
 /// write the client takes nothing of for `send_timeout`, and gives hyper's bare error answers
 /// their reason (`parse_errors`) on HTTP/1.1.
 pub struct Watched<T> {
-    inner: T,
+    /// The connection, its writes timed by `send_timeout` (a time-out is counted).
+    inner: TimedWrites<T, Box<dyn FnMut() + Send>>,
     activity: Arc<Activity>,
     /// The connection's place under the caps, held as long as its reader and writer live:
     /// through a WebSocket tunnel too, which outlives the HTTP connection.
     _admitted: Admitted,
-    /// The pause of a write that is waiting for the client.
-    stalled: Stall,
     /// `Some` on HTTP/1.1: bare error answers get a reason.
     parse_errors: Option<HeadLimits>,
     /// A rewritten answer being written: its bytes, how many are out, the length to report.
@@ -490,10 +489,11 @@ impl<T> Watched<T> {
     pub fn new(inner: T, activity: Arc<Activity>, admitted: Admitted) -> Watched<T> {
         let h2 = activity.h2.load(Ordering::Relaxed);
         let head = activity.limits.head;
+        let metrics = activity.metrics.clone();
+        let count = Box::new(move || metrics.timed_out(Timeout::Send));
         Watched {
-            inner,
+            inner: TimedWrites::new(inner, activity.limits.send_timeout, count),
             _admitted: admitted,
-            stalled: Stall::new(activity.limits.send_timeout),
             activity,
             parse_errors: (!h2).then_some(head),
             rewritten: None,
@@ -503,22 +503,6 @@ impl<T> Watched<T> {
 }
 
 impl<T: AsyncWrite + Unpin> Watched<T> {
-    /// Passes a write's outcome on, timing the pause while it is pending.
-    fn timed<R>(
-        &mut self,
-        cx: &mut Context<'_>,
-        polled: Poll<io::Result<R>>,
-    ) -> Poll<io::Result<R>> {
-        let metrics = &self.activity.metrics;
-        self.stalled.check(cx, polled, || {
-            metrics.timed_out(Timeout::Send);
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client took no bytes for limits.send_timeout",
-            )
-        })
-    }
-
     /// Starts writing hyper's bare error answer in `bytes` with its reason instead, if it is
     /// one.
     fn rewrite(&mut self, bytes: &[u8]) {
@@ -542,8 +526,7 @@ impl<T: AsyncWrite + Unpin> Watched<T> {
                 self.rewritten = None;
                 return Poll::Ready(Ok(report));
             }
-            let polled = Pin::new(&mut self.inner).poll_write(cx, &bytes[*at..]);
-            match self.timed(cx, polled) {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*at..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     if let Some((_, at, _)) = &mut self.rewritten {
@@ -588,8 +571,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         if self.rewritten.is_some() {
             return self.poll_rewritten(cx);
         }
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.timed(cx, polled)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -604,8 +586,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         if self.rewritten.is_some() {
             return self.poll_rewritten(cx);
         }
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.timed(cx, polled)
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -613,13 +594,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.timed(cx, polled)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.timed(cx, polled)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
