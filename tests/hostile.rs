@@ -90,6 +90,18 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
             "CONNECT is not supported",
         ),
         (
+            "TRACE",
+            b"TRACE /traced HTTP/1.1\r\nHost: x\r\nCookie: secret=1\r\nConnection: close\r\n\r\n".to_vec(),
+            405,
+            "TRACE and TRACK are not supported",
+        ),
+        (
+            "TRACK",
+            b"TRACK /tracked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            405,
+            "TRACE and TRACK are not supported",
+        ),
+        (
             "bad chunk size",
             b"POST /http-bind?room=chunky HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(),
             400,
@@ -110,6 +122,23 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
         if *status != 200 {
             assert_eq!(body.lines().count(), 1, "{what}: one line: {body:?}");
         }
+        if *status == 405 {
+            assert!(
+                answer
+                    .to_ascii_lowercase()
+                    .contains("\r\nallow: get, head, post, options\r\n"),
+                "{what}: a 405 names the methods allowed: {answer}"
+            );
+        }
+    }
+
+    // A refused method places no room; the GET beside them does.
+    for (room, pinned) in [("traced", false), ("tracked", false), ("standup", true)] {
+        let status = reqwest::get(router.admin_url(&format!("/api/rooms/{room}")))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.is_success(), pinned, "room {room}: {status}");
     }
 
     // The plain-HTTP listener gives the same reasons, and so does PROXY garbage there.

@@ -147,7 +147,12 @@ impl Proxy {
         let websocket = headers::is_websocket_upgrade(&req);
         if req.method() == Method::CONNECT && !websocket {
             let reason = "CONNECT is not supported, but for a WebSocket over HTTP/2";
-            return self.refuse(StatusCode::METHOD_NOT_ALLOWED, reason);
+            return self.refuse_method(reason);
+        }
+        // TRACE echoes a request back, cookies and all (cross-site tracing): nginx, in front of
+        // every Jitsi node, answers it 405 itself. Refused here too, before it can place a room.
+        if req.method() == Method::TRACE || req.method().as_str() == "TRACK" {
+            return self.refuse_method("TRACE and TRACK are not supported");
         }
         // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host, as nginx does.
         if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
@@ -234,6 +239,15 @@ impl Proxy {
     fn refuse(&self, status: StatusCode, reason: &str) -> Response<Body> {
         self.metrics.no_node_requests.count(status);
         errors::plain(status, reason)
+    }
+
+    /// `405` to a method the router never forwards, with the `Allow` header RFC 9110 §15.5.6
+    /// asks for: the methods Jitsi's web clients use.
+    fn refuse_method(&self, reason: &str) -> Response<Body> {
+        let mut response = self.refuse(StatusCode::METHOD_NOT_ALLOWED, reason);
+        let allow = HeaderValue::from_static("GET, HEAD, POST, OPTIONS");
+        response.headers_mut().insert(header::ALLOW, allow);
+        response
     }
 
     async fn choose(
