@@ -102,6 +102,30 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
             "TRACE and TRACK are not supported",
         ),
         (
+            "two Host fields",
+            b"GET /hosted HTTP/1.1\r\nHost: meet.example.com\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+            "more than one Host header",
+        ),
+        (
+            "gzip under chunked",
+            b"POST /http-bind?room=zipped HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            501,
+            "transfer codings other than chunked",
+        ),
+        (
+            "GET *",
+            b"GET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+            "request target * is for OPTIONS",
+        ),
+        (
+            "OPTIONS *",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            200,
+            "",
+        ),
+        (
             "bad chunk size",
             b"POST /http-bind?room=chunky HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(),
             400,
@@ -122,7 +146,7 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
         if *status != 200 {
             assert_eq!(body.lines().count(), 1, "{what}: one line: {body:?}");
         }
-        if *status == 405 {
+        if *status == 405 || what.starts_with("OPTIONS") {
             assert!(
                 answer
                     .to_ascii_lowercase()
@@ -132,8 +156,16 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
         }
     }
 
-    // A refused method places no room; the GET beside them does.
-    for (room, pinned) in [("traced", false), ("tracked", false), ("standup", true)] {
+    // A refused request places no room, nor does `OPTIONS *`; the GET beside them does.
+    let rooms = [
+        ("traced", false),
+        ("tracked", false),
+        ("hosted", false),
+        ("zipped", false),
+        ("*", false),
+        ("standup", true),
+    ];
+    for (room, pinned) in rooms {
         let status = reqwest::get(router.admin_url(&format!("/api/rooms/{room}")))
             .await
             .unwrap()

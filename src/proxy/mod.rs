@@ -8,6 +8,7 @@ pub mod forward;
 pub mod headers;
 pub mod new_rooms;
 pub mod redirect;
+mod screen;
 pub mod signalling;
 pub mod tunnel;
 pub mod upstream;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -32,6 +33,7 @@ use crate::room::{self, RoomLimits, Target};
 use crate::throttle::Throttle;
 use crate::tls::TlsError;
 use forward::ForwardSettings;
+use screen::Screened;
 use signalling::Signalling;
 use upstream::{Pooled, UpstreamClient};
 
@@ -145,18 +147,16 @@ impl Proxy {
             return self.refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
         }
         let websocket = headers::is_websocket_upgrade(&req);
-        if req.method() == Method::CONNECT && !websocket {
-            let reason = "CONNECT is not supported, but for a WebSocket over HTTP/2";
-            return self.refuse_method(reason);
-        }
-        // TRACE echoes a request back, cookies and all (cross-site tracing): nginx, in front of
-        // every Jitsi node, answers it 405 itself. Refused here too, before it can place a room.
-        if req.method() == Method::TRACE || req.method().as_str() == "TRACK" {
-            return self.refuse_method("TRACE and TRACK are not supported");
-        }
-        // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host, as nginx does.
-        if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-            return self.refuse(StatusCode::BAD_REQUEST, "missing Host header");
+        match screen::screen(&req, websocket) {
+            Screened::Pass => {}
+            Screened::Refuse(status, reason) => return self.refuse(status, reason),
+            Screened::ServerOptions => {
+                self.metrics.no_node_requests.count(StatusCode::OK);
+                let mut response = Response::new(Either::Right(Full::default()));
+                let allow = HeaderValue::from_static(screen::ALLOW);
+                response.headers_mut().insert(header::ALLOW, allow);
+                return response;
+            }
         }
         let started = std::time::Instant::now();
         let choice = match self.choose(&req, client.addr, websocket).await {
@@ -235,18 +235,15 @@ impl Proxy {
         response
     }
 
-    /// An answer of the router's own, counted under `node="none"`.
+    /// An answer of the router's own, counted under `node="none"`; a `405` names the methods
+    /// allowed, as RFC 9110 §15.5.6 asks.
     fn refuse(&self, status: StatusCode, reason: &str) -> Response<Body> {
         self.metrics.no_node_requests.count(status);
-        errors::plain(status, reason)
-    }
-
-    /// `405` to a method the router never forwards, with the `Allow` header RFC 9110 §15.5.6
-    /// asks for: the methods Jitsi's web clients use.
-    fn refuse_method(&self, reason: &str) -> Response<Body> {
-        let mut response = self.refuse(StatusCode::METHOD_NOT_ALLOWED, reason);
-        let allow = HeaderValue::from_static("GET, HEAD, POST, OPTIONS");
-        response.headers_mut().insert(header::ALLOW, allow);
+        let mut response = errors::plain(status, reason);
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            let allow = HeaderValue::from_static(screen::ALLOW);
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
         response
     }
 
