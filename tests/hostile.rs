@@ -156,6 +156,16 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
         }
     }
 
+    // `chunked` beside a `Content-Length` (request smuggling's usual pair): the node gets the
+    // chunks' bytes and no `Content-Length` that disagrees with them.
+    let smuggled = b"POST /http-bind?room=standup HTTP/1.1\r\nHost: x\r\nx-sim-report: 1\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let answer = over_https(&certs, &router, smuggled).await;
+    let (status, body) = status_and_body(&answer);
+    assert_eq!(status, 200, "{answer}");
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).expect(body);
+    assert_eq!(seen["body"], "hello", "{seen}");
+    assert!(seen["headers"].get("content-length").is_none(), "{seen}");
+
     // A refused request places no room, nor does `OPTIONS *`; the GET beside them does.
     let rooms = [
         ("traced", false),
