@@ -111,7 +111,7 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
             "gzip under chunked",
             b"POST /http-bind?room=zipped HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
             501,
-            "transfer codings other than chunked",
+            "transfer codings other than one chunked",
         ),
         (
             "GET *",

@@ -48,20 +48,21 @@ pub fn screen<B>(req: &Request<B>, websocket: bool) -> Screened {
         0 | 1 => {}
         _ => return Screened::Refuse(StatusCode::BAD_REQUEST, "more than one Host header"),
     }
-    // RFC 9112 §6.1: 501 to a transfer coding the server does not know. The router decodes
-    // `chunked` only, and forwards the body as it decoded it: a `gzip` under it would reach the
-    // node as if it were the content.
-    let codings = (headers.get_all(header::TRANSFER_ENCODING).iter())
+    // RFC 9112 §6.1: 501 to a transfer coding the server does not know. The router decodes one
+    // `chunked` and forwards the body as it decoded it: a `gzip` under it, or a second
+    // `chunked`, would reach the node as if it were the content. nginx takes exactly `chunked`.
+    let mut codings = (headers.get_all(header::TRANSFER_ENCODING).iter())
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|coding| !coding.is_empty());
-    for coding in codings {
-        if !coding.eq_ignore_ascii_case(b"chunked") {
-            let reason = "transfer codings other than chunked are not supported";
-            return Screened::Refuse(StatusCode::NOT_IMPLEMENTED, reason);
+    match (codings.next(), codings.next()) {
+        (None, _) => Screened::Pass,
+        (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => Screened::Pass,
+        _ => {
+            let reason = "transfer codings other than one chunked are not supported";
+            Screened::Refuse(StatusCode::NOT_IMPLEMENTED, reason)
         }
     }
-    Screened::Pass
 }
 
 #[cfg(test)]
@@ -98,6 +99,8 @@ mod tests {
         assert_eq!(refused(&[host, gzip], "POST", "/http-bind"), Some(501));
         let two = [host, chunked, ("transfer-encoding", "identity")];
         assert_eq!(refused(&two, "POST", "/http-bind"), Some(501));
+        let twice = ("transfer-encoding", "chunked, chunked");
+        assert_eq!(refused(&[host, twice], "POST", "/http-bind"), Some(501));
     }
 
     #[test]
