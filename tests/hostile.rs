@@ -166,6 +166,19 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
     assert_eq!(seen["body"], "hello", "{seen}");
     assert!(seen["headers"].get("content-length").is_none(), "{seen}");
 
+    // RFC 6455 §4.1: a WebSocket handshake is a GET. A POST asking to upgrade is passed on as
+    // a plain POST, without the upgrade.
+    let posted = b"POST /xmpp-websocket?room=standup HTTP/1.1\r\nHost: x\r\nx-sim-report: 1\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 2\r\n\r\nhi";
+    let answer = over_https(&certs, &router, posted).await;
+    let (status, body) = status_and_body(&answer);
+    assert_eq!(status, 200, "{answer}");
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).expect(body);
+    assert_eq!(
+        (seen["method"].as_str(), seen["body"].as_str()),
+        (Some("POST"), Some("hi"))
+    );
+    assert!(seen["headers"].get("upgrade").is_none(), "{seen}");
+
     // A refused request places no room, nor does `OPTIONS *`; the GET beside them does.
     let rooms = [
         ("traced", false),

@@ -29,12 +29,14 @@ pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// `X-Jitsi-Shard`: the node that answered.
 pub const X_JITSI_SHARD: HeaderName = HeaderName::from_static("x-jitsi-shard");
 
-/// Whether a request asks for a WebSocket: HTTP/1.1 `Upgrade: websocket`, or an HTTP/2 extended
-/// `CONNECT` (RFC 8441).
+/// Whether a request asks for a WebSocket: an HTTP/1.1 `GET` with `Upgrade: websocket` (RFC 6455
+/// §4.1: the handshake is a `GET`; another method's `Upgrade` is dropped as hop-by-hop), or an
+/// HTTP/2 extended `CONNECT` (RFC 8441).
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     match req.version() {
         Version::HTTP_11 => {
-            has_token(req.headers(), &header::CONNECTION, "upgrade")
+            req.method() == Method::GET
+                && has_token(req.headers(), &header::CONNECTION, "upgrade")
                 && (req.headers().get(header::UPGRADE))
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
