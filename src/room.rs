@@ -201,6 +201,10 @@ pub enum RoomError {
     /// The percent-decoded bytes are not UTF-8.
     #[error("room name is not valid UTF-8 after percent-decoding")]
     InvalidUtf8,
+    /// The decoded name is `.` or `..`: a dot segment, which browsers resolve before they send a
+    /// path and nginx resolves before it serves one, so no room is named so.
+    #[error("room name is a dot segment ('.' or '..')")]
+    DotSegment,
     /// An explicit key (admin input) was empty.
     #[error("room name is empty")]
     Empty,
@@ -411,6 +415,9 @@ fn normalise(raw: &str) -> Result<Cow<'_, str>, RoomError> {
     }
     if text.contains('/') {
         return Err(RoomError::Slash);
+    }
+    if text == "." || text == ".." {
+        return Err(RoomError::DotSegment);
     }
     Ok(text)
 }

@@ -102,6 +102,12 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
             "TRACE and TRACK are not supported",
         ),
         (
+            "a dot segment for a room",
+            b"GET /%2e%2E HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+            "room name is a dot segment",
+        ),
+        (
             "two Host fields",
             b"GET /hosted HTTP/1.1\r\nHost: meet.example.com\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_vec(),
             400,

@@ -241,6 +241,12 @@ fn limits_and_character_set() {
         Err(RoomError::ControlCharacter)
     );
     assert_eq!(target("/a%2Fb", None), Err(RoomError::Slash));
+    for dots in ["/..", "/.", "/%2e%2E", "/./myroom", "/myroom/.."] {
+        assert_eq!(target(dots, None), Err(RoomError::DotSegment), "{dots}");
+    }
+    let dots = target("/http-bind", Some("room=.."));
+    assert_eq!(dots, Err(RoomError::DotSegment));
+    assert!(target("/...", None).is_ok());
     assert_eq!(target("/bad%FFroom", None), Err(RoomError::InvalidUtf8));
     assert_eq!(
         target("/http-bind", Some("room=%C0%AF")),
