@@ -27,6 +27,29 @@ async fn over_tcp(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
     (String::from_utf8_lossy(&got).into_owned(), closed)
 }
 
+/// Sends `request` (HEADERS frames) on a new HTTP/2 connection; the body of stream 1's answer.
+async fn h2_body(certs: &Certs, router: &Router, request: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut h2 = certs.connect(router.https, b"h2").await;
+    h2.write_all(&[H2_PREFACE, request].concat()).await.unwrap();
+    let (mut got, mut buf) = (Vec::new(), [0u8; 16 * 1024]);
+    let data = |frames: &[H2Frame]| -> Option<Vec<u8>> {
+        const DATA: u8 = 0;
+        let ours = || frames.iter().filter(|f| f.kind == DATA && f.stream == 1);
+        let ended = ours().any(|f| f.flags & 1 == 1);
+        ended.then(|| ours().flat_map(|f| f.payload.clone()).collect())
+    };
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), h2.read(&mut buf)).await;
+        let n = read.expect("an HTTP/2 answer in 10 s").unwrap();
+        assert!(n > 0, "closed before answering: {:?}", h2_frames(&got));
+        got.extend_from_slice(&buf[..n]);
+        if let Some(body) = data(&h2_frames(&got)) {
+            return body;
+        }
+    }
+}
+
 /// The status code and body of an answer read off the wire.
 fn status_and_body(answer: &str) -> (u16, &str) {
     let status = answer
@@ -185,6 +208,23 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
     );
     assert!(seen["headers"].get("upgrade").is_none(), "{seen}");
 
+    // The host the node reads is the one the router read: an absolute-form target's authority
+    // wins over `Host` (RFC 9112 §3.2.2), and so does HTTP/2's `:authority` (RFC 9113 §8.3.1).
+    let absolute = b"GET http://meet.example.com/standup HTTP/1.1\r\nHost: other.example\r\nx-sim-report: 1\r\nConnection: close\r\n\r\n";
+    let answer = over_https(&certs, &router, absolute).await;
+    let (status, body) = status_and_body(&answer);
+    assert_eq!(status, 200, "{answer}");
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).expect(body);
+    assert_eq!(seen["headers"]["host"][0], "meet.example.com", "{seen}");
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"][0], "meet.example.com",
+        "{seen}"
+    );
+    let extra = [("host", "other.example"), ("x-sim-report", "1")];
+    let body = h2_body(&certs, &router, &h2_get(1, "/standup", &extra)).await;
+    let seen: serde_json::Value = serde_json::from_slice(&body).expect("the node's report");
+    assert_eq!(seen["headers"]["host"][0], "localhost", "{seen}");
+
     // A refused request places no room, nor does `OPTIONS *`; the GET beside them does.
     let rooms = [
         ("traced", false),
@@ -204,6 +244,14 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
 
     // The plain-HTTP listener gives the same reasons, and so does PROXY garbage there.
     let http = router.http.unwrap();
+    // Its `308` to HTTPS names the host the request did: an absolute-form target's.
+    let absolute = b"GET http://meet.example.com/standup HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n";
+    let (answer, _) = over_tcp(http, absolute).await;
+    let location = format!(
+        "\r\nlocation: https://meet.example.com:{}/standup\r\n",
+        router.https.port()
+    );
+    assert!(answer.to_ascii_lowercase().contains(&location), "{answer}");
     let (answer, closed) = over_tcp(http, b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 80\r\n\r\n").await;
     assert!(closed, "{answer}");
     let (status, body) = status_and_body(&answer);

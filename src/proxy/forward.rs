@@ -86,11 +86,7 @@ pub async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| a.as_str().parse().ok()));
+    let host = headers::request_host(&parts.uri, &parts.headers);
     let upstream_host = node.spec.upstream.authority().map_or("", |a| a.as_str());
     headers::prepare_request(
         &mut parts.headers,

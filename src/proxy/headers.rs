@@ -136,7 +136,7 @@ pub struct Forwarded<'a> {
     /// Whether the client is a trusted proxy: its forwarding headers are passed on (the
     /// address appended to `X-Forwarded-For`); otherwise they are replaced.
     pub trusted: bool,
-    /// The host the client asked for (`Host` or the h2 `:authority`).
+    /// The host the client asked for ([`request_host`]).
     pub host: Option<&'a HeaderValue>,
     /// Keep the client's `Host` (true) or use the node's authority.
     pub preserve_host: bool,
@@ -241,6 +241,20 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         })
 }
 
+/// The host a request is for: its target's authority when it has one (HTTP/2's `:authority`,
+/// or an HTTP/1.1 absolute-form target, which wins over `Host` by RFC 9112 §3.2.2), without
+/// any `user@`; else its `Host` field.
+pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    match uri.authority() {
+        Some(authority) => {
+            let text = authority.as_str();
+            let host = text.rsplit_once('@').map_or(text, |(_, host)| host);
+            HeaderValue::from_str(host).ok()
+        }
+        None => headers.get(header::HOST).cloned(),
+    }
+}
+
 /// The path and query of the page that led to this request (`Referer`), when that page is on
 /// this request's host: for an asset, the page that loaded it. Browsers send the whole URL to
 /// the same origin, also where they withhold cookies (a page in another site's iframe).
@@ -252,11 +266,8 @@ pub fn referring_page<B>(req: &Request<B>) -> Option<PathAndQuery> {
         .ok()?
         .parse()
         .ok()?;
-    let host = match req.uri().authority() {
-        Some(authority) => authority.as_str(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
-    };
-    let same_host = referer.authority()?.as_str().eq_ignore_ascii_case(host);
+    let host = request_host(req.uri(), req.headers())?;
+    let same_host = (referer.authority()?.as_str()).eq_ignore_ascii_case(host.to_str().ok()?);
     same_host
         .then(|| referer.path_and_query().cloned())
         .flatten()
@@ -298,6 +309,22 @@ pub fn head_size<B>(req: &Request<B>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_host_is_the_targets_authority_else_host() {
+        let host = |target: &str, field: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(field) = field {
+                headers.insert(header::HOST, HeaderValue::from_str(field).unwrap());
+            }
+            request_host(&target.parse().unwrap(), &headers)
+        };
+        let meet = Some(HeaderValue::from_static("meet.example.com"));
+        assert_eq!(host("/room", Some("meet.example.com")), meet);
+        assert_eq!(host("http://meet.example.com/room", Some("other")), meet);
+        assert_eq!(host("https://user:pw@meet.example.com/room", None), meet);
+        assert_eq!(host("/room", None), None);
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

@@ -73,11 +73,8 @@ pub(super) fn to_https(req: &Request<Incoming>, https_port: u16) -> Response<Ful
         }
         response
     };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let host = crate::proxy::headers::request_host(req.uri(), req.headers())
+        .and_then(|h| h.to_str().ok()?.parse::<http::uri::Authority>().ok());
     let Some(host) = host else {
         return answer(
             StatusCode::BAD_REQUEST,
