@@ -29,12 +29,20 @@ const RESERVED_NAMES: &[&str] = &[
     "http-bind",
     "http-pre-bind",
     "xmpp-websocket",
+    "_unlock",
+];
+
+/// Endpoints of a node's jicofo and prosody modules, when an operator routes them through the
+/// node's nginx: jicofo's `/conference-request/v1` and `/about/health`, `mod_muc_size`'s
+/// `/room-size` and `/room`. Those that concern a room name it in `room=` and are routed by it.
+/// jitsi-meet's nginx reserves none of these names, though, so a lone one without `room=` is a
+/// meeting's page like any other name (`/room` is the meeting called "room"); none is a tenant.
+const ENDPOINT_NAMES: &[&str] = &[
     "conference-request",
     "about",
     "room",
     "room-size",
     "room-password",
-    "_unlock",
 ];
 
 /// Folders whose contents are never a room.
@@ -253,7 +261,13 @@ pub fn classify<'a>(
     if RESERVED_DIRS.contains(&head) {
         return Ok(Target::Unrouted);
     }
-    if RESERVED_NAMES.contains(&head) || QUERY_DIRS.contains(&head) || is_static_file(head) {
+    let endpoint = ENDPOINT_NAMES.contains(&head)
+        && (next.is_some() || query.is_some_and(|query| param(query, "room").is_some()));
+    if endpoint
+        || RESERVED_NAMES.contains(&head)
+        || QUERY_DIRS.contains(&head)
+        || is_static_file(head)
+    {
         return from_query(tenant, query, limits);
     }
     if next.is_some() {
@@ -330,6 +344,7 @@ fn pinned_as<'a>(
 
 fn is_reserved(segment: &str) -> bool {
     RESERVED_NAMES.contains(&segment)
+        || ENDPOINT_NAMES.contains(&segment)
         || RESERVED_DIRS.contains(&segment)
         || QUERY_DIRS.contains(&segment)
 }

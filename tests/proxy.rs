@@ -103,6 +103,43 @@ async fn tenants_are_part_of_the_key_and_paths_pass_untouched() {
     assert!(logs.contains("room=\"standup\""), "{logs}");
 }
 
+/// `/room` and `/about` are endpoints of a node's prosody and jicofo below them or with `room=`,
+/// but jitsi-meet's nginx serves them alone as meeting pages, and so does the router.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_meeting_named_like_an_endpoint_has_its_page_on_its_node() {
+    let (_certs, _nodes, router) = fleet(3, "").await;
+    let client = router.client_h1();
+    for name in ["room", "about"] {
+        let page = client
+            .get(router.url(&format!("/{name}")))
+            .send()
+            .await
+            .unwrap();
+        let node = shard(&page);
+        let cookie = page
+            .headers()
+            .get("set-cookie")
+            .map(|c| c.to_str().unwrap());
+        let expected = format!("jitsi_router_node={node};");
+        assert!(
+            cookie.is_some_and(|c| c.starts_with(&expected)),
+            "{name}: {cookie:?}"
+        );
+        let pin = router.admin_json(&format!("/api/rooms/{name}")).await;
+        assert_eq!(pin["node"], node.as_str(), "{name}: {pin}");
+        let (_, bosh_node) = report(&client, &router.url(&format!("/http-bind?room={name}"))).await;
+        assert_eq!(bosh_node, node, "{name}");
+    }
+    // mod_muc_size's answer about another room comes from that room's node.
+    let standup = shard(&client.get(router.url("/standup")).send().await.unwrap());
+    let (_, size_node) = report(
+        &client,
+        &router.url("/room-size?room=standup&domain=meet.jitsi"),
+    )
+    .await;
+    assert_eq!(size_node, standup);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
     let (_certs, _nodes, router) = fleet(3, "").await;
@@ -132,9 +169,6 @@ async fn reserved_paths_follow_the_affinity_cookie_and_pin_nothing() {
         "/xmpp-websocket",
         "/conference-request/v1",
         "/about/health",
-        "/room",
-        "/room-size",
-        "/room-password",
         "/_unlock",
         "/static/close.html",
         "/libs/app.bundle.min.js",

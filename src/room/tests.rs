@@ -93,9 +93,31 @@ fn page_and_query_forms_are_one_room() {
         ("/conference-request/v1", Some("room=myroom")),
         ("/http-bind", Some("foo=1&room=my%72oom&bar=2")),
         ("/_api/room-info", Some("room=myroom")),
+        ("/room-size", Some("room=myroom&domain=meet.jitsi")),
+        ("/room", Some("room=myroom")),
     ] {
         assert_eq!(key_of(path, query), "myroom", "{path} {query:?}");
     }
+}
+
+#[test]
+fn endpoint_names_without_a_room_query_are_meeting_pages() {
+    // jitsi-meet's nginx serves `/room` and `/about` as the pages of meetings of those names.
+    for (path, query, key) in [
+        ("/room", None, "room"),
+        ("/Room", Some("jwt=x"), "room"),
+        ("/about", None, "about"),
+        ("/acme/room-size", None, "acme/room-size"),
+    ] {
+        assert!(
+            matches!(target(path, query), Ok(Target::Room { page: true, .. })),
+            "{path}"
+        );
+        assert_eq!(key_of(path, query), key, "{path}");
+    }
+    // Below them, nothing is a page, and they are no tenant.
+    assert_eq!(target("/about/health", None), Ok(Target::Unrouted));
+    assert_eq!(target("/room/standup", None), Ok(Target::Unrouted));
 }
 
 #[test]
@@ -177,9 +199,6 @@ fn reserved_paths_are_not_rooms() {
         "/xmpp-websocket",
         "/conference-request/v1",
         "/about/health",
-        "/room",
-        "/room-size",
-        "/room-password",
         "/_unlock",
         "/static/close.html",
         "/libs/app.bundle.min.js",
