@@ -45,7 +45,9 @@ const ENDPOINT_NAMES: &[&str] = &[
     "room-password",
 ];
 
-/// Folders whose contents are never a room.
+/// Folders whose contents are never a room. jitsi-meet's nginx serves them as folders only with
+/// the slash after them (`/images/…`); a lone name (`/images`) is a meeting's page there, and
+/// here. None is a tenant.
 const RESERVED_DIRS: &[&str] = &[
     "static",
     "libs",
@@ -258,7 +260,7 @@ pub fn classify<'a>(
             server_id: next.unwrap_or(""),
         });
     }
-    if RESERVED_DIRS.contains(&head) {
+    if RESERVED_DIRS.contains(&head) && (next.is_some() || path.ends_with('/')) {
         return Ok(Target::Unrouted);
     }
     let endpoint = ENDPOINT_NAMES.contains(&head)

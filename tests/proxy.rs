@@ -104,12 +104,13 @@ async fn tenants_are_part_of_the_key_and_paths_pass_untouched() {
 }
 
 /// `/room` and `/about` are endpoints of a node's prosody and jicofo below them or with `room=`,
-/// but jitsi-meet's nginx serves them alone as meeting pages, and so does the router.
+/// and `/images/` a folder of assets, but jitsi-meet's nginx serves each name alone as a
+/// meeting's page, and so does the router.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_meeting_named_like_an_endpoint_has_its_page_on_its_node() {
     let (_certs, _nodes, router) = fleet(3, "").await;
     let client = router.client_h1();
-    for name in ["room", "about"] {
+    for name in ["room", "about", "images"] {
         let page = client
             .get(router.url(&format!("/{name}")))
             .send()

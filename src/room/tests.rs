@@ -102,11 +102,14 @@ fn page_and_query_forms_are_one_room() {
 
 #[test]
 fn endpoint_names_without_a_room_query_are_meeting_pages() {
-    // jitsi-meet's nginx serves `/room` and `/about` as the pages of meetings of those names.
+    // jitsi-meet's nginx serves `/room`, `/about` and `/images` as the pages of meetings of
+    // those names.
     for (path, query, key) in [
         ("/room", None, "room"),
         ("/Room", Some("jwt=x"), "room"),
         ("/about", None, "about"),
+        ("/images", None, "images"),
+        ("/acme/sounds", None, "acme/sounds"),
         ("/acme/room-size", None, "acme/room-size"),
     ] {
         assert!(
@@ -118,6 +121,8 @@ fn endpoint_names_without_a_room_query_are_meeting_pages() {
     // Below them, nothing is a page, and they are no tenant.
     assert_eq!(target("/about/health", None), Ok(Target::Unrouted));
     assert_eq!(target("/room/standup", None), Ok(Target::Unrouted));
+    assert_eq!(target("/images/", None), Ok(Target::Unrouted));
+    assert_eq!(target("/images/logo.svg", None), Ok(Target::Unrouted));
 }
 
 #[test]
