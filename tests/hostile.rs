@@ -27,6 +27,15 @@ async fn over_tcp(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
     (String::from_utf8_lossy(&got).into_owned(), closed)
 }
 
+/// What the node received of `bytes` sent on a new HTTPS connection (the simulated node's
+/// report of it); the router must answer 200.
+async fn node_saw(certs: &Certs, router: &Router, bytes: &[u8]) -> serde_json::Value {
+    let answer = over_https(certs, router, bytes).await;
+    let (status, body) = status_and_body(&answer);
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str(body.trim()).expect(body)
+}
+
 /// Sends `request` (HEADERS frames) on a new HTTP/2 connection; the body of stream 1's answer.
 async fn h2_body(certs: &Certs, router: &Router, request: &[u8]) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
@@ -188,20 +197,14 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
     // `chunked` beside a `Content-Length` (request smuggling's usual pair): the node gets the
     // chunks' bytes and no `Content-Length` that disagrees with them.
     let smuggled = b"POST /http-bind?room=standup HTTP/1.1\r\nHost: x\r\nx-sim-report: 1\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    let answer = over_https(&certs, &router, smuggled).await;
-    let (status, body) = status_and_body(&answer);
-    assert_eq!(status, 200, "{answer}");
-    let seen: serde_json::Value = serde_json::from_str(body.trim()).expect(body);
+    let seen = node_saw(&certs, &router, smuggled).await;
     assert_eq!(seen["body"], "hello", "{seen}");
     assert!(seen["headers"].get("content-length").is_none(), "{seen}");
 
     // RFC 6455 §4.1: a WebSocket handshake is a GET. A POST asking to upgrade is passed on as
     // a plain POST, without the upgrade.
     let posted = b"POST /xmpp-websocket?room=standup HTTP/1.1\r\nHost: x\r\nx-sim-report: 1\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 2\r\n\r\nhi";
-    let answer = over_https(&certs, &router, posted).await;
-    let (status, body) = status_and_body(&answer);
-    assert_eq!(status, 200, "{answer}");
-    let seen: serde_json::Value = serde_json::from_str(body.trim()).expect(body);
+    let seen = node_saw(&certs, &router, posted).await;
     assert_eq!(
         (seen["method"].as_str(), seen["body"].as_str()),
         (Some("POST"), Some("hi"))
@@ -211,10 +214,7 @@ async fn malformed_requests_get_a_status_with_a_reason_and_others_are_served() {
     // The host the node reads is the one the router read: an absolute-form target's authority
     // wins over `Host` (RFC 9112 §3.2.2), and so does HTTP/2's `:authority` (RFC 9113 §8.3.1).
     let absolute = b"GET http://meet.example.com/standup HTTP/1.1\r\nHost: other.example\r\nx-sim-report: 1\r\nConnection: close\r\n\r\n";
-    let answer = over_https(&certs, &router, absolute).await;
-    let (status, body) = status_and_body(&answer);
-    assert_eq!(status, 200, "{answer}");
-    let seen: serde_json::Value = serde_json::from_str(body.trim()).expect(body);
+    let seen = node_saw(&certs, &router, absolute).await;
     assert_eq!(seen["headers"]["host"][0], "meet.example.com", "{seen}");
     assert_eq!(
         seen["headers"]["x-forwarded-host"][0], "meet.example.com",
