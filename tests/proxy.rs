@@ -1235,6 +1235,17 @@ async fn redirect_mode_sends_307_to_the_pinned_node() {
             format!("https://{node}.meet.example.com{form}").as_str()
         );
     }
+    // A meeting named like a prosody endpoint is a room too: everyone who opens it, from any
+    // address, is sent to one node, and its signalling after them.
+    let mut nodes = std::collections::HashSet::new();
+    for i in 1..=8 {
+        let from = std::net::IpAddr::from([127, 0, 0, i]);
+        for form in ["/room", "/http-bind?room=room"] {
+            let sent = router.client_from(from).get(router.url(form)).send().await;
+            nodes.insert(shard(&sent.unwrap()));
+        }
+    }
+    assert_eq!(nodes.len(), 1, "the meeting \"room\" went to {nodes:?}");
     let root = client.get(router.url("/")).send().await.unwrap();
     assert_eq!(root.status(), 307);
     assert!(root.headers()["location"]
