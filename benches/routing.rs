@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jitsi_router::placement::{Router, Settings};
-use jitsi_router::room::{classify, RoomKey, RoomLimits};
+use jitsi_router::room::{classify, Fetch, RoomKey, RoomLimits};
 
 mod common;
 
@@ -25,13 +25,21 @@ fn parse(c: &mut Criterion) {
     let limits = RoomLimits::default();
     let mut group = c.benchmark_group("classify");
     group.bench_function("page", |b| {
-        b.iter(|| classify(std::hint::black_box("/weeklystandup"), None, &limits))
+        b.iter(|| {
+            classify(
+                std::hint::black_box("/weeklystandup"),
+                None,
+                Fetch::Document,
+                &limits,
+            )
+        })
     });
     group.bench_function("bosh_query", |b| {
         b.iter(|| {
             classify(
                 std::hint::black_box("/http-bind"),
                 Some("room=weeklystandup"),
+                Fetch::Resource,
                 &limits,
             )
         })
@@ -41,6 +49,7 @@ fn parse(c: &mut Criterion) {
             classify(
                 std::hint::black_box("/Caf%C3%A9-R%C3%A9union"),
                 None,
+                Fetch::Document,
                 &limits,
             )
         })

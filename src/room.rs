@@ -9,7 +9,9 @@
 //! DESIGN note: besides the reserved names ([`classify`]), a single path segment ending in a static-file
 //! extension (`.js`, `.css`, `.html`, …) is treated as an asset, not a room: jitsi-meet serves files
 //! such as `/logging_config.js`, `/title.html` or `/robots.txt` from its web root, and they must follow
-//! the page's affinity cookie rather than create a pin.
+//! the page's affinity cookie rather than create a pin. Unless a browser opens it as a page
+//! ([`Fetch::Document`]): jitsi-meet's nginx serves a name that is no file as a meeting's page, so
+//! `/node.js` opened from a link is the meeting "node.js", and its participants must meet on one node.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -220,10 +222,20 @@ pub enum RoomError {
     Empty,
 }
 
-/// Classifies a request by its raw (still percent-encoded) path and query.
+/// What a request loads, as far as routing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// A page into a browser window or frame: someone opened a link or typed an address.
+    Document,
+    /// Anything else: a script, a style sheet, an image, an API call, a non-browser client.
+    Resource,
+}
+
+/// Classifies a request by its raw (still percent-encoded) path and query, and what it loads.
 pub fn classify<'a>(
     path: &'a str,
     query: Option<&'a str>,
+    fetch: Fetch,
     limits: &RoomLimits,
 ) -> Result<Target<'a>, RoomError> {
     let mut segments = path.split('/').filter(|s| !s.is_empty());
@@ -268,7 +280,7 @@ pub fn classify<'a>(
     if endpoint
         || RESERVED_NAMES.contains(&head)
         || QUERY_DIRS.contains(&head)
-        || is_static_file(head)
+        || (is_static_file(head) && fetch == Fetch::Resource)
     {
         return from_query(tenant, query, limits);
     }

@@ -104,18 +104,29 @@ async fn tenants_are_part_of_the_key_and_paths_pass_untouched() {
 }
 
 /// `/room` and `/about` are endpoints of a node's prosody and jicofo below them or with `room=`,
-/// and `/images/` a folder of assets, but jitsi-meet's nginx serves each name alone as a
-/// meeting's page, and so does the router.
+/// `/images/` a folder of assets and `/node.js` a script's name, but jitsi-meet's nginx serves
+/// each name alone, when it is no file, as a meeting's page, and so does the router (for a
+/// name like a file, when a browser opens it as a page).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_meeting_named_like_an_endpoint_has_its_page_on_its_node() {
+async fn a_meeting_named_like_an_endpoint_or_a_file_has_its_page_on_its_node() {
     let (_certs, _nodes, router) = fleet(3, "").await;
     let client = router.client_h1();
-    for name in ["room", "about", "images"] {
-        let page = client
-            .get(router.url(&format!("/{name}")))
-            .send()
-            .await
-            .unwrap();
+    let opened = [("sec-fetch-dest", "document")];
+    let typed = [("accept", "text/html,application/xhtml+xml,*/*;q=0.8")];
+    let plain: [(&str, &str); 0] = [];
+    let names: [(&str, &[(&str, &str)]); 5] = [
+        ("room", &plain),
+        ("about", &plain),
+        ("images", &plain),
+        ("node.js", &opened),
+        ("notes.txt", &typed),
+    ];
+    for (name, fields) in names {
+        let mut get = client.get(router.url(&format!("/{name}")));
+        for (field, value) in fields {
+            get = get.header(*field, *value);
+        }
+        let page = get.send().await.unwrap();
         let node = shard(&page);
         let cookie = page
             .headers()
@@ -131,6 +142,16 @@ async fn a_meeting_named_like_an_endpoint_has_its_page_on_its_node() {
         let (_, bosh_node) = report(&client, &router.url(&format!("/http-bind?room={name}"))).await;
         assert_eq!(bosh_node, node, "{name}");
     }
+    // Fetched by a page's script, such a name is a file of the page's node, and no meeting.
+    let script = client
+        .get(router.url("/logging_config.js"))
+        .header("sec-fetch-dest", "script")
+        .send()
+        .await
+        .unwrap();
+    assert!(script.headers().get("set-cookie").is_none());
+    let listed = reqwest::get(router.admin_url("/api/rooms/logging_config.js")).await;
+    assert_eq!(listed.unwrap().status(), 404);
     // mod_muc_size's answer about another room comes from that room's node.
     let standup = shard(&client.get(router.url("/standup")).send().await.unwrap());
     let (_, size_node) = report(
@@ -1246,6 +1267,21 @@ async fn redirect_mode_sends_307_to_the_pinned_node() {
         }
     }
     assert_eq!(nodes.len(), 1, "the meeting \"room\" went to {nodes:?}");
+    // So is a meeting named like a file, opened as a page.
+    let mut nodes = std::collections::HashSet::new();
+    for i in 1..=8 {
+        let client = router.client_from(std::net::IpAddr::from([127, 0, 0, i]));
+        let page = client
+            .get(router.url("/node.js"))
+            .header("sec-fetch-dest", "document");
+        nodes.insert(shard(&page.send().await.unwrap()));
+        let bosh = client
+            .get(router.url("/http-bind?room=node.js"))
+            .send()
+            .await;
+        nodes.insert(shard(&bosh.unwrap()));
+    }
+    assert_eq!(nodes.len(), 1, "the meeting \"node.js\" went to {nodes:?}");
     let root = client.get(router.url("/")).send().await.unwrap();
     assert_eq!(root.status(), 307);
     assert!(root.headers()["location"]

@@ -6,6 +6,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri, Version};
 
+use crate::room::Fetch;
+
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -48,6 +50,27 @@ pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
                     .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
         }
         _ => false,
+    }
+}
+
+/// What a request loads ([`Fetch`]): a page into a window or frame when the browser says so
+/// (`Sec-Fetch-Dest: document` or `iframe`), or, from a browser that sends no `Sec-Fetch-Dest`,
+/// when it asks for HTML first, as navigations do (`Accept: text/html,…`; scripts and API calls
+/// ask for `*/*` or JSON).
+pub fn fetch(headers: &HeaderMap) -> Fetch {
+    const DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let document = match text(DEST) {
+        Some(dest) => dest.eq_ignore_ascii_case("document") || dest.eq_ignore_ascii_case("iframe"),
+        None => text(header::ACCEPT).is_some_and(|accept| accept.starts_with("text/html")),
+    };
+    match document {
+        true => Fetch::Document,
+        false => Fetch::Resource,
     }
 }
 
@@ -309,6 +332,30 @@ pub fn head_size<B>(req: &Request<B>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_navigation_is_a_document_fetch() {
+        let fetch_of = |fields: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in fields {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            fetch(&headers)
+        };
+        let html = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+        assert_eq!(
+            fetch_of(&[("sec-fetch-dest", "document"), html]),
+            Fetch::Document
+        );
+        assert_eq!(fetch_of(&[("sec-fetch-dest", "iframe")]), Fetch::Document);
+        assert_eq!(fetch_of(&[html]), Fetch::Document);
+        assert_eq!(
+            fetch_of(&[("sec-fetch-dest", "script"), html]),
+            Fetch::Resource
+        );
+        assert_eq!(fetch_of(&[("accept", "*/*")]), Fetch::Resource);
+        assert_eq!(fetch_of(&[]), Fetch::Resource);
+    }
 
     #[test]
     fn the_request_host_is_the_targets_authority_else_host() {

@@ -254,7 +254,8 @@ impl Proxy {
         websocket: bool,
     ) -> Result<Choice, Refusal> {
         let uri = req.uri();
-        match room::classify(uri.path(), uri.query(), &self.room_limits)? {
+        let fetch = headers::fetch(req.headers());
+        match room::classify(uri.path(), uri.query(), fetch, &self.room_limits)? {
             Target::Room { key, page } => {
                 // A room to place costs its client a token of the new-room rate; one that
                 // turns out placed already (by a concurrent request or another replica), or
@@ -368,10 +369,11 @@ impl Proxy {
         node.ok_or(Refusal::UnknownBridge)
     }
 
-    /// The node of a pinned room named by `page` (a room page or signalling URL); never places
-    /// a room.
+    /// The node of a pinned room named by `page` (a `Referer`: a page a browser loaded); never
+    /// places a room.
     fn pinned(&self, page: &PathAndQuery) -> Option<NodeId> {
-        match room::classify(page.path(), page.query(), &self.room_limits) {
+        let limits = &self.room_limits;
+        match room::classify(page.path(), page.query(), room::Fetch::Document, limits) {
             Ok(Target::Room { key, .. }) => self.router.pins().lookup(key.as_str()),
             _ => None,
         }

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 fn target(path: &str, query: Option<&str>) -> Result<Target<'static>, RoomError> {
     let path: &'static str = Box::leak(path.to_owned().into_boxed_str());
     let query = query.map(|q| &*Box::leak(q.to_owned().into_boxed_str()));
-    classify(path, query, &RoomLimits::default())
+    classify(path, query, Fetch::Resource, &RoomLimits::default())
 }
 
 fn key_of(path: &str, query: Option<&str>) -> String {
@@ -123,6 +123,29 @@ fn endpoint_names_without_a_room_query_are_meeting_pages() {
     assert_eq!(target("/room/standup", None), Ok(Target::Unrouted));
     assert_eq!(target("/images/", None), Ok(Target::Unrouted));
     assert_eq!(target("/images/logo.svg", None), Ok(Target::Unrouted));
+}
+
+#[test]
+fn a_name_like_a_file_is_a_meeting_only_when_opened_as_a_page() {
+    let page = |path: &'static str| classify(path, None, Fetch::Document, &RoomLimits::default());
+    for (path, key) in [
+        ("/Node.js", "node.js"),
+        ("/acme/notes.txt", "acme/notes.txt"),
+    ] {
+        assert!(
+            matches!(page(path), Ok(Target::Room { page: true, .. })),
+            "{path}"
+        );
+        assert_eq!(target(path, None), Ok(Target::Unrouted), "{path}");
+        let Ok(Target::Room { key: got, .. }) = page(path) else {
+            unreachable!()
+        };
+        assert_eq!(got.as_str(), key);
+    }
+    // Reserved names and folders stay what they are, however they are opened.
+    for path in ["/config.js", "/libs/app.bundle.min.js", "/http-bind"] {
+        assert_eq!(page(path), Ok(Target::Unrouted), "{path}");
+    }
 }
 
 #[test]
@@ -291,16 +314,18 @@ fn encode_all(s: &str) -> String {
 proptest! {
     #[test]
     fn never_panics(path in "\\PC*", query in proptest::option::of("\\PC*")) {
-        let _ = classify(&path, query.as_deref(), &RoomLimits::default());
+        for fetch in [Fetch::Document, Fetch::Resource] {
+            let _ = classify(&path, query.as_deref(), fetch, &RoomLimits::default());
+        }
     }
 
     #[test]
     fn path_and_query_forms_agree(room in "[^/%?#&\\x00-\\x1f\\x7f.]{1,40}") {
         let encoded = encode_all(&room);
         let path = format!("/{encoded}");
-        let from_path = classify(&path, None, &RoomLimits::default());
+        let from_path = classify(&path, None, Fetch::Resource, &RoomLimits::default());
         let query = format!("room={encoded}");
-        let from_query = classify("/http-bind", Some(&query), &RoomLimits::default());
+        let from_query = classify("/http-bind", Some(&query), Fetch::Resource, &RoomLimits::default());
         match (from_path, from_query) {
             (Ok(Target::Room { key: a, .. }), Ok(Target::Room { key: b, .. })) => {
                 prop_assert_eq!(a, b)
@@ -321,7 +346,7 @@ proptest! {
     #[test]
     fn accepted_keys_respect_the_limits(path in "/[^/]{0,250}") {
         if let Ok(Target::Room { key, .. }) =
-            classify(&path, None, &RoomLimits::default())
+            classify(&path, None, Fetch::Resource, &RoomLimits::default())
         {
             prop_assert!(key.as_str().chars().count() <= 200);
             prop_assert!(!key.as_str().chars().any(char::is_control));
