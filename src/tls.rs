@@ -1,5 +1,5 @@
-//! TLS: loading the certificate and key, the server config (ALPN `h2` and `http/1.1`), and the
-//! client config for `https://` upstreams.
+//! TLS: loading the certificate and key, the server config (ALPN `h2`, `http/1.1`, `http/1.0`),
+//! and the client config for `https://` upstreams.
 //!
 //! The server resolves its certificate through [`CertStore`], an `arc-swap` cell, so a new
 //! certificate can be swapped in for new handshakes without touching open connections.
@@ -300,15 +300,19 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// The server config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1` (and `acme-tls/1` when ACME
-/// validates by TLS-ALPN-01).
+/// The server config: TLS 1.2 and 1.3, ALPN `h2`, `http/1.1` then `http/1.0` (and `acme-tls/1`
+/// when ACME validates by TLS-ALPN-01).
+///
+/// `http/1.0` is nginx's list too: a client offering it alone (`curl --http1.0`, some
+/// monitoring probes) would otherwise be refused in the handshake, as rustls ends a handshake
+/// whose offered protocols it has none of. Such a connection is served as HTTP/1.
 pub fn server_config(certs: Arc<CertStore>, acme_alpn: bool) -> rustls::ServerConfig {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     if acme_alpn {
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }

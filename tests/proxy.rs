@@ -525,6 +525,33 @@ async fn tls_1_2_and_1_3_are_both_served() {
     }
 }
 
+/// A client that offers ALPN `http/1.0` alone (`curl --http1.0`, old monitoring probes) is
+/// served, as nginx serves it, rather than refused in the handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_offering_alpn_http_1_0_is_served() {
+    use tokio::io::AsyncWriteExt;
+    let (certs, _nodes, router) = fleet(1, "").await;
+    let mut tls = certs.connect(router.https, b"http/1.0").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    tls.write_all(b"GET /standup HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&got);
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("x-jitsi-shard: "),
+        "{answer}"
+    );
+    assert!(
+        closed,
+        "an HTTP/1.0 answer without keep-alive ends with the connection"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_downstream_http1_upstream() {
     let (_certs, _nodes, router) = fleet(2, "").await;
