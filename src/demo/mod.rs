@@ -247,6 +247,17 @@ pub async fn run(
     // the demo is up, by stopping it properly.
     let stop = stop_signal();
     remove_abandoned_folders();
+    // Start-up takes seconds (prosody, Prometheus's first readings): say so before the wait.
+    println!(
+        "jitsi-router demo: starting {} nodes{}{} …",
+        NODE_NAMES.len(),
+        if with_prosody { " with prosody" } else { "" },
+        if with_prometheus {
+            " and Prometheus for their CPU (a few seconds)"
+        } else {
+            ""
+        },
+    );
     let nodes = Nodes::start(with_prosody).await?;
     let fronts = nodes.fronts();
     for (front, busy) in fronts.iter().zip(NODE_BUSY) {
