@@ -17,6 +17,10 @@
 #                                        200-byte text frames through the proxy to a WebSocket echo
 #                                        node, examples/ws_load.rs: messages/s, round trip, CPU per
 #                                        message)
+#   RESUMED=1 benches/load.sh           (connections = browsers, each a closed loop of new TLS
+#                                        connections resuming its last session, one BOSH POST each,
+#                                        examples/tls_resume.rs: connections/s, their time, CPU per
+#                                        connection, and the share resumed)
 #
 # Installs haproxy, nginx and wrk from Debian when missing. Loopback only; temporary folder.
 set -euo pipefail
@@ -37,6 +41,10 @@ if [ "${WEBSOCKET:-}" = 1 ]; then
   ws_load="$PWD/target/release/examples/ws_load"
   for port in "${node_ports[@]}"; do "$ws_load" echo "127.0.0.1:$port" & pids+=($!); done
 else
+if [ "${RESUMED:-}" = 1 ]; then
+  cargo build --release --quiet --example tls_resume
+  tls_resume="$PWD/target/release/examples/tls_resume"
+fi
 {
   echo "worker_processes 1; pid $work/nodes.pid; error_log $work/nodes.err; daemon off;"
   echo "events { worker_connections 4096; }"
@@ -168,9 +176,23 @@ run_websocket() {
   echo "$name $rate ${p50}us ${p99}us $cpu"
 }
 
+# RESUMED=1: the resuming browsers of examples/tls_resume.rs instead of wrk.
+run_resumed() {
+  local name="$1" port="$2" pid="$3" before out
+  before=$(cpu_ticks "$pid")
+  out=$("$tls_resume" drive "https://127.0.0.1:$port" "$connections" "$duration")
+  read -r rate p50 p99 errors resumed <<<"$out"
+  [ "$errors" = 0 ] || echo "benches/load.sh: $name: $errors connections failed" >&2
+  echo "benches/load.sh: $name resumed $resumed % of its connections" >&2
+  local cpu
+  cpu=$(python3 -c "print(($(cpu_ticks "$pid") - $before) / $(getconf CLK_TCK) / ($rate * ($duration + 1)) * 1e6)")
+  echo "$name $rate ${p50}us ${p99}us $cpu"
+}
+
 run() {
   local name="$1" port="$2" pid="$3" before
   if [ "${WEBSOCKET:-}" = 1 ]; then run_websocket "$@"; return; fi
+  if [ "${RESUMED:-}" = 1 ]; then run_resumed "$@"; return; fi
   before=$(cpu_ticks "$pid")
   wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/rooms.lua" "https://127.0.0.1:$port" > "$work/$name.wrk"
   local rps p50 p99
@@ -199,7 +221,7 @@ for round in $(seq 0 $((rounds - 1))); do
     run "${names[$i]}" "${ports[$i]}" "${proxy_pids[$i]}" >> "$work/rounds.txt"
   done
 done
-python3 - "$work/rounds.txt" "$rounds" "$connection" "${REDIRECT:-0}" "${WEBSOCKET:-0}" <<'PY'
+python3 - "$work/rounds.txt" "$rounds" "$connection" "${REDIRECT:-0}" "${WEBSOCKET:-0}" "${RESUMED:-0}" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 rounds = int(sys.argv[2])
@@ -211,9 +233,10 @@ def ms(text):
 print(f"{rounds} rounds; median round per proxy; ratio = proxy / jitsi-router in the same round"
       + ("; every request on a new TLS connection" if sys.argv[3] == "close" else "")
       + ("; every request answered with a redirect" if sys.argv[4] == "1" else "")
-      + ("; WebSocket tunnels, 200-byte frames echoed in a closed loop" if sys.argv[5] == "1" else ""))
-unit = "messages/s" if sys.argv[5] == "1" else "requests/s"
-per = "us/msg" if sys.argv[5] == "1" else "us/req"
+      + ("; WebSocket tunnels, 200-byte frames echoed in a closed loop" if sys.argv[5] == "1" else "")
+      + ("; every request on a new TLS connection resuming the client's last session" if sys.argv[6] == "1" else ""))
+unit = "messages/s" if sys.argv[5] == "1" else "conns/s" if sys.argv[6] == "1" else "requests/s"
+per = "us/msg" if sys.argv[5] == "1" else "us/conn" if sys.argv[6] == "1" else "us/req"
 print(f"{'proxy':<14} {unit:>12} {'p50':>9} {'p99':>9} {'vs jitsi-router':>16} {'ratio range':>14} {'CPU ' + per:>11}")
 for n in names:
     rps = [float(r[1]) for r in by[n]]

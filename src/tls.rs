@@ -306,12 +306,28 @@ impl ResolvesServerCert for CertStore {
 /// `http/1.0` is nginx's list too: a client offering it alone (`curl --http1.0`, some
 /// monitoring probes) would otherwise be refused in the handshake, as rustls ends a handshake
 /// whose offered protocols it has none of. Such a connection is served as HTTP/1.
-pub fn server_config(certs: Arc<CertStore>, acme_alpn: bool) -> rustls::ServerConfig {
+///
+/// Sessions are resumed from a cache of `sessions` entries in memory (`limits.tls_sessions`),
+/// as nginx's `ssl_session_cache` and HAProxy's `tune.ssl.cachesize` keep them; rustls's own
+/// default of 256 holds only the last hundred or so handshakes, so on a busy edge a browser's
+/// second connection, a second later, already found its session gone. TLS 1.3 tickets name
+/// an entry of the cache rather than carry the session encrypted (no ticket key to guard or
+/// rotate), and each is taken once; TLS 1.3 resumption here always makes a new key exchange
+/// (`psk_dhe_ke`), so resumed sessions keep forward secrecy.
+pub fn server_config(
+    certs: Arc<CertStore>,
+    acme_alpn: bool,
+    sessions: usize,
+) -> rustls::ServerConfig {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(certs);
+    config.session_storage = match sessions {
+        0 => Arc::new(rustls::server::NoServerSessionStorage {}),
+        n => rustls::server::ServerSessionMemoryCache::new(n),
+    };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     if acme_alpn {
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());

@@ -41,6 +41,7 @@ fn defaults_and_relative_paths() {
     assert_eq!(c.nodes[0].instance, "10.0.0.11:80");
     assert_eq!(c.nodes[0].weight, 1.0);
     assert_eq!(c.limits.max_pins, 2_000_000);
+    assert_eq!(c.limits.tls_sessions, 20_000);
     assert!(c.prometheus.is_none());
 }
 
@@ -156,6 +157,11 @@ fn errors_name_file_key_and_value() {
     assert!(e.contains("max_participants"), "{e}");
     let e = error(&MINIMAL.replace("[tls]", "[limits]\nmax_pins = 0\n[tls]"));
     assert!(e.contains("limits.max_pins = 0: must be at least 1"), "{e}");
+    let e = error(&MINIMAL.replace("[tls]", "[limits]\ntls_sessions = 20000000\n[tls]"));
+    assert!(
+        e.contains("limits.tls_sessions = 20000000: must be between 0 and 10000000"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -552,6 +552,67 @@ async fn a_client_offering_alpn_http_1_0_is_served() {
     );
 }
 
+/// A TLS handshake to `addr` with `client`, then one request read to its end (so that the
+/// session tickets the router sends after the handshake are taken); the kind of handshake.
+async fn handshake(
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+) -> rustls::HandshakeKind {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    let request = b"GET /standup HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    tls.write_all(request).await.unwrap();
+    let (got, _) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    kind
+}
+
+/// A browser's later connections resume the TLS session of its first, also after many other
+/// clients' handshakes in between (`limits.tls_sessions`, 20,000 by default; rustls's own
+/// cache holds 256 sessions, two for each handshake); with `tls_sessions = 0` none is resumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_sessions_resume_after_many_other_clients_handshakes() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    for (sections, resumed) in [("", true), ("[limits]\ntls_sessions = 0\n", false)] {
+        let (certs, _nodes, router) = fleet(1, sections).await;
+        let browser = certs.client_config_alpn(b"http/1.1");
+        assert_eq!(handshake(&browser, router.https).await, Full);
+        let others: Vec<_> = (0..4)
+            .map(|_| {
+                let certs_ca = certs.client_config_alpn(b"http/1.1");
+                let https = router.https;
+                tokio::spawn(async move {
+                    for _ in 0..100 {
+                        // A client of its own each time: a full handshake.
+                        let mut fresh = (*certs_ca).clone();
+                        fresh.resumption = rustls::client::Resumption::disabled();
+                        assert_eq!(handshake(&std::sync::Arc::new(fresh), https).await, Full);
+                    }
+                })
+            })
+            .collect();
+        for other in others {
+            other.await.unwrap();
+        }
+        let expected = if resumed { Resumed } else { Full };
+        assert_eq!(
+            handshake(&browser, router.https).await,
+            expected,
+            "{sections}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_downstream_http1_upstream() {
     let (_certs, _nodes, router) = fleet(2, "").await;

@@ -22,6 +22,10 @@ pub struct Limits {
     pub max_room_chars: usize,
     /// Most rooms pinned at once; beyond it new rooms are routed without a pin.
     pub max_pins: usize,
+    /// TLS sessions kept for resumption (0: none). A browser opens a meeting's page, its XMPP
+    /// WebSocket and its bridge channel on separate connections; each one after the first
+    /// resumes the first's session and skips the certificate's signature and its checking.
+    pub tls_sessions: usize,
     /// Time allowed for a client's TLS handshake.
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
@@ -73,6 +77,7 @@ impl Default for Limits {
             max_request_headers: 100,
             max_room_chars: 200,
             max_pins: 2_000_000,
+            tls_sessions: 20_000,
             tls_handshake_timeout: Duration::from_secs(10),
             request_head_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(75),
@@ -108,6 +113,7 @@ impl Limits {
                 4096,
             ),
             ("limits.max_room_chars", l.max_room_chars, 1, 4096),
+            ("limits.tls_sessions", l.tls_sessions, 0, 10_000_000),
         ];
         for (key, value, low, high) in ranges {
             if !(low..=high).contains(&value) {

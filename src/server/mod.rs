@@ -275,8 +275,9 @@ impl Server {
         };
         let acme_alpn = (self.config.tls.acme.as_ref())
             .is_some_and(|acme| acme.challenge == crate::config::Challenge::TlsAlpn01);
-        let acceptor =
-            TlsAcceptor::from(Arc::new(tls::server_config(self.certs.clone(), acme_alpn)));
+        let sessions = self.config.limits.tls_sessions;
+        let tls = tls::server_config(self.certs.clone(), acme_alpn, sessions);
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
         if let Some(issuer) = self.issuer {
             tasks.spawn(issuer.run());
         }
