@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -190,7 +190,7 @@ impl Validity {
         let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
         let at = |t: x509_parser::time::ASN1Time| {
             let secs = u64::try_from(t.timestamp()).ok()?;
-            Some(UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            Some(UNIX_EPOCH + Duration::from_secs(secs))
         };
         Some(Validity {
             not_before: at(cert.validity().not_before)?,
@@ -429,18 +429,26 @@ pub fn load_ca(
 }
 
 /// Writes a self-signed certificate and key for `localhost` (and 127.0.0.1, ::1) into `dir`,
-/// returning their paths. Used by `demo` and tests.
+/// returning their paths. Used by `demo` and tests. Valid from an hour ago (clocks differ) for
+/// 30 days: the demo makes a new one each run, and the dashboard shows the expiry.
 pub fn write_self_signed(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
     let names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    let generated = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(std::io::Error::other)?;
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + Duration::from_secs(30 * 24 * 3600)).into();
+    let signing_key = rcgen::KeyPair::generate().map_err(std::io::Error::other)?;
+    let generated = params
+        .self_signed(&signing_key)
+        .map_err(std::io::Error::other)?;
     let cert = dir.join("localhost.crt");
     let key = dir.join("localhost.key");
-    std::fs::write(&cert, generated.cert.pem())?;
-    std::fs::write(&key, generated.signing_key.serialize_pem())?;
+    std::fs::write(&cert, generated.pem())?;
+    std::fs::write(&key, signing_key.serialize_pem())?;
     Ok((cert, key))
 }
 
@@ -457,6 +465,18 @@ mod tests {
         assert!(load_certified_key(&cert_a, &key_a).is_ok());
         let e = load_certified_key(&cert_a, &key_b).unwrap_err();
         assert!(matches!(e, TlsError::Mismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn the_demo_certificate_is_valid_now_and_for_a_month() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_self_signed(dir.path()).unwrap();
+        let validity = Validity::of(&load_certified_key(&cert, &key).unwrap()).unwrap();
+        let now = SystemTime::now();
+        assert!(validity.not_before < now);
+        let left = validity.not_after.duration_since(now).unwrap();
+        let days = left.as_secs() / 86_400;
+        assert!((29..=30).contains(&days), "{days} days left");
     }
 
     #[test]
