@@ -20,6 +20,7 @@
 //! | `jitsi_router_node_healthy`, `jitsi_router_node_draining` | gauge (0/1) | `node` |
 //! | `jitsi_router_prometheus_refresh_failures_total` | counter | |
 //! | `jitsi_router_prometheus_snapshot_age_seconds` | gauge | |
+//! | `jitsi_router_tls_handshakes_total` | counter | `kind`: `full`, `resumed` |
 //! | `jitsi_router_tls_handshake_failures_total` | counter | |
 //! | `jitsi_router_proxy_header_refusals_total` | counter | `reason` |
 //! | `jitsi_router_acme_failures_total` | counter | |
@@ -252,6 +253,8 @@ pub struct Metrics {
     pub no_node_requests: StatusCounts,
     pub(crate) decisions: [AtomicU64; DECISIONS.len()],
     pub(crate) decision_seconds: Histogram,
+    /// Client TLS handshakes that completed: full, then resumed.
+    pub(crate) tls_handshakes: [AtomicU64; 2],
     pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) acme_failures: AtomicU64,
     pub(crate) prometheus_failures: AtomicU64,
@@ -270,6 +273,7 @@ impl Default for Metrics {
             no_node_requests: StatusCounts::default(),
             decisions: Default::default(),
             decision_seconds: Histogram::new(DECISION_BOUNDS),
+            tls_handshakes: Default::default(),
             tls_handshake_failures: AtomicU64::new(0),
             acme_failures: AtomicU64::new(0),
             prometheus_failures: AtomicU64::new(0),
@@ -289,6 +293,11 @@ impl Metrics {
     pub fn decided(&self, kind: Decision, started: Instant) {
         self.decision_seconds.observe(started.elapsed());
         self.decisions[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client TLS handshake that completed, and whether it resumed a session.
+    pub fn tls_handshake(&self, resumed: bool) {
+        self.tls_handshakes[usize::from(resumed)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a TLS handshake that failed or timed out.

@@ -22,6 +22,7 @@ const NAMES: &[&str] = &[
     "jitsi_router_node_healthy",
     "jitsi_router_node_draining",
     "jitsi_router_prometheus_refresh_failures_total",
+    "jitsi_router_tls_handshakes_total",
     "jitsi_router_tls_handshake_failures_total",
     "jitsi_router_config_reloads_total",
 ];

@@ -610,6 +610,12 @@ async fn tls_sessions_resume_after_many_other_clients_handshakes() {
             expected,
             "{sections}"
         );
+        // The router counts what it did (limits.tls_sessions is sized by this).
+        let counted = metrics(&router).await;
+        let kind =
+            |kind: &str| counted[&format!("jitsi_router_tls_handshakes_total{{kind=\"{kind}\"}}")];
+        assert_eq!(kind("resumed"), f64::from(u8::from(resumed)), "{sections}");
+        assert!(kind("full") >= 401.0, "{counted:?}");
     }
 }
 

@@ -254,6 +254,13 @@ impl Collector for Exporter {
             "ACME issuances and renewals that failed (the served certificate stays).",
             m.acme_failures.load(Ordering::Relaxed),
         )?;
+        labelled(
+            &mut encoder,
+            "jitsi_router_tls_handshakes",
+            "Client TLS handshakes that completed: full, or resuming a session (limits.tls_sessions).",
+            "kind",
+            ["full", "resumed"].into_iter().zip(&m.tls_handshakes),
+        )?;
         counter(
             &mut encoder,
             "jitsi_router_tls_handshake_failures",

@@ -118,6 +118,8 @@ pub(super) async fn accept_https(
                 }
             };
             let mut tls = tls;
+            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            proxy.metrics().tls_handshake(resumed);
             if tls.get_ref().1.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
                 // A TLS-ALPN-01 validation: the handshake was all it came for (RFC 8737).
                 return;
