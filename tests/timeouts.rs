@@ -1,7 +1,7 @@
 //! Every state of a client connection has a time limit (`[limits]`): silent connections after
 //! TLS, half an HTTP/2 preface, an unfinished header block, a head dripping in, idle
-//! keep-alive on both HTTP versions, a request body that stops, a node's body that stops, and a
-//! client that stops reading.
+//! keep-alive on both HTTP versions, a request body that stops, a node's body that stops, a
+//! client that stops reading, and a WebSocket client whose window stays shut.
 
 mod support;
 
@@ -285,4 +285,45 @@ async fn an_http2_stream_the_client_stops_reading_is_closed() {
     .await
     .expect("the connection closed within the grace");
     assert!(read.is_err(), "the whole 64 MiB arrived");
+}
+
+/// A WebSocket client that stops taking bytes after a little of the node's data, with nothing
+/// more to send it: the router's writes all went into its socket, so no write of its own
+/// waits, yet the client's window stays shut. The kernel is told to give up on data unacknowledged
+/// or unsent for `send_timeout` (as on a phone that left the network, whose participant would
+/// otherwise stay in the meeting for the kernel's ~15 minutes of retransmissions), so the
+/// tunnel closes, on the node's side too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_client_whose_window_stays_shut_is_closed() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (certs, _nodes, router) = short_limits_router().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A window of a few KiB, which the node's echo overfills.
+    socket.set_recv_buffer_size(2048).unwrap();
+    let tcp = socket.connect(router.https).await.unwrap();
+    let request = format!(
+        "wss://localhost:{}/xmpp-websocket?room=gone",
+        router.https.port()
+    )
+    .into_client_request()
+    .unwrap();
+    let connector = tokio_tungstenite::Connector::Rustls(certs.client_config());
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector))
+            .await
+            .unwrap();
+    let tunnels = || async { metric(&router, "jitsi_router_websocket_tunnels").await };
+    assert_eq!(tunnels().await, 1.0);
+    // Echoed back and never read: 8 KB fits the router's socket buffer, not the window.
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        "x".repeat(8_000),
+    ))
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(15), "the tunnel closed", || async {
+        tunnels().await == 0.0
+    })
+    .await;
+    drop(ws);
 }

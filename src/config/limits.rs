@@ -44,7 +44,8 @@ pub struct Limits {
     #[serde(with = "humantime_serde")]
     pub response_body_timeout: Duration,
     /// Longest a client may take no bytes of what the router sends it, on its connection or,
-    /// over HTTP/2, on one stream (flow control).
+    /// over HTTP/2, on one stream (flow control); also the kernel's limit on bytes sent to it
+    /// that stay unacknowledged (`TCP_USER_TIMEOUT`).
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
     /// Open client connections, all listeners together; `None`: half the open-file limit

@@ -83,7 +83,10 @@ impl Listener {
             };
             let counted_for = (!self.edge.proxied(peer)).then_some(peer.ip());
             match self.connections.admit(counted_for) {
-                Ok(admitted) => return (tcp, peer, admitted),
+                Ok(admitted) => {
+                    give_up_unacknowledged_after(&tcp, self.limits.send_timeout);
+                    return (tcp, peer, admitted);
+                }
                 Err(refused) => {
                     let (limit, cap) = match refused {
                         Refused::Full => (Limit::Connections, "limits.max_connections"),
@@ -148,4 +151,22 @@ impl Listener {
             log(closed);
         }
     }
+}
+
+/// Tells the kernel to close `tcp` when data sent on it stays unacknowledged, or unsent behind
+/// a shut window, for `limit` (`TCP_USER_TIMEOUT`; Linux).
+///
+/// DESIGN note. `limits.send_timeout` times the router's own writes that wait, but a write the
+/// socket's buffer took is done as far as the router knows. A client gone without closing (a
+/// phone that left the network) then leaves the kernel retransmitting for about 15 minutes
+/// (`tcp_retries2`), and a WebSocket tunnel has no idle limit: its node would keep a ghost
+/// participant in the meeting that long. With this the kernel gives up after `send_timeout`
+/// too, the router sees the error, and the tunnel's node side is closed with it.
+fn give_up_unacknowledged_after(tcp: &TcpStream, limit: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(limit)) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
+    let _ = (tcp, limit);
 }
