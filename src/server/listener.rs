@@ -159,9 +159,10 @@ impl Listener {
 /// DESIGN note. `limits.send_timeout` times the router's own writes that wait, but a write the
 /// socket's buffer took is done as far as the router knows. A client gone without closing (a
 /// phone that left the network) then leaves the kernel retransmitting for about 15 minutes
-/// (`tcp_retries2`), and a WebSocket tunnel has no idle limit: its node would keep a ghost
-/// participant in the meeting that long. With this the kernel gives up after `send_timeout`
-/// too, the router sees the error, and the tunnel's node side is closed with it.
+/// (`tcp_retries2`), and a WebSocket tunnel has no idle limit: its node would learn of it only
+/// then, keeping a ghost participant in the meeting meanwhile. With this the kernel gives up
+/// after `send_timeout` too, the router sees the error, and the tunnel's node side is closed
+/// with it.
 fn give_up_unacknowledged_after(tcp: &TcpStream, limit: Duration) {
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
     if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(limit)) {
