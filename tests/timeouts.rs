@@ -1,7 +1,8 @@
 //! Every state of a client connection has a time limit (`[limits]`): silent connections after
 //! TLS, half an HTTP/2 preface, an unfinished header block, a head dripping in, idle
 //! keep-alive on both HTTP versions, a request body that stops, a node's body that stops, a
-//! client that stops reading, and a WebSocket client whose window stays shut.
+//! client that stops reading, a WebSocket client whose window stays shut, and an idle client
+//! the kernel probes.
 
 mod support;
 
@@ -326,4 +327,35 @@ async fn a_websocket_client_whose_window_stays_shut_is_closed() {
     })
     .await;
     drop(ws);
+}
+
+/// The kernel's timer on the router's side of a client connection from `client` to `router`
+/// (`tr` of `/proc/net/tcp`: 0 none, 1 retransmission, 2 keep-alive, 4 zero-window probe).
+#[cfg(target_os = "linux")]
+fn kernel_timer(router: std::net::SocketAddr, client: std::net::SocketAddr) -> Option<u8> {
+    let hex = |addr: std::net::SocketAddr| format!("0100007F:{:04X}", addr.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields[1] == hex(router) && fields[2] == hex(client))
+            .then(|| u8::from_str_radix(fields[5].split(':').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+/// A client gone while its connection is idle (a phone that left the network during a quiet
+/// moment of its WebSocket) sends nothing more and is sent nothing, so nothing times out on
+/// its own: the router's side of every client connection keeps the kernel's keep-alive timer,
+/// probing after `send_timeout` idle and giving up within `send_timeout` of unanswered probes.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_client_connection_is_probed_by_the_kernel() {
+    let (certs, _nodes, router) = short_limits_router().await;
+    let tls = certs.connect(router.https, b"http/1.1").await;
+    let client = tls.get_ref().0.local_addr().unwrap();
+    eventually(Duration::from_secs(5), "a keep-alive timer", || async {
+        kernel_timer(router.https, client) == Some(2)
+    })
+    .await;
+    drop(tls);
 }

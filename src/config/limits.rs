@@ -45,7 +45,8 @@ pub struct Limits {
     pub response_body_timeout: Duration,
     /// Longest a client may take no bytes of what the router sends it, on its connection or,
     /// over HTTP/2, on one stream (flow control); also the kernel's limit on bytes sent to it
-    /// that stay unacknowledged (`TCP_USER_TIMEOUT`).
+    /// that stay unacknowledged (`TCP_USER_TIMEOUT`), and the silence after which it sends an
+    /// idle client a keep-alive probe.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
     /// Open client connections, all listeners together; `None`: half the open-file limit
