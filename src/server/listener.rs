@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -185,4 +185,50 @@ fn give_up_on_gone_clients(tcp: &TcpStream, limit: Duration) {
     }
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
     let _ = (tcp, limit);
+}
+
+/// Connections the kernel may hold for the router to accept. A reconnect storm (every
+/// participant's WebSockets at once, after a network blip or a restart) must not overflow the
+/// queue: a connection it drops waits for its client to send its SYN again, a second or more.
+/// The kernel caps it at `net.core.somaxconn` (4,096 by default since Linux 5.4); tokio's own
+/// default is 1,024, nginx's 511.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr`, with address reuse (as `TcpListener::bind` sets it) and a
+/// queue of [`LISTEN_BACKLOG`].
+pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of connections that nobody accepts yet: each completes its handshake while the
+    /// queue has room, up to its length (which the kernel caps at `net.core.somaxconn`).
+    #[tokio::test]
+    async fn the_listen_queue_holds_a_reconnect_storm() {
+        const STORM: usize = 1500;
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(usize::MAX);
+        let connect = || tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr));
+        let done = futures_util::future::join_all((0..STORM).map(|_| connect())).await;
+        let established = done.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        // A queue of n holds n + 1 connections.
+        let room = (LISTEN_BACKLOG as usize).min(somaxconn) + 1;
+        assert_eq!(established, STORM.min(room));
+        drop(listener);
+    }
 }

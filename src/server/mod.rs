@@ -370,9 +370,7 @@ fn max_connections(config: &Config) -> usize {
 }
 
 async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    listener::bind(addr).map_err(|source| StartError::Bind { addr, source })
 }
 
 fn log_listening(kind: &str, listener: &TcpListener) {
