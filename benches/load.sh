@@ -18,7 +18,7 @@
 #                                        node, examples/ws_load.rs: messages/s, round trip, CPU per
 #                                        message)
 #   RESUMED=1 benches/load.sh           (connections = browsers, each a closed loop of new TLS
-#                                        connections resuming its last session, one BOSH POST each,
+#                                        connections, each resuming the one before, one BOSH POST each,
 #                                        examples/tls_resume.rs: connections/s, their time, CPU per
 #                                        connection, and the share resumed)
 #
@@ -234,7 +234,7 @@ print(f"{rounds} rounds; median round per proxy; ratio = proxy / jitsi-router in
       + ("; every request on a new TLS connection" if sys.argv[3] == "close" else "")
       + ("; every request answered with a redirect" if sys.argv[4] == "1" else "")
       + ("; WebSocket tunnels, 200-byte frames echoed in a closed loop" if sys.argv[5] == "1" else "")
-      + ("; every request on a new TLS connection resuming the client's last session" if sys.argv[6] == "1" else ""))
+      + ("; every request on a new TLS connection resuming the client's TLS session from its connection before" if sys.argv[6] == "1" else ""))
 unit = "messages/s" if sys.argv[5] == "1" else "conns/s" if sys.argv[6] == "1" else "requests/s"
 per = "us/msg" if sys.argv[5] == "1" else "us/conn" if sys.argv[6] == "1" else "us/req"
 print(f"{'proxy':<14} {unit:>12} {'p50':>9} {'p99':>9} {'vs jitsi-router':>16} {'ratio range':>14} {'CPU ' + per:>11}")

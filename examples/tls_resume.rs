@@ -5,8 +5,9 @@
 //!
 //! `tls_resume drive URL CLIENTS SECONDS` runs CLIENTS closed loops against URL (`https://…`,
 //! any certificate accepted), each a browser of its own with its own session store: open a new
-//! TLS connection (resuming the last session from the second on), send one BOSH-style POST
-//! `/http-bind?room=room-N` with `Connection: close`, read the answer to its end, repeat.
+//! TLS connection (from the second on resuming the TLS session of the one before), send one
+//! BOSH-style POST `/http-bind?room=room-N` with `Connection: close`, read the answer to its
+//! end, repeat.
 //! After a one-second warm-up it counts connections for SECONDS and prints
 //! `connections_per_s p50_us p99_us errors resumed_percent`.
 

@@ -155,13 +155,13 @@ impl Server {
         let census_client = health::client(config.census.timeout(), config.upstream.ca.as_deref())?;
         let mut https = Vec::with_capacity(config.server.listen.len());
         for &addr in &config.server.listen {
-            https.push(listen(addr).await?);
+            https.push(listen(addr)?);
         }
         let http = match config.server.http_listen {
-            Some(addr) => Some(listen(addr).await?),
+            Some(addr) => Some(listen(addr)?),
             None => None,
         };
-        let admin = listen(config.server.admin_listen).await?;
+        let admin = listen(config.server.admin_listen)?;
         let connections = Arc::new(Connections::new(
             max_connections(&config),
             config.limits.max_connections_per_client,
@@ -369,7 +369,7 @@ fn max_connections(config: &Config) -> usize {
     max
 }
 
-async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
+fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
     listener::bind(addr).map_err(|source| StartError::Bind { addr, source })
 }
 
