@@ -495,6 +495,27 @@ fn describe(c: &Config, path: &Path) -> String {
             n.jvb_server_ids.join(","),
             if n.drain { "  (draining)" } else { "" }
         );
+        let mut size = Vec::new();
+        if n.weight != 1.0 {
+            size.push(format!("weight {}", n.weight));
+        }
+        if let Some(rooms) = n.max_rooms {
+            size.push(format!("full at {rooms} rooms"));
+        }
+        if let Some(people) = n.max_participants {
+            size.push(format!("full at {people} participants"));
+        }
+        if !size.is_empty() {
+            let _ = writeln!(out, "  {:<16} {}", "", size.join(", "));
+        }
+        if let Some(url) = &n.census_url {
+            let _ = writeln!(
+                out,
+                "  {:<16} census GET {url} every {}",
+                "",
+                humantime::format_duration(c.census.interval)
+            );
+        }
         for extra in &n.health_checks {
             let _ = writeln!(
                 out,

@@ -345,7 +345,8 @@ fn check_prints_what_it_understood() {
         &[],
     )
     .replace("[server]\n", "[server]\nwebsockets_over_http2 = true\n")
-        + "\n[[nodes]]\nname = \"jitsi-1\"\nupstream = \"http://10.0.0.11:80\"\npublic_url = \"https://jitsi-1.example.com\"\ninstance = \"10.0.0.11:9100\"\n";
+        + "\n[[nodes]]\nname = \"jitsi-1\"\nupstream = \"http://10.0.0.11:80\"\npublic_url = \"https://jitsi-1.example.com\"\ninstance = \"10.0.0.11:9100\"\n\
+           weight = 2.5\nmax_rooms = 500\ncensus_url = \"http://10.0.0.11:5280/room-census\"\n";
     let path = write_config(dir.path(), &text);
     let (code, stdout, stderr) = run_router(&["check", "--config", &path]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -363,6 +364,8 @@ fn check_prints_what_it_understood() {
         "GET /http-bind",
         "admin:",
         "redis://:***@pins/0, its host the primary Sentinel names (10.0.0.5:26379, 10.0.0.6:26379)",
+        "weight 2.5, full at 500 rooms",
+        "census GET http://10.0.0.11:5280/room-census every 10s",
     ] {
         assert!(stdout.contains(part), "{part} missing from:\n{stdout}");
     }
