@@ -1,4 +1,5 @@
-//! Timing a pause: how long one side of a transfer has been waiting for the other.
+//! Timing a pause: how long one side of a transfer has been waiting for the other, and the
+//! kernel's own limit on a peer that takes nothing and answers nothing ([`give_up_on_silent_peer`]).
 
 use std::future::Future;
 use std::io;
@@ -7,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 /// A limit on one pause of a transfer (a body that stops arriving, a client that stops
@@ -134,6 +136,46 @@ impl<T: AsyncWrite + Unpin, F: FnMut() + Unpin> AsyncWrite for TimedWrites<T, F>
         let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.timed(cx, polled)
     }
+}
+
+/// Tells the kernel to give up on a peer that is gone (Linux): data sent to it that stays
+/// unacknowledged, or unsent behind a shut window, for `limit` (`TCP_USER_TIMEOUT`), and an idle
+/// connection whose keep-alive probe, sent after `limit` of silence, goes unanswered until
+/// the next probe is due, 10 s later (by then the silence is past `TCP_USER_TIMEOUT`).
+///
+/// The server sets it on every client connection and the proxy on every node connection, both
+/// with `limits.send_timeout`.
+///
+/// DESIGN note. `limits.send_timeout` times the router's own writes that wait, but a write the
+/// socket's buffer took is done as far as the router knows, and an idle connection has no
+/// write at all. A client gone without closing (a phone that left the network) then leaves the
+/// kernel retransmitting for about 15 minutes (`tcp_retries2`), or, idle, holds its connection
+/// until the other end speaks; a WebSocket tunnel has no idle limit, so its node would learn of
+/// it only then, keeping a ghost participant in the meeting meanwhile. With this the kernel gives
+/// up within `send_timeout` (idle, 10 s after it), the router sees the error, and the tunnel's
+/// node side is closed with it. A live Jitsi client pings on its XMPP connection every 10 s, so
+/// a meeting's signalling is never probed; an idle page connection gets a probe or two before
+/// `keepalive_timeout` closes it. A node gone the same way (its host powered off, its network
+/// cut) or hung (its prosody no longer reading) holds every tunnel to it likewise, each
+/// keeping its client waiting for a node that will never answer: on node connections the same
+/// limits close those tunnels, and their clients reconnect, to wherever their room is then.
+pub fn give_up_on_silent_peer(tcp: &TcpStream, limit: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    {
+        /// Between keep-alive probes of an idle connection.
+        const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+        let socket = socket2::SockRef::from(tcp);
+        let probes = socket2::TcpKeepalive::new()
+            .with_time(limit)
+            .with_interval(PROBE_INTERVAL.min(limit));
+        let set = (socket.set_tcp_user_timeout(Some(limit)))
+            .and_then(|()| socket.set_tcp_keepalive(&probes));
+        if let Err(e) = set {
+            tracing::debug!(error = %e, "TCP_USER_TIMEOUT or keep-alive not set");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
+    let _ = (tcp, limit);
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Every state of a client connection has a time limit (`[limits]`): silent connections after
 //! TLS, half an HTTP/2 preface, an unfinished header block, a head dripping in, idle
 //! keep-alive on both HTTP versions, a request body that stops, a node's body that stops, a
-//! client that stops reading, a WebSocket client whose window stays shut, and an idle client
-//! the kernel probes.
+//! client that stops reading, a WebSocket client whose window stays shut, a node that reads
+//! nothing of a WebSocket, and an idle client the kernel probes.
 
 mod support;
 
@@ -327,6 +327,42 @@ async fn a_websocket_client_whose_window_stays_shut_is_closed() {
     })
     .await;
     drop(ws);
+}
+
+/// A node that reads nothing more of a WebSocket (its prosody hung, or its host gone without a
+/// word) while the client has more to send: once the sockets on the way are full, the router's
+/// writes to the node wait with nothing acknowledged. The kernel gives up on the node after
+/// `send_timeout` as it does on a client, so the tunnel closes and its client can reconnect,
+/// instead of waiting on that node for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_whose_node_reads_nothing_is_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (certs, _nodes, router) = short_limits_router().await;
+    let (ws, _) = websocket(&certs, &router, "/xmpp-websocket?room=hung").await;
+    let (mut sink, mut stream) = ws.split();
+    sink.send(Message::text("sim:hang")).await.unwrap();
+    let tunnels = || async { metric(&router, "jitsi_router_websocket_tunnels").await };
+    assert_eq!(tunnels().await, 1.0);
+    // Far more than the client's, the router's and the node's socket buffers hold together.
+    let pushing = tokio::spawn(async move {
+        let chunk = Message::binary(vec![0u8; 1 << 20]);
+        for _ in 0..64 {
+            if sink.send(chunk.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    eventually(Duration::from_secs(20), "the tunnel closed", || async {
+        tunnels().await == 0.0
+    })
+    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the client's side is still open");
+    pushing.abort();
 }
 
 /// The kernel's timer on the router's side of a client connection from `client` to `router`

@@ -9,7 +9,9 @@
 //!   query, headers, body);
 //! - `x-sim-delay-ms: N` — wait N ms before answering (long-polls, timeouts);
 //! - `x-sim-shard: V` — answer with the node's own `X-Jitsi-Shard: V`;
-//! - the WebSocket text message `sim:close` — the node closes the WebSocket.
+//! - the WebSocket text message `sim:close` — the node closes the WebSocket;
+//! - the WebSocket text message `sim:hang` — the node reads nothing more of it and never
+//!   closes it (a hung node).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -467,6 +469,11 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<SimBody> {
             if message.to_text().is_ok_and(|t| t == "sim:close") {
                 // Test control: the node hangs up first.
                 break;
+            }
+            if message.to_text().is_ok_and(|t| t == "sim:hang") {
+                // Test control: the node holds the connection and reads nothing more.
+                let _held = ws;
+                return std::future::pending::<()>().await;
             }
             if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
                 break;

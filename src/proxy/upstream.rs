@@ -115,6 +115,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 pub struct UpstreamClient {
     tls: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
+    /// `limits.send_timeout`: a node that takes or acknowledges nothing this long is given up.
+    gone_after: Duration,
     idle_timeout: Duration,
     max_idle: usize,
     /// Time an abandoned exchange gets to finish in the background (`response_timeout`).
@@ -191,6 +193,7 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             connect_timeout: cfg.connect_timeout,
+            gone_after: limits.send_timeout,
             idle_timeout: cfg.pool_idle_timeout,
             max_idle: cfg.pool_max_idle_per_node,
             detached_timeout: cfg.response_timeout,
@@ -364,6 +367,7 @@ impl UpstreamClient {
                 None => failed(e.to_string()),
             })?;
         let _ = tcp.set_nodelay(true);
+        crate::stall::give_up_on_silent_peer(&tcp, self.gone_after);
         let io: Box<dyn Io> = if https {
             let name = ServerName::try_from(host.to_owned())
                 .map_err(|e| failed(format!("{host:?} is no TLS server name: {e}")))?;

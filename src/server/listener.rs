@@ -84,7 +84,7 @@ impl Listener {
             let counted_for = (!self.edge.proxied(peer)).then_some(peer.ip());
             match self.connections.admit(counted_for) {
                 Ok(admitted) => {
-                    give_up_on_gone_clients(&tcp, self.limits.send_timeout);
+                    crate::stall::give_up_on_silent_peer(&tcp, self.limits.send_timeout);
                     return (tcp, peer, admitted);
                 }
                 Err(refused) => {
@@ -151,40 +151,6 @@ impl Listener {
             log(closed);
         }
     }
-}
-
-/// Tells the kernel to give up on a client that is gone (Linux): data sent to it that stays
-/// unacknowledged, or unsent behind a shut window, for `limit` (`TCP_USER_TIMEOUT`), and an idle
-/// connection whose keep-alive probe, sent after `limit` of silence, goes unanswered until
-/// the next probe is due, 10 s later (by then the silence is past `TCP_USER_TIMEOUT`).
-///
-/// DESIGN note. `limits.send_timeout` times the router's own writes that wait, but a write the
-/// socket's buffer took is done as far as the router knows, and an idle connection has no
-/// write at all. A client gone without closing (a phone that left the network) then leaves the
-/// kernel retransmitting for about 15 minutes (`tcp_retries2`), or, idle, holds its connection
-/// until the other end speaks; a WebSocket tunnel has no idle limit, so its node would learn of
-/// it only then, keeping a ghost participant in the meeting meanwhile. With this the kernel gives
-/// up within `send_timeout` (idle, 10 s after it), the router sees the error, and the tunnel's
-/// node side is closed with it. A live Jitsi client pings on its XMPP connection every 10 s, so
-/// a meeting's signalling is never probed; an idle page connection gets a probe or two before
-/// `keepalive_timeout` closes it.
-fn give_up_on_gone_clients(tcp: &TcpStream, limit: Duration) {
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
-    {
-        /// Between keep-alive probes of an idle client connection.
-        const PROBE_INTERVAL: Duration = Duration::from_secs(10);
-        let socket = socket2::SockRef::from(tcp);
-        let probes = socket2::TcpKeepalive::new()
-            .with_time(limit)
-            .with_interval(PROBE_INTERVAL.min(limit));
-        let set = (socket.set_tcp_user_timeout(Some(limit)))
-            .and_then(|()| socket.set_tcp_keepalive(&probes));
-        if let Err(e) = set {
-            tracing::debug!(error = %e, "TCP_USER_TIMEOUT or keep-alive not set");
-        }
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
-    let _ = (tcp, limit);
 }
 
 /// Connections the kernel may hold for the router to accept. A reconnect storm (every
