@@ -242,7 +242,17 @@ fn startup_failures_are_one_clear_line_and_exit_1() {
     );
     assert_one_line_failure(
         &["serve", "--config", &in_use],
-        &[&format!("127.0.0.1:{port}"), "cannot listen"],
+        &[
+            &format!("127.0.0.1:{port}"),
+            "cannot listen",
+            "another process listens there",
+        ],
+    );
+    // TEST-NET-1: no interface here has it.
+    let elsewhere = write_config(dir.path(), &good.replacen("127.0.0.1:0", "192.0.2.1:0", 1));
+    assert_one_line_failure(
+        &["serve", "--config", &elsewhere],
+        &["cannot listen on 192.0.2.1:0", "no interface of this host"],
     );
 
     let bad = write_config(

@@ -72,7 +72,7 @@ pub enum StartError {
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(*addr, source))]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -369,6 +369,20 @@ fn max_connections(config: &Config) -> usize {
     max
 }
 
+/// What to do about a listener that could not be bound, for the two causes a new install meets.
+fn bind_hint(addr: SocketAddr, error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE: AmbientCapabilities=CAP_NET_BIND_SERVICE in a systemd unit, or setcap cap_net_bind_service=+ep on the binary)"
+        }
+        std::io::ErrorKind::AddrInUse => {
+            " (another process listens there: `ss -ltnp` names it)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => " (no interface of this host has that address)",
+        _ => "",
+    }
+}
+
 fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
     listener::bind(addr).map_err(|source| StartError::Bind { addr, source })
 }
@@ -483,5 +497,27 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http1::Connection::graceful_shutdown(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_privileged_port_denied_names_the_capability() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let error = StartError::Bind {
+            addr: "0.0.0.0:443".parse().unwrap(),
+            source: denied,
+        };
+        let text = error.to_string();
+        assert!(text.starts_with("cannot listen on 0.0.0.0:443: "), "{text}");
+        assert!(text.contains("CAP_NET_BIND_SERVICE"), "{text}");
+        let high = StartError::Bind {
+            addr: "0.0.0.0:8443".parse().unwrap(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert!(!high.to_string().contains("CAP_NET_BIND_SERVICE"));
     }
 }
