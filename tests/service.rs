@@ -14,12 +14,12 @@ fn unit() -> String {
     std::fs::read_to_string(root.join("contrib/jitsi-router.service")).unwrap()
 }
 
-/// The words of the unit's `ExecStart=` after the program.
-fn exec_start_args(unit: &str) -> Vec<String> {
+/// The words after the program of the unit's first line setting `key` (`ExecStart`, ...).
+fn exec_args(unit: &str, key: &str) -> Vec<String> {
     let line = unit
         .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .expect("an ExecStart= line");
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= line"));
     let mut words = line.split_whitespace();
     assert_eq!(words.next(), Some("/usr/local/bin/jitsi-router"));
     words.map(str::to_owned).collect()
@@ -51,25 +51,44 @@ fn systemd_accepts_the_unit() {
     assert!(ours.is_empty(), "systemd-analyze verify warns: {ours:?}");
 }
 
-#[test]
-fn the_units_command_line_is_one_the_router_takes() {
-    let args = exec_start_args(&unit());
-    assert_eq!(args[0], "serve", "{args:?}");
+/// Runs the router with `args`, its `--config` pointed at `config`.
+fn run_with_config(args: &[String], config: &Path) -> (Option<i32>, String, String) {
     let config_at = args.iter().position(|a| a == "--config").expect("--config") + 1;
     assert_eq!(args[config_at], "/etc/jitsi-router/router.toml");
-    // The same words with `check` and a config of this test's: the router understands them.
+    let mut words: Vec<&str> = args.iter().map(String::as_str).collect();
+    words[config_at] = config.to_str().unwrap();
+    run_router(&words)
+}
+
+#[test]
+fn the_units_command_lines_are_ones_the_router_takes() {
+    let unit = unit();
+    let (start, reload) = (
+        exec_args(&unit, "ExecStart"),
+        exec_args(&unit, "ExecReload"),
+    );
+    assert_eq!(start[0], "serve", "{start:?}");
+    assert_eq!(reload[0], "check", "{reload:?}");
     let certs = Certs::new();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("router.toml");
+    let good = support::config(&certs, "", &[("n1", "http://127.0.0.1:9".to_owned())]);
+    // The start line's words with `check`: the router understands them.
+    let mut checked = start.clone();
+    checked[0] = "check".to_owned();
+    std::fs::write(&config, &good).unwrap();
+    let (code, stdout, stderr) = run_with_config(&checked, &config);
+    assert_eq!(code, Some(0), "{checked:?}: {stderr}");
+    assert!(stdout.contains(": OK"), "{stdout}");
+    // The reload's check passes a good config and fails a bad one, naming the key.
+    let (code, _, stderr) = run_with_config(&reload, &config);
+    assert_eq!(code, Some(0), "{reload:?}: {stderr}");
     std::fs::write(
         &config,
-        support::config(&certs, "", &[("n1", "http://127.0.0.1:9".to_owned())]),
+        good.replace("[tls]", "[routing]\nmode = \"fast\"\n\n[tls]"),
     )
     .unwrap();
-    let mut words: Vec<&str> = args.iter().map(String::as_str).collect();
-    words[0] = "check";
-    words[config_at] = config.to_str().unwrap();
-    let (code, stdout, stderr) = run_router(&words);
-    assert_eq!(code, Some(0), "{words:?}: {stderr}");
-    assert!(stdout.contains(": OK"), "{stdout}");
+    let (code, _, stderr) = run_with_config(&reload, &config);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("routing.mode"), "{stderr}");
 }
