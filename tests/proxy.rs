@@ -1074,8 +1074,9 @@ async fn a_browser_opens_its_websockets_over_http2_when_offered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_room_in_another_sites_iframe_keeps_its_affinity_cookie() {
     // The iframe API: a page of another site (here plain http on 127.0.0.1, the router being
-    // https on localhost) embeds the room. The browser stores and sends the cookie only if it
-    // may live in a third-party frame.
+    // https on localhost) embeds the room with the deployment's `external_api.js`, loaded
+    // through the router. The browser stores and sends the cookie only if it may live in a
+    // third-party frame.
     let (_certs, nodes, router) = fleet(3, "").await;
     let mut flags = vec!["--ignore-certificate-errors"];
     flags.extend(support::browser::SAME_PROCESS_FRAMES);
@@ -1083,15 +1084,31 @@ async fn a_room_in_another_sites_iframe_keeps_its_affinity_cookie() {
     let mut tab = browser.tab().await;
     tab.goto(&format!("{}/embedder", nodes[0].url())).await;
     let room = router.url("/IframeRoom");
+    let (script, domain) = (
+        router.url("/external_api.js"),
+        format!("localhost:{}", router.https.port()),
+    );
     let embed = format!(
-        "new Promise(done => {{
-            const frame = document.createElement('iframe');
-            frame.onload = () => done(true);
-            frame.src = {room:?};
-            document.body.appendChild(frame);
+        "new Promise((done, failed) => {{
+            const script = document.createElement('script');
+            script.onerror = () => failed('external_api.js did not load');
+            script.onload = () => {{
+                const api = new JitsiMeetExternalAPI({domain:?}, {{
+                    roomName: 'IframeRoom',
+                    parentNode: document.body,
+                    configOverwrite: {{ startWithAudioMuted: true }},
+                }});
+                api.getIFrame().onload = () => done(api.getIFrame().src);
+            }};
+            script.src = {script:?};
+            document.head.appendChild(script);
         }})"
     );
-    assert_eq!(tab.eval(&embed).await, true);
+    let src = tab.eval(&embed).await;
+    assert_eq!(
+        src,
+        format!("{room}#jitsi_meet_external_api_id=0&config.startWithAudioMuted=true")
+    );
     let frame = Some(tab.frame_context(&room).await);
     signalled_and_closed(&mut tab, frame, &router).await;
     assert_eq!(tab.eval_in(frame, BRIDGE_CHANNEL).await, "echo: ping");

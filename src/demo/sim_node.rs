@@ -2,7 +2,8 @@
 //! for the router (and a person trying the demo) to see where each request went.
 //!
 //! Every answer carries `X-Sim-Node: <name>`. It serves a room page, `config.js`, BOSH
-//! (`/http-bind`), WebSocket echo (`/xmpp-websocket`, `/colibri-ws/...`), `/about/health`, and
+//! (`/http-bind`), WebSocket echo (`/xmpp-websocket`, `/colibri-ws/...`), `/about/health`, the
+//! iframe API's `external_api.js` (a stand-in that embeds a room as the real one does), and
 //! node_exporter-style `/metrics` whose CPU counters advance at a settable busy fraction, so a real
 //! Prometheus can scrape it. Test controls, all request headers:
 //! - `x-sim-report: 1` — answer with JSON describing what the node saw (peer address, method, path,
@@ -324,6 +325,9 @@ async fn report(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Re
     reply(StatusCode::OK, "application/json", report.to_string())
 }
 
+/// A stand-in for Jitsi Meet's `external_api.js`: it embeds a room as the real one does.
+const EXTERNAL_API: &str = include_str!("external_api.js");
+
 async fn content(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
     let path = req.uri().path().to_owned();
     let room = req
@@ -370,6 +374,10 @@ async fn content(req: Request<Incoming>, shared: &Shared) -> Response<SimBody> {
                 "text/xml; charset=utf-8",
                 format!("<body xmlns='http://jabber.org/protocol/httpbind' node='{name}' received='{}'/>", body.len()),
             )
+        }
+        // A deployment's iframe API, served from its root as jitsi-meet's nginx does.
+        "/external_api.js" | "/external_api.min.js" => {
+            reply(StatusCode::OK, "application/javascript", EXTERNAL_API)
         }
         "/libs/xmpp-room.js" if shared.signalling.is_some() => reply(
             StatusCode::OK,
