@@ -50,7 +50,18 @@ impl PrometheusServer {
         targets: &[SocketAddr],
         scrape: Duration,
     ) -> Result<PrometheusServer, PrometheusError> {
-        PrometheusServer::start_on(targets, scrape, || Ok(super::free_port()?.port())).await
+        PrometheusServer::start_on(targets, scrape, None, || Ok(super::free_port()?.port())).await
+    }
+
+    /// [`start`](Self::start), evaluating the alerting and recording rules of `rules` (a
+    /// Prometheus rule file) every `scrape` too.
+    pub async fn start_with_rules(
+        targets: &[SocketAddr],
+        scrape: Duration,
+        rules: &std::path::Path,
+    ) -> Result<PrometheusServer, PrometheusError> {
+        let ports = || Ok(super::free_port()?.port());
+        PrometheusServer::start_on(targets, scrape, Some(rules), ports).await
     }
 
     /// [`start`](Self::start) on ports from `ports`. A port is free when it is picked, and
@@ -60,6 +71,7 @@ impl PrometheusServer {
     async fn start_on(
         targets: &[SocketAddr],
         scrape: Duration,
+        rules: Option<&std::path::Path>,
         mut ports: impl FnMut() -> std::io::Result<u16>,
     ) -> Result<PrometheusServer, PrometheusError> {
         let binary = binary().ok_or(PrometheusError::Missing)?;
@@ -67,10 +79,11 @@ impl PrometheusServer {
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let every = humantime::format_duration(scrape);
         let config = dir.path().join("prometheus.yml");
+        let rule_files = rules.map_or(String::new(), |r| format!("rule_files: [{:?}]\n", r));
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: {every}\n  evaluation_interval: {every}\n\
+                "global:\n  scrape_interval: {every}\n  evaluation_interval: {every}\n{rule_files}\
                  scrape_configs:\n  - job_name: nodes\n    static_configs:\n      - targets: [{}]\n",
                 targets.join(", ")
             ),
@@ -206,7 +219,7 @@ mod tests {
         let taken_port = taken.local_addr().unwrap().port();
         let mut first = Some(taken_port);
         let server =
-            PrometheusServer::start_on(&[], Duration::from_secs(1), || match first.take() {
+            PrometheusServer::start_on(&[], Duration::from_secs(1), None, || match first.take() {
                 Some(port) => Ok(port),
                 None => Ok(crate::demo::free_port()?.port()),
             })
