@@ -377,3 +377,38 @@ fn acme_replaces_the_certificate_files_and_its_keys_are_checked() {
     let e = error(&none);
     assert!(e.contains("tls.cert"), "{e}");
 }
+
+#[test]
+fn listeners_that_would_take_one_address_twice_are_named() {
+    let listen = |lines: &str| MINIMAL.replace("listen = \"127.0.0.1:8443\"", lines);
+    for (lines, message) in [
+        (
+            "listen = [\"0.0.0.0:8443\", \"0.0.0.0:8443\"]",
+            r#"server.listen = "0.0.0.0:8443": server.listen 0.0.0.0:8443 takes that address and port already"#,
+        ),
+        (
+            "listen = [\"0.0.0.0:443\", \"10.0.0.1:443\"]",
+            r#"server.listen = "10.0.0.1:443": server.listen 0.0.0.0:443 takes that address and port already"#,
+        ),
+        (
+            "listen = \"0.0.0.0:443\"\nhttp_listen = \"127.0.0.1:443\"",
+            r#"server.http_listen = "127.0.0.1:443": server.listen 0.0.0.0:443"#,
+        ),
+        (
+            "listen = \"[::]:443\"\nadmin_listen = \"[::1]:443\"",
+            r#"server.admin_listen = "[::1]:443": server.listen [::]:443"#,
+        ),
+    ] {
+        let e = error(&listen(lines));
+        assert!(e.contains(message), "{lines}: {e}");
+    }
+    // Apart: another port, the other address family (the IPv6 wildcard is then made
+    // IPv6-only), another address, or any free port.
+    for lines in [
+        "listen = [\"0.0.0.0:443\", \"[::]:443\"]\nhttp_listen = \"0.0.0.0:80\"",
+        "listen = [\"10.0.0.1:443\", \"10.0.0.2:443\"]",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+    ] {
+        assert!(parse(&listen(lines)).is_ok(), "{lines}");
+    }
+}

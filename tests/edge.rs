@@ -290,3 +290,26 @@ async fn without_proxy_protocol_a_trusted_proxys_forwarding_headers_are_kept() {
     );
     assert_eq!(seen(&report, "forwarded"), "");
 }
+
+/// The example config's list of an IPv4 and an IPv6 listener on one port: the IPv6 wildcard
+/// would take IPv4 too (Linux's dual stack) and clash with the IPv4 one, so it is made
+/// IPv6-only, and each address family reaches the router on its own listener.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ipv4_and_an_ipv6_wildcard_listener_share_a_port() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let port = closed_port();
+    let text = config(&certs, "", &node_entries(&nodes)).replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = [\"127.0.0.1:{port}\", \"[::]:{port}\"]"),
+        1,
+    );
+    let router = Router::start(&certs, &text);
+    for addr in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let client = router.client_to(addr.parse().unwrap());
+        let url = format!("https://localhost:{port}/DualStack");
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{addr}");
+        assert_eq!(shard(&response), nodes[0].name(), "{addr}");
+    }
+}

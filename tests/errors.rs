@@ -238,7 +238,7 @@ fn startup_failures_are_one_clear_line_and_exit_1() {
     let port = busy.local_addr().unwrap().port();
     let in_use = write_config(
         dir.path(),
-        &good.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+        &good.replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1),
     );
     assert_one_line_failure(
         &["serve", "--config", &in_use],

@@ -1,6 +1,7 @@
 //! What serde cannot check: ranges, formats, rules across keys, defaults that follow from other
 //! values, and paths relative to the config file.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use super::check::Check;
@@ -14,6 +15,7 @@ impl Config {
         if self.server.listen.is_empty() {
             return Err(check.invalid("server.listen", "[]", "needs at least one address"));
         }
+        self.server.check_listeners(&check)?;
         match &mut self.tls.acme {
             None => {
                 for (key, path) in [
@@ -282,4 +284,31 @@ fn sentinels(check: &Check, redis: &SharedPins, scheme: &str) -> Result<(), Conf
         }
     }
     Ok(())
+}
+
+impl super::Server {
+    /// No two listeners of the router take the same address and port: the second could not be
+    /// bound ("address in use"). A wildcard (`0.0.0.0`, `[::]`) takes every address of its
+    /// family; `[::]` beside an IPv4 address of its port is bound IPv6-only, so the two do not
+    /// meet. Port 0 (any free port) never clashes.
+    fn check_listeners(&self, check: &Check) -> Result<(), ConfigError> {
+        let keyed: Vec<(&str, SocketAddr)> = (self.listen.iter())
+            .map(|&addr| ("server.listen", addr))
+            .chain(self.http_listen.map(|addr| ("server.http_listen", addr)))
+            .chain([("server.admin_listen", self.admin_listen)])
+            .collect();
+        let clash = |a: SocketAddr, b: SocketAddr| {
+            a.port() == b.port()
+                && a.port() != 0
+                && a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        for (i, &(key, addr)) in keyed.iter().enumerate() {
+            if let Some(&(first, taken)) = keyed[..i].iter().find(|(_, a)| clash(*a, addr)) {
+                let problem = format!("{first} {taken} takes that address and port already");
+                return Err(check.invalid(key, addr.to_string(), problem));
+            }
+        }
+        Ok(())
+    }
 }

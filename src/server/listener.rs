@@ -161,16 +161,34 @@ impl Listener {
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// A listening socket on `addr`, with address reuse (as `TcpListener::bind` sets it) and a
-/// queue of [`LISTEN_BACKLOG`].
-pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// queue of [`LISTEN_BACKLOG`]; an IPv6 one takes IPv6 connections only when `v6_only`.
+///
+/// DESIGN note. On Linux an IPv6 wildcard (`[::]:443`) takes IPv4 connections too by default
+/// (`net.ipv6.bindv6only` 0), so binding it next to an IPv4 address of the same port fails
+/// with "address in use". [`needs_v6_only`] tells when to make it IPv6-only: alone, `[::]:443`
+/// serves both families as the kernel offers; listed with `0.0.0.0:443` (the example config's
+/// list), each serves its own, as nginx's `listen [::]:443` does.
+pub(super) fn bind(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     #[cfg(unix)]
     socket.set_reuseaddr(true)?;
+    if v6_only && addr.is_ipv6() {
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Whether the listener on `addr` must take IPv6 connections only, so that it can be bound
+/// beside `all`: when it is IPv6 and one of `all` is an IPv4 address of the same port.
+pub(super) fn needs_v6_only(addr: SocketAddr, all: &[SocketAddr]) -> bool {
+    addr.is_ipv6()
+        && all
+            .iter()
+            .any(|other| other.is_ipv4() && other.port() == addr.port())
 }
 
 #[cfg(test)]
@@ -183,7 +201,7 @@ mod tests {
     async fn the_listen_queue_holds_a_reconnect_storm() {
         const STORM: usize = 1500;
         let _ = rlimit::increase_nofile_limit(u64::MAX);
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let addr = listener.local_addr().unwrap();
         let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
             .ok()

@@ -153,6 +153,11 @@ impl Server {
         };
         let health_client = health::client(config.health.timeout(), config.upstream.ca.as_deref())?;
         let census_client = health::client(config.census.timeout(), config.upstream.ca.as_deref())?;
+        let all: Vec<SocketAddr> = (config.server.listen.iter().copied())
+            .chain(config.server.http_listen)
+            .chain([config.server.admin_listen])
+            .collect();
+        let listen = |addr| listen(addr, &all);
         let mut https = Vec::with_capacity(config.server.listen.len());
         for &addr in &config.server.listen {
             https.push(listen(addr)?);
@@ -383,8 +388,10 @@ fn bind_hint(addr: SocketAddr, error: &std::io::Error) -> &'static str {
     }
 }
 
-fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    listener::bind(addr).map_err(|source| StartError::Bind { addr, source })
+/// Binds the listener on `addr`, one of the router's listeners `all`.
+fn listen(addr: SocketAddr, all: &[SocketAddr]) -> Result<TcpListener, StartError> {
+    listener::bind(addr, listener::needs_v6_only(addr, all))
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 fn log_listening(kind: &str, listener: &TcpListener) {

@@ -440,6 +440,15 @@ impl Router {
             .unwrap_or(0)
     }
 
+    /// A client trusting the test CA that reaches `localhost` at `addr` (another of the
+    /// router's listeners).
+    pub fn client_to(&self, addr: SocketAddr) -> reqwest::Client {
+        self.client_builder()
+            .resolve("localhost", addr)
+            .build()
+            .unwrap()
+    }
+
     /// A client trusting the test CA that connects from `from` (any loopback address).
     pub fn client_from(&self, from: std::net::IpAddr) -> reqwest::Client {
         self.client_builder().local_address(from).build().unwrap()
