@@ -443,3 +443,13 @@ async fn demo_serves_three_nodes_and_reports_rooms() {
     let line = demo.lines.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(line.trim(), format!("room \"demoroom\" → {node}"));
 }
+
+#[test]
+fn a_demo_whose_port_is_taken_says_how_to_pick_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_one_line_failure(
+        &["demo", "--no-prometheus", "--listen", &addr],
+        &[&format!("cannot listen on {addr}"), "demo --listen"],
+    );
+}

@@ -128,6 +128,9 @@ pub enum DemoError {
     /// The router itself could not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The demo's HTTPS port is taken (another demo, most likely).
+    #[error("{0}; `demo --listen 127.0.0.1:8444` serves on another port")]
+    PortTaken(StartError),
     /// A prosody node could not start.
     #[error(transparent)]
     Prosody(#[from] prosody::ProsodyError),
@@ -286,12 +289,20 @@ pub async fn run(
     // when something else holds it (another demo may take it between a check and the bind, so
     // the bind itself is the check).
     let any_port = config.server.admin_listen;
+    let https = config.server.listen.clone();
     config.server.admin_listen = ([127, 0, 0, 1], 9480).into();
     let server = match Server::bind(config.clone()).await {
         Ok(server) => server,
         Err(_) => {
             config.server.admin_listen = any_port;
-            Server::bind(config).await?
+            Server::bind(config).await.map_err(|e| match e {
+                StartError::Bind { addr, ref source }
+                    if https.contains(&addr) && source.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    DemoError::PortTaken(e)
+                }
+                e => DemoError::Start(e),
+            })?
         }
     };
     let port = server.https_addrs().first().map_or(8443, |a| a.port());
