@@ -152,7 +152,7 @@ async fn a_draining_node_gets_no_new_rooms() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn garbage_or_slow_prometheus_answers_keep_the_last_snapshot() {
+async fn garbage_huge_or_slow_prometheus_answers_keep_the_last_snapshot() {
     let certs = Certs::new();
     let nodes = sim_nodes(3).await;
     let busy = nodes
@@ -170,6 +170,7 @@ async fn garbage_or_slow_prometheus_answers_keep_the_last_snapshot() {
     for (answer, reason) in [
         (PromAnswer::Garbage, "prometheus query failed"),
         (PromAnswer::NotANumber, "no value is a busy fraction"),
+        (PromAnswer::Huge, "answer over 16777216 bytes"),
         (PromAnswer::Hang(Duration::from_secs(5)), "timed out"),
     ] {
         fake.answer(answer);

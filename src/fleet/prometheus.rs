@@ -50,6 +50,12 @@ pub enum QueryError {
     /// Prometheus reported an error for the query.
     #[error("query error: {0}")]
     Api(String),
+    /// The answer is larger than a CPU query's for any fleet.
+    #[error("answer over {MAX_ANSWER} bytes; prometheus.query must give one value per node")]
+    TooLarge,
+    /// The answer is not Prometheus's JSON.
+    #[error("not a Prometheus answer: {0}")]
+    Malformed(serde_json::Error),
     /// The result was not an instant vector.
     #[error("result type {0:?}, expected \"vector\"")]
     ResultType(String),
@@ -108,6 +114,11 @@ pub fn aligned_time(now: SystemTime, interval: Duration) -> f64 {
     (since_epoch - since_epoch % step) as f64 / 1000.0
 }
 
+/// The largest answer read: a thousand nodes' CPU is about 150 KB. A query that is not one
+/// value per node (raw `node_cpu_seconds_total`: every core and mode of every host) can be
+/// tens of megabytes, read and parsed at every interval.
+const MAX_ANSWER: usize = 16 << 20;
+
 /// Runs one instant query evaluated at `time` (Unix seconds); returns busy CPU (0..1) by label
 /// value, and the values that are not a busy fraction.
 pub async fn query(
@@ -131,11 +142,19 @@ pub async fn query(
         .await
         .map_err(timed_out)?;
     let status = response.status();
+    let mut response = response;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(timed_out)? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(QueryError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
     // Prometheus answers 400/422 with a JSON error body worth reporting.
-    let answer: Answer = match response.json().await {
+    let answer: Answer = match serde_json::from_slice(&body) {
         Ok(answer) => answer,
         Err(_) if !status.is_success() => return Err(QueryError::Status(status)),
-        Err(e) => return Err(timed_out(e)),
+        Err(e) => return Err(QueryError::Malformed(e)),
     };
     if answer.status != "success" {
         return Err(QueryError::Api(answer.error.unwrap_or(answer.status)));

@@ -573,6 +573,8 @@ pub enum PromAnswer {
     Garbage,
     /// A well-formed answer with a NaN in it.
     NotANumber,
+    /// A well-formed answer of 20 MB: a query that gives every core and mode of every host.
+    Huge,
     /// No answer for this long.
     Hang(Duration),
 }
@@ -601,6 +603,16 @@ impl FakePrometheus {
                     }
                     PromAnswer::Garbage => "<html>not prometheus</html>".to_owned(),
                     PromAnswer::NotANumber => r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"instance":"x"},"value":[1,"NaN"]}]}}"#.to_owned(),
+                    PromAnswer::Huge => {
+                        // Made once: a debug build takes longer to make it than a query may.
+                        static HUGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                        HUGE.get_or_init(|| {
+                            let sample = |i: usize| format!(r#"{{"metric":{{"instance":"10.1.{}.{}:9100","cpu":"{}","mode":"idle"}},"value":[1,"0.5"]}}"#, i / 256 % 256, i % 256, i % 64);
+                            let result: Vec<String> = (0..200_000).map(sample).collect();
+                            format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, result.join(","))
+                        })
+                        .clone()
+                    }
                     PromAnswer::Hang(d) => {
                         tokio::time::sleep(d).await;
                         String::new()
