@@ -76,13 +76,10 @@ async fn read_router() -> (Vec<SimNode>, Router, FakePrometheus) {
 async fn every_metric_the_rules_name_is_exported() {
     let (_nodes, router, _prometheus) = read_router().await;
     let exported = || async {
-        let text = reqwest::get(router.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_names(&text)
+        let series = metrics(&router).await;
+        (series.keys())
+            .flat_map(|s| metric_names(s))
+            .collect::<BTreeSet<_>>()
     };
     eventually(Duration::from_secs(10), "a CPU reading", || async {
         exported()

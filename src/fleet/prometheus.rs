@@ -134,7 +134,7 @@ pub async fn query(
         }
     };
     let time = time.to_string();
-    let response = client
+    let mut response = client
         .get(format!("{}/api/v1/query", cfg.url))
         .query(&[("query", cfg.query.as_str()), ("time", time.as_str())])
         .timeout(cfg.timeout())
@@ -142,7 +142,6 @@ pub async fn query(
         .await
         .map_err(timed_out)?;
     let status = response.status();
-    let mut response = response;
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(timed_out)? {
         if body.len() + chunk.len() > MAX_ANSWER {
