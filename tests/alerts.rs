@@ -161,13 +161,7 @@ async fn a_real_prometheus_fires_them_on_a_real_router() {
     fires(&prometheus, "JitsiRouterNoHealthyNode", None).await;
 
     nodes[0].set_healthy(true);
-    let drain = format!("/api/nodes/{}/drain", nodes[0].name());
-    let drained = reqwest::Client::new()
-        .post(router.admin_url(&drain))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(drained.status(), 200);
+    router.drain(nodes[0].name()).await;
     fires(
         &prometheus,
         "JitsiRouterNodeDrainedEmpty",

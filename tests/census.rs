@@ -116,13 +116,7 @@ async fn in_redirect_mode_a_meeting_longer_than_the_pin_timeout_keeps_its_node()
     .unwrap();
     let meeting = alice.node.clone();
     // The meeting's node drains: a fresh placement of the room would go to the other node.
-    let drain = format!("/api/nodes/{meeting}/drain");
-    let drained = reqwest::Client::new()
-        .post(router.admin_url(&drain))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(drained.status(), 200);
+    router.drain(&meeting).await;
     // A room nobody joined, pinned at the same time, as the control: its pin expires.
     let empty = router
         .client()
@@ -319,10 +313,8 @@ async fn a_drained_node_is_reported_empty_once_its_last_meeting_ends_and_its_pin
     } else {
         "jitsi-a"
     };
-    let client = reqwest::Client::new();
     for name in [node.as_str(), other] {
-        let drain = router.admin_url(&format!("/api/nodes/{name}/drain"));
-        assert_eq!(client.post(drain).send().await.unwrap().status(), 200);
+        router.drain(name).await;
     }
     let empty_since = || async {
         let list: Value = admin_json(&router, "/api/nodes").await;
@@ -364,7 +356,8 @@ async fn a_drained_node_is_reported_empty_once_its_last_meeting_ends_and_its_pin
 
     // Undrained, it takes rooms again and is no longer reported empty.
     let undrain = router.admin_url(&format!("/api/nodes/{node}/undrain"));
-    assert_eq!(client.post(undrain).send().await.unwrap().status(), 200);
+    let undrained = reqwest::Client::new().post(undrain).send().await.unwrap();
+    assert_eq!(undrained.status(), 200);
     assert_eq!(empty_since().await.0, Value::Null);
     assert_eq!(metrics(&router).await.get(&gauge(&node)), Some(&0.0));
 }

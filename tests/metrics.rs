@@ -128,12 +128,7 @@ async fn metrics_are_present_move_with_traffic_and_scrape_into_prometheus() {
     );
 
     // Drain shows at once; the tunnel closes and the gauge follows.
-    let drained = reqwest::Client::new()
-        .post(router.admin_url("/api/nodes/jitsi-a/drain"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(drained.status(), 200);
+    router.drain("jitsi-a").await;
     assert_eq!(
         metrics(&router).await["jitsi_router_node_draining{node=\"jitsi-a\"}"],
         1.0

@@ -440,6 +440,13 @@ impl Router {
             .unwrap_or(0)
     }
 
+    /// Drains the node `name` through the admin API, and checks that it was answered `200`.
+    pub async fn drain(&self, name: &str) {
+        let url = self.admin_url(&format!("/api/nodes/{name}/drain"));
+        let answer = reqwest::Client::new().post(url).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "draining {name}");
+    }
+
     /// A client trusting the test CA that reaches `localhost` at `addr` (another of the
     /// router's listeners).
     pub fn client_to(&self, addr: SocketAddr) -> reqwest::Client {
