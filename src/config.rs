@@ -297,6 +297,12 @@ pub struct SharedPins {
     pub sentinels: Vec<String>,
     /// The sentinels' password (`requirepass` in their config), when they ask for one.
     pub sentinel_password: Option<String>,
+    /// Redis Cluster: `url` names one node of the cluster (any), whose user and password
+    /// every node takes; the router learns the others from it and follows the cluster's
+    /// failovers and slot moves. Every pin key carries the prefix as its hash tag, so that all
+    /// pins sit in one slot and a sync batch is one script call.
+    #[serde(default)]
+    pub cluster: bool,
     /// What every key starts with; replicas of one fleet must use the same.
     #[serde(default = "default_prefix")]
     pub prefix: String,

@@ -140,9 +140,13 @@ enum Command {
     },
 }
 
+/// Logging at `default` level unless `RUST_LOG` says otherwise. The redis crate's own
+/// warnings are left out: a cluster client warns at every failed reconnection, once a second
+/// while Redis is down, where the router's warning (with the same error) comes at most every
+/// ten seconds.
 fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},redis=error")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -418,13 +422,17 @@ fn describe(c: &Config, path: &Path) -> String {
             "shared with other replicas through {}{} (keys {}…, timeout {}, synced every {})",
             jitsi_router::placement::shared::redacted(&r.url),
             match r.sentinels.as_slice() {
+                [] if r.cluster => ", a node of a Redis Cluster".to_owned(),
                 [] => String::new(),
                 sentinels => format!(
                     ", its host the primary Sentinel names ({})",
                     sentinels.join(", ")
                 ),
             },
-            r.prefix,
+            match r.cluster {
+                true => format!("{{{}}}", r.prefix),
+                false => r.prefix.clone(),
+            },
             humantime::format_duration(r.timeout),
             humantime::format_duration(r.sync_interval)
         ),

@@ -117,6 +117,22 @@ fn shared_pins_take_a_redis_url_and_defaults() {
             "url = \"redis://h\"\nsentinel_password = \"s3cret\"",
             r#"pins.redis.sentinel_password = "***": only with pins.redis.sentinels"#,
         ),
+        (
+            "url = \"redis://pins\"\nsentinels = [\"10.0.0.5:26379\"]\ncluster = true",
+            "pins.redis.cluster = true: a cluster fails over by itself: give sentinels or cluster, not both",
+        ),
+        (
+            "url = \"redis://10.0.0.5:6379/2\"\ncluster = true",
+            r#"pins.redis.url = "redis://10.0.0.5:6379/2": a Redis Cluster has database 0 only"#,
+        ),
+        (
+            "url = \"unix:///run/redis.sock\"\ncluster = true",
+            r#"pins.redis.url = "unix:///run/redis.sock": with pins.redis.cluster, must be redis:// or rediss://"#,
+        ),
+        (
+            "url = \"redis://10.0.0.5\"\ncluster = \"yes\"",
+            "pins.redis.cluster",
+        ),
     ] {
         let e = error(&MINIMAL.replace("[tls]", &format!("[pins.redis]\n{section}\n[tls]")));
         assert!(e.contains(message), "{e}");

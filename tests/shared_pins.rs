@@ -1,4 +1,5 @@
-//! Router replicas sharing their pins through a real Redis (`[pins.redis]`): whichever replica a
+//! Router replicas sharing their pins through a real Redis (`[pins.redis]`; also behind Sentinel,
+//! and a Redis Cluster): whichever replica a
 //! participant's request reaches, a room meets on one node — on first placement, when its node
 //! fails, and after an operator moves or unpins it on one replica. A dead Redis costs no request.
 
@@ -547,17 +548,35 @@ async fn switched(sentinel: &Sentinel, server: &Redis, replicas: [&Router; 2], n
     }
 }
 
+/// Where a test reads the pins the replicas share.
+trait Store {
+    /// The node the store holds the room on.
+    async fn pin(&self, room: &str) -> Option<String>;
+}
+
+impl Store for Redis {
+    async fn pin(&self, room: &str) -> Option<String> {
+        self.get(&format!("jitsi-router:pin:{room}")).await
+    }
+}
+
+impl Store for RedisCluster {
+    /// In a cluster the prefix is the key's hash tag.
+    async fn pin(&self, room: &str) -> Option<String> {
+        self.get(&format!("{{jitsi-router:pin:}}{room}")).await
+    }
+}
+
 /// New rooms, first asked for through either replica, meet on one node, and `server` (the
 /// primary now) holds their pins.
-async fn new_rooms_meet(one: &Router, two: &Router, server: &Redis, prefix: &str) {
+async fn new_rooms_meet(one: &Router, two: &Router, server: &impl Store, prefix: &str) {
     for i in 0..6 {
         let room = format!("{prefix}-{i}");
         let (first, second) = if i % 2 == 0 { (one, two) } else { (two, one) };
         let node = node_of(first, &room).await;
         assert_eq!(node_of(second, &room).await, node, "{room} split");
-        let pinned = server.get(&format!("jitsi-router:pin:{room}")).await;
         assert_eq!(
-            pinned.as_deref(),
+            server.pin(&room).await.as_deref(),
             Some(node.as_str()),
             "{room} not in the primary"
         );
@@ -640,4 +659,97 @@ async fn failovers(tls: bool) {
     drop(sentinel);
     tokio::time::sleep(Duration::from_secs(1)).await;
     new_rooms_meet(&one, &two, &first, "unwatched").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_pins_through_a_redis_cluster_and_follow_its_failover() {
+    cluster(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_pins_through_a_redis_cluster_over_tls() {
+    cluster(true).await;
+}
+
+/// Router replicas sharing pins through a Redis Cluster (all over TLS with `tls`): they find
+/// its nodes from the one `url` names, meet every room on one node, follow an operator's move
+/// through the cluster's sync, and keep doing so after the node serving the pins' slot fails
+/// over to its replica.
+async fn cluster(tls: bool) {
+    let certs = Certs::new();
+    let mut cluster = RedisCluster::start(tls.then_some(&certs)).await;
+    let nodes = sim_nodes(2).await;
+    let files = match tls {
+        true => format!(
+            "ca = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            certs.ca, certs.cert, certs.key
+        ),
+        false => String::new(),
+    };
+    let section = format!("{}cluster = true\n{files}", shared(&cluster.url()));
+    // Alone, these replicas would place every new room on different nodes.
+    let one = replica(&certs, &nodes, "jitsi-a", &section);
+    let two = replica(&certs, &nodes, "jitsi-b", &section);
+    new_rooms_meet(&one, &two, &cluster, "before").await;
+    // Every pin sits in the slot of the prefix, on the primary that serves it.
+    let key = "{jitsi-router:pin:}before-0";
+    let holder = cluster.primary_of(key).await;
+    assert!(
+        holder.get(key).await.is_some(),
+        "the pin is not in its slot's primary"
+    );
+    let holder = cluster
+        .primaries
+        .iter()
+        .position(|p| p.port == holder.port)
+        .unwrap();
+
+    // A move on one replica reaches the other through the sync, a script over a batch of keys.
+    let room = "before-1"; // placed through `two`, on jitsi-b
+    let moved = reqwest::Client::new()
+        .put(one.admin_url(&format!("/api/rooms/{room}")))
+        .body(r#"{"node": "jitsi-a"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200);
+    eventually(
+        Duration::from_secs(5),
+        "the other replica to follow the move",
+        || async { node_of(&two, room).await == "jitsi-a" },
+    )
+    .await;
+
+    let status: serde_json::Value = one.admin_json("/api/status").await;
+    assert_eq!(status["shared_pins"]["connected"], true, "{status}");
+    let seed = format!("cluster of 127.0.0.1:{}", cluster.primaries[0].port);
+    assert_eq!(status["shared_pins"]["primary"], seed.as_str(), "{status}");
+
+    // The primary serving the pins fails over to its replica, which copied them.
+    cluster.add_replica(holder).await;
+    eventually(
+        Duration::from_secs(5),
+        "the pins to reach the replica",
+        || async {
+            let copied: usize = cluster.replicas[0].query(&redis::cmd("DBSIZE")).await;
+            copied >= 6
+        },
+    )
+    .await;
+    cluster.failover(0).await;
+    new_rooms_meet(&one, &two, &cluster, "after").await;
+    let promoted = &cluster.replicas[0];
+    assert!(
+        promoted.get("{jitsi-router:pin:}after-0").await.is_some(),
+        "new pins are not on the promoted server"
+    );
+    assert_eq!(
+        node_of(&two, "before-0").await,
+        node_of(&one, "before-0").await
+    );
+    assert_eq!(node_of(&one, room).await, "jitsi-a");
+    for router in [&one, &two] {
+        let metrics = metrics(router).await;
+        assert_eq!(metrics["jitsi_router_shared_pin_store_connected"], 1.0);
+    }
 }

@@ -257,7 +257,33 @@ fn redis_url(check: &Check, redis: &mut SharedPins) -> Result<(), ConfigError> {
     if redis.prefix.is_empty() {
         return Err(check.invalid("pins.redis.prefix", &redis.prefix, "must not be empty"));
     }
-    sentinels(check, redis, scheme)
+    sentinels(check, redis, scheme)?;
+    cluster(check, redis, scheme)
+}
+
+/// `pins.redis.cluster`: a `redis://` or `rediss://` url of one node, database 0 (the only one
+/// a cluster has), and no sentinels.
+fn cluster(check: &Check, redis: &SharedPins, scheme: &str) -> Result<(), ConfigError> {
+    use redis::IntoConnectionInfo;
+    if !redis.cluster {
+        return Ok(());
+    }
+    if !redis.sentinels.is_empty() {
+        let problem = "a cluster fails over by itself: give sentinels or cluster, not both";
+        return Err(check.invalid("pins.redis.cluster", true, problem));
+    }
+    if !matches!(scheme, "redis" | "rediss") {
+        let problem =
+            "with pins.redis.cluster, must be redis:// or rediss:// naming a node of the cluster";
+        return Err(check.invalid("pins.redis.url", &redis.url, problem));
+    }
+    let db =
+        (redis.url.as_str().into_connection_info()).map_or(0, |info| info.redis_settings().db());
+    if db != 0 {
+        let problem = "a Redis Cluster has database 0 only: leave the /<db> out";
+        return Err(check.invalid("pins.redis.url", &redis.url, problem));
+    }
+    Ok(())
 }
 
 /// `pins.redis.sentinels`: `host:port` each, for a `redis://` or `rediss://` url whose host

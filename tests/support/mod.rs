@@ -997,6 +997,12 @@ impl Redis {
         redis_connection(self.port, &self.tls).await
     }
 
+    /// The answer to `command`, which must succeed.
+    pub async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        let mut connection = self.connection().await.unwrap();
+        command.query_async(&mut connection).await.unwrap()
+    }
+
     /// The value of a key, if any.
     pub async fn get(&self, key: &str) -> Option<String> {
         let mut connection = self.connection().await.unwrap();
@@ -1013,6 +1019,200 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A real Redis Cluster on loopback ports: three primaries, each serving a third of the hash
+/// slots, met and agreed (`cluster_state:ok`) before this returns; each stopped when dropped.
+/// With `certs`, every server speaks only TLS, to clients and to each other, as
+/// [`Redis::start_tls`] does.
+pub struct RedisCluster {
+    pub primaries: Vec<Redis>,
+    pub replicas: Vec<Redis>,
+    /// Each server's port and its cluster bus port.
+    buses: Vec<(u16, u16)>,
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+}
+
+impl RedisCluster {
+    pub async fn start(certs: Option<&Certs>) -> RedisCluster {
+        let tls = certs.map(|certs| (certs.ca.clone(), certs.cert.clone(), certs.key.clone()));
+        let (mut primaries, mut buses) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let (server, bus) = cluster_node(&tls).await;
+            buses.push((server.port, bus));
+            primaries.push(server);
+        }
+        let thirds = [(0, 5460), (5461, 10922), (10923, 16383)];
+        for (primary, (first, last)) in primaries.iter().zip(thirds) {
+            primary
+                .query::<()>(
+                    redis::cmd("CLUSTER")
+                        .arg("ADDSLOTSRANGE")
+                        .arg(first)
+                        .arg(last),
+                )
+                .await;
+        }
+        let cluster = RedisCluster {
+            primaries,
+            replicas: Vec::new(),
+            buses,
+            tls,
+        };
+        for other in &cluster.primaries[1..] {
+            cluster.meet(other).await;
+        }
+        cluster.agreed().await;
+        cluster
+    }
+
+    /// The URL of its first primary, which a router learns the others from.
+    pub fn url(&self) -> String {
+        self.primaries[0].url().trim_end_matches("/0").to_owned()
+    }
+
+    /// A client of the cluster, over TLS with the test CA's client certificate for a TLS one.
+    fn client(&self) -> redis::cluster::ClusterClient {
+        let urls = self
+            .primaries
+            .iter()
+            .map(|p| p.url().trim_end_matches("/0").to_owned());
+        let mut builder = redis::cluster::ClusterClientBuilder::new(urls.collect::<Vec<_>>());
+        if let Some((ca, cert, key)) = &self.tls {
+            let read = |path: &PathBuf| std::fs::read(path).unwrap();
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: read(cert),
+                    client_key: read(key),
+                }),
+                root_cert: Some(read(ca)),
+            });
+        }
+        builder.build().unwrap()
+    }
+
+    /// The primary serving `key`'s slot.
+    pub async fn primary_of(&self, key: &str) -> &Redis {
+        let slot: u16 = self.primaries[0]
+            .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+            .await;
+        &self.primaries[match slot {
+            0..=5460 => 0,
+            5461..=10922 => 1,
+            _ => 2,
+        }]
+    }
+
+    /// The value of a key, read from whichever primary serves its slot now.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let mut connection = self.client().get_async_connection().await.unwrap();
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .unwrap()
+    }
+
+    /// Promotes the replica of `primary` (`CLUSTER FAILOVER`, with the primary's agreement)
+    /// and returns once it serves the primary's slots.
+    pub async fn failover(&self, replica: usize) {
+        let replica = &self.replicas[replica];
+        replica
+            .query::<()>(redis::cmd("CLUSTER").arg("FAILOVER"))
+            .await;
+        eventually(
+            Duration::from_secs(20),
+            "the replica to take over",
+            || async {
+                let role: Vec<redis::Value> = replica.query(&redis::cmd("ROLE")).await;
+                matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master")
+            },
+        )
+        .await;
+        self.agreed().await;
+    }
+
+    /// Adds a replica of `primary` and returns once it copies from it.
+    pub async fn add_replica(&mut self, primary: usize) -> &Redis {
+        let (replica, bus) = cluster_node(&self.tls).await;
+        self.buses.push((replica.port, bus));
+        self.meet(&replica).await;
+        let id: String = self.primaries[primary]
+            .query(redis::cmd("CLUSTER").arg("MYID"))
+            .await;
+        eventually(
+            Duration::from_secs(10),
+            "the replica to learn its primary",
+            || async {
+                let mut connection = replica.connection().await.unwrap();
+                let replicated: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                    .arg("REPLICATE")
+                    .arg(&id)
+                    .query_async(&mut connection)
+                    .await;
+                replicated.is_ok()
+            },
+        )
+        .await;
+        eventually(Duration::from_secs(10), "the replica to copy", || async {
+            let info: String = replica.query(redis::cmd("INFO").arg("replication")).await;
+            info.contains("master_link_status:up")
+        })
+        .await;
+        self.replicas.push(replica);
+        self.agreed().await;
+        self.replicas.last().unwrap()
+    }
+
+    async fn meet(&self, other: &Redis) {
+        let &(port, bus) = self
+            .buses
+            .iter()
+            .find(|(port, _)| *port == other.port)
+            .unwrap();
+        let meet = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(port)
+            .arg(bus)
+            .clone();
+        self.primaries[0].query::<()>(&meet).await;
+    }
+
+    /// Waits until every server says the cluster is whole.
+    async fn agreed(&self) {
+        for server in self.primaries.iter().chain(&self.replicas) {
+            eventually(Duration::from_secs(20), "the cluster to agree", || async {
+                let info: String = server.query(redis::cmd("CLUSTER").arg("INFO")).await;
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!(
+                        "cluster_known_nodes:{}",
+                        self.primaries.len() + self.replicas.len()
+                    ))
+            })
+            .await;
+        }
+    }
+}
+
+/// A server in cluster mode, and its cluster bus port: a port of its own, not Redis's port +
+/// 10,000, which may be out of range or another test's.
+async fn cluster_node(tls: &Option<(PathBuf, PathBuf, PathBuf)>) -> (Redis, u16) {
+    let bus = closed_port();
+    let mut args = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-node-timeout",
+        "2000",
+        "--cluster-port",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(bus.to_string());
+    if tls.is_some() {
+        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+    }
+    (Redis::launch(closed_port(), tls.clone(), &args).await, bus)
 }
 
 /// Starts `redis-server` as `command` says, its output discarded.

@@ -1,6 +1,7 @@
 //! The connection to the shared pin store: where its primary is (`url`, or wherever the
-//! sentinels say), the TLS files, connecting and reconnecting, and connecting again with TLS
-//! files a reload read anew. What is asked over it is the parent module's.
+//! sentinels say, or the cluster's nodes), the TLS files, connecting and reconnecting, and
+//! connecting again with TLS files a reload read anew. What is asked over it is the parent
+//! module's.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, IntoConnectionInfo, TlsMode};
 
@@ -42,16 +45,57 @@ pub(super) enum Primary {
     Fixed(redis::Client),
     /// Wherever the sentinels say when asked (at each connection).
     Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// A Redis Cluster, learned from the node `url` names.
+    Cluster(ClusterClient),
 }
 
 /// The TLS files of `[pins.redis]` read again by a reload, for
 /// [`SharedPins::renew`](super::SharedPins::renew).
 pub struct Renewed(pub(super) Primary);
 
+/// A connection to the store: one server, or every node of a cluster. Both reconnect by
+/// themselves; a cluster's also follows its failovers and slot moves.
+#[derive(Clone)]
+pub(super) enum Store {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Store {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Store::Server(server) => server.req_packed_command(cmd),
+            Store::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Store::Server(server) => server.req_packed_commands(cmd, offset, count),
+            Store::Cluster(cluster) => cluster.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Store::Server(server) => server.get_db(),
+            Store::Cluster(cluster) => cluster.get_db(),
+        }
+    }
+}
+
 /// A connection to the store.
 #[derive(Clone)]
 pub(super) struct Connected {
-    pub(super) manager: ConnectionManager,
+    pub(super) store: Store,
     /// The server's address.
     pub(super) at: String,
     /// The [`Link::renewals`] it was made after.
@@ -108,13 +152,17 @@ impl Link {
             let client = match &*primary {
                 Primary::Fixed(client) => client.clone(),
                 Primary::Sentinel(sentinels) => sentinels.lock().await.async_get_client().await?,
+                Primary::Cluster(cluster) => {
+                    let connection = Store::Cluster(cluster.get_async_connection().await?);
+                    return Ok(Some((connection, format!("cluster of {}", self.seed()))));
+                }
             };
             let at = client.get_connection_info().addr().to_string();
             if held_at.as_ref() == Some(&at) && !renewing {
                 return Ok(None);
             }
             let connection = ConnectionManager::new_with_config(client, config).await?;
-            Ok::<_, SharedError>(Some((connection, at)))
+            Ok::<_, SharedError>(Some((Store::Server(connection), at)))
         };
         let connected = match tokio::time::timeout(patience * 2, connecting).await {
             Ok(connected) => connected,
@@ -138,7 +186,7 @@ impl Link {
             }
             (Err(e), None) => return Err(e),
         };
-        let Some((connection, at)) = connected else {
+        let Some((store, at)) = connected else {
             return Ok(());
         };
         match &held_at {
@@ -159,11 +207,17 @@ impl Link {
         }
         let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         *slot = Some(Connected {
-            manager: connection,
+            store,
             at,
             renewals,
         });
         Ok(())
+    }
+
+    /// The address of the node `url` names.
+    fn seed(&self) -> String {
+        let info = self.url.as_str().into_connection_info();
+        info.map_or_else(|_| redacted(&self.url), |info| info.addr().to_string())
     }
 
     /// Connects with `renewed` from the next [`connect`](Self::connect) on.
@@ -188,9 +242,20 @@ impl Link {
     }
 }
 
-/// The Redis client for `config`, or its sentinels' client.
+/// The Redis client for `config`, its sentinels' client, or its cluster's.
 pub(super) fn primary(config: &config::SharedPins) -> Result<Primary, SharedError> {
     let certificates = certificates(config)?;
+    if config.cluster {
+        let patience = config.timeout.max(Duration::from_secs(1));
+        let mut builder = ClusterClientBuilder::new([config.url.as_str()])
+            .connection_timeout(patience)
+            .response_timeout(patience)
+            .retries(2);
+        if let Some(certificates) = certificates {
+            builder = builder.certs(certificates);
+        }
+        return Ok(Primary::Cluster(builder.build()?));
+    }
     if config.sentinels.is_empty() {
         return Ok(Primary::Fixed(match certificates {
             Some(certificates) => redis::Client::build_with_tls(config.url.as_str(), certificates)?,

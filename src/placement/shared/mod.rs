@@ -33,6 +33,11 @@
 //! replica kept as the old one's copy. Without sentinels the connection to `url` reconnects by
 //! itself.
 //!
+//! With `cluster`, `url` names one node of a Redis Cluster, and the connection learns the
+//! others and follows failovers and slot moves itself. Every key then carries the prefix as its
+//! hash tag (`{prefix}room`): all pins share one slot, so a sync batch's keys may go to one
+//! script, as with one server. The pins of a fleet fit one shard; the cluster gives failover.
+//!
 //! A reload that finds the TLS files (`ca`, `client_cert`, `client_key`) changed reads them
 //! again ([`SharedPins::renew`]): the background task then connects with them and swaps the
 //! new connection in, keeping the open one until then, or for as long as the new files are
@@ -46,13 +51,11 @@ mod link;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-
 use super::pins::PinInfo;
 use crate::config;
 use crate::throttle::Throttle;
-use link::Link;
 pub use link::{redacted, Renewed, SharedError};
+use link::{Link, Store};
 
 /// The value an unpinned room's key holds for a while, so that every replica unpins it.
 const TOMBSTONE: &str = "-";
@@ -113,6 +116,8 @@ pub struct SharedPins {
     link: Link,
     url: String,
     prefix: String,
+    /// Keys carry the prefix as their hash tag (Redis Cluster).
+    cluster: bool,
     expiry_ms: u64,
     timeout: Duration,
     sync_interval: Duration,
@@ -136,6 +141,7 @@ impl SharedPins {
             link: Link::new(config)?,
             url: config.url.clone(),
             prefix: config.prefix.clone(),
+            cluster: config.cluster,
             expiry_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1),
             timeout: config.timeout,
             sync_interval: config.sync_interval,
@@ -267,18 +273,20 @@ impl SharedPins {
         Ok(held.collect())
     }
 
+    /// The room's key: the prefix and the room, or in a cluster `{prefix}room`, whose hash tag
+    /// puts every pin in one slot, so that a sync batch's keys may go to one script.
     fn key(&self, room: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + room.len());
-        key.push_str(&self.prefix);
-        key.push_str(room);
-        key
+        match self.cluster {
+            true => format!("{{{}}}{room}", self.prefix),
+            false => format!("{}{room}", self.prefix),
+        }
     }
 
-    fn connection(&self) -> Result<ConnectionManager, SharedError> {
+    fn connection(&self) -> Result<Store, SharedError> {
         if self.now_ms() < self.resting_until_ms.load(Ordering::Relaxed) {
             return Err(SharedError::Resting);
         }
-        (self.link.current().map(|held| held.manager)).ok_or(SharedError::NotConnected)
+        (self.link.current().map(|held| held.store)).ok_or(SharedError::NotConnected)
     }
 
     fn now_ms(&self) -> u64 {
