@@ -531,6 +531,13 @@ fn describe(c: &Config, path: &Path) -> String {
                 "", extra.url, extra.status
             );
         }
+        if let Some(url) = &n.signal_report {
+            let _ = writeln!(
+                out,
+                "  {:<16} health and drain by its signal-sidecar: GET {url}",
+                ""
+            );
+        }
     }
     out
 }

@@ -221,3 +221,162 @@ fn an_extra_check_with_a_bad_url_or_status_is_refused_by_name() {
         assert!(stderr.contains(named), "{checks}: {stderr}");
     }
 }
+
+/// A fake jitsi/signal-sidecar: `GET /signal/report` answers the status and body set last.
+struct Sidecar {
+    url: String,
+    answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sidecar {
+    async fn start() -> Sidecar {
+        let answer = std::sync::Arc::new(std::sync::Mutex::new((200, String::new())));
+        let shared = answer.clone();
+        let (url, task) = serve_http(move |_req| {
+            let (status, body) = shared.lock().unwrap().clone();
+            async move {
+                let mut response = hyper::Response::new(body);
+                *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                response
+            }
+        })
+        .await;
+        let sidecar = Sidecar { url, answer, task };
+        sidecar.report(200, true, "ready");
+        sidecar
+    }
+
+    /// Answers a report (signal-sidecar's shape, its service details left out).
+    fn report(&self, code: u16, healthy: bool, status: &str) {
+        let body = format!(
+            r#"{{"healthy":{healthy},"status":"{status}","services":{{"jicofoReachable":true}},"stats":{{"jicofoParticipants":7}}}}"#
+        );
+        self.answer_with(code, &body);
+    }
+
+    fn answer_with(&self, code: u16, body: &str) {
+        *self.answer.lock().unwrap() = (code, body.to_owned());
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until the node's entry in `GET /api/nodes` satisfies `holds`.
+async fn until_node(router: &Router, name: &str, what: &str, holds: impl Fn(&Value) -> bool) {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        last = node_status(router, name).await;
+        if holds(&last) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name}: not {what} within 10 s: {last}");
+}
+
+/// A node's signal-sidecar (what meet.jit.si's HAProxy asks) drains it from the node's side
+/// (`drain`), takes it out (`maint`), undrains it (`ready`), and its health is one more check.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nodes_signal_sidecar_drains_it_or_takes_it_out() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    let sidecar = Sidecar::start().await;
+    let report = format!("{}/signal/report", sidecar.url);
+    let health = "[health]\ninterval = \"200ms\"\nfall = 1\nrise = 1\n";
+    let text = config(
+        &certs,
+        health,
+        &[("jitsi-b", nodes[1].url()), ("jitsi-a", nodes[0].url())],
+    ) + &format!("signal_report = {report:?}\n");
+    let router = Router::start(&certs, &text);
+    until_node(&router, "jitsi-a", "checked", |n| {
+        n["last_health_check"].is_number()
+    })
+    .await;
+    let status = node_status(&router, "jitsi-a").await;
+    assert_eq!(status["signal_report"], report.as_str(), "{status}");
+    assert_eq!(status["healthy"], true, "{status}");
+    assert_eq!(status["draining"], false, "{status}");
+    let mut on_a = None;
+    for i in 0..50 {
+        let room = format!("retro-{i}");
+        if node_of(&router, &room).await == "jitsi-a" {
+            on_a = Some(room);
+            break;
+        }
+    }
+    let on_a = on_a.expect("some room lands on jitsi-a");
+
+    // `drain`: the node keeps its rooms and takes no new one; the operator cannot undrain it.
+    sidecar.report(200, true, "drain");
+    until_node(&router, "jitsi-a", "drained", |n| {
+        n["draining"] == true && n["drain_reported"] == true
+    })
+    .await;
+    log_shows(&router, "node drained by its signal-sidecar").await;
+    for i in 0..10 {
+        assert_eq!(node_of(&router, &format!("planning-{i}")).await, "jitsi-b");
+    }
+    assert_eq!(
+        node_of(&router, &on_a).await,
+        "jitsi-a",
+        "a drained node keeps its rooms"
+    );
+    let undrained: Value = reqwest::Client::new()
+        .post(router.admin_url("/api/nodes/jitsi-a/undrain"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(undrained["draining"], true, "{undrained}");
+    assert_eq!(undrained["drain_reported"], true, "{undrained}");
+    assert_eq!(node_status(&router, "jitsi-a").await["healthy"], true);
+
+    // `maint`: out, as HAProxy's agent takes a server out; its rooms move.
+    sidecar.report(200, true, "maint");
+    until_health(&router, "jitsi-a", false, Duration::from_secs(10)).await;
+    let why = node_status(&router, "jitsi-a").await["health_failure"].clone();
+    assert!(
+        why.as_str()
+            .is_some_and(|why| why.contains(&report) && why.contains("reports maint")),
+        "{why}"
+    );
+    assert_eq!(node_of(&router, &on_a).await, "jitsi-b", "the room moved");
+
+    // `ready` again: healthy and taking rooms.
+    sidecar.report(200, true, "ready");
+    until_node(&router, "jitsi-a", "back", |n| {
+        n["healthy"] == true && n["draining"] == false
+    })
+    .await;
+    log_shows(&router, "node undrained by its signal-sidecar").await;
+
+    // An unhealthy report, and an answer that is no report, fail the check and name why.
+    sidecar.report(503, false, "ready");
+    until_health(&router, "jitsi-a", false, Duration::from_secs(10)).await;
+    let why = node_status(&router, "jitsi-a").await["health_failure"].clone();
+    assert!(
+        why.as_str().is_some_and(
+            |why| why.contains("status 503, signal-sidecar reports the node unhealthy")
+        ),
+        "{why}"
+    );
+    sidecar.report(200, true, "ready");
+    until_health(&router, "jitsi-a", true, Duration::from_secs(10)).await;
+    sidecar.answer_with(200, "OK");
+    until_health(&router, "jitsi-a", false, Duration::from_secs(10)).await;
+    let why = node_status(&router, "jitsi-a").await["health_failure"].clone();
+    assert!(
+        why.as_str()
+            .is_some_and(|why| why.contains("not a signal-sidecar report")),
+        "{why}"
+    );
+    assert_eq!(node_status(&router, "jitsi-a").await["draining"], false);
+}

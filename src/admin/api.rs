@@ -97,12 +97,14 @@ fn node_views(admin: &Admin, only: Option<&str>) -> Vec<Value> {
                 "weight": spec.weight,
                 "health_checks": spec.health_checks,
                 "census_url": spec.census_url,
+                "signal_report": spec.signal_report,
                 "max_rooms": spec.max_rooms,
                 "max_participants": spec.max_participants,
                 "cpu": cpu.get(i).copied().flatten(),
                 "cpu_estimate": policy::estimate(&state, admin.router.settings(), i, now),
                 "healthy": node.live.healthy(),
                 "draining": node.live.draining(),
+                "drain_reported": node.live.drain_reported(),
                 "rooms": node.live.rooms(),
                 "placed_since_reading": node.live.placed_since_reading(),
                 "joined_since_reading": node.live.joined_since_reading(),
@@ -117,11 +119,12 @@ fn node_views(admin: &Admin, only: Option<&str>) -> Vec<Value> {
 }
 
 /// What [`nodes`] shows of a node's state besides its `[[nodes]]` fields.
-const NODE_STATE: [&str; 12] = [
+const NODE_STATE: [&str; 13] = [
     "cpu",
     "cpu_estimate",
     "healthy",
     "draining",
+    "drain_reported",
     "rooms",
     "placed_since_reading",
     "joined_since_reading",
@@ -213,14 +216,24 @@ pub(super) fn delete_node(admin: &Admin, name: &str) -> Answer {
     json(StatusCode::OK, &json!({ "name": name, "removed": true }))
 }
 
+/// Sets the operator's drain switch of a node. The answer's `draining` is whether the node
+/// drains now, which its signal-sidecar may keep true (`drain_reported`).
 pub(super) fn drain(admin: &Admin, name: &str, draining: bool) -> Answer {
-    match admin.router.fleet().set_draining(name, draining) {
-        Some(was) => json(
-            StatusCode::OK,
-            &json!({ "name": name, "draining": draining, "was_draining": was }),
-        ),
-        None => error(StatusCode::NOT_FOUND, &format!("no node named {name:?}")),
-    }
+    let fleet = admin.router.fleet();
+    let (Some(was), Some(node)) = (
+        fleet.set_draining(name, draining),
+        fleet.snapshot().node(name).cloned(),
+    ) else {
+        return error(StatusCode::NOT_FOUND, &format!("no node named {name:?}"));
+    };
+    let live = &node.live;
+    let answer = json!({
+        "name": name,
+        "draining": live.draining(),
+        "was_draining": was,
+        "drain_reported": live.drain_reported(),
+    });
+    json(StatusCode::OK, &answer)
 }
 
 fn room_json(pin: &PinInfo) -> Value {

@@ -41,6 +41,12 @@ pub struct NodeSpec {
     /// prosody's HTTP port): the rooms live on the node, polled every `[census] interval`.
     #[serde(default)]
     pub census_url: Option<String>,
+    /// The node's signal-sidecar report (jitsi/signal-sidecar's `/signal/report`, port 6000 by
+    /// default), asked with the health checks: its `healthy` is one more check, and its
+    /// `status` is the node's own drain switch (`drain`; `maint` also takes it out, as HAProxy's
+    /// agent check does).
+    #[serde(default)]
+    pub signal_report: Option<String>,
     /// The most rooms the node takes: at it, it takes no new rooms (its rooms keep coming).
     #[serde(default)]
     pub max_rooms: Option<u32>,
@@ -86,6 +92,7 @@ impl NodeSpec {
             weight: 1.0,
             health_checks: Vec::new(),
             census_url: None,
+            signal_report: None,
             max_rooms: None,
             max_participants: None,
         };
@@ -179,6 +186,9 @@ impl NodeSpec {
         }
         if let Some(url) = &self.census_url {
             check.http_url(&key("census_url"), url, true)?;
+        }
+        if let Some(url) = &self.signal_report {
+            check.http_url(&key("signal_report"), url, true)?;
         }
         if self.instance.is_empty() {
             self.instance = (self.upstream.authority()).map_or(String::new(), |a| a.to_string());

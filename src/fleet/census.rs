@@ -113,13 +113,9 @@ pub async fn fetch(
     if !response.status().is_success() {
         return Err(CensusError::Status(response.status().as_u16()));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(CensusError::Malformed(format!("over {MAX_ANSWER} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = (super::body_within(&mut response, MAX_ANSWER).await)
+        .map_err(unreachable)?
+        .ok_or_else(|| CensusError::Malformed(format!("over {MAX_ANSWER} bytes")))?;
     parse(&body, limits)
 }
 

@@ -5,6 +5,13 @@
 //! seen by the proxy count too) and healthy again after `rise` consecutive successes. Unhealthy
 //! nodes take no new rooms, and their pinned rooms are placed again on their next request. The
 //! last failure (which check, and why) stays on the node for the admin API until a check passes.
+//!
+//! A node with a `signal_report` (jitsi/signal-sidecar, which meet.jit.si's HAProxy asks the
+//! same way) is asked for it with the checks: the report's `healthy` is one more check, and its
+//! `status` is the node's own drain switch, kept beside the operator's (either drains it).
+//! `drain` drains the node; `maint` drains it and fails the check, so that, as with HAProxy's
+//! agent, a node in maintenance is taken out (its rooms move); `ready` and `unknown` (no status
+//! file) undrain it. An answer that is no report fails the check and leaves the switch as it was.
 
 use std::sync::Arc;
 
@@ -53,6 +60,76 @@ enum Checked {
     Local(LocalFault),
 }
 
+/// A check whose request got no answer: the node's fault, or the router's own shortage.
+fn unanswered(url: &str, e: reqwest::Error) -> Checked {
+    if e.is_timeout() {
+        return Checked::Failed(format!("GET {url}: timed out"));
+    }
+    match LocalFault::find(&e) {
+        Some(fault) => Checked::Local(fault),
+        // The cause an operator can act on (refused, an untrusted certificate) is in the
+        // error's sources; the URL is already in the line.
+        None => Checked::Failed(format!(
+            "GET {url}: unreachable ({})",
+            error_chain(&e.without_url())
+        )),
+    }
+}
+
+/// What the router reads of a signal-sidecar report.
+#[derive(serde::Deserialize)]
+struct SignalReport {
+    healthy: bool,
+    /// `ready`, `drain`, `maint` or `unknown`.
+    #[serde(default)]
+    status: String,
+}
+
+/// The largest signal-sidecar report read (one is under a kilobyte).
+const MAX_REPORT: usize = 64 << 10;
+
+/// Asks the node's signal-sidecar (see the module's docs).
+async fn signal_report(client: &reqwest::Client, node: &Node, url: &str) -> Checked {
+    let mut response = match client.get(url).send().await {
+        Ok(response) => response,
+        Err(e) => return unanswered(url, e),
+    };
+    let code = response.status().as_u16();
+    let body = match super::body_within(&mut response, MAX_REPORT).await {
+        Ok(body) => body,
+        Err(e) => return unanswered(url, e),
+    };
+    let report = body.and_then(|body| serde_json::from_slice::<SignalReport>(&body).ok());
+    let Some(report) = report else {
+        let problem = match code {
+            200..=299 => "not a signal-sidecar report (healthy, status)",
+            _ => "signal-sidecar reports the node unhealthy",
+        };
+        return Checked::Failed(format!("GET {url}: status {code}, {problem}"));
+    };
+    let status = report.status.to_ascii_lowercase();
+    let drain = matches!(status.as_str(), "drain" | "maint");
+    if node.live.set_drain_reported(drain) != drain {
+        match drain {
+            true => {
+                tracing::warn!(node = %node.id, status, "node drained by its signal-sidecar: no new rooms, its rooms stay")
+            }
+            false => {
+                tracing::info!(node = %node.id, status, "node undrained by its signal-sidecar")
+            }
+        }
+    }
+    if status == "maint" {
+        Checked::Failed(format!("GET {url}: signal-sidecar reports maint"))
+    } else if !report.healthy || !(200..=299).contains(&code) {
+        Checked::Failed(format!(
+            "GET {url}: status {code}, signal-sidecar reports the node unhealthy"
+        ))
+    } else {
+        Checked::Passed
+    }
+}
+
 /// `GET url`, expecting `status` (any 2xx when `None`).
 async fn probe(client: &reqwest::Client, url: &str, status: Option<u16>) -> Checked {
     match client.get(url).send().await {
@@ -75,31 +152,28 @@ async fn probe(client: &reqwest::Client, url: &str, status: Option<u16>) -> Chec
                 None => Checked::Failed(format!("GET {url}: status {}{to}", got.as_u16())),
             }
         }
-        Err(e) if e.is_timeout() => Checked::Failed(format!("GET {url}: timed out")),
-        Err(e) => match LocalFault::find(&e) {
-            Some(fault) => Checked::Local(fault),
-            // The cause an operator can act on (refused, an untrusted certificate) is in the
-            // error's sources; the URL is already in the line.
-            None => Checked::Failed(format!(
-                "GET {url}: unreachable ({})",
-                error_chain(&e.without_url())
-            )),
-        },
+        Err(e) => unanswered(url, e),
     }
 }
 
-/// Checks one node once: `[health] path` on its upstream and each of its `health_checks`, all
-/// at once. The first failure (in that order) is the node's; a check the router could not make
-/// leaves no verdict.
+/// Checks one node once: `[health] path` on its upstream, each of its `health_checks` and its
+/// `signal_report`, all at once. The first failure (in that order) is the node's; a check the
+/// router could not make leaves no verdict.
 async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Checked {
     let base = node.spec.upstream.to_string();
     let main = format!("{}{path}", base.trim_end_matches('/'));
     let extras = node.spec.health_checks.iter();
     let probes = std::iter::once(probe(client, &main, None))
         .chain(extras.map(|extra| probe(client, &extra.url, Some(extra.status))));
-    let results = join_all(probes).await;
+    let sidecar = async {
+        match &node.spec.signal_report {
+            Some(url) => signal_report(client, node, url).await,
+            None => Checked::Passed,
+        }
+    };
+    let (results, sidecar) = futures_util::join!(join_all(probes), sidecar);
     let mut local = None;
-    for result in results {
+    for result in results.into_iter().chain([sidecar]) {
         match result {
             Checked::Passed => {}
             Checked::Failed(reason) => return Checked::Failed(reason),

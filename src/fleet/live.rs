@@ -1,5 +1,5 @@
 //! What changes about a node between fleet rebuilds: its rooms and participants joining, its
-//! health, its drain switch.
+//! health, its drain switches (the operator's, and the one its signal-sidecar reports).
 //!
 //! A [`NodeLive`] is created once per node name and kept for the life of the process (also while
 //! the node is out of the config), so counters survive every rebuild of the immutable fleet state
@@ -33,7 +33,10 @@ pub struct NodeLive {
     /// reading: signalling WebSockets opened to it.
     joined: AtomicU32,
     unhealthy: AtomicBool,
+    /// The operator's drain switch (config file, admin API).
     draining: AtomicBool,
+    /// The node's own, as its signal-sidecar reports it.
+    drain_reported: AtomicBool,
     /// Consecutive failures (high half) and successes (low half) of health checks.
     streak: AtomicU64,
     /// Unix milliseconds of the last health result, 0 before the first.
@@ -70,6 +73,7 @@ impl Default for NodeLive {
             joined: AtomicU32::new(0),
             unhealthy: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            drain_reported: AtomicBool::new(false),
             streak: AtomicU64::new(0),
             checked_at_ms: AtomicU64::new(0),
             report: Box::new(Report {
@@ -100,9 +104,15 @@ impl NodeLive {
         !self.unhealthy.load(Ordering::Relaxed)
     }
 
-    /// Whether the node is draining (keeps its rooms, takes no new ones).
+    /// Whether the node is draining (keeps its rooms, takes no new ones): the operator or its
+    /// signal-sidecar says so.
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::Relaxed) || self.drain_reported()
+    }
+
+    /// Whether the node's signal-sidecar reports it draining.
+    pub fn drain_reported(&self) -> bool {
+        self.drain_reported.load(Ordering::Relaxed)
     }
 
     /// Healthy and not draining: may take new rooms.
@@ -140,9 +150,14 @@ impl NodeLive {
         self.joined.store(0, Ordering::Relaxed);
     }
 
-    /// Sets the drain switch; returns the previous value.
+    /// Sets the operator's drain switch; returns its previous value.
     pub fn set_draining(&self, draining: bool) -> bool {
         self.draining.swap(draining, Ordering::AcqRel)
+    }
+
+    /// Sets the drain the node's signal-sidecar reports; returns the previous value.
+    pub fn set_drain_reported(&self, draining: bool) -> bool {
+        self.drain_reported.swap(draining, Ordering::AcqRel)
     }
 
     /// When the last health result was recorded (Unix milliseconds).

@@ -26,6 +26,23 @@ use crate::config::NodeSpec;
 use crate::rendezvous;
 pub use live::{NodeLive, Thresholds};
 
+/// A response's body, read whole unless it grows over `max` bytes (`Ok(None)`): what the
+/// fleet's inputs (Prometheus, a node's census or signal-sidecar) answer is read at every
+/// interval, and none may hold the router's memory with an answer it cannot use.
+async fn body_within(
+    response: &mut reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// A node's name: its identity in pins, cookies and `X-Jitsi-Shard`. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(Arc<str>);

@@ -142,13 +142,9 @@ pub async fn query(
         .await
         .map_err(timed_out)?;
     let status = response.status();
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(timed_out)? {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(QueryError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = (super::body_within(&mut response, MAX_ANSWER).await)
+        .map_err(timed_out)?
+        .ok_or(QueryError::TooLarge)?;
     // Prometheus answers 400/422 with a JSON error body worth reporting.
     let answer: Answer = match serde_json::from_slice(&body) {
         Ok(answer) => answer,
