@@ -379,4 +379,19 @@ async fn a_nodes_signal_sidecar_drains_it_or_takes_it_out() {
         "{why}"
     );
     assert_eq!(node_status(&router, "jitsi-a").await["draining"], false);
+
+    // A node whose report is no longer asked for is not held drained by its last one.
+    sidecar.report(200, true, "drain");
+    until_node(&router, "jitsi-a", "drained", |n| n["draining"] == true).await;
+    let put = reqwest::Client::new()
+        .put(router.admin_url("/api/nodes/jitsi-a"))
+        .body(format!(r#"{{"upstream": {:?}}}"#, nodes[0].url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    until_node(&router, "jitsi-a", "undrained", |n| {
+        n["draining"] == false && n["signal_report"].is_null()
+    })
+    .await;
 }

@@ -168,7 +168,13 @@ async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Checked {
     let sidecar = async {
         match &node.spec.signal_report {
             Some(url) => signal_report(client, node, url).await,
-            None => Checked::Passed,
+            // A report no longer asked for (taken out of the config) drains nothing.
+            None => {
+                if node.live.set_drain_reported(false) {
+                    tracing::info!(node = %node.id, "node undrained: it names no signal-sidecar now");
+                }
+                Checked::Passed
+            }
         }
     };
     let (results, sidecar) = futures_util::join!(join_all(probes), sidecar);
