@@ -355,9 +355,7 @@ async fn a_drained_node_is_reported_empty_once_its_last_meeting_ends_and_its_pin
     assert_eq!(events.filter(|l| l.contains(&node)).count(), 1, "{logs}");
 
     // Undrained, it takes rooms again and is no longer reported empty.
-    let undrain = router.admin_url(&format!("/api/nodes/{node}/undrain"));
-    let undrained = reqwest::Client::new().post(undrain).send().await.unwrap();
-    assert_eq!(undrained.status(), 200);
+    router.set_drain(&node, false).await;
     assert_eq!(empty_since().await.0, Value::Null);
     assert_eq!(metrics(&router).await.get(&gauge(&node)), Some(&0.0));
 }

@@ -327,14 +327,7 @@ async fn a_nodes_signal_sidecar_drains_it_or_takes_it_out() {
         "jitsi-a",
         "a drained node keeps its rooms"
     );
-    let undrained: Value = reqwest::Client::new()
-        .post(router.admin_url("/api/nodes/jitsi-a/undrain"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let undrained = router.set_drain("jitsi-a", false).await;
     assert_eq!(undrained["draining"], true, "{undrained}");
     assert_eq!(undrained["drain_reported"], true, "{undrained}");
     assert_eq!(node_status(&router, "jitsi-a").await["healthy"], true);

@@ -163,10 +163,8 @@ async fn replicas_move_a_failed_nodes_rooms_to_one_node() {
     }
     // Then each opens another node: once jitsi-a fails, `one` alone would move the rooms to
     // jitsi-b and `two` to jitsi-c.
-    let client = reqwest::Client::new();
     for (router, node) in [(&one, "jitsi-b"), (&two, "jitsi-c")] {
-        let url = router.admin_url(&format!("/api/nodes/{node}/undrain"));
-        assert_eq!(client.post(url).send().await.unwrap().status(), 200);
+        router.set_drain(node, false).await;
     }
     nodes[0].set_healthy(false);
     eventually(

@@ -442,9 +442,16 @@ impl Router {
 
     /// Drains the node `name` through the admin API, and checks that it was answered `200`.
     pub async fn drain(&self, name: &str) {
-        let url = self.admin_url(&format!("/api/nodes/{name}/drain"));
+        self.set_drain(name, true).await;
+    }
+
+    /// Drains or undrains a node through the admin API; the API's answer.
+    pub async fn set_drain(&self, name: &str, drain: bool) -> serde_json::Value {
+        let action = if drain { "drain" } else { "undrain" };
+        let url = self.admin_url(&format!("/api/nodes/{name}/{action}"));
         let answer = reqwest::Client::new().post(url).send().await.unwrap();
-        assert_eq!(answer.status(), 200, "draining {name}");
+        assert_eq!(answer.status(), 200, "{action} {name}");
+        answer.json().await.unwrap()
     }
 
     /// A client trusting the test CA that reaches `localhost` at `addr` (another of the
