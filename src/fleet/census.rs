@@ -3,7 +3,9 @@
 //! A node may name a `census_url` (Jitsi's prosody module `mod_muc_census`, served at
 //! `/room-census` on prosody's HTTP port), polled every `[census] interval`. Its answer:
 //! `{"room_census": [{"room_name": "myroom@conference.meet.jitsi", "participants": 3,
-//! "created_time": 1700000000, "leaked": false}, ...]}`. A listed room is live (its count
+//! "created_time": 1700000000, "leaked": false}, ...]}`; a node with no room answers
+//! `{"room_census": {}}` with the module's releases that encode an empty Lua table as an
+//! object (Prosody's `util.json`, cjson), `[]` with later ones. A listed room is live (its count
 //! leaves out jicofo's focus, so 0 is live too) unless `leaked`. Rooms opened under a tenant are
 //! named `[tenant]myroom@...`; both map to the router's room keys (`tenant/myroom`) through the
 //! same normalisation as URLs, and the MUC domain is ignored.
@@ -50,7 +52,15 @@ pub enum CensusError {
 
 #[derive(Deserialize)]
 struct Answer {
-    room_census: Vec<Entry>,
+    room_census: Rooms,
+}
+
+/// The rooms: a list, or `{}` for none (see the module's docs).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Rooms {
+    List(Vec<Entry>),
+    None(std::collections::BTreeMap<String, serde::de::IgnoredAny>),
 }
 
 #[derive(Deserialize)]
@@ -85,7 +95,15 @@ pub fn room_key(room_name: &str, limits: &RoomLimits) -> Option<String> {
 pub fn parse(body: &[u8], limits: &RoomLimits) -> Result<Vec<LiveRoom>, CensusError> {
     let answer: Answer =
         serde_json::from_slice(body).map_err(|e| CensusError::Malformed(e.to_string()))?;
-    let live = (answer.room_census.into_iter()).filter(|entry| !entry.leaked);
+    let entries = match answer.room_census {
+        Rooms::List(entries) => entries,
+        Rooms::None(map) if map.is_empty() => Vec::new(),
+        Rooms::None(_) => {
+            let problem = "room_census is an object with keys, not a list of rooms";
+            return Err(CensusError::Malformed(problem.into()));
+        }
+    };
+    let live = (entries.into_iter()).filter(|entry| !entry.leaked);
     Ok(live
         .filter_map(|entry| {
             Some(LiveRoom {
@@ -202,6 +220,16 @@ mod tests {
         assert_eq!(keys, [("a", 0), ("t/c", 3), ("d", 0)]);
         assert!(matches!(
             parse(b"{\"rooms\": []}", &limits),
+            Err(CensusError::Malformed(_))
+        ));
+        // Jitsi's module encodes no rooms as an empty object in some releases.
+        assert_eq!(parse(br#"{"room_census": {}}"#, &limits).unwrap(), []);
+        assert!(matches!(
+            parse(br#"{"room_census": {"a": 1}}"#, &limits),
+            Err(CensusError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"room_census": null}"#, &limits),
             Err(CensusError::Malformed(_))
         ));
         assert!(matches!(

@@ -3,8 +3,10 @@
 -- {"room_census": [{"room_name": "room@muc.domain", "participants": 2, "created_time": 1700000000, "leaked": false}]}.
 -- jitsi-router polls it (`[[nodes]] census_url`) to learn which rooms live on the node.
 -- Written for jitsi-router's demo and tests; a real node loads Jitsi's own module.
+-- Like Jitsi's module before it forced a "[]" (releases still in use), it encodes a plain
+-- table, which Prosody's util.json (and cjson) write as {} when empty: a node with no room
+-- answers {"room_census": {}}.
 
-local array = require "util.array";
 local json = require "util.json";
 
 module:depends("http");
@@ -12,7 +14,7 @@ module:depends("http");
 local muc_domain = module:get_option_string("census_muc_domain", "muc." .. module.host);
 
 local function census()
-	local rooms = array();
+	local rooms = {};
 	local host = prosody.hosts[muc_domain];
 	local muc = host and host.modules.muc;
 	if muc then
@@ -21,7 +23,7 @@ local function census()
 			for _ in room:each_occupant() do
 				participants = participants + 1;
 			end
-			rooms:push({
+			table.insert(rooms, {
 				room_name = room.jid;
 				participants = participants;
 				created_time = math.floor(room.created or os.time());
