@@ -30,6 +30,18 @@ async fn node_of(router: &Router, room: &str) -> String {
     shard(&response)
 }
 
+/// A room, named `prefix-<n>`, that lands on `node`: room names spread over the nodes without
+/// CPU data.
+async fn a_room_on(router: &Router, node: &str, prefix: &str) -> String {
+    for i in 0..50 {
+        let room = format!("{prefix}-{i}");
+        if node_of(router, &room).await == node {
+            return room;
+        }
+    }
+    panic!("no room of 50 lands on {node}");
+}
+
 /// Waits until the node's health is `healthy`; returns how long that took.
 async fn until_health(router: &Router, name: &str, healthy: bool, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -67,16 +79,7 @@ async fn a_node_whose_prosody_is_down_is_unhealthy_though_its_web_front_answers_
     let router = Router::start(&certs, &config(&certs, &health, &entries));
     until_health(&router, "jitsi-a", true, Duration::from_secs(10)).await;
     until_health(&router, "jitsi-b", true, Duration::from_secs(10)).await;
-    // A room on jitsi-a: room names spread over both nodes without CPU data.
-    let mut on_a = None;
-    for i in 0..50 {
-        let room = format!("standup-{i}");
-        if node_of(&router, &room).await == "jitsi-a" {
-            on_a = Some(room);
-            break;
-        }
-    }
-    let on_a = on_a.expect("some room lands on jitsi-a");
+    let on_a = a_room_on(&router, "jitsi-a", "standup").await;
 
     prosody[0].stop_prosody();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -302,15 +305,7 @@ async fn a_nodes_signal_sidecar_drains_it_or_takes_it_out() {
     assert_eq!(status["signal_report"], report.as_str(), "{status}");
     assert_eq!(status["healthy"], true, "{status}");
     assert_eq!(status["draining"], false, "{status}");
-    let mut on_a = None;
-    for i in 0..50 {
-        let room = format!("retro-{i}");
-        if node_of(&router, &room).await == "jitsi-a" {
-            on_a = Some(room);
-            break;
-        }
-    }
-    let on_a = on_a.expect("some room lands on jitsi-a");
+    let on_a = a_room_on(&router, "jitsi-a", "retro").await;
 
     // `drain`: the node keeps its rooms and takes no new one; the operator cannot undrain it.
     sidecar.report(200, true, "drain");
