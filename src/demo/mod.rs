@@ -232,8 +232,8 @@ impl Cpu {
                          hashing within the bounded load."
                 .to_owned(),
             Cpu::Missing(why) => format!(
-                "CPU: not read ({why}); new rooms are placed by rendezvous hashing within the \
-                 bounded load."
+                "CPU: not read: {why}.\n     New rooms are placed by rendezvous hashing within \
+                 the bounded load."
             ),
         }
     }
