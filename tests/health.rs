@@ -42,6 +42,14 @@ async fn a_room_on(router: &Router, node: &str, prefix: &str) -> String {
     panic!("no room of 50 lands on {node}");
 }
 
+/// A router over `nodes[1]` as jitsi-b and `nodes[0]` as jitsi-a, whose entry ends with
+/// `line`, checking health every 200 ms and changing it on one result.
+fn checked_every_200ms(certs: &Certs, nodes: &[SimNode], line: &str) -> Router {
+    let health = "[health]\ninterval = \"200ms\"\nfall = 1\nrise = 1\n";
+    let entries = [("jitsi-b", nodes[1].url()), ("jitsi-a", nodes[0].url())];
+    Router::start(certs, &(config(certs, health, &entries) + line))
+}
+
 /// Waits until the node's health is `healthy`; returns how long that took.
 async fn until_health(router: &Router, name: &str, healthy: bool, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -168,13 +176,8 @@ async fn every_extra_check_of_a_node_must_pass_and_the_failing_one_is_named() {
     // jitsi-c stands in for jitsi-a's jicofo: its /about/health is the extra check.
     let jicofo = sim_nodes(3).await.pop().unwrap();
     let extra = format!("{}/about/health", jicofo.url());
-    let health = "[health]\ninterval = \"200ms\"\nfall = 1\nrise = 1\n";
-    let text = config(
-        &certs,
-        health,
-        &[("jitsi-b", nodes[1].url()), ("jitsi-a", nodes[0].url())],
-    ) + &format!("health_checks = [{{ url = {extra:?}, status = 200 }}]\n");
-    let router = Router::start(&certs, &text);
+    let line = format!("health_checks = [{{ url = {extra:?}, status = 200 }}]\n");
+    let router = checked_every_200ms(&certs, &nodes, &line);
     until_health(&router, "jitsi-a", true, Duration::from_secs(10)).await;
     let status = node_status(&router, "jitsi-a").await;
     assert_eq!(
@@ -290,13 +293,7 @@ async fn a_nodes_signal_sidecar_drains_it_or_takes_it_out() {
     let nodes = sim_nodes(2).await;
     let sidecar = Sidecar::start().await;
     let report = format!("{}/signal/report", sidecar.url);
-    let health = "[health]\ninterval = \"200ms\"\nfall = 1\nrise = 1\n";
-    let text = config(
-        &certs,
-        health,
-        &[("jitsi-b", nodes[1].url()), ("jitsi-a", nodes[0].url())],
-    ) + &format!("signal_report = {report:?}\n");
-    let router = Router::start(&certs, &text);
+    let router = checked_every_200ms(&certs, &nodes, &format!("signal_report = {report:?}\n"));
     until_node(&router, "jitsi-a", "checked", |n| {
         n["last_health_check"].is_number()
     })
