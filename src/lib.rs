@@ -34,9 +34,10 @@
 //!   fault), [`peer`] (who a client is, and the key per-client limits count by), [`stall`],
 //!   [`throttle`] (warnings at most once an interval), [`error_chain`] (an error and its causes
 //!   on one line).
-//! - Entry points: [`demo`] (simulated Jitsi nodes, and real prosody signalling behind them, for
-//!   `demo` and the tests), [`simulate`] (the placement simulator) and [`bench`](mod@bench) (participants
-//!   joining conferences through a deployment, timed).
+//! - Entry points: [`check`] (a config loaded and described), [`demo`] (simulated Jitsi nodes,
+//!   and real prosody signalling behind them, for `demo` and the tests), [`simulate`] (the
+//!   placement simulator) and [`bench`](mod@bench) (participants joining conferences through a
+//!   deployment, timed).
 //!
 //! ## Decisions worth knowing
 //! - A room's pin lives while the room gets requests (`pin_idle_timeout`, default 10 minutes).
@@ -67,6 +68,7 @@
 pub mod acme;
 pub mod admin;
 pub mod bench;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod error_chain;

@@ -373,6 +373,7 @@ fn check_prints_what_it_understood() {
         "max_cpu 0.85",
         "GET /http-bind",
         "admin:",
+        "logs as text",
         "redis://:***@pins/0, its host the primary Sentinel names (10.0.0.5:26379, 10.0.0.6:26379)",
         "weight 2.5, full at 500 rooms",
         "census GET http://10.0.0.11:5280/room-census every 10s",

@@ -48,6 +48,15 @@ pub enum Challenge {
     Http01,
 }
 
+impl std::fmt::Display for Challenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Challenge::TlsAlpn01 => "tls-alpn-01",
+            Challenge::Http01 => "http-01",
+        })
+    }
+}
+
 impl Acme {
     /// The account's credentials, kept across restarts.
     pub fn account_file(&self) -> PathBuf {
