@@ -54,8 +54,9 @@
 //! - The pin table is bounded (`limits.max_pins`): beyond it new rooms are routed by bounded
 //!   rendezvous hashing without a pin, so a flood of room names costs no memory.
 //! - The routing decision is kept plain. A pinned room is one lookup in the concurrent map and
-//!   one in the fleet state's name index: 0.2–0.7 µs of a request's 50 µs of CPU. A new room
-//!   reads every candidate node twice (totals, then the pick) over the fleet state.
+//!   one in the fleet state's name index, a small part of a proxied request's CPU
+//!   (`benches/HISTORY.md`). A new room reads every candidate node twice (totals, then the
+//!   pick) over the fleet state.
 //! - Requests with no room (assets, `/`) go where the page that loaded them went, so a page and
 //!   its assets come from one node and one jitsi-meet version: the pinned room of a same-host
 //!   `Referer` (sent also from another site's iframe, where cookies often are not), else the

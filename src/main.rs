@@ -8,18 +8,14 @@
 /// muzzy_decay_ms:0` (`.cargo/config.toml`), a background thread returns freed pages a second
 /// after they are freed, whether or not the thread that freed them allocates again.
 ///
-/// DESIGN note. The router ran on mimalloc 2.x before 2026-12-05: 3–18 % fewer CPU cycles a
-/// request than glibc's allocator in `benches/load.sh`. But mimalloc returns a thread's freed
-/// pages only when that thread allocates again, and its options cannot be set without `unsafe`:
-/// after 200 clients that never read an 8 MiB answer disconnected, the router's own memory
-/// grew for a minute and stayed (`tests/memory.rs`: 23 MiB against a baseline of 12), where
-/// jemalloc's came back to its baseline within seconds (3.7 MiB baseline, 28 MiB held, then
-/// under 6). glibc's kept 15 MiB of a 3 MiB baseline. Measured in one sitting on 2026-12-05
-/// (two builds of the same tree, alternated): `benches/load.sh` keep-alive requests cost 75.6
-/// and 73.8 µs of CPU on jemalloc, 69.8 and 68.1 on mimalloc, but 1.39× and 1.52× HAProxy's
-/// in the same runs against mimalloc's 1.49× and 1.48×, so within this machine's noise; an idle
-/// WebSocket tunnel holds 8.2 KiB on jemalloc and 11.6 on mimalloc (`cargo bench --bench
-/// tunnels`).
+/// DESIGN note. The router ran on mimalloc 2.x before 2026-12-05, which spent fewer cycles a
+/// request than glibc's allocator. But mimalloc returns a thread's freed pages only when that
+/// thread allocates again, and its options cannot be set without `unsafe`: after many clients
+/// that never read a large answer disconnected, the router's own memory grew and stayed
+/// (`tests/memory.rs`), where jemalloc's came back to its baseline within seconds, and glibc's
+/// kept several times its baseline. Against HAProxy in the same runs, jemalloc and mimalloc
+/// were alike in CPU per request, and an idle WebSocket tunnel holds less on jemalloc
+/// (`benches/HISTORY.md`, "Hardening the public door").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -50,8 +50,8 @@ pub struct PinInfo {
 /// One room's pin: 32 bytes, so that a map slot (key and pin) is 56.
 ///
 /// DESIGN note. The time it was pinned is kept in whole seconds and the request count in 32
-/// bits (it stops at 4,294,967,295): both are only shown, and the 8 bytes they save are an
-/// eighth of what a pin costs (`benches/steady.rs`, `bytes_per_pin`). The idle timer, which
+/// bits (it stops at 4,294,967,295): both are only shown, and the 8 bytes they save take a
+/// map slot from 64 bytes to 56 (`benches/HISTORY.md`, "A 32-byte pin"). The idle timer, which
 /// decides when a pin expires, keeps milliseconds.
 #[derive(Debug)]
 struct Pin {

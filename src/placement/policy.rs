@@ -37,10 +37,10 @@
 //! each see their share of both; where they disagree, the shared pin store settles the room.)
 //!
 //! [`choose`] reads the fleet state's [`placing`](FleetState::placing) list in fleet order, a
-//! pass for the totals the bound needs and a pass to pick: about 7 µs at 1,000 nodes on the
-//! development VM, paid by the first request of a room only (a room's requests cost a thousand
-//! times that). Scanning in order of reading and stopping at the first reading above the best
-//! estimate saved 3 µs of it, under 1 % of what a room costs, and is not done.
+//! pass for the totals the bound needs and a pass to pick, paid by the first request of a room
+//! only (a room's requests cost about a thousand times that). Scanning in order of reading and
+//! stopping at the first reading above the best estimate saved under 1 % of what a room costs,
+//! and is not done (`benches/HISTORY.md`, "A new room scans in fleet order again").
 
 use std::cmp::Ordering;
 use std::time::Instant;
@@ -188,8 +188,8 @@ fn best<'s>(
 ) -> Option<usize> {
     // The leader is kept as the few plain numbers a comparison needs, not as a `Candidate`:
     // carrying the whole record from one step to the next made the compiler shuffle its bytes
-    // through overlapping stack slots, which tripled the time of a scan (store-forwarding
-    // stalls, seen in `perf annotate`).
+    // through overlapping stack slots, and a scan waited on store-forwarding stalls
+    // (`benches/HISTORY.md`, "A new room at 1,000 nodes: 41 µs back to under 10").
     let score = |seed, weight| rendezvous::score(room_hash, seed, weight);
     let mut leader: Option<(usize, f64, u64, f64)> = None;
     for c in pool {

@@ -2,8 +2,8 @@
 //!
 //! DESIGN note. Every participant of a Jitsi meeting keeps two WebSockets open through the
 //! router for the whole meeting (XMPP and the bridge channel), and they are idle nearly all the
-//! time. `tokio::io::copy_bidirectional` keeps a buffer per direction for the tunnel's life (two
-//! of 4 KiB here made half of an idle tunnel's memory, `cargo bench --bench tunnels`). Here
+//! time. `tokio::io::copy_bidirectional` keeps a buffer per direction for the tunnel's life, much
+//! of an idle tunnel's memory (`benches/HISTORY.md`, "Open WebSocket tunnels"). Here
 //! each read goes into a buffer on the polling thread's stack and is written on at once; only
 //! bytes the writer cannot take yet are copied to the heap, and freed when written. An idle
 //! tunnel holds no buffer. The rules are tokio's otherwise: a writer is flushed whenever its

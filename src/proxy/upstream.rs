@@ -66,7 +66,7 @@ use crate::tls::TlsError;
 /// Most bytes read from a node at once (hyper's least). Each read becomes a chunk of the
 /// client's answer, and a client slow to read holds its answer's chunks: with hyper's write
 /// buffer (just over `max_request_head`) and the TLS records queued for it (16 KiB), a slow
-/// reader holds under 128 KiB of router memory (`tests/memory.rs`: 75 KiB).
+/// reader holds under 128 KiB of router memory (`tests/memory.rs` holds it to that).
 const UPSTREAM_READ_BUFFER: usize = 8 * 1024;
 
 /// Most exchanges finishing in the background at once (see the module docs); past it an

@@ -3,11 +3,10 @@
 //! requests, its connections to nodes, its WebSocket tunnel).
 //!
 //! DESIGN note. The router first served connections on tokio's work-stealing runtime. Proxying
-//! keep-alive requests, it spent about a quarter more CPU a request than the same build limited
-//! to one worker thread: a connection's task, its pooled node connection's task and the sockets
-//! of both moved between cores, and idle workers searched for work to steal. With a runtime per
-//! core and a pool lane per thread, `benches/load.sh` measured 64.8 µs of CPU a keep-alive
-//! request against 93.2 µs before (`benches/HISTORY.md`, 2026-12-06).
+//! keep-alive requests, it spent more CPU a request than the same build limited to one worker
+//! thread: a connection's task, its pooled node connection's task and the sockets of both moved
+//! between cores, and idle workers searched for work to steal. A runtime per core and a pool
+//! lane per thread cost clearly less (`benches/HISTORY.md`, "A runtime per core").
 //! A connection here never leaves its thread, nor does the node connection it pooled. Accepting
 //! stays on the main runtime with the background work; handing a connection over costs it one
 //! re-registration with the worker's poller.
