@@ -4,6 +4,7 @@
 //! holds its connection in use while its tunnel is open.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::caps::Refused;
+use super::caps::{Admitted, Refused, Siblings};
 use super::conn::{supervise, Activity, Tracked, Watched};
 use super::listener::Listener;
 use super::workers::Workers;
@@ -83,94 +85,136 @@ pub(super) async fn accept_https(
     shared: Listener,
     workers: Arc<Workers>,
 ) {
+    let serving = Serving {
+        acceptor,
+        builder,
+        proxy,
+        handshake_timeout,
+        shared,
+    };
     let warned = Throttle::default();
     loop {
-        let (tcp, peer, mut admitted) = shared.accept(&listener, &warned).await;
+        let (tcp, peer, admitted) = serving.shared.accept(&listener, &warned).await;
         let _ = tcp.set_nodelay(true);
         let Ok(tcp) = tcp.into_std() else {
             continue;
         };
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let proxy = proxy.clone();
-        let shared = shared.clone();
+        let serving = serving.clone();
         workers.next().spawn(async move {
-            let Ok(mut tcp) = TcpStream::from_std(tcp) else {
-                return;
-            };
-            // One limit for the PROXY header and the TLS handshake.
-            let deadline = Instant::now() + handshake_timeout;
-            let Some(client) = shared.client(&mut tcp, peer, &mut admitted, deadline).await else {
-                return;
-            };
-            let peer = client.addr;
-            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "tls handshake failed");
-                    proxy.metrics().tls_handshake_failed();
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "tls handshake timed out");
-                    proxy.metrics().tls_handshake_failed();
-                    return;
-                }
-            };
-            let mut tls = tls;
-            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-            proxy.metrics().tls_handshake(resumed);
-            if tls.get_ref().1.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
-                // A TLS-ALPN-01 validation: the handshake was all it came for (RFC 8737).
-                return;
-            }
-            tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let activity = Activity::new(h2, shared.limits, shared.metrics.clone());
-            let siblings = admitted.siblings();
-            let io = TokioIo::new(Watched::new(tls, activity.clone(), admitted));
-            let requests = activity.clone();
-            let hsts = shared.edge.hsts.clone();
-            let metrics = shared.metrics.clone();
-            let send_timeout = shared.limits.send_timeout;
-            let service = service_fn(move |mut req: Request<Incoming>| {
-                let in_flight = requests.request_started();
-                // An extended CONNECT (an HTTP/2 WebSocket, RFC 8441): a connection's worth for
-                // the caps, and a stream that keeps this connection in use while its tunnel is
-                // open, after its answer.
-                let extended = req.method() == Method::CONNECT
-                    && req.extensions().get::<hyper::ext::Protocol>().is_some();
-                let refused = match extended.then(|| siblings.admit()) {
-                    Some(Ok(admitted)) => {
-                        let stalled = requests.clone();
-                        let hold = tunnel::Hold::new(
-                            (requests.hold(), admitted),
-                            send_timeout,
-                            move || stalled.stream_stalled(),
-                        );
-                        req.extensions_mut().insert(hold);
-                        None
-                    }
-                    Some(Err(refused)) => Some(over_cap(refused, &metrics)),
-                    None => None,
-                };
-                let (proxy, hsts) = (proxy.clone(), hsts.clone());
-                async move {
-                    let mut response = match refused {
-                        Some(refused) => refused,
-                        None => proxy.handle(req, client).await,
-                    };
-                    if let Some(hsts) = hsts {
-                        (response.headers_mut()).insert(header::STRICT_TRANSPORT_SECURITY, hsts);
-                    }
-                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
-                }
-            });
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            if let Err(e) = supervise(conn, &activity, shared.stopping).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            if let Ok(tcp) = TcpStream::from_std(tcp) {
+                serving.serve(tcp, peer, admitted).await;
             }
         });
+    }
+}
+
+/// What serving a client connection takes, cloned for each from the listener's.
+#[derive(Clone)]
+struct Serving {
+    acceptor: TlsAcceptor,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    proxy: Arc<Proxy>,
+    handshake_timeout: Duration,
+    shared: Listener,
+}
+
+impl Serving {
+    /// Serves one client connection, on the worker it was dealt to, until it ends.
+    async fn serve(self, mut tcp: TcpStream, peer: SocketAddr, mut admitted: Admitted) {
+        let shared = &self.shared;
+        // One limit for the PROXY header and the TLS handshake.
+        let deadline = Instant::now() + self.handshake_timeout;
+        let Some(client) = shared.client(&mut tcp, peer, &mut admitted, deadline).await else {
+            return;
+        };
+        let Some(tls) = self.handshake(tcp, client.addr, deadline).await else {
+            return;
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let activity = Activity::new(h2, shared.limits, shared.metrics.clone());
+        let siblings = admitted.siblings();
+        let io = TokioIo::new(Watched::new(tls, activity.clone(), admitted));
+        let requests = activity.clone();
+        let (proxy, hsts) = (self.proxy.clone(), shared.edge.hsts.clone());
+        let (metrics, send_timeout) = (shared.metrics.clone(), shared.limits.send_timeout);
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let in_flight = requests.request_started();
+            let refused = admit_extended(&mut req, &siblings, &requests, send_timeout, &metrics);
+            let (proxy, hsts) = (proxy.clone(), hsts.clone());
+            async move {
+                let mut response = match refused {
+                    Some(refused) => refused,
+                    None => proxy.handle(req, client).await,
+                };
+                if let Some(hsts) = hsts {
+                    (response.headers_mut()).insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+                }
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
+        });
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        if let Err(e) = supervise(conn, &activity, self.shared.stopping).await {
+            tracing::debug!(peer = %client.addr, error = %e, "connection ended with an error");
+        }
+    }
+
+    /// The client's TLS handshake, counted, by `deadline`; `None` when it failed, or when it
+    /// was an ACME TLS-ALPN-01 validation, which comes for the handshake alone (RFC 8737).
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        deadline: Instant,
+    ) -> Option<TlsStream<TcpStream>> {
+        let metrics = self.proxy.metrics();
+        let mut tls = match tokio::time::timeout_at(deadline, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "tls handshake failed");
+                metrics.tls_handshake_failed();
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "tls handshake timed out");
+                metrics.tls_handshake_failed();
+                return None;
+            }
+        };
+        let session = tls.get_ref().1;
+        metrics.tls_handshake(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+        if session.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
+            return None;
+        }
+        tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+        Some(tls)
+    }
+}
+
+/// Admits an extended CONNECT (an HTTP/2 WebSocket, RFC 8441) as a connection's worth for the
+/// caps, and as a stream that keeps its connection in use while its tunnel is open, after its
+/// answer; the refusal to send instead when the caps are reached. Other requests pass.
+fn admit_extended(
+    req: &mut Request<Incoming>,
+    siblings: &Siblings,
+    requests: &Arc<Activity>,
+    send_timeout: Duration,
+    metrics: &Metrics,
+) -> Option<Response<crate::proxy::Body>> {
+    let extended =
+        req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_some();
+    if !extended {
+        return None;
+    }
+    match siblings.admit() {
+        Ok(admitted) => {
+            let stalled = requests.clone();
+            let hold = tunnel::Hold::new((requests.hold(), admitted), send_timeout, move || {
+                stalled.stream_stalled()
+            });
+            req.extensions_mut().insert(hold);
+            None
+        }
+        Err(refused) => Some(over_cap(refused, metrics)),
     }
 }
 
