@@ -70,17 +70,69 @@ pub async fn forward(
     } = upgrade;
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
     let hold = req.extensions_mut().remove::<tunnel::Hold>();
-    let (mut parts, body) = req.into_parts();
     // RFC 8441: an HTTP/2 WebSocket is a `CONNECT` stream; the node is asked the HTTP/1.1 way.
-    let over_h2 = upgrade && parts.method == Method::CONNECT;
-    if over_h2 {
+    let over_h2 = upgrade && req.method() == Method::CONNECT;
+    let req = outgoing(req, settings, node, from, upgrade);
+    let sent = client.send(&node.spec.upstream, req);
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(settings.response_timeout, sent).await;
+    node.live.report.upstream.observe(started.elapsed());
+    let mut response = match answer {
+        Err(_) => {
+            tracing::warn!(node = %node.id, timeout = ?settings.response_timeout, "node did not answer in time");
+            let reason = format!("node {} did not answer in time", node.id);
+            return (
+                errors::plain(StatusCode::GATEWAY_TIMEOUT, &reason),
+                Answered::Node,
+            );
+        }
+        Ok(Err(e)) => return failed(&e, node, settings),
+        Ok(Ok(response)) => response,
+    };
+    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if upgraded {
+        let Some(downstream) = downstream else {
+            let reason = "node switched protocols without being asked";
+            return (
+                errors::plain(StatusCode::BAD_GATEWAY, reason),
+                Answered::Node,
+            );
+        };
+        let upstream = hyper::upgrade::on(&mut response);
+        let open = settings.tunnels.open();
+        tunnel::splice(downstream, upstream, node.id.clone(), open, hold, keepalive);
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::prepare_response(&mut parts.headers, upgraded && !over_h2);
+    if upgraded && over_h2 {
+        // The HTTP/2 answer to a WebSocket's `CONNECT`: `200`, without the HTTP/1.1 handshake.
+        parts.status = StatusCode::OK;
+        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    }
+    (
+        Response::from_parts(parts, Either::Left(body)),
+        Answered::Node,
+    )
+}
+
+/// The client's request as it goes to `node`: HTTP/1.1 with an origin-form target (the node's
+/// scheme and authority pick the connection), its headers cleaned and the forwarding headers
+/// set, an HTTP/2 WebSocket's `CONNECT` asked as the HTTP/1.1 handshake, and its body timed.
+fn outgoing(
+    req: Request<Incoming>,
+    settings: &ForwardSettings,
+    node: &Node,
+    from: Client,
+    upgrade: bool,
+) -> Request<ClientBody> {
+    let (mut parts, body) = req.into_parts();
+    if upgrade && parts.method == Method::CONNECT {
         parts.method = Method::GET;
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
         if let Ok(key) = HeaderValue::from_str(&key) {
             parts.headers.insert(header::SEC_WEBSOCKET_KEY, key);
         }
     }
-    // Origin form (`/path?query`); the node's scheme and authority pick the connection.
     let target = parts
         .uri
         .path_and_query()
@@ -102,53 +154,7 @@ pub async fn forward(
     parts.uri = target.into();
     parts.version = http::Version::HTTP_11;
     let body = ClientBody::new(body, settings.request_body_timeout);
-    let sent = client.send(&node.spec.upstream, Request::from_parts(parts, body));
-    let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(settings.response_timeout, sent).await;
-    node.live.report.upstream.observe(started.elapsed());
-    let mut response = match answer {
-        Err(_) => {
-            tracing::warn!(node = %node.id, timeout = ?settings.response_timeout, "node did not answer in time");
-            let reason = format!("node {} did not answer in time", node.id);
-            return (
-                errors::plain(StatusCode::GATEWAY_TIMEOUT, &reason),
-                Answered::Node,
-            );
-        }
-        Ok(Err(e)) => return failed(&e, node, settings),
-        Ok(Ok(response)) => response,
-    };
-    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if upgraded {
-        match downstream {
-            Some(downstream) => tunnel::splice(
-                downstream,
-                hyper::upgrade::on(&mut response),
-                node.id.clone(),
-                settings.tunnels.open(),
-                hold,
-                keepalive,
-            ),
-            None => {
-                let reason = "node switched protocols without being asked";
-                return (
-                    errors::plain(StatusCode::BAD_GATEWAY, reason),
-                    Answered::Node,
-                );
-            }
-        }
-    }
-    let (mut parts, body) = response.into_parts();
-    headers::prepare_response(&mut parts.headers, upgraded && !over_h2);
-    if upgraded && over_h2 {
-        // The HTTP/2 answer to a WebSocket's `CONNECT`: `200`, without the HTTP/1.1 handshake.
-        parts.status = StatusCode::OK;
-        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
-    }
-    (
-        Response::from_parts(parts, Either::Left(body)),
-        Answered::Node,
-    )
+    Request::from_parts(parts, body)
 }
 
 /// The answer to an exchange that failed before the node's head arrived, by whose fault it
