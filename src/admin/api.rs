@@ -10,6 +10,7 @@ use crate::config::NodeSpec;
 use crate::placement::pins::PinInfo;
 use crate::placement::policy;
 use crate::placement::shared::SharedError;
+use crate::placement::Router;
 use crate::room::RoomKey;
 
 /// Most rooms one listing returns.
@@ -316,90 +317,102 @@ pub(super) async fn room(admin: &Admin, method: &Method, raw: &str, body: &[u8])
         Ok(key) => key,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid room: {e}")),
     };
-    let room = key.as_str();
-    let router = &admin.router;
-    let shared = router.shared_pins();
-    let not_pinned = || {
-        error(
-            StatusCode::NOT_FOUND,
-            &format!("room {room:?} is not pinned"),
-        )
-    };
-    let store_silent = |e: &SharedError| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("room {room:?} is not pinned on this router, and the shared pin store did not answer: {e}"),
-        )
-    };
+    let (router, room) = (&admin.router, key.as_str());
     match *method {
-        Method::GET => match (router.pins().info(room), shared) {
-            (Some(pin), _) => json(StatusCode::OK, &room_json(&pin)),
-            (None, None) => not_pinned(),
-            (None, Some(shared)) => match shared.held(room).await {
-                Ok(Some(node)) => json(
-                    StatusCode::OK,
-                    &json!({ "room": room, "node": node, "pinned_by": "another replica" }),
-                ),
-                Ok(None) => not_pinned(),
-                Err(e) => store_silent(&e),
-            },
-        },
-        Method::DELETE => {
-            let here = router.unpin(room).map(|node| node.as_str().to_owned());
-            let mut answer = json!({ "room": room, "unpinned_from": here });
-            if let Some(shared) = shared {
-                match shared.unpinned(room).await {
-                    Ok(held) => {
-                        answer["replicas_told"] = true.into();
-                        if here.is_none() {
-                            answer["unpinned_from"] = held.into();
-                        }
-                    }
-                    Err(e) if here.is_none() => return store_silent(&e),
-                    Err(e) => {
-                        tracing::warn!(room, error = %e, "unpinned here; the other replicas were not told");
-                        answer["replicas_told"] = false.into();
-                    }
-                }
-            }
-            match answer["unpinned_from"].as_str() {
-                Some(node) => {
-                    tracing::info!(room, node, "room unpinned through the admin API");
-                    json(StatusCode::OK, &answer)
-                }
-                None => not_pinned(),
-            }
-        }
-        Method::PUT => {
-            let node = match serde_json::from_slice::<Value>(body) {
-                Ok(value) => match value.get("node").and_then(Value::as_str) {
-                    Some(node) => node.to_owned(),
-                    None => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "body must be {\"node\": \"<name>\"}",
-                        )
-                    }
-                },
-                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
-            };
-            let Some(from) = router.move_room(room, &node) else {
-                return error(StatusCode::NOT_FOUND, &format!("no node named {node:?}"));
-            };
-            let mut answer =
-                json!({ "room": room, "node": node, "from": from.as_ref().map(|f| f.as_str()) });
-            if let Some(shared) = shared {
-                let told = shared.moved(room, &node).await;
-                if let Err(e) = &told {
-                    tracing::warn!(room, error = %e, "moved here; the other replicas were not told");
-                }
-                answer["replicas_told"] = told.is_ok().into();
-            }
-            json(StatusCode::OK, &answer)
-        }
+        Method::GET => room_pin(router, room).await,
+        Method::DELETE => unpin_room(router, room).await,
+        Method::PUT => move_room(router, room, body).await,
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET, PUT or DELETE on a room",
         ),
     }
+}
+
+fn not_pinned(room: &str) -> Answer {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("room {room:?} is not pinned"),
+    )
+}
+
+/// A room this router holds no pin for, when the shared pin store did not answer either.
+fn store_silent(room: &str, e: &SharedError) -> Answer {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("room {room:?} is not pinned on this router, and the shared pin store did not answer: {e}"),
+    )
+}
+
+/// `GET`: the pin, this router's or else the shared store's.
+async fn room_pin(router: &Router, room: &str) -> Answer {
+    match (router.pins().info(room), router.shared_pins()) {
+        (Some(pin), _) => json(StatusCode::OK, &room_json(&pin)),
+        (None, None) => not_pinned(room),
+        (None, Some(shared)) => match shared.held(room).await {
+            Ok(Some(node)) => json(
+                StatusCode::OK,
+                &json!({ "room": room, "node": node, "pinned_by": "another replica" }),
+            ),
+            Ok(None) => not_pinned(room),
+            Err(e) => store_silent(room, &e),
+        },
+    }
+}
+
+/// `DELETE`: the room unpinned here and in the shared store.
+async fn unpin_room(router: &Router, room: &str) -> Answer {
+    let here = router.unpin(room).map(|node| node.as_str().to_owned());
+    let mut answer = json!({ "room": room, "unpinned_from": here });
+    if let Some(shared) = router.shared_pins() {
+        match shared.unpinned(room).await {
+            Ok(held) => {
+                answer["replicas_told"] = true.into();
+                if here.is_none() {
+                    answer["unpinned_from"] = held.into();
+                }
+            }
+            Err(e) if here.is_none() => return store_silent(room, &e),
+            Err(e) => {
+                tracing::warn!(room, error = %e, "unpinned here; the other replicas were not told");
+                answer["replicas_told"] = false.into();
+            }
+        }
+    }
+    match answer["unpinned_from"].as_str() {
+        Some(node) => {
+            tracing::info!(room, node, "room unpinned through the admin API");
+            json(StatusCode::OK, &answer)
+        }
+        None => not_pinned(room),
+    }
+}
+
+/// `PUT {"node": "<name>"}`: the room pinned to that node here and in the shared store.
+async fn move_room(router: &Router, room: &str, body: &[u8]) -> Answer {
+    let node = match serde_json::from_slice::<Value>(body) {
+        Ok(value) => match value.get("node").and_then(Value::as_str) {
+            Some(node) => node.to_owned(),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be {\"node\": \"<name>\"}",
+                )
+            }
+        },
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
+    };
+    let Some(from) = router.move_room(room, &node) else {
+        return error(StatusCode::NOT_FOUND, &format!("no node named {node:?}"));
+    };
+    let mut answer =
+        json!({ "room": room, "node": node, "from": from.as_ref().map(|f| f.as_str()) });
+    if let Some(shared) = router.shared_pins() {
+        let told = shared.moved(room, &node).await;
+        if let Err(e) = &told {
+            tracing::warn!(room, error = %e, "moved here; the other replicas were not told");
+        }
+        answer["replicas_told"] = told.is_ok().into();
+    }
+    json(StatusCode::OK, &answer)
 }
