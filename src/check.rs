@@ -5,11 +5,11 @@
 use std::fmt::{self, Write};
 use std::path::Path;
 
-use humantime::format_duration as took;
+use humantime::format_duration;
 
 use crate::config::{Config, NodeSpec};
 use crate::placement::shared::{redacted, SharedPins};
-use crate::tls;
+use crate::tls::{load_certified_key, upstream_client_config};
 
 /// The config at `path` checked and described; an error names the file, key and value.
 pub fn run(path: &Path) -> Result<String, String> {
@@ -23,17 +23,16 @@ fn read_files(config: &Config) -> Result<(), String> {
     match &config.tls.acme {
         Some(acme) => {
             if let Some(ca) = &acme.directory_ca {
-                tls::upstream_client_config(Some(ca))
+                upstream_client_config(Some(ca))
                     .map_err(|e| format!("tls.acme.directory_ca: {e}"))?;
             }
         }
         None => {
-            tls::load_certified_key(&config.tls.cert, &config.tls.key)
-                .map_err(|e| e.to_string())?;
+            load_certified_key(&config.tls.cert, &config.tls.key).map_err(|e| e.to_string())?;
         }
     }
     if let Some(ca) = &config.upstream.ca {
-        tls::upstream_client_config(Some(ca)).map_err(|e| e.to_string())?;
+        upstream_client_config(Some(ca)).map_err(|e| e.to_string())?;
     }
     if let Some(redis) = &config.pins.redis {
         // Reads the TLS files of a `rediss://` store; connects to nothing.
@@ -47,7 +46,7 @@ fn read_files(config: &Config) -> Result<(), String> {
 pub fn describe(c: &Config, path: &Path) -> String {
     let mut out = String::new();
     let sections = [
-        listeners, tls_line, routing, pins, upstream, placement, health, prometheus, nodes,
+        listeners, tls, routing, pins, upstream, placement, health, prometheus, nodes,
     ];
     // Writing to a `String` cannot fail.
     let _ = writeln!(out, "{}: OK", path.display())
@@ -84,7 +83,7 @@ fn listeners(out: &mut String, c: &Config) -> fmt::Result {
     )
 }
 
-fn tls_line(out: &mut String, c: &Config) -> fmt::Result {
+fn tls(out: &mut String, c: &Config) -> fmt::Result {
     match &c.tls.acme {
         Some(acme) => writeln!(
             out,
@@ -109,7 +108,7 @@ fn routing(out: &mut String, c: &Config) -> fmt::Result {
         out,
         "mode:        {} (pins forgotten after {} idle, affinity cookie {:?})",
         r.mode,
-        took(r.pin_idle_timeout),
+        format_duration(r.pin_idle_timeout),
         r.affinity_cookie
     )
 }
@@ -133,8 +132,8 @@ fn pins(out: &mut String, c: &Config) -> fmt::Result {
             format!(
                 "shared with other replicas through {}{found} (keys {keys}…, timeout {}, synced every {})",
                 redacted(&r.url),
-                took(r.timeout),
-                took(r.sync_interval)
+                format_duration(r.timeout),
+                format_duration(r.sync_interval)
             )
         }
         None => "this router's memory only".to_owned(),
@@ -154,8 +153,8 @@ fn upstream(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(
         out,
         "upstream:    connect timeout {}, response timeout {}, host header {host}",
-        took(u.connect_timeout),
-        took(u.response_timeout),
+        format_duration(u.connect_timeout),
+        format_duration(u.response_timeout),
     )
 }
 
@@ -177,8 +176,8 @@ fn health(out: &mut String, c: &Config) -> fmt::Result {
         out,
         "health:      GET {} every {} (timeout {}, fall {}, rise {})",
         h.path,
-        took(h.interval),
-        took(h.timeout()),
+        format_duration(h.interval),
+        format_duration(h.timeout()),
         h.fall,
         h.rise
     )
@@ -193,9 +192,9 @@ fn prometheus(out: &mut String, c: &Config) -> fmt::Result {
         out,
         "prometheus:  {} every {} (label {:?}, stale after {})\n             query {}",
         p.url,
-        took(p.interval),
+        format_duration(p.interval),
         p.label,
-        took(p.max_staleness()),
+        format_duration(p.max_staleness()),
         p.query
     )
 }
@@ -232,7 +231,7 @@ fn node(out: &mut String, c: &Config, n: &NodeSpec) -> fmt::Result {
         more(out, format_args!("{}", size.join(", ")))?;
     }
     if let Some(url) = &n.census_url {
-        let every = took(c.census.interval);
+        let every = format_duration(c.census.interval);
         more(out, format_args!("census GET {url} every {every}"))?;
     }
     for extra in &n.health_checks {
