@@ -100,11 +100,9 @@ pub(super) async fn accept_https(
             continue;
         };
         let serving = serving.clone();
-        workers.next().spawn(async move {
-            if let Ok(tcp) = TcpStream::from_std(tcp) {
-                serving.serve(tcp, peer, admitted).await;
-            }
-        });
+        workers
+            .next()
+            .spawn(async move { serving.serve(tcp, peer, admitted).await });
     }
 }
 
@@ -120,7 +118,10 @@ struct Serving {
 
 impl Serving {
     /// Serves one client connection, on the worker it was dealt to, until it ends.
-    async fn serve(self, mut tcp: TcpStream, peer: SocketAddr, mut admitted: Admitted) {
+    async fn serve(&self, tcp: std::net::TcpStream, peer: SocketAddr, mut admitted: Admitted) {
+        let Ok(mut tcp) = TcpStream::from_std(tcp) else {
+            return;
+        };
         let shared = &self.shared;
         // One limit for the PROXY header and the TLS handshake.
         let deadline = Instant::now() + self.handshake_timeout;
@@ -153,7 +154,7 @@ impl Serving {
             }
         });
         let conn = self.builder.serve_connection_with_upgrades(io, service);
-        if let Err(e) = supervise(conn, &activity, self.shared.stopping).await {
+        if let Err(e) = supervise(conn, &activity, shared.stopping.clone()).await {
             tracing::debug!(peer = %client.addr, error = %e, "connection ended with an error");
         }
     }
