@@ -1,6 +1,6 @@
 //! Memory of open WebSocket tunnels, against HAProxy and nginx: every participant of a Jitsi
 //! meeting holds two WebSockets through the router (XMPP and the bridge channel) for the whole
-//! meeting, mostly idle. DESIGN's target is at most 10 KiB per idle tunnel.
+//! meeting, mostly idle. The project's target is at most 10 KiB per idle tunnel.
 //!
 //! `cargo bench --bench tunnels [-- <tunnels, default 2000>]` starts one simulated node (a
 //! WebSocket echo), then each proxy in turn in front of it, all terminating TLS with the same
