@@ -72,7 +72,7 @@ pub async fn forward(
     let hold = req.extensions_mut().remove::<tunnel::Hold>();
     // RFC 8441: an HTTP/2 WebSocket is a `CONNECT` stream; the node is asked the HTTP/1.1 way.
     let over_h2 = upgrade && req.method() == Method::CONNECT;
-    let req = outgoing(req, settings, node, from, upgrade);
+    let req = outgoing(req, settings, node, from, upgrade, over_h2);
     let sent = client.send(&node.spec.upstream, req);
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(settings.response_timeout, sent).await;
@@ -117,16 +117,18 @@ pub async fn forward(
 
 /// The client's request as it goes to `node`: HTTP/1.1 with an origin-form target (the node's
 /// scheme and authority pick the connection), its headers cleaned and the forwarding headers
-/// set, an HTTP/2 WebSocket's `CONNECT` asked as the HTTP/1.1 handshake, and its body timed.
+/// set, an HTTP/2 WebSocket's `CONNECT` (`over_h2`) asked as the HTTP/1.1 handshake, and its
+/// body timed.
 fn outgoing(
     req: Request<Incoming>,
     settings: &ForwardSettings,
     node: &Node,
     from: Client,
     upgrade: bool,
+    over_h2: bool,
 ) -> Request<ClientBody> {
     let (mut parts, body) = req.into_parts();
-    if upgrade && parts.method == Method::CONNECT {
+    if over_h2 {
         parts.method = Method::GET;
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
         if let Ok(key) = HeaderValue::from_str(&key) {
