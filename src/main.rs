@@ -52,22 +52,8 @@ enum Command {
     },
     /// Compare placement policies on a synthetic workload (no network).
     Simulate {
-        /// Nodes in the fleet.
-        #[arg(long, default_value_t = 100)]
-        nodes: usize,
-        /// Rooms created.
-        #[arg(long, default_value_t = 10_000)]
-        rooms: usize,
-        /// Prometheus refresh windows the creations are spread over.
-        #[arg(long, default_value_t = 1)]
-        windows: usize,
-        /// Workload seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Nodes of mixed sizes: each node's weight is drawn from 1..=N, and a room costs a
-        /// node of weight w 1/w of its CPU.
-        #[arg(long, value_name = "N", default_value_t = 1)]
-        capacity_spread: u32,
+        #[command(flatten)]
+        params: jitsi_router::simulate::Params,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -76,47 +62,11 @@ enum Command {
     /// load the room page and config.js, connect over XMPP, join, exchange messages and leave.
     /// Exits non-zero on any error or split room.
     Bench {
-        /// Base URL of a router (repeat for replicas: a room's participants spread over them).
-        #[arg(long = "target", required = true, value_name = "URL")]
-        targets: Vec<String>,
-        /// Rooms.
-        #[arg(long, default_value_t = 20)]
-        rooms: usize,
-        /// Participants per room.
-        #[arg(long, default_value_t = 5)]
-        participants: usize,
-        /// How long everyone stays once all have joined.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
-        /// Signalling transport.
-        #[arg(long, value_enum, default_value = "websocket")]
-        transport: jitsi_router::bench::Transports,
-        /// Groupchat messages per participant: `1/s`, `10/min`, `0` for none.
-        #[arg(long, default_value = "1/s", value_parser = jitsi_router::bench::parse_rate)]
-        message_rate: std::time::Duration,
-        /// Participants arrive evenly over this long.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        ramp: std::time::Duration,
+        #[command(flatten)]
+        settings: jitsi_router::bench::Settings,
         /// Run the same against this node first, and print what the router adds per phase.
         #[arg(long, value_name = "NODE_URL")]
         direct: Option<String>,
-        /// Trust this PEM CA for the targets (besides the system's roots).
-        #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
-        ca: Option<PathBuf>,
-        /// Accept any certificate (a self-signed test deployment).
-        #[arg(long)]
-        insecure: bool,
-        /// The XMPP domain [default: `hosts.domain` of the first target's config.js, else
-        /// meet.jitsi]
-        #[arg(long)]
-        xmpp_domain: Option<String>,
-        /// The MUC domain [default: `hosts.muc` of the first target's config.js, else
-        /// muc.meet.jitsi]
-        #[arg(long)]
-        muc_domain: Option<String>,
-        /// The longest wait for one step's answer.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        step_timeout: std::time::Duration,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -177,37 +127,12 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(demo(listen, prosody, !no_prometheus)))
         }
         Command::Bench {
-            targets,
-            rooms,
-            participants,
-            duration,
-            transport,
-            message_rate,
-            ramp,
+            mut settings,
             direct,
-            ca,
-            insecure,
-            xmpp_domain,
-            muc_domain,
-            step_timeout,
             json,
         } => {
             init_logging("warn", LogFormat::Text);
-            let settings = jitsi_router::bench::Settings {
-                targets,
-                rooms,
-                participants,
-                duration,
-                transport,
-                message_every: message_rate,
-                ramp,
-                ca,
-                insecure,
-                xmpp_domain,
-                muc_domain,
-                step_timeout,
-                progress: !json,
-            };
+            settings.progress = !json;
             return runtime()
                 .and_then(|rt| rt.block_on(bench(settings, direct, json)))
                 .unwrap_or_else(|message| {
@@ -215,23 +140,9 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 });
         }
-        Command::Simulate {
-            nodes,
-            rooms,
-            windows,
-            seed,
-            capacity_spread,
-            json,
-        } => {
+        Command::Simulate { params, json } => {
             // The simulator places thousands of rooms; their pin events are noise there.
             init_logging("warn", LogFormat::Text);
-            let params = jitsi_router::simulate::Params {
-                nodes,
-                rooms,
-                windows,
-                seed,
-                capacity_spread,
-            };
             simulate(params, json)
         }
     };

@@ -45,18 +45,24 @@ use crate::placement::{Decision, Router, Settings};
 use crate::rendezvous;
 use crate::room::{RoomKey, RoomLimits};
 
-/// What to simulate.
-#[derive(Debug, Clone, Copy)]
+/// What to simulate: the options of `jitsi-router simulate`.
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Params {
     /// Nodes in the fleet.
+    #[arg(long, default_value_t = 100)]
     pub nodes: usize,
     /// Rooms created.
+    #[arg(long, default_value_t = 10_000)]
     pub rooms: usize,
-    /// Refresh windows the creations are spread over.
+    /// Prometheus refresh windows the creations are spread over.
+    #[arg(long, default_value_t = 1)]
     pub windows: usize,
-    /// Seed for the workload.
+    /// Workload seed.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Node weights are drawn from 1..=this (1: all nodes alike).
+    /// Nodes of mixed sizes: each node's weight is drawn from 1..=N, and a room costs a
+    /// node of weight w 1/w of its CPU.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub capacity_spread: u32,
 }
 

@@ -36,34 +36,49 @@ pub enum Transports {
     Mixed,
 }
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run: the options of `jitsi-router bench` that say what participants do.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
-    /// Base URLs (`https://meet.example.com`) that participants of a room spread over.
+    /// Base URL of a router (repeat for replicas: a room's participants spread over them).
+    #[arg(long = "target", required = true, value_name = "URL")]
     pub targets: Vec<String>,
     /// Rooms.
+    #[arg(long, default_value_t = 20)]
     pub rooms: usize,
     /// Participants per room.
+    #[arg(long, default_value_t = 5)]
     pub participants: usize,
-    /// How long joined participants stay and send messages.
+    /// How long everyone stays once all have joined.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Transports.
+    /// Signalling transport.
+    #[arg(long, value_enum, default_value = "websocket")]
     pub transport: Transports,
-    /// Time between two messages of one participant.
+    /// Groupchat messages per participant: `1/s`, `10/min`, `0` for none.
+    #[arg(long = "message-rate", value_name = "MESSAGE_RATE", default_value = "1/s", value_parser = parse_rate)]
     pub message_every: Duration,
-    /// Over how long the participants arrive.
+    /// Participants arrive evenly over this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub ramp: Duration,
     /// Trust this PEM CA for the targets (besides the system's roots).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     pub ca: Option<std::path::PathBuf>,
-    /// Accept any certificate.
+    /// Accept any certificate (a self-signed test deployment).
+    #[arg(long)]
     pub insecure: bool,
-    /// The XMPP domain; `None`: as the first target's `config.js` names it.
+    /// The XMPP domain [default: `hosts.domain` of the first target's config.js, else
+    /// meet.jitsi]
+    #[arg(long)]
     pub xmpp_domain: Option<String>,
-    /// The MUC domain; `None`: as the first target's `config.js` names it.
+    /// The MUC domain [default: `hosts.muc` of the first target's config.js, else
+    /// muc.meet.jitsi]
+    #[arg(long)]
     pub muc_domain: Option<String>,
-    /// The longest wait for one step.
+    /// The longest wait for one step's answer.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub step_timeout: Duration,
-    /// Show a progress bar (on a terminal).
+    /// Show a progress bar (on a terminal); not an option: on unless JSON is asked for.
+    #[arg(skip = true)]
     pub progress: bool,
 }
 
