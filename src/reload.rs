@@ -4,19 +4,27 @@
 //! A reload reads and checks everything first — the whole config, then the certificate and key —
 //! and applies only if all of it is good, so a bad edit never leaves a half-applied state: the
 //! running config stays and the reason is logged. What applies live: the node list (new nodes take
-//! rooms, removed nodes' rooms move on their next request, `drain` flags) and the certificate (new
-//! handshakes use it; open connections and WebSocket tunnels keep going), and the TLS files of
-//! `[pins.redis]` when they changed (the next connection to Redis uses them). Other sections
-//! need a restart; a reload that changes them says which.
+//! rooms, removed nodes' rooms move on their next request, `drain` flags), the certificate (new
+//! handshakes use it; open connections and WebSocket tunnels keep going), the TLS files of
+//! `[pins.redis]` when they changed (the next connection to Redis uses them), `[placement]` (the
+//! next new room is placed by it), and `[health]` and `[census]` (their next round uses them).
+//! Other sections need a restart; a reload that changes them says which.
+//!
+//! DESIGN note. `[health]` and `[placement]` are the sections an operator most often gets wrong
+//! on a live fleet (a health path the nodes do not serve takes every node out), and a restart
+//! to fix them would cut every open WebSocket tunnel, so they apply live with `[census]`. The
+//! listeners, limits, timeouts, Prometheus and the pin store stay read at start: each is built
+//! into a long-lived part (sockets, caps, clients, a connection) that a reload would have to
+//! rebuild under traffic.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
-use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::placement::shared::{Renewed, SharedPins};
+use crate::placement::Router;
 use crate::tls::{self, CertStore};
 
 /// How often files are checked for changes.
@@ -40,7 +48,7 @@ impl Stamp {
 pub struct Reloader {
     path: PathBuf,
     current: Config,
-    fleet: Arc<Fleet>,
+    router: Arc<Router>,
     certs: Arc<CertStore>,
     metrics: Arc<Metrics>,
     /// The shared pin store, whose TLS files a reload reads again when they changed.
@@ -64,16 +72,16 @@ impl Reloader {
     /// counted in `metrics`.
     pub fn new(
         current: Config,
-        fleet: Arc<Fleet>,
+        router: Arc<Router>,
         certs: Arc<CertStore>,
         metrics: Arc<Metrics>,
-        shared: Option<Arc<SharedPins>>,
     ) -> Option<Reloader> {
         let path = current.source.clone()?;
+        let shared = router.shared_pins().cloned();
         let mut reloader = Reloader {
             path,
             current,
-            fleet,
+            router,
             certs,
             metrics,
             shared,
@@ -166,7 +174,11 @@ impl Reloader {
                         "redis TLS files read again: the next connection to redis uses them"
                     );
                 }
-                self.fleet.set_nodes(config.nodes.clone());
+                let fleet = self.router.fleet();
+                fleet.set_nodes(config.nodes.clone());
+                fleet.set_health(config.health.clone());
+                self.router.set_settings(config.placement);
+                self.router.set_census(config.census.clone());
                 if !restart.is_empty() {
                     tracing::warn!(sections = ?restart, "these changes take effect only after a restart");
                 }
@@ -225,11 +237,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("routing", old.routing != new.routing),
         ("upstream", old.upstream != new.upstream),
         ("limits", old.limits != new.limits),
-        ("placement", old.placement != new.placement),
-        ("health", old.health != new.health),
         ("pins", old.pins != new.pins),
         ("prometheus", old.prometheus != new.prometheus),
         ("admin", old.admin != new.admin),
+        ("log", old.log != new.log),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

@@ -176,6 +176,52 @@ async fn a_changed_file_reloads_and_a_bad_one_is_rejected_whole() {
     echoes(&mut ws, "held open across three file changes").await;
 }
 
+/// `[health]`, `[placement]` and `[census]` apply live: an operator whose health path the nodes
+/// do not serve (every node out, every new room refused) fixes it with a reload, and the checks
+/// start again by the new settings at once, not an interval later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_health_path_applies_without_a_restart() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    // Its signalling is down: `/http-bind` answers 502, while its other pages answer.
+    nodes[0].set_healthy(false);
+    let health =
+        |path: &str| format!("[health]\npath = {path:?}\ninterval = \"1h\"\nfall = 1\nrise = 1\n");
+    let router = Router::start(
+        &certs,
+        &config(&certs, &health("/http-bind"), &node_entries(&nodes)),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the node checked unhealthy",
+        || async { status(&router, "/checked-room").await == 503 },
+    )
+    .await;
+
+    let fixed = format!(
+        "{}\n[placement]\nmax_cpu = 0.8\n\n[census]\ninterval = \"20s\"\n",
+        health("/")
+    );
+    std::fs::write(
+        router.config_path(),
+        config(&certs, &fixed, &node_entries(&nodes)),
+    )
+    .unwrap();
+    wait_for_count(&router, "config reloaded", 1).await;
+    // The next check comes at once, not an hour later.
+    eventually(
+        Duration::from_secs(10),
+        "the node checked healthy",
+        || async { reaches(&router, "/checked-room").await.as_deref() == Some("jitsi-a") },
+    )
+    .await;
+    assert!(
+        !router.logs().contains("only after a restart"),
+        "{}",
+        router.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_certificate_serves_new_handshakes() {
     let certs = Certs::new();

@@ -119,6 +119,39 @@ fn draining_keeps_rooms_and_takes_no_new_ones() {
     assert_eq!(router.fleet().set_draining("zzz", true), None);
 }
 
+/// A reload's `[placement]` places the next new room: a costlier `room_cost` makes a node that
+/// took a room look busier at once.
+#[test]
+fn new_placement_settings_place_the_next_room() {
+    let router = router(&["a", "b"]);
+    let read = || {
+        let cpu = [
+            ("10.0.0.0:80".to_owned(), 0.50),
+            ("10.0.0.1:80".to_owned(), 0.52),
+        ];
+        router
+            .fleet()
+            .set_cpu(cpu.into_iter().collect(), std::time::Instant::now());
+    };
+    let cheap = Settings {
+        room_cost: Some(0.001),
+        ..Settings::default()
+    };
+    router.set_settings(cheap);
+    read();
+    let first: Vec<NodeId> = ["r1", "r2"].iter().map(|r| node_of(&router, r)).collect();
+    assert_eq!(first, [NodeId::new("a"), NodeId::new("a")]);
+
+    router.set_settings(Settings {
+        room_cost: Some(0.05),
+        ..cheap
+    });
+    assert_eq!(router.settings().room_cost, Some(0.05));
+    read();
+    let next: Vec<NodeId> = ["r3", "r4"].iter().map(|r| node_of(&router, r)).collect();
+    assert_eq!(next, [NodeId::new("a"), NodeId::new("b")]);
+}
+
 #[test]
 fn room_counts_follow_pins() {
     let router = router(&["a", "b"]);

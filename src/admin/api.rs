@@ -81,6 +81,7 @@ fn node_views(admin: &Admin, only: Option<&str>) -> Vec<Value> {
     let state = admin.router.fleet().snapshot();
     let now = Instant::now();
     let cpu = state.cpu(now);
+    let settings = admin.router.settings();
     state
         .nodes()
         .iter()
@@ -102,7 +103,7 @@ fn node_views(admin: &Admin, only: Option<&str>) -> Vec<Value> {
                 "max_rooms": spec.max_rooms,
                 "max_participants": spec.max_participants,
                 "cpu": cpu.get(i).copied().flatten(),
-                "cpu_estimate": policy::estimate(&state, admin.router.settings(), i, now),
+                "cpu_estimate": policy::estimate(&state, &settings, i, now),
                 "healthy": node.live.healthy(),
                 "draining": node.live.draining(),
                 "drain_reported": node.live.drain_reported(),

@@ -175,7 +175,7 @@ impl Collector for Exporter {
             (
                 "jitsi_router_node_cpu_estimate_ratio",
                 "Snapshot CPU plus room_cost for each room placed, or room's worth of participants joined, since it was read.",
-                &|i| policy::estimate(&state, settings, i, now),
+                &|i| policy::estimate(&state, &settings, i, now),
             ),
             ("jitsi_router_node_healthy", "1 while the node passes health checks.", &|i| {
                 Some(f64::from(u8::from(nodes[i].live.healthy())))

@@ -118,6 +118,7 @@ pub fn parse(body: &[u8], limits: &RoomLimits) -> Result<Vec<LiveRoom>, CensusEr
 pub async fn fetch(
     client: &reqwest::Client,
     url: &str,
+    timeout: std::time::Duration,
     limits: &RoomLimits,
 ) -> Result<Vec<LiveRoom>, CensusError> {
     let unreachable = |e: reqwest::Error| match LocalFault::find(&e) {
@@ -127,7 +128,8 @@ pub async fn fetch(
             CensusError::Unreachable(format!("unreachable ({})", error_chain(&e.without_url())))
         }
     };
-    let mut response = client.get(url).send().await.map_err(unreachable)?;
+    let request = client.get(url).timeout(timeout);
+    let mut response = request.send().await.map_err(unreachable)?;
     if !response.status().is_success() {
         return Err(CensusError::Status(response.status().as_u16()));
     }

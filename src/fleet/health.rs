@@ -36,16 +36,12 @@ pub enum ClientError {
     Build(#[from] reqwest::Error),
 }
 
-/// The HTTP client of the health checks (and of the census polls, with their own `timeout`):
-/// same trust as the proxy's upstream client.
-pub fn client(
-    timeout: std::time::Duration,
-    upstream_ca: Option<&std::path::Path>,
-) -> Result<reqwest::Client, ClientError> {
+/// The HTTP client of the health checks and the census polls: same trust as the proxy's
+/// upstream client. Each request carries its own time limit, so that a reload can change it.
+pub fn client(upstream_ca: Option<&std::path::Path>) -> Result<reqwest::Client, ClientError> {
     let tls = crate::tls::upstream_client_config(upstream_ca)?;
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()?)
@@ -89,8 +85,8 @@ struct SignalReport {
 const MAX_REPORT: usize = 64 << 10;
 
 /// Asks the node's signal-sidecar (see the module's docs).
-async fn signal_report(client: &reqwest::Client, node: &Node, url: &str) -> Checked {
-    let mut response = match client.get(url).send().await {
+async fn signal_report(client: &reqwest::Client, cfg: &Health, node: &Node, url: &str) -> Checked {
+    let mut response = match client.get(url).timeout(cfg.timeout()).send().await {
         Ok(response) => response,
         Err(e) => return unanswered(url, e),
     };
@@ -131,8 +127,8 @@ async fn signal_report(client: &reqwest::Client, node: &Node, url: &str) -> Chec
 }
 
 /// `GET url`, expecting `status` (any 2xx when `None`).
-async fn probe(client: &reqwest::Client, url: &str, status: Option<u16>) -> Checked {
-    match client.get(url).send().await {
+async fn probe(client: &reqwest::Client, cfg: &Health, url: &str, status: Option<u16>) -> Checked {
+    match client.get(url).timeout(cfg.timeout()).send().await {
         Ok(response) => {
             let got = response.status();
             let passed = status.map_or(got.is_success(), |wanted| got.as_u16() == wanted);
@@ -159,15 +155,15 @@ async fn probe(client: &reqwest::Client, url: &str, status: Option<u16>) -> Chec
 /// Checks one node once: `[health] path` on its upstream, each of its `health_checks` and its
 /// `signal_report`, all at once. The first failure (in that order) is the node's; a check the
 /// router could not make leaves no verdict.
-async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Checked {
+async fn check(client: &reqwest::Client, node: &Node, cfg: &Health) -> Checked {
     let base = node.spec.upstream.to_string();
-    let main = format!("{}{path}", base.trim_end_matches('/'));
+    let main = format!("{}{}", base.trim_end_matches('/'), cfg.path);
     let extras = node.spec.health_checks.iter();
-    let probes = std::iter::once(probe(client, &main, None))
-        .chain(extras.map(|extra| probe(client, &extra.url, Some(extra.status))));
+    let probes = std::iter::once(probe(client, cfg, &main, None))
+        .chain(extras.map(|extra| probe(client, cfg, &extra.url, Some(extra.status))));
     let sidecar = async {
         match &node.spec.signal_report {
-            Some(url) => signal_report(client, node, url).await,
+            Some(url) => signal_report(client, cfg, node, url).await,
             // A report no longer asked for (taken out of the config) drains nothing.
             None => {
                 if node.live.set_drain_reported(false) {
@@ -189,6 +185,13 @@ async fn check(client: &reqwest::Client, node: &Node, path: &str) -> Checked {
     local.map_or(Checked::Passed, Checked::Local)
 }
 
+/// A timer that fires now and then every `interval`, not catching up on missed rounds.
+pub fn every(interval: std::time::Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Records a result (`failure`: why it failed, `None` for a pass) and logs a change of health.
 pub fn record(node: &Node, failure: Option<&str>, cfg: &Health) {
     match node.live.record(failure, cfg.thresholds()) {
@@ -200,16 +203,26 @@ pub fn record(node: &Node, failure: Option<&str>, cfg: &Health) {
     }
 }
 
-/// Checks every node forever. A check the router could not make for a shortage of its own
-/// (out of file descriptors) counts for nothing: the node keeps its health and its rooms.
-pub async fn run(fleet: Arc<Fleet>, client: reqwest::Client, cfg: Health, metrics: Arc<Metrics>) {
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Checks every node forever, by the fleet's [`health`](Fleet::health) settings; when a reload
+/// changes them, a round by the new ones starts at once. A check the router could not make for
+/// a shortage of its own (out of file descriptors) counts for nothing: the node keeps its health
+/// and its rooms.
+pub async fn run(fleet: Arc<Fleet>, client: reqwest::Client, metrics: Arc<Metrics>) {
+    let mut changes = fleet.health_changes();
+    let mut cfg = changes.borrow_and_update().clone();
+    let mut tick = every(cfg.interval);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            Ok(()) = changes.changed() => {
+                cfg = changes.borrow_and_update().clone();
+                tick = every(cfg.interval);
+                continue;
+            }
+        }
         let state = fleet.snapshot();
         let checks = state.nodes().iter().map(|node| async {
-            match check(&client, node, &cfg.path).await {
+            match check(&client, node, &cfg).await {
                 Checked::Passed => record(node, None, &cfg),
                 Checked::Failed(reason) => record(node, Some(&reason), &cfg),
                 Checked::Local(fault) => {

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use foldhash::fast::RandomState;
+use tokio::sync::watch;
 
-use crate::config::NodeSpec;
+use crate::config::{Health, NodeSpec};
 use crate::rendezvous;
 pub use live::{NodeLive, Thresholds};
 
@@ -231,6 +232,9 @@ struct Inputs {
 pub struct Fleet {
     state: ArcSwap<FleetState>,
     inputs: Mutex<Inputs>,
+    /// How nodes are checked (`[health]`), read by the checks and by the proxy when a node
+    /// fails a request; a reload replaces it and the checks start again by it.
+    health: watch::Sender<Arc<Health>>,
 }
 
 impl Fleet {
@@ -252,6 +256,7 @@ impl Fleet {
         Fleet {
             state: ArcSwap::from_pointee(build(&inputs)),
             inputs: Mutex::new(inputs),
+            health: watch::Sender::new(Arc::default()),
         }
     }
 
@@ -343,6 +348,21 @@ impl Fleet {
         Some(before)
     }
 
+    /// How nodes are checked now.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.borrow().clone()
+    }
+
+    /// Checks nodes by `health` from now on (start-up, reload).
+    pub fn set_health(&self, health: Health) {
+        set_if_changed(&self.health, health);
+    }
+
+    /// Tells of each change of [`health`](Self::health).
+    pub fn health_changes(&self) -> watch::Receiver<Arc<Health>> {
+        self.health.subscribe()
+    }
+
     /// Time since the last good CPU reading.
     pub fn snapshot_age(&self) -> Option<Duration> {
         self.state.load().cpu_read_at.map(|at| at.elapsed())
@@ -354,6 +374,18 @@ impl Fleet {
         change(&mut inputs);
         self.state.store(Arc::new(build(&inputs)));
     }
+}
+
+/// Publishes `value` when it differs from what `settings` holds, so that an unchanged section
+/// of a reloaded config wakes no one.
+pub fn set_if_changed<T: PartialEq>(settings: &watch::Sender<Arc<T>>, value: T) {
+    settings.send_if_modified(|current| {
+        let changed = **current != value;
+        if changed {
+            *current = Arc::new(value);
+        }
+        changed
+    });
 }
 
 fn set_overlay(inputs: &mut Inputs, name: &str, change: Option<NodeSpec>) {

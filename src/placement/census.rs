@@ -24,8 +24,8 @@ use std::time::Instant;
 use futures_util::future::join_all;
 
 use super::Router;
-use crate::config::Census;
 use crate::fleet::census::{self, CensusError, LiveRoom, Split};
+use crate::fleet::health::every;
 use crate::fleet::Node;
 use crate::room::RoomLimits;
 use crate::throttle::Throttle;
@@ -112,26 +112,30 @@ impl Router {
         adopted
     }
 
-    /// Polls the census of every node that names a `census_url`, every `cfg.interval`, and
-    /// applies each answer. Runs until dropped.
-    pub async fn run_census(
-        self: Arc<Self>,
-        client: reqwest::Client,
-        cfg: Census,
-        limits: RoomLimits,
-    ) {
+    /// Polls the census of every node that names a `census_url`, every `[census] interval`
+    /// (when a reload changes it, a round starts at once), and applies each answer. Runs until
+    /// dropped.
+    pub async fn run_census(self: Arc<Self>, client: reqwest::Client, limits: RoomLimits) {
         let mut last_good: HashMap<String, (Instant, Vec<LiveRoom>)> = HashMap::new();
         // Nodes whose census fails: when that was last logged, and failures since.
         let mut failing: HashMap<String, Throttle> = HashMap::new();
-        let mut tick = tokio::time::interval(cfg.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = self.census.subscribe();
+        let mut cfg = changes.borrow_and_update().clone();
+        let mut tick = every(cfg.interval);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                Ok(()) = changes.changed() => {
+                    cfg = changes.borrow_and_update().clone();
+                    tick = every(cfg.interval);
+                    continue;
+                }
+            }
             let state = self.fleet.load();
             let polls = (state.nodes().iter()).filter_map(|node| {
                 let url = node.spec.census_url.as_deref()?;
-                let (client, limits) = (&client, &limits);
-                Some(async move { (node, census::fetch(client, url, limits).await) })
+                let (client, limits, timeout) = (&client, &limits, cfg.timeout());
+                Some(async move { (node, census::fetch(client, url, timeout, limits).await) })
             });
             for (node, answer) in join_all(polls).await {
                 match answer {

@@ -20,8 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use tokio::sync::broadcast;
+use arc_swap::ArcSwap;
+use tokio::sync::{broadcast, watch};
 
+use crate::config::Census;
 use crate::fleet::census::Split;
 use crate::fleet::{Fleet, FleetState, Node, NodeId};
 pub use crate::metrics::Decision;
@@ -75,7 +77,10 @@ enum Held {
 pub struct Router {
     fleet: Arc<Fleet>,
     pins: Arc<Pins>,
-    settings: Settings,
+    /// `[placement]`, replaced by a reload.
+    settings: ArcSwap<Settings>,
+    /// `[census]`, read by the census poll, replaced by a reload.
+    census: watch::Sender<Arc<Census>>,
     shared: OnceLock<Arc<SharedPins>>,
     events: broadcast::Sender<PinEvent>,
     /// Set once anyone subscribes: until then placements skip the channel.
@@ -92,7 +97,8 @@ impl Router {
         Router {
             fleet,
             pins,
-            settings,
+            settings: ArcSwap::from_pointee(settings),
+            census: watch::Sender::new(Arc::default()),
             shared: OnceLock::new(),
             events: broadcast::channel(1024).0,
             listened: AtomicBool::new(false),
@@ -103,8 +109,18 @@ impl Router {
     }
 
     /// The placement settings in force.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Places new rooms by `settings` from now on (a reload).
+    pub fn set_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Polls the nodes' census by `census` from now on (start-up, reload).
+    pub fn set_census(&self, census: Census) {
+        crate::fleet::set_if_changed(&self.census, census);
     }
 
     /// Rooms placed while every candidate was at or above `max_cpu`.
@@ -269,7 +285,7 @@ impl Router {
             );
         }
         let hash = rendezvous::seed(room.as_bytes());
-        let index = policy::by_hash(state, &self.settings, hash)?;
+        let index = policy::by_hash(state, &self.settings.load(), hash)?;
         Some(Routed {
             node: state.nodes()[index].clone(),
             decision: Decision::Unpinned,
@@ -279,10 +295,11 @@ impl Router {
     /// The index of the node placement chooses for a new room.
     fn place(&self, state: &FleetState, room: &str) -> Option<usize> {
         let hash = rendezvous::seed(room.as_bytes());
-        let chosen = policy::choose(state, &self.settings, hash, Instant::now())?;
+        let settings = self.settings.load();
+        let chosen = policy::choose(state, &settings, hash, Instant::now())?;
         if chosen.over_max_cpu && self.over_max_cpu.due().is_some() {
             tracing::warn!(
-                max_cpu = self.settings.max_cpu,
+                max_cpu = settings.max_cpu,
                 rooms_so_far = self.placed_over_max_cpu(),
                 "every available node is over max_cpu or full; placing on the least busy anyway"
             );
@@ -472,7 +489,7 @@ impl Router {
                 return Some(node.clone());
             }
         }
-        let chosen = policy::choose(&state, &self.settings, spread, Instant::now())?;
+        let chosen = policy::choose(&state, &self.settings.load(), spread, Instant::now())?;
         Some(state.nodes()[chosen.index].clone())
     }
 }

@@ -29,8 +29,8 @@ pub struct ForwardSettings {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Keep the client's `Host`.
     pub preserve_host: bool,
-    /// Health settings: connection failures count toward `fall`.
-    pub health: crate::config::Health,
+    /// The fleet, whose health settings a node's connection failures count by (toward `fall`).
+    pub fleet: std::sync::Arc<crate::fleet::Fleet>,
     /// Open WebSocket tunnels.
     pub tunnels: std::sync::Arc<tunnel::Tunnels>,
 }
@@ -194,7 +194,7 @@ fn failed(
     tracing::warn!(node = %node.id, error = %reason, "node unreachable");
     if e.is_connect() {
         let failure = format!("a request could not connect: {reason}");
-        crate::fleet::health::record(node, Some(&failure), &settings.health);
+        crate::fleet::health::record(node, Some(&failure), &settings.fleet.health());
     }
     let reason = format!("node {} is unreachable", node.id);
     (

@@ -78,7 +78,7 @@ impl Proxy {
     pub fn new(router: Arc<Router>, config: &Config) -> Result<Proxy, TlsError> {
         let metrics = Arc::<Metrics>::default();
         Ok(Proxy {
-            router,
+            router: router.clone(),
             client: UpstreamClient::new(&config.upstream, &config.limits, metrics.clone())?,
             mode: config.routing.mode,
             forward: ForwardSettings {
@@ -87,7 +87,7 @@ impl Proxy {
                 retry_after: config.limits.retry_after,
                 metrics: metrics.clone(),
                 preserve_host: config.upstream.preserve_host,
-                health: config.health.clone(),
+                fleet: router.fleet().clone(),
                 tunnels: Arc::default(),
             },
             room_limits: RoomLimits {

@@ -116,9 +116,11 @@ impl Server {
             .as_ref()
             .map_or(Duration::MAX, |p| p.max_staleness());
         let fleet = Arc::new(Fleet::new(config.nodes.clone(), staleness));
+        fleet.set_health(config.health.clone());
         let pins = Pins::new(config.routing.pin_idle_timeout, config.limits.max_pins);
         let pins = Arc::new(pins);
         let router = Arc::new(Router::new(fleet, pins, config.placement));
+        router.set_census(config.census.clone());
         if let Some(shared) = &config.pins.redis {
             let shared = SharedPins::new(shared, config.routing.pin_idle_timeout)
                 .map_err(|e| StartError::SharedPins(e.to_string()))?;
@@ -151,8 +153,8 @@ impl Server {
             }
             None => None,
         };
-        let health_client = health::client(config.health.timeout(), config.upstream.ca.as_deref())?;
-        let census_client = health::client(config.census.timeout(), config.upstream.ca.as_deref())?;
+        let health_client = health::client(config.upstream.ca.as_deref())?;
+        let census_client = health::client(config.upstream.ca.as_deref())?;
         let all: Vec<SocketAddr> = (config.server.listen.iter().copied())
             .chain(config.server.http_listen)
             .chain([config.server.admin_listen])
@@ -239,24 +241,22 @@ impl Server {
         tasks.spawn(health::run(
             fleet,
             self.health_client.clone(),
-            self.config.health.clone(),
             metrics.clone(),
         ));
-        let fleet = self.proxy.router().fleet().clone();
         if let Some(reloader) = crate::reload::Reloader::new(
             self.config.clone(),
-            fleet,
+            self.proxy.router().clone(),
             self.certs.clone(),
             metrics.clone(),
-            self.proxy.router().shared_pins().cloned(),
         ) {
             tasks.spawn(reloader.run());
         }
-        tasks.spawn(self.proxy.router().clone().run_census(
-            self.census_client.clone(),
-            self.config.census.clone(),
-            self.proxy.room_limits(),
-        ));
+        tasks.spawn(
+            self.proxy
+                .router()
+                .clone()
+                .run_census(self.census_client.clone(), self.proxy.room_limits()),
+        );
         if self.proxy.router().shared_pins().is_some() {
             tasks.spawn(self.proxy.router().clone().run_shared());
         }
