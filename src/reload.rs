@@ -7,15 +7,16 @@
 //! rooms, removed nodes' rooms move on their next request, `drain` flags), the certificate (new
 //! handshakes use it; open connections and WebSocket tunnels keep going), the TLS files of
 //! `[pins.redis]` when they changed (the next connection to Redis uses them), `[placement]` (the
-//! next new room is placed by it), and `[health]` and `[census]` (their next round uses them).
-//! Other sections need a restart; a reload that changes them says which.
+//! next new room is placed by it), and `[health]`, `[census]` and `[prometheus]` (a round by the
+//! new settings starts at once; a `[prometheus]` taken out forgets its readings). Other sections
+//! need a restart; a reload that changes them says which.
 //!
-//! DESIGN note. `[health]` and `[placement]` are the sections an operator most often gets wrong
-//! on a live fleet (a health path the nodes do not serve takes every node out), and a restart
-//! to fix them would cut every open WebSocket tunnel, so they apply live with `[census]`. The
-//! listeners, limits, timeouts, Prometheus and the pin store stay read at start: each is built
-//! into a long-lived part (sockets, caps, clients, a connection) that a reload would have to
-//! rebuild under traffic.
+//! DESIGN note. `[health]`, `[prometheus]` and `[placement]` are the sections an operator most
+//! often gets wrong on a live fleet (a health path the nodes do not serve takes every node out,
+//! a query that matches no node leaves placement blind), and a restart to fix them would cut
+//! every open WebSocket tunnel, so they apply live with `[census]`. The listeners, limits,
+//! timeouts and the pin store stay read at start: each is built into a long-lived part (sockets,
+//! caps, clients, a connection) that a reload would have to rebuild under traffic.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -177,6 +178,7 @@ impl Reloader {
                 let fleet = self.router.fleet();
                 fleet.set_nodes(config.nodes.clone());
                 fleet.set_health(config.health.clone());
+                fleet.set_prometheus(config.prometheus.clone());
                 self.router.set_settings(config.placement);
                 self.router.set_census(config.census.clone());
                 if !restart.is_empty() {
@@ -238,7 +240,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("upstream", old.upstream != new.upstream),
         ("limits", old.limits != new.limits),
         ("pins", old.pins != new.pins),
-        ("prometheus", old.prometheus != new.prometheus),
         ("admin", old.admin != new.admin),
         ("log", old.log != new.log),
     ]

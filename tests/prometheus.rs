@@ -221,3 +221,47 @@ async fn a_node_no_series_matches_is_named() {
     );
     assert_eq!(seen["jitsi_router_prometheus_refresh_failures_total"], 0.0);
 }
+
+/// `[prometheus]` applies on reload: added, the router starts reading CPU without a restart;
+/// taken out, it forgets the readings (new rooms go by hashing) rather than keep old ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prometheus_section_added_or_removed_by_reload_applies() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    let prometheus = Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
+    let entries = nodes_with_instances(&nodes, &|_| String::new());
+    let router = Router::start(&certs, &(config(&certs, "", &[]) + &entries));
+    let reading = || async {
+        (metrics(&router).await).contains_key("jitsi_router_node_cpu_ratio{node=\"jitsi-a\"}")
+    };
+    assert!(!reading().await, "no [prometheus], no reading");
+
+    let sections = format!(
+        "[prometheus]\nurl = {:?}\nquery = '{QUERY}'\ninterval = \"200ms\"\n",
+        prometheus.url
+    );
+    std::fs::write(
+        router.config_path(),
+        config(&certs, &sections, &[]) + &entries,
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "a reading after the reload",
+        reading,
+    )
+    .await;
+
+    std::fs::write(router.config_path(), config(&certs, "", &[]) + &entries).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the readings forgotten",
+        || async { !reading().await },
+    )
+    .await;
+    assert!(
+        !router.logs().contains("only after a restart"),
+        "{}",
+        router.logs()
+    );
+}

@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use foldhash::fast::RandomState;
 use tokio::sync::watch;
 
-use crate::config::{Health, NodeSpec};
+use crate::config::{Health, NodeSpec, Prometheus};
 use crate::rendezvous;
 pub use live::{NodeLive, Thresholds};
 
@@ -235,6 +235,9 @@ pub struct Fleet {
     /// How nodes are checked (`[health]`), read by the checks and by the proxy when a node
     /// fails a request; a reload replaces it and the checks start again by it.
     health: watch::Sender<Arc<Health>>,
+    /// Where CPU readings come from (`[prometheus]`; `None`: nowhere), read by the poll loop,
+    /// which starts again when a reload replaces it.
+    prometheus: watch::Sender<Arc<Option<Prometheus>>>,
 }
 
 impl Fleet {
@@ -257,6 +260,7 @@ impl Fleet {
             state: ArcSwap::from_pointee(build(&inputs)),
             inputs: Mutex::new(inputs),
             health: watch::Sender::new(Arc::default()),
+            prometheus: watch::Sender::new(Arc::default()),
         }
     }
 
@@ -361,6 +365,25 @@ impl Fleet {
     /// Tells of each change of [`health`](Self::health).
     pub fn health_changes(&self) -> watch::Receiver<Arc<Health>> {
         self.health.subscribe()
+    }
+
+    /// Reads CPU from `prometheus` from now on (start-up, reload), its readings ageing out
+    /// after its `max_staleness`; `None` forgets the readings, and rooms go by hashing.
+    pub fn set_prometheus(&self, prometheus: Option<Prometheus>) {
+        let staleness = (prometheus.as_ref()).map_or(Duration::MAX, Prometheus::max_staleness);
+        self.update(|inputs| {
+            inputs.max_staleness = staleness;
+            if prometheus.is_none() {
+                inputs.cpu_by_instance.clear();
+                inputs.cpu_read_at = None;
+            }
+        });
+        set_if_changed(&self.prometheus, prometheus);
+    }
+
+    /// Tells of each change of where CPU readings come from.
+    pub fn prometheus_changes(&self) -> watch::Receiver<Arc<Option<Prometheus>>> {
+        self.prometheus.subscribe()
     }
 
     /// Time since the last good CPU reading.

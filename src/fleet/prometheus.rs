@@ -201,9 +201,31 @@ fn busy_by_label(samples: Vec<Sample>, label: &str, scale: Scale) -> Result<Read
     }
 }
 
-/// Polls forever, publishing each good reading into the fleet.
-/// Failed or rejected refreshes are counted in `metrics`.
-pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
+/// Reads the nodes' CPU forever by the fleet's `[prometheus]` settings, starting again by the new
+/// ones when a reload changes them (and idle while there are none).
+pub async fn run(fleet: Arc<Fleet>, metrics: Arc<Metrics>) {
+    let mut changes = fleet.prometheus_changes();
+    loop {
+        let cfg = changes.borrow_and_update().clone();
+        if let Some(cfg) = cfg.as_ref() {
+            tracing::info!(url = %cfg.url, interval = ?cfg.interval, "reading node CPU from prometheus");
+        }
+        let polling = async {
+            match cfg.as_ref() {
+                Some(cfg) => poll(&fleet, cfg, &metrics).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = polling => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Polls forever, publishing each good reading into the fleet; returns only when it cannot
+/// build its client. Failed or rejected refreshes are counted in `metrics`.
+async fn poll(fleet: &Fleet, cfg: &Prometheus, metrics: &Metrics) {
     let client = match reqwest::Client::builder().no_proxy().build() {
         Ok(client) => client,
         Err(e) => {
@@ -219,21 +241,21 @@ pub async fn poll(fleet: Arc<Fleet>, cfg: Prometheus, metrics: Arc<Metrics>) {
     };
     // Start-up: the last boundary (what every replica read), else now.
     let boundary = aligned_time(SystemTime::now(), cfg.interval);
-    let first = match query(&client, &cfg, boundary).await {
-        Ok(cpu) if cpu == Reading::default() => query(&client, &cfg, unix_now())
+    let first = match query(&client, cfg, boundary).await {
+        Ok(cpu) if cpu == Reading::default() => query(&client, cfg, unix_now())
             .await
             .map(|cpu| (cpu, unix_now())),
         other => other.map(|cpu| (cpu, boundary)),
     };
-    publish(&fleet, &cfg, first, &mut watch, &metrics);
+    publish(fleet, cfg, first, &mut watch, metrics);
     loop {
         let (boundary, wait) = next_boundary(SystemTime::now(), cfg.interval);
         // A moment past the boundary, so scrapes up to it are stored everywhere.
         tokio::time::sleep(wait + settle(cfg.interval)).await;
-        let result = query(&client, &cfg, boundary)
+        let result = query(&client, cfg, boundary)
             .await
             .map(|cpu| (cpu, boundary));
-        publish(&fleet, &cfg, result, &mut watch, &metrics);
+        publish(fleet, cfg, result, &mut watch, metrics);
     }
 }
 

@@ -111,12 +111,9 @@ impl Server {
             Some(_) => CertStore::empty(),
             None => CertStore::new(tls::load_certified_key(&config.tls.cert, &config.tls.key)?),
         });
-        let staleness = config
-            .prometheus
-            .as_ref()
-            .map_or(Duration::MAX, |p| p.max_staleness());
-        let fleet = Arc::new(Fleet::new(config.nodes.clone(), staleness));
+        let fleet = Arc::new(Fleet::new(config.nodes.clone(), Duration::MAX));
         fleet.set_health(config.health.clone());
+        fleet.set_prometheus(config.prometheus.clone());
         let pins = Pins::new(config.routing.pin_idle_timeout, config.limits.max_pins);
         let pins = Arc::new(pins);
         let router = Arc::new(Router::new(fleet, pins, config.placement));
@@ -229,14 +226,8 @@ impl Server {
         let mut tasks = tokio::task::JoinSet::new();
         let mut accepting = tokio::task::JoinSet::new();
         let metrics = self.proxy.metrics().clone();
-        if let Some(cfg) = self.config.prometheus.clone() {
-            tracing::info!(url = %cfg.url, interval = ?cfg.interval, "reading node CPU from prometheus");
-            tasks.spawn(prometheus::poll(
-                self.proxy.router().fleet().clone(),
-                cfg,
-                metrics.clone(),
-            ));
-        }
+        let fleet = self.proxy.router().fleet().clone();
+        tasks.spawn(prometheus::run(fleet, metrics.clone()));
         let fleet = self.proxy.router().fleet().clone();
         tasks.spawn(health::run(
             fleet,
