@@ -7,14 +7,16 @@
 //! rooms, removed nodes' rooms move on their next request, `drain` flags), the certificate (new
 //! handshakes use it; open connections and WebSocket tunnels keep going), the TLS files of
 //! `[pins.redis]` when they changed (the next connection to Redis uses them), `[placement]` (the
-//! next new room is placed by it), and `[health]`, `[census]` and `[prometheus]` (a round by the
-//! new settings starts at once; a `[prometheus]` taken out forgets its readings). Other sections
-//! need a restart; a reload that changes them says which.
+//! next new room is placed by it), `[health]`, `[census]` and `[prometheus]` (a round by the
+//! new settings starts at once; a `[prometheus]` taken out forgets its readings), and `[admin]`
+//! (a rotated token is asked for from the next admin request on). Other sections need a
+//! restart; a reload that changes them says which.
 //!
 //! DESIGN note. `[health]`, `[prometheus]` and `[placement]` are the sections an operator most
 //! often gets wrong on a live fleet (a health path the nodes do not serve takes every node out,
 //! a query that matches no node leaves placement blind), and a restart to fix them would cut
-//! every open WebSocket tunnel, so they apply live with `[census]`. The listeners, limits,
+//! every open WebSocket tunnel, so they apply live with `[census]`, and with `[admin]`, whose
+//! token an operator rotates. The listeners, limits,
 //! timeouts and the pin store stay read at start: each is built into a long-lived part (sockets,
 //! caps, clients, a connection) that a reload would have to rebuild under traffic.
 
@@ -22,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Config;
+use arc_swap::ArcSwap;
+
+use crate::config::{Admin, Config};
 use crate::metrics::Metrics;
 use crate::placement::shared::{Renewed, SharedPins};
 use crate::placement::Router;
@@ -51,6 +55,8 @@ pub struct Reloader {
     current: Config,
     router: Arc<Router>,
     certs: Arc<CertStore>,
+    /// `[admin]`, as the admin listener reads it at each request.
+    admin: Arc<ArcSwap<Admin>>,
     metrics: Arc<Metrics>,
     /// The shared pin store, whose TLS files a reload reads again when they changed.
     shared: Option<Arc<SharedPins>>,
@@ -76,6 +82,7 @@ impl Reloader {
         router: Arc<Router>,
         certs: Arc<CertStore>,
         metrics: Arc<Metrics>,
+        admin: Arc<ArcSwap<Admin>>,
     ) -> Option<Reloader> {
         let path = current.source.clone()?;
         let shared = router.shared_pins().cloned();
@@ -84,6 +91,7 @@ impl Reloader {
             current,
             router,
             certs,
+            admin,
             metrics,
             shared,
             stamps: Vec::new(),
@@ -181,6 +189,7 @@ impl Reloader {
                 fleet.set_prometheus(config.prometheus.clone());
                 self.router.set_settings(config.placement);
                 self.router.set_census(config.census.clone());
+                self.admin.store(Arc::new(config.admin.clone()));
                 if !restart.is_empty() {
                     tracing::warn!(sections = ?restart, "these changes take effect only after a restart");
                 }
@@ -240,7 +249,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("upstream", old.upstream != new.upstream),
         ("limits", old.limits != new.limits),
         ("pins", old.pins != new.pins),
-        ("admin", old.admin != new.admin),
         ("log", old.log != new.log),
     ]
     .into_iter()

@@ -298,6 +298,38 @@ async fn rooms_are_listed_looked_up_moved_and_unpinned() {
     assert_eq!(get(&router, "/api/nope").await.0, 404);
 }
 
+/// A token rotated in the config file is asked for from the next request after the reload;
+/// the old one is refused from then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_token_applies_on_reload() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let with_token = |token: &str| {
+        let sections = format!("[admin]\ntoken = \"{token}\"\n");
+        config(&certs, &sections, &node_entries(&nodes))
+    };
+    let (old, new) = ("0123456789abcdef-old-token", "0123456789abcdef-new-token");
+    let router = Router::start(&certs, &with_token(old));
+    let url = router.admin_url("/api/nodes");
+    let status = |token| {
+        let url = url.clone();
+        async move { call(reqwest::Method::GET, url, None, Some(token)).await.0 }
+    };
+    assert_eq!((status(old).await, status(new).await), (200, 401));
+
+    std::fs::write(router.config_path(), with_token(new)).unwrap();
+    eventually(Duration::from_secs(10), "the new token taken", || async {
+        status(new).await == 200
+    })
+    .await;
+    assert_eq!(status(old).await, 401, "the old token is refused");
+    assert!(
+        !router.logs().contains("only after a restart"),
+        "{}",
+        router.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_guards_every_endpoint_but_open_metrics() {
     let certs = Certs::new();

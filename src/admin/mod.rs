@@ -28,7 +28,8 @@
 //! an `Origin` must come from the listener's own origin (scheme, host and port).
 //!
 //! With a token configured every request needs `Authorization: Bearer <token>` (compared in
-//! constant time), except `/healthz` and `/metrics` under `open_metrics`. Errors answer JSON
+//! constant time), except `/healthz` and `/metrics` under `open_metrics`. The `[admin]` section
+//! applies on reload: a rotated token is asked for from the next request on. Errors answer JSON
 //! `{"error": "…"}` saying what was wrong. Node changes are layered over the config file, so they
 //! survive reloads, and each is logged.
 
@@ -38,6 +39,7 @@ mod exporter;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -62,9 +64,8 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 pub struct Admin {
     router: Arc<Router>,
     tunnels: Arc<Tunnels>,
-    token: Option<String>,
-    open_metrics: bool,
-    allowed_hosts: Vec<String>,
+    /// `[admin]`: the token, `open_metrics` and `allowed_hosts`, as the last reload left them.
+    settings: Arc<ArcSwap<AdminConfig>>,
     /// Held while the rooms are listed.
     listing: tokio::sync::Mutex<()>,
     mode: Mode,
@@ -80,14 +81,18 @@ type Answer = Response<Full<Bytes>>;
 
 impl Admin {
     /// The admin surface over this request handler's router, tunnels and counters, and the
-    /// served certificate (`acme`: issued through ACME, which `POST /api/tls/renew` asks).
-    pub fn new(proxy: &Proxy, config: &AdminConfig, certs: Arc<CertStore>, acme: bool) -> Admin {
+    /// served certificate (`acme`: issued through ACME, which `POST /api/tls/renew` asks), by
+    /// the `[admin]` settings in `settings` (which a reload replaces).
+    pub fn new(
+        proxy: &Proxy,
+        settings: Arc<ArcSwap<AdminConfig>>,
+        certs: Arc<CertStore>,
+        acme: bool,
+    ) -> Admin {
         Admin {
             router: proxy.router().clone(),
             tunnels: proxy.tunnels().clone(),
-            token: config.token.clone(),
-            open_metrics: config.open_metrics,
-            allowed_hosts: config.allowed_hosts.clone(),
+            settings,
             listing: tokio::sync::Mutex::new(()),
             mode: proxy.mode(),
             room_limits: proxy.room_limits(),
@@ -103,14 +108,15 @@ impl Admin {
     }
 
     fn authorised(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = &self.token else {
+        let settings = self.settings.load();
+        let Some(token) = &settings.token else {
             return true;
         };
         // The dashboard page itself holds no data; it asks for the token and sends it with
         // every API call.
         let open = match req.uri().path() {
             "/" => true,
-            "/healthz" | "/metrics" => self.open_metrics,
+            "/healthz" | "/metrics" => settings.open_metrics,
             _ => false,
         };
         let offered = req
@@ -239,7 +245,7 @@ impl Admin {
             .trim_end_matches(']')
             .to_ascii_lowercase();
         let port = authority.port_u16();
-        if self.allowed_hosts.contains(&name) {
+        if self.settings.load().allowed_hosts.contains(&name) {
             return Some(Host {
                 name,
                 port,

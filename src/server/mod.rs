@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -234,11 +235,13 @@ impl Server {
             self.health_client.clone(),
             metrics.clone(),
         ));
+        let admin_settings = Arc::new(ArcSwap::from_pointee(self.config.admin.clone()));
         if let Some(reloader) = crate::reload::Reloader::new(
             self.config.clone(),
             self.proxy.router().clone(),
             self.certs.clone(),
             metrics.clone(),
+            admin_settings.clone(),
         ) {
             tasks.spawn(reloader.run());
         }
@@ -301,8 +304,7 @@ impl Server {
         }
         log_listening("admin", &self.admin);
         let acme = self.config.tls.acme.is_some();
-        let admin =
-            crate::admin::Admin::new(&self.proxy, &self.config.admin, self.certs.clone(), acme);
+        let admin = crate::admin::Admin::new(&self.proxy, admin_settings, self.certs.clone(), acme);
         let admin = Arc::new(admin);
         let admin_listener = Listener {
             connections: self.admin_connections.clone(),
