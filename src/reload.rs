@@ -57,6 +57,8 @@ pub struct Reloader {
     certs: Arc<CertStore>,
     /// `[admin]`, as the admin listener reads it at each request.
     admin: Arc<ArcSwap<Admin>>,
+    /// Where the admin listener is bound: there until a restart, whatever a reload says.
+    admin_bound: std::net::SocketAddr,
     metrics: Arc<Metrics>,
     /// The shared pin store, whose TLS files a reload reads again when they changed.
     shared: Option<Arc<SharedPins>>,
@@ -86,12 +88,14 @@ impl Reloader {
     ) -> Option<Reloader> {
         let path = current.source.clone()?;
         let shared = router.shared_pins().cloned();
+        let admin_bound = current.server.admin_listen;
         let mut reloader = Reloader {
             path,
             current,
             router,
             certs,
             admin,
+            admin_bound,
             metrics,
             shared,
             stamps: Vec::new(),
@@ -209,6 +213,16 @@ impl Reloader {
     /// The new config and the files it names, read and checked.
     fn prepare(&self) -> Result<Prepared, String> {
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        // A new `server.admin_listen` waits for a restart; the listener that stays needs its
+        // token as long as it is off loopback.
+        if config.admin.token.is_none() && !self.admin_bound.ip().is_loopback() {
+            return Err(format!(
+                "{}: admin.token: the admin listener stays on {} (off loopback) until a restart, and needs [admin] token or {} until then",
+                self.path.display(),
+                self.admin_bound,
+                crate::config::ADMIN_TOKEN_ENV
+            ));
+        }
         let key = match config.tls.acme {
             Some(_) => None,
             None => Some(

@@ -330,6 +330,46 @@ async fn a_rotated_token_applies_on_reload() {
     );
 }
 
+/// A reload cannot leave an admin listener off loopback without a token: moving the listener
+/// to loopback takes a restart, and until then the token stays needed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_the_token_of_a_listener_off_loopback() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let token = "0123456789abcdef-test-token";
+    let text = config(
+        &certs,
+        &format!("[admin]\ntoken = \"{token}\"\n"),
+        &node_entries(&nodes),
+    )
+    .replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"0.0.0.0:0\"",
+    );
+    let router = Router::start(&certs, &text);
+    let port = router.admin.expect("admin listener").port();
+    let url = format!("http://localhost:{port}/api/nodes");
+    let status = |token| {
+        let url = url.clone();
+        async move { call(reqwest::Method::GET, url, None, token).await.0 }
+    };
+    assert_eq!((status(None).await, status(Some(token)).await), (401, 200));
+
+    // Back to loopback, and no token: valid for a fresh start, not for this running listener.
+    let open = config(&certs, "", &node_entries(&nodes));
+    std::fs::write(router.config_path(), open).unwrap();
+    eventually(Duration::from_secs(10), "the reload rejected", || async {
+        router.logs().contains("reload rejected")
+    })
+    .await;
+    assert!(
+        router.logs().contains("stays on 0.0.0.0:0 (off loopback)"),
+        "{}",
+        router.logs()
+    );
+    assert_eq!(status(None).await, 401, "the token is still needed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_guards_every_endpoint_but_open_metrics() {
     let certs = Certs::new();
