@@ -32,8 +32,8 @@
 //!   [`metrics::Decision`]), [`room`] (request path and query → room key, property-tested),
 //!   [`rendezvous`], [`tls`], [`local_fault`] (a shortage of the router's own told from a node's
 //!   fault), [`peer`] (who a client is, and the key per-client limits count by), [`stall`],
-//!   [`throttle`] (warnings at most once an interval), [`error_chain`] (an error and its causes
-//!   on one line).
+//!   [`throttle`] (warnings at most once an interval), [`rounds`] (background rounds by
+//!   settings a reload may replace), [`error_chain`] (an error and its causes on one line).
 //! - Entry points: [`check`] (a config loaded and described), [`demo`] (simulated Jitsi nodes,
 //!   and real prosody signalling behind them, for `demo` and the tests), [`simulate`] (the
 //!   placement simulator) and [`bench`](mod@bench) (participants joining conferences through a
@@ -82,6 +82,7 @@ pub mod proxy;
 pub mod reload;
 pub mod rendezvous;
 pub mod room;
+pub mod rounds;
 pub mod server;
 pub mod simulate;
 pub mod stall;

@@ -22,6 +22,7 @@ use crate::config::Health;
 use crate::error_chain::error_chain;
 use crate::local_fault::LocalFault;
 use crate::metrics::Metrics;
+use crate::rounds::Rounds;
 use crate::tls::TlsError;
 
 /// Why the checker's client could not be built.
@@ -185,13 +186,6 @@ async fn check(client: &reqwest::Client, node: &Node, cfg: &Health) -> Checked {
     local.map_or(Checked::Passed, Checked::Local)
 }
 
-/// A timer that fires now and then every `interval`, not catching up on missed rounds.
-pub fn every(interval: std::time::Duration) -> tokio::time::Interval {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick
-}
-
 /// Records a result (`failure`: why it failed, `None` for a pass) and logs a change of health.
 pub fn record(node: &Node, failure: Option<&str>, cfg: &Health) {
     match node.live.record(failure, cfg.thresholds()) {
@@ -208,18 +202,9 @@ pub fn record(node: &Node, failure: Option<&str>, cfg: &Health) {
 /// a shortage of its own (out of file descriptors) counts for nothing: the node keeps its health
 /// and its rooms.
 pub async fn run(fleet: Arc<Fleet>, client: reqwest::Client, metrics: Arc<Metrics>) {
-    let mut changes = fleet.health_changes();
-    let mut cfg = changes.borrow_and_update().clone();
-    let mut tick = every(cfg.interval);
+    let mut rounds = Rounds::new(fleet.health_changes(), |cfg| cfg.interval);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            Ok(()) = changes.changed() => {
-                cfg = changes.borrow_and_update().clone();
-                tick = every(cfg.interval);
-                continue;
-            }
-        }
+        let cfg = rounds.next().await;
         let state = fleet.snapshot();
         let checks = state.nodes().iter().map(|node| async {
             match check(&client, node, &cfg).await {

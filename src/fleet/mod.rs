@@ -24,7 +24,7 @@ use foldhash::fast::RandomState;
 use tokio::sync::watch;
 
 use crate::config::{Health, NodeSpec, Prometheus};
-use crate::rendezvous;
+use crate::{rendezvous, rounds};
 pub use live::{NodeLive, Thresholds};
 
 /// A response's body, read whole unless it grows over `max` bytes (`Ok(None)`): what the
@@ -359,7 +359,7 @@ impl Fleet {
 
     /// Checks nodes by `health` from now on (start-up, reload).
     pub fn set_health(&self, health: Health) {
-        set_if_changed(&self.health, health);
+        rounds::set_if_changed(&self.health, health);
     }
 
     /// Tells of each change of [`health`](Self::health).
@@ -378,7 +378,7 @@ impl Fleet {
                 inputs.cpu_read_at = None;
             }
         });
-        set_if_changed(&self.prometheus, prometheus);
+        rounds::set_if_changed(&self.prometheus, prometheus);
     }
 
     /// Tells of each change of where CPU readings come from.
@@ -397,18 +397,6 @@ impl Fleet {
         change(&mut inputs);
         self.state.store(Arc::new(build(&inputs)));
     }
-}
-
-/// Publishes `value` when it differs from what `settings` holds, so that an unchanged section
-/// of a reloaded config wakes no one.
-pub fn set_if_changed<T: PartialEq>(settings: &watch::Sender<Arc<T>>, value: T) {
-    settings.send_if_modified(|current| {
-        let changed = **current != value;
-        if changed {
-            *current = Arc::new(value);
-        }
-        changed
-    });
 }
 
 fn set_overlay(inputs: &mut Inputs, name: &str, change: Option<NodeSpec>) {

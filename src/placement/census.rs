@@ -25,9 +25,9 @@ use futures_util::future::join_all;
 
 use super::Router;
 use crate::fleet::census::{self, CensusError, LiveRoom, Split};
-use crate::fleet::health::every;
 use crate::fleet::Node;
 use crate::room::RoomLimits;
+use crate::rounds::Rounds;
 use crate::throttle::Throttle;
 
 /// Notes whether `node` is draining with no live room, so that an operator's upgrade script or
@@ -119,18 +119,9 @@ impl Router {
         let mut last_good: HashMap<String, (Instant, Vec<LiveRoom>)> = HashMap::new();
         // Nodes whose census fails: when that was last logged, and failures since.
         let mut failing: HashMap<String, Throttle> = HashMap::new();
-        let mut changes = self.census.subscribe();
-        let mut cfg = changes.borrow_and_update().clone();
-        let mut tick = every(cfg.interval);
+        let mut rounds = Rounds::new(self.census.subscribe(), |cfg| cfg.interval);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                Ok(()) = changes.changed() => {
-                    cfg = changes.borrow_and_update().clone();
-                    tick = every(cfg.interval);
-                    continue;
-                }
-            }
+            let cfg = rounds.next().await;
             let state = self.fleet.load();
             let polls = (state.nodes().iter()).filter_map(|node| {
                 let url = node.spec.census_url.as_deref()?;

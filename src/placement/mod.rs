@@ -120,7 +120,7 @@ impl Router {
 
     /// Polls the nodes' census by `census` from now on (start-up, reload).
     pub fn set_census(&self, census: Census) {
-        crate::fleet::set_if_changed(&self.census, census);
+        crate::rounds::set_if_changed(&self.census, census);
     }
 
     /// Rooms placed while every candidate was at or above `max_cpu`.
