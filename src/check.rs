@@ -180,7 +180,11 @@ fn health(out: &mut String, c: &Config) -> fmt::Result {
         format_duration(h.timeout()),
         h.fall,
         h.rise
-    )
+    )?;
+    match h.caveat() {
+        Some(why) => writeln!(out, "             warning: health.path {}: {why}", h.path),
+        None => Ok(()),
+    }
 }
 
 fn prometheus(out: &mut String, c: &Config) -> fmt::Result {

@@ -383,6 +383,28 @@ fn check_prints_what_it_understood() {
     assert!(!stdout.contains("s3cret"), "{stdout}");
 }
 
+/// A health path the usual Jitsi web fronts answer with the room page is named by `check`, with
+/// the path that does reach the signalling; the default path has no such warning.
+#[test]
+fn check_warns_of_a_health_path_that_tells_nothing() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config(&certs, "", &[]));
+    let (code, stdout, stderr) = run_router(&["check", "--config", &path]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+
+    let text = config(&certs, "[health]\npath = \"/about/health\"\n", &[]);
+    let path = write_config(dir.path(), &text);
+    let (code, stdout, stderr) = run_router(&["check", "--config", &path]);
+    assert_eq!(code, Some(0), "a warning, not an error: {stderr}");
+    assert!(
+        stdout.contains("warning: health.path /about/health: docker-jitsi-meet's")
+            && stdout.contains("the default /http-bind reaches prosody"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn help_works_on_every_subcommand() {
     for args in [

@@ -51,6 +51,15 @@ impl Health {
         (self.timeout).unwrap_or_else(|| Duration::from_secs(2).min(self.interval))
     }
 
+    /// What is wrong with checking `path` on a Jitsi web front, when it is a path the usual
+    /// fronts answer whatever the node's signalling does.
+    pub fn caveat(&self) -> Option<&'static str> {
+        let path = self.path.split('?').next().unwrap_or_default();
+        (path.trim_end_matches('/') == "/about/health").then_some(
+            "docker-jitsi-meet's and Debian jitsi-meet's web fronts have no /about/health location and answer it with the room page (200) even with prosody and jicofo down; the default /http-bind reaches prosody",
+        )
+    }
+
     /// Failures to go unhealthy and successes to come back.
     pub fn thresholds(&self) -> Thresholds {
         Thresholds {

@@ -357,8 +357,12 @@ impl Fleet {
         self.health.borrow().clone()
     }
 
-    /// Checks nodes by `health` from now on (start-up, reload).
+    /// Checks nodes by `health` from now on (start-up, reload); warns of a path that tells
+    /// nothing of a Jitsi node.
     pub fn set_health(&self, health: Health) {
+        if let Some(why) = health.caveat() {
+            tracing::warn!(path = %health.path, "health.path: {why}");
+        }
         rounds::set_if_changed(&self.health, health);
     }
 
