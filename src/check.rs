@@ -1,21 +1,27 @@
 //! `jitsi-router check`: a config loaded as `serve` would load it, the files it names read (the
 //! certificate and key, the CAs, a `rediss://` store's TLS files), and what was understood, a
-//! section to a line. Nothing is connected to.
+//! section to a line. Nothing is connected to, unless `--probe` asks: then each node gets its
+//! health checks and census poll once, and Prometheus the CPU query once, and what each
+//! answered is printed, a node to a line (see [`probe`]).
 
 use std::fmt::{self, Write};
 use std::path::Path;
 
+use futures_util::future::join_all;
 use humantime::format_duration;
 
 use crate::config::{Config, NodeSpec};
+use crate::fleet::{census, health, prometheus, Fleet, Node};
 use crate::placement::shared::{redacted, SharedPins};
+use crate::room::RoomLimits;
 use crate::tls::{load_certified_key, upstream_client_config};
 
-/// The config at `path` checked and described; an error names the file, key and value.
-pub fn run(path: &Path) -> Result<String, String> {
+/// The config at `path`, checked, with the files it names read; an error names the file, key
+/// and value.
+pub fn load(path: &Path) -> Result<Config, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     read_files(&config)?;
-    Ok(describe(&config, path))
+    Ok(config)
 }
 
 /// Reads what the config names besides itself, as start-up would.
@@ -251,4 +257,104 @@ fn node(out: &mut String, c: &Config, n: &NodeSpec) -> fmt::Result {
         )?;
     }
     Ok(())
+}
+
+/// What `--probe` found: the lines to print, and how many probes failed.
+pub struct Probed {
+    /// A line per node and probe.
+    pub text: String,
+    /// Probes that failed.
+    pub failed: usize,
+}
+
+/// Asks what `serve` would ask, once: each node's health checks (`[health] path`, its
+/// `health_checks` and `signal_report`) and census, and Prometheus the CPU query, saying for
+/// each node whether a series matched its `instance`. Nothing is recorded or pinned.
+pub async fn probe(config: &Config) -> Result<Probed, String> {
+    let client = health::client(config.upstream.ca.as_deref()).map_err(|e| e.to_string())?;
+    let fleet = Fleet::new(config.nodes.clone(), std::time::Duration::MAX);
+    let state = fleet.snapshot();
+    let nodes = state.nodes();
+    let mut probed = Probed {
+        text: "probe:\n".to_owned(),
+        failed: 0,
+    };
+    let mut line = |node: &str, what: &str, outcome: Result<String, String>| {
+        let said = match outcome {
+            Ok(fine) => fine,
+            Err(failure) => {
+                probed.failed += 1;
+                format!("FAILED, {failure}")
+            }
+        };
+        let _ = writeln!(probed.text, "  {node:<16} {what:<7} {said}");
+    };
+    let checks = nodes.iter().map(|node| async {
+        let health = health::check_once(&client, node, &config.health).await;
+        (
+            health.map(|()| "passed".to_owned()),
+            census_of(&client, node, config).await,
+        )
+    });
+    for (node, (health, census)) in nodes.iter().zip(join_all(checks).await) {
+        line(node.id.as_str(), "health", health);
+        if let Some(census) = census {
+            line(node.id.as_str(), "census", census);
+        }
+    }
+    if let Some(cfg) = &config.prometheus {
+        let client = reqwest::Client::builder().no_proxy().build();
+        let client = client.map_err(|e| format!("cannot build the Prometheus client: {e}"))?;
+        let reading = prometheus::query(&client, cfg, prometheus::unix_now()).await;
+        match reading {
+            Err(e) => line("prometheus", "query", Err(e.to_string())),
+            Ok(reading) => {
+                for node in nodes {
+                    let instance = &node.spec.instance;
+                    let outcome = match reading.busy.get(instance) {
+                        Some(busy) => Ok(format!("{:.0} % busy", busy * 100.0)),
+                        None => Err(match reading.unusable.iter().find(|(i, _)| i == instance) {
+                            Some((_, value)) => format!("{instance}: {value} is not a busy value (check prometheus.scale and query)"),
+                            None => no_series(&cfg.label, instance, &reading),
+                        }),
+                    };
+                    line(node.id.as_str(), "cpu", outcome);
+                }
+            }
+        }
+    }
+    Ok(probed)
+}
+
+/// A node's census polled once, when it names one: how many rooms are live there.
+async fn census_of(
+    client: &reqwest::Client,
+    node: &Node,
+    config: &Config,
+) -> Option<Result<String, String>> {
+    let url = node.spec.census_url.as_deref()?;
+    let limits = RoomLimits {
+        max_chars: config.limits.max_room_chars,
+    };
+    let rooms = census::fetch(client, url, config.census.timeout(), &limits).await;
+    Some(match rooms {
+        Ok(rooms) => Ok(format!("{} live rooms", rooms.len())),
+        Err(e) => Err(format!("GET {url}: {e}")),
+    })
+}
+
+/// Why a node got no reading: no series carries its `instance`, and the values that do come.
+fn no_series(label: &str, instance: &str, reading: &prometheus::Reading) -> String {
+    let mut answered: Vec<&str> = (reading.busy.keys().map(String::as_str))
+        .chain(reading.unusable.iter().map(|(i, _)| i.as_str()))
+        .collect();
+    answered.sort_unstable();
+    answered.truncate(5);
+    match answered.is_empty() {
+        true => format!("no series with {label}=\"{instance}\"; the query answered none"),
+        false => format!(
+            "no series with {label}=\"{instance}\"; {label} values answered: {} (set [[nodes]] instance to this node's)",
+            answered.join(", ")
+        ),
+    }
 }

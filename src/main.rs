@@ -49,6 +49,10 @@ enum Command {
         /// Path to the TOML config.
         #[arg(long, short, value_name = "PATH")]
         config: PathBuf,
+        /// Also ask each node its health checks and census, and Prometheus its CPU query, once,
+        /// and say what each answered; exits 1 if any failed.
+        #[arg(long)]
+        probe: bool,
     },
     /// Compare placement policies on a synthetic workload (no network).
     Simulate {
@@ -105,9 +109,9 @@ fn init_logging(default: &str, format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => {
+        Command::Check { config, probe } => {
             init_logging("info", LogFormat::Text);
-            check(&config)
+            check(&config, probe)
         }
         // `serve` logs in the format its config asks for, so it reads the config first.
         Command::Serve { config } => {
@@ -245,7 +249,15 @@ fn simulate(params: jitsi_router::simulate::Params, json: bool) -> Result<(), St
     Ok(())
 }
 
-fn check(path: &Path) -> Result<(), String> {
-    print!("{}", jitsi_router::check::run(path)?);
+fn check(path: &Path, probe: bool) -> Result<(), String> {
+    let config = jitsi_router::check::load(path)?;
+    print!("{}", jitsi_router::check::describe(&config, path));
+    if probe {
+        let probed = runtime()?.block_on(jitsi_router::check::probe(&config))?;
+        print!("{}", probed.text);
+        if probed.failed > 0 {
+            return Err(format!("{} of the probes failed", probed.failed));
+        }
+    }
     Ok(())
 }

@@ -265,3 +265,57 @@ async fn a_prometheus_section_added_or_removed_by_reload_applies() {
         router.logs()
     );
 }
+
+/// `check --probe` asks what `serve` would, once: each node's health check and Prometheus's
+/// CPU query, a node to a line; a node whose signalling is down, and one whose `instance` no
+/// series carries, are named with the reason, and the exit status says a probe failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_probe_says_what_each_node_and_prometheus_answered() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(2).await;
+    nodes[1].set_healthy(false);
+    let prometheus = Prometheus::start(&nodes.iter().map(SimNode::addr).collect::<Vec<_>>()).await;
+    eventually(Duration::from_secs(30), "both nodes' series", || async {
+        prometheus.query(QUERY).await.len() == 2
+    })
+    .await;
+    let sections = format!(
+        "[prometheus]\nurl = {:?}\nquery = '{QUERY}'\n",
+        prometheus.url
+    );
+    let entries = format!(
+        "\n[[nodes]]\nname = \"jitsi-a\"\nupstream = {:?}\ninstance = \"{}\"\n\n[[nodes]]\nname = \"jitsi-b\"\nupstream = {:?}\ninstance = \"127.0.0.1:9100\"\n",
+        nodes[0].url(),
+        nodes[0].addr(),
+        nodes[1].url(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("router.toml");
+    std::fs::write(&path, config(&certs, &sections, &[]) + &entries).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_router(&["check", "--config", &path, "--probe"]))
+            .await
+            .unwrap();
+    let line = |node: &str, what: &str| {
+        (stdout.lines())
+            .find(|l| l.trim_start().starts_with(node) && l.contains(&format!(" {what} ")))
+            .unwrap_or_else(|| panic!("no {what} line for {node} in:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(line("jitsi-a", "health").ends_with("passed"), "{stdout}");
+    assert!(line("jitsi-a", "cpu").ends_with("% busy"), "{stdout}");
+    let health_b = line("jitsi-b", "health");
+    assert!(
+        health_b.contains("FAILED, GET") && health_b.contains("/http-bind: status 502"),
+        "{health_b}"
+    );
+    let cpu_b = line("jitsi-b", "cpu");
+    assert!(
+        cpu_b.contains(r#"FAILED, no series with instance="127.0.0.1:9100""#)
+            && cpu_b.contains(&nodes[1].addr().to_string()),
+        "the values answered name jitsi-b's own: {cpu_b}"
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("2 of the probes failed"), "{stderr}");
+}

@@ -186,6 +186,16 @@ async fn check(client: &reqwest::Client, node: &Node, cfg: &Health) -> Checked {
     local.map_or(Checked::Passed, Checked::Local)
 }
 
+/// Checks one node once, as each round does, without recording the result: `Err` says why it
+/// failed, or why it could not be checked (`jitsi-router check --probe`).
+pub async fn check_once(client: &reqwest::Client, node: &Node, cfg: &Health) -> Result<(), String> {
+    match check(client, node, cfg).await {
+        Checked::Passed => Ok(()),
+        Checked::Failed(reason) => Err(reason),
+        Checked::Local(fault) => Err(format!("not checked: {fault}")),
+    }
+}
+
 /// Records a result (`failure`: why it failed, `None` for a pass) and logs a change of health.
 pub fn record(node: &Node, failure: Option<&str>, cfg: &Health) {
     match node.live.record(failure, cfg.thresholds()) {

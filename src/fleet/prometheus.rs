@@ -352,7 +352,8 @@ fn warn_unmatched(fleet: &Fleet, cfg: &Prometheus, cpu: &Reading, watch: &mut Wa
     );
 }
 
-fn unix_now() -> f64 {
+/// Now, in Unix seconds.
+pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
