@@ -34,7 +34,8 @@
 //!   fault), [`peer`] (who a client is, and the key per-client limits count by), [`stall`],
 //!   [`throttle`] (warnings at most once an interval), [`rounds`] (background rounds by
 //!   settings a reload may replace), [`error_chain`] (an error and its causes on one line).
-//! - Entry points: [`check`] (a config loaded and described), [`demo`] (simulated Jitsi nodes,
+//! - Entry points: [`check`] (a config loaded and described, its nodes and Prometheus asked once
+//!   with `--probe`), [`demo`] (simulated Jitsi nodes,
 //!   and real prosody signalling behind them, for `demo` and the tests), [`simulate`] (the
 //!   placement simulator) and [`bench`](mod@bench) (participants joining conferences through a
 //!   deployment, timed).
