@@ -242,6 +242,12 @@ pub fn node_entries(nodes: &[SimNode]) -> Vec<(&str, String)> {
     nodes.iter().map(|n| (n.name(), n.url())).collect()
 }
 
+/// Asserts that no reload of `router` so far logged a change that waits for a restart.
+pub fn assert_applied_live(router: &Router) {
+    let logs = router.logs();
+    assert!(!logs.contains("only after a restart"), "{logs}");
+}
+
 /// The real router binary, running `serve` on a config in a temporary folder.
 pub struct Router {
     child: Child,
