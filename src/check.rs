@@ -310,15 +310,7 @@ pub async fn probe(config: &Config) -> Result<Probed, String> {
             Err(e) => line("prometheus", "query", Err(e.to_string())),
             Ok(reading) => {
                 for node in nodes {
-                    let instance = &node.spec.instance;
-                    let outcome = match reading.busy.get(instance) {
-                        Some(busy) => Ok(format!("{:.0} % busy", busy * 100.0)),
-                        None => Err(match reading.unusable.iter().find(|(i, _)| i == instance) {
-                            Some((_, value)) => format!("{instance}: {value} is not a busy value (check prometheus.scale and query)"),
-                            None => no_series(&cfg.label, instance, &reading),
-                        }),
-                    };
-                    line(node.id.as_str(), "cpu", outcome);
+                    line(node.id.as_str(), "cpu", cpu_of(node, &cfg.label, &reading));
                 }
             }
         }
@@ -340,6 +332,20 @@ async fn census_of(
     Some(match rooms {
         Ok(rooms) => Ok(format!("{} live rooms", rooms.len())),
         Err(e) => Err(format!("GET {url}: {e}")),
+    })
+}
+
+/// A node's busy CPU in a Prometheus answer, or why the answer gives it none.
+fn cpu_of(node: &Node, label: &str, reading: &prometheus::Reading) -> Result<String, String> {
+    let instance = &node.spec.instance;
+    if let Some(busy) = reading.busy.get(instance) {
+        return Ok(format!("{:.0} % busy", busy * 100.0));
+    }
+    Err(match reading.unusable.iter().find(|(i, _)| i == instance) {
+        Some((_, value)) => {
+            format!("{instance}: {value} is not a busy value (check prometheus.scale and query)")
+        }
+        None => no_series(label, instance, reading),
     })
 }
 
