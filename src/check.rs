@@ -1,8 +1,8 @@
 //! `jitsi-router check`: a config loaded as `serve` would load it, the files it names read (the
 //! certificate and key, the CAs, a `rediss://` store's TLS files), and what was understood, a
 //! section to a line. Nothing is connected to, unless `--probe` asks: then each node gets its
-//! health checks and census poll once, and Prometheus the CPU query once, and what each
-//! answered is printed, a node to a line (see [`probe`]).
+//! health checks and census poll once, Prometheus the CPU query and the shared pin store a
+//! question, and what each answered is printed, a line each (see [`probe`]).
 
 use std::fmt::{self, Write};
 use std::path::Path;
@@ -268,8 +268,9 @@ pub struct Probed {
 }
 
 /// Asks what `serve` would ask, once: each node's health checks (`[health] path`, its
-/// `health_checks` and `signal_report`) and census, and Prometheus the CPU query, saying for
-/// each node whether a series matched its `instance`. Nothing is recorded or pinned.
+/// `health_checks` and `signal_report`) and census, Prometheus the CPU query, saying for each
+/// node whether a series matched its `instance`, and the shared pin store for a key. Nothing is
+/// recorded, pinned or written.
 pub async fn probe(config: &Config) -> Result<Probed, String> {
     let client = health::client(config.upstream.ca.as_deref()).map_err(|e| e.to_string())?;
     let fleet = Fleet::new(config.nodes.clone(), std::time::Duration::MAX);
@@ -315,7 +316,24 @@ pub async fn probe(config: &Config) -> Result<Probed, String> {
             }
         }
     }
+    if let Some(redis) = &config.pins.redis {
+        line("redis", "store", store_of(redis, config).await);
+    }
     Ok(probed)
+}
+
+/// The shared pin store connected to (through its sentinels or cluster, as configured) and
+/// asked for one key, as placement asks it for a room.
+async fn store_of(redis: &crate::config::SharedPins, config: &Config) -> Result<String, String> {
+    let shared = SharedPins::new(redis, config.routing.pin_idle_timeout);
+    let shared = shared.map_err(|e| e.to_string())?;
+    shared.connect(false).await.map_err(|e| e.to_string())?;
+    let asked = shared.held("jitsi-router-check-probe").await;
+    asked.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "answered ({})",
+        shared.connected_to().unwrap_or_default()
+    ))
 }
 
 /// A node's census polled once, when it names one: how many rooms are live there.

@@ -49,8 +49,8 @@ enum Command {
         /// Path to the TOML config.
         #[arg(long, short, value_name = "PATH")]
         config: PathBuf,
-        /// Also ask each node its health checks and census, and Prometheus its CPU query, once,
-        /// and say what each answered; exits 1 if any failed.
+        /// Also ask each node its health checks and census, Prometheus its CPU query and the
+        /// shared pin store for a key, once, and say what each answered; exits 1 if any failed.
         #[arg(long)]
         probe: bool,
     },

@@ -751,3 +751,31 @@ async fn cluster(tls: bool) {
         assert_eq!(metrics["jitsi_router_shared_pin_store_connected"], 1.0);
     }
 }
+
+/// `check --probe` asks the shared pin store once: a Redis that answers passes, one that is
+/// not there fails with the reason, and the exit status says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_probe_asks_the_store() {
+    let certs = Certs::new();
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let probe = |url: String| {
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, config(&certs, &shared(&url), &[])).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        tokio::task::spawn_blocking(move || run_router(&["check", "--config", &path, "--probe"]))
+    };
+    let (code, stdout, stderr) = probe(format!("redis://127.0.0.1:{}", redis.port))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let line = stdout.lines().find(|l| l.contains(" store ")).unwrap();
+    assert!(line.contains("answered (127.0.0.1:"), "{line}");
+
+    let (code, stdout, _) = probe(format!("redis://127.0.0.1:{}", closed_port()))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{stdout}");
+    let line = stdout.lines().find(|l| l.contains(" store ")).unwrap();
+    assert!(line.contains("FAILED, "), "{line}");
+}
