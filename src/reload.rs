@@ -16,9 +16,9 @@
 //! often gets wrong on a live fleet (a health path the nodes do not serve takes every node out,
 //! a query that matches no node leaves placement blind), and a restart to fix them would cut
 //! every open WebSocket tunnel, so they apply live with `[census]`, and with `[admin]`, whose
-//! token an operator rotates. The listeners, limits,
-//! timeouts and the pin store stay read at start: each is built into a long-lived part (sockets,
-//! caps, clients, a connection) that a reload would have to rebuild under traffic.
+//! token an operator rotates. The listeners, limits, timeouts and the pin store stay read at
+//! start: each is built into a long-lived part (sockets, caps, clients, a connection) that a
+//! reload would have to rebuild under traffic.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,8 +60,6 @@ pub struct Reloader {
     /// Where the admin listener is bound: there until a restart, whatever a reload says.
     admin_bound: std::net::SocketAddr,
     metrics: Arc<Metrics>,
-    /// The shared pin store, whose TLS files a reload reads again when they changed.
-    shared: Option<Arc<SharedPins>>,
     stamps: Vec<Stamp>,
     /// The Redis TLS files as last read.
     redis_tls: Vec<Stamp>,
@@ -87,7 +85,6 @@ impl Reloader {
         admin: Arc<ArcSwap<Admin>>,
     ) -> Option<Reloader> {
         let path = current.source.clone()?;
-        let shared = router.shared_pins().cloned();
         let admin_bound = current.server.admin_listen;
         let mut reloader = Reloader {
             path,
@@ -97,7 +94,6 @@ impl Reloader {
             admin,
             admin_bound,
             metrics,
-            shared,
             stamps: Vec::new(),
             redis_tls: Vec::new(),
         };
@@ -181,7 +177,7 @@ impl Reloader {
                 if let Some(key) = key {
                     self.certs.replace(key);
                 }
-                if let (Some(shared), Some(renewed)) = (&self.shared, redis_tls) {
+                if let (Some(shared), Some(renewed)) = (self.router.shared_pins(), redis_tls) {
                     shared.renew(renewed);
                     tracing::info!(
                         "redis TLS files read again: the next connection to redis uses them"
@@ -231,7 +227,7 @@ impl Reloader {
             ),
         };
         // A changed `[pins]` section waits for a restart; unchanged, its files may have.
-        let redis_tls = match (&self.shared, &config.pins.redis) {
+        let redis_tls = match (self.router.shared_pins(), &config.pins.redis) {
             (Some(_), Some(redis))
                 if config.pins == self.current.pins
                     && self.read_redis_tls_stamps() != self.redis_tls =>
