@@ -8,28 +8,36 @@
 //! handshakes use it; open connections and WebSocket tunnels keep going), the TLS files of
 //! `[pins.redis]` when they changed (the next connection to Redis uses them), `[placement]` (the
 //! next new room is placed by it), `[health]`, `[census]` and `[prometheus]` (a round by the
-//! new settings starts at once; a `[prometheus]` taken out forgets its readings), and `[admin]`
-//! (a rotated token is asked for from the next admin request on). Other sections need a
-//! restart; a reload that changes them says which.
+//! new settings starts at once; a `[prometheus]` taken out forgets its readings), `[admin]`
+//! (a rotated token is asked for from the next admin request on), and the caps and rates of
+//! `[limits]` (`max_connections`, `max_connections_per_client`, `new_rooms_per_second`,
+//! `new_room_burst`, `max_pins`: the next connection or new room is held to them; connections
+//! and pins already over a lowered cap stay). Other sections, and the rest of `[limits]`, need
+//! a restart; a reload that changes them says which.
 //!
 //! DESIGN note. `[health]`, `[prometheus]` and `[placement]` are the sections an operator most
 //! often gets wrong on a live fleet (a health path the nodes do not serve takes every node out,
 //! a query that matches no node leaves placement blind), and a restart to fix them would cut
 //! every open WebSocket tunnel, so they apply live with `[census]`, and with `[admin]`, whose
-//! token an operator rotates. The listeners, limits, timeouts and the pin store stay read at
-//! start: each is built into a long-lived part (sockets, caps, clients, a connection) that a
-//! reload would have to rebuild under traffic.
+//! token an operator rotates. So do the per-client caps and rates, which an operator tightens
+//! while a client floods the router, and the pin table's size; each is a number its part reads
+//! at the next connection or room. The listeners, the sizes and timeouts of a connection, the
+//! upstream client and the pin store stay read at start: each is built into a long-lived part
+//! (sockets, hyper's connection builder, clients, a connection) that a reload would have to
+//! rebuild under traffic.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
-use crate::config::{Admin, Config};
+use crate::config::{Admin, Config, Limits};
 use crate::metrics::Metrics;
 use crate::placement::shared::{Renewed, SharedPins};
 use crate::placement::Router;
+use crate::rounds;
 use crate::tls::{self, CertStore};
 
 /// How often files are checked for changes.
@@ -59,6 +67,8 @@ pub struct Reloader {
     admin: Arc<ArcSwap<Admin>>,
     /// Where the admin listener is bound: there until a restart, whatever a reload says.
     admin_bound: std::net::SocketAddr,
+    /// `[limits]`, for the parts that apply its caps and rates.
+    limits: watch::Sender<Arc<Limits>>,
     metrics: Arc<Metrics>,
     stamps: Vec<Stamp>,
     /// The Redis TLS files as last read.
@@ -83,6 +93,7 @@ impl Reloader {
         certs: Arc<CertStore>,
         metrics: Arc<Metrics>,
         admin: Arc<ArcSwap<Admin>>,
+        limits: watch::Sender<Arc<Limits>>,
     ) -> Option<Reloader> {
         let path = current.source.clone()?;
         let admin_bound = current.server.admin_listen;
@@ -93,6 +104,7 @@ impl Reloader {
             certs,
             admin,
             admin_bound,
+            limits,
             metrics,
             stamps: Vec::new(),
             redis_tls: Vec::new(),
@@ -190,6 +202,7 @@ impl Reloader {
                 self.router.set_settings(config.placement);
                 self.router.set_census(config.census.clone());
                 self.admin.store(Arc::new(config.admin.clone()));
+                rounds::set_if_changed(&self.limits, config.limits.clone());
                 if !restart.is_empty() {
                     tracing::warn!(sections = ?restart, "these changes take effect only after a restart");
                 }
@@ -250,6 +263,19 @@ fn stamps(paths: &[&Path]) -> Vec<Stamp> {
     paths.iter().map(|p| Stamp::of(p)).collect()
 }
 
+/// `old` with the keys of `[limits]` that apply live taken from `new`: equal to `new` when
+/// nothing else changed.
+fn with_live_limits(old: &Limits, new: &Limits) -> Limits {
+    Limits {
+        max_connections: new.max_connections,
+        max_connections_per_client: new.max_connections_per_client,
+        new_rooms_per_second: new.new_rooms_per_second,
+        new_room_burst: new.new_room_burst,
+        max_pins: new.max_pins,
+        ..old.clone()
+    }
+}
+
 /// Config sections that changed but are only read at start.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     [
@@ -257,7 +283,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("tls.acme", old.tls.acme != new.tls.acme),
         ("routing", old.routing != new.routing),
         ("upstream", old.upstream != new.upstream),
-        ("limits", old.limits != new.limits),
+        (
+            "limits",
+            with_live_limits(&old.limits, &new.limits) != new.limits,
+        ),
         ("pins", old.pins != new.pins),
         ("log", old.log != new.log),
     ]

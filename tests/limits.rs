@@ -349,3 +349,45 @@ async fn malformed_streams_past_the_limit_get_goaway() {
     assert_eq!(goaway.error_code(), 0xb, "after {resets} resets");
     assert!(resets <= 6, "{resets} streams reset before GOAWAY");
 }
+
+/// The caps an operator tightens while a client floods the router apply on reload, without a
+/// restart that would cut every open WebSocket: the next connection and the next new room are
+/// held to them, and connections already open over a lowered cap stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_and_rates_lowered_by_reload_hold_for_the_next_connection_and_room() {
+    let certs = Certs::new();
+    let nodes = sim_nodes(1).await;
+    let router = Router::start(&certs, &config(&certs, "", &node_entries(&nodes)));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(certs.connect(router.https, b"http/1.1").await);
+    }
+    assert!(served_from(&certs, &router, "127.0.0.1").await);
+
+    let limits = "[limits]\nmax_connections_per_client = 2\nnew_rooms_per_second = 0.1\nnew_room_burst = 2\n";
+    let path = router.config_path();
+    std::fs::write(&path, config(&certs, limits, &node_entries(&nodes))).unwrap();
+    log_shows(&router, "config reloaded").await;
+    assert!(!served_from(&certs, &router, "127.0.0.1").await);
+    let flooding = router.client_from(ip("127.0.0.3"));
+    let get = |room: &str| flooding.get(router.url(&format!("/{room}"))).send();
+    for room in ["one", "two"] {
+        assert_eq!(get(room).await.unwrap().status(), 200, "{room}");
+    }
+    assert_eq!(get("three").await.unwrap().status(), 429);
+    assert_applied_live(&router);
+    // The connections open before the reload carry on.
+    for tls in &mut held {
+        tls.write_all(b"GET /about HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (got, _) = read_until_closed(tls, Duration::from_secs(10)).await;
+        assert!(got.starts_with(b"HTTP/1.1 200"));
+    }
+
+    // The rest of `[limits]` is read at start, and a reload that changes it says so.
+    let timeouts = format!("{limits}keepalive_timeout = \"30s\"\n");
+    std::fs::write(&path, config(&certs, &timeouts, &node_entries(&nodes))).unwrap();
+    log_shows(&router, "only after a restart").await;
+    assert!(router.logs().contains("limits"));
+}

@@ -93,7 +93,8 @@ pub struct Pins {
     /// Live and expired-but-unswept pins: the map's size, kept here so that checking the cap
     /// takes no shard lock.
     count: AtomicUsize,
-    max: usize,
+    /// `limits.max_pins`, which a reload may change.
+    max: AtomicUsize,
     idle_ms: u64,
     epoch: coarsetime::Instant,
 }
@@ -104,7 +105,7 @@ impl Pins {
         Pins {
             map: DashMap::with_hasher(RandomState::default()),
             count: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
             idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
             epoch: coarsetime::Instant::now(),
         }
@@ -125,7 +126,13 @@ impl Pins {
 
     /// Whether the table holds `limits.max_pins` pins: no new room may be pinned.
     pub fn full(&self) -> bool {
-        self.count.load(Ordering::Relaxed) >= self.max
+        self.count.load(Ordering::Relaxed) >= self.max.load(Ordering::Relaxed)
+    }
+
+    /// Holds at most `max` pins from now on (a reload). Lowered under the pins held, it keeps
+    /// them; new rooms go unpinned until sweeps bring the table under it.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     /// The room's node handed to `f`, counting a request and refreshing its idle timer; `None`
@@ -464,6 +471,13 @@ mod tests {
         assert!(pins.repin("a", &id("n"), id("m")).created);
         pins.unpin("b");
         assert!(pins.pin_if_absent("d", id("n")).created);
+        // A reload raises the cap, then lowers it under the pins held: they stay.
+        pins.set_max(4);
+        assert!(pins.pin_if_absent("e", id("n")).created);
+        pins.set_max(2);
+        assert!(!pins.pin_if_absent("f", id("n")).created);
+        assert_eq!(pins.len(), 4);
+        assert!(pins.lookup("e").is_some());
     }
 
     #[test]

@@ -125,6 +125,12 @@ impl Proxy {
         self.mode
     }
 
+    /// Lets each client create `per_second` new rooms, `burst` at once, from the next room on
+    /// (a reload).
+    pub fn set_new_room_rate(&self, per_second: f64, burst: u32) {
+        self.new_rooms.set_rate(per_second, burst);
+    }
+
     /// How room names are parsed (`limits.max_room_chars`).
     pub fn room_limits(&self) -> RoomLimits {
         self.room_limits

@@ -19,9 +19,27 @@ const FORGET_FULL_PAST: usize = 64 * 1024;
 /// The new-room buckets of every client.
 #[derive(Debug)]
 pub struct NewRooms {
+    buckets: Mutex<Buckets>,
+}
+
+/// The rate, which a reload may change, and each client's bucket.
+#[derive(Debug)]
+struct Buckets {
+    rate: Rate,
+    by_client: HashMap<ClientKey, Bucket>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rate {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<ClientKey, Bucket>>,
+}
+
+impl Rate {
+    fn refilled(self, bucket: Bucket, now: Instant) -> f64 {
+        let earned = now.saturating_duration_since(bucket.at).as_secs_f64() * self.per_second;
+        (bucket.tokens + earned).min(self.burst)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -34,47 +52,58 @@ impl NewRooms {
     /// Buckets of `burst` tokens refilled at `per_second`.
     pub fn new(per_second: f64, burst: u32) -> NewRooms {
         NewRooms {
-            per_second,
-            burst: f64::from(burst),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                rate: Rate {
+                    per_second,
+                    burst: f64::from(burst),
+                },
+                by_client: HashMap::new(),
+            }),
         }
     }
 
-    fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
-        let earned = now.saturating_duration_since(bucket.at).as_secs_f64() * self.per_second;
-        (bucket.tokens + earned).min(self.burst)
+    /// Refills at `per_second` up to `burst` from now on (a reload). A client keeps the tokens
+    /// it has, down to the new burst.
+    pub fn set_rate(&self, per_second: f64, burst: u32) {
+        self.lock().rate = Rate {
+            per_second,
+            burst: f64::from(burst),
+        };
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes a token for a new room of `client`; `Err` with the wait until the next one.
     pub fn take(&self, client: ClientKey) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= FORGET_FULL_PAST {
-            buckets.retain(|_, bucket| self.refilled(*bucket, now) < self.burst);
+        let mut buckets = self.lock();
+        let rate = buckets.rate;
+        if buckets.by_client.len() >= FORGET_FULL_PAST {
+            (buckets.by_client).retain(|_, bucket| rate.refilled(*bucket, now) < rate.burst);
         }
-        let tokens = buckets
-            .get(&client)
-            .map_or(self.burst, |bucket| self.refilled(*bucket, now));
+        let tokens = (buckets.by_client.get(&client))
+            .map_or(rate.burst, |bucket| rate.refilled(*bucket, now));
         if tokens < 1.0 {
-            let wait = (1.0 - tokens) / self.per_second;
+            let wait = (1.0 - tokens) / rate.per_second;
             return Err(Duration::from_secs_f64(wait));
         }
-        buckets.insert(
-            client,
-            Bucket {
-                tokens: tokens - 1.0,
-                at: now,
-            },
-        );
+        let bucket = Bucket {
+            tokens: tokens - 1.0,
+            at: now,
+        };
+        buckets.by_client.insert(client, bucket);
         Ok(())
     }
 
     /// Gives back the token of a request that created no room after all (another request
     /// created it first, or another replica had).
     pub fn give_back(&self, client: ClientKey) {
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(bucket) = buckets.get_mut(&client) {
-            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        let mut buckets = self.lock();
+        let burst = buckets.rate.burst;
+        if let Some(bucket) = buckets.by_client.get_mut(&client) {
+            bucket.tokens = (bucket.tokens + 1.0).min(burst);
         }
     }
 }
@@ -99,5 +128,18 @@ mod tests {
         assert!(rooms.take(a).is_err());
         std::thread::sleep(Duration::from_millis(600));
         rooms.take(a).unwrap();
+    }
+
+    #[test]
+    fn a_new_rate_holds_from_the_next_room() {
+        let rooms = NewRooms::new(100.0, 100);
+        let a = ClientKey::of("192.0.2.1".parse().unwrap());
+        rooms.take(a).unwrap();
+        rooms.set_rate(0.5, 2);
+        // The 99 tokens left are cut to the new burst.
+        rooms.take(a).unwrap();
+        rooms.take(a).unwrap();
+        let wait = rooms.take(a).unwrap_err();
+        assert!(wait > Duration::from_millis(1900), "{wait:?}");
     }
 }

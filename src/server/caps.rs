@@ -51,8 +51,9 @@ pub enum Refused {
 
 /// The open client connections of one or more listeners, and their caps.
 pub struct Connections {
-    max: usize,
-    max_per_client: usize,
+    /// The caps, which a reload may lower or raise: connections open over a lowered cap stay.
+    max: AtomicUsize,
+    max_per_client: AtomicUsize,
     open: AtomicUsize,
     per_client: Mutex<HashMap<ClientKey, usize>>,
     closed: Notify,
@@ -71,8 +72,8 @@ impl Connections {
     /// Caps of `max` connections in all and `max_per_client` from one client.
     pub fn new(max: usize, max_per_client: usize, metrics: Option<Arc<Metrics>>) -> Connections {
         Connections {
-            max,
-            max_per_client,
+            max: AtomicUsize::new(max),
+            max_per_client: AtomicUsize::new(max_per_client),
             open: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
             closed: Notify::new(),
@@ -91,7 +92,7 @@ impl Connections {
             .per_client
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if self.open.load(Ordering::Relaxed) >= self.max {
+        if self.open.load(Ordering::Relaxed) >= self.max() {
             return Err(Refused::Full);
         }
         if let Some(client) = client {
@@ -113,7 +114,7 @@ impl Connections {
         client: ClientKey,
     ) -> Result<(), Refused> {
         let count = per_client.entry(client).or_insert(0);
-        if *count >= self.max_per_client {
+        if *count >= self.max_per_client.load(Ordering::Relaxed) {
             return Err(Refused::ClientFull);
         }
         *count += 1;
@@ -127,7 +128,15 @@ impl Connections {
 
     /// The cap on all connections.
     pub fn max(&self) -> usize {
-        self.max
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Caps connections from now on at `max` in all and `max_per_client` from one client (a
+    /// reload). Connections already open stay, over a lowered cap too; new ones are refused
+    /// until enough of them close.
+    pub fn set_caps(&self, max: usize, max_per_client: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.max_per_client.store(max_per_client, Ordering::Relaxed);
     }
 
     /// Completes when no connection is open.
@@ -227,6 +236,27 @@ mod tests {
         assert_eq!(connections.count(), 2);
         let _again = connections.admit(Some(a)).unwrap();
         assert!(connections.per_client.lock().unwrap().len() == 2);
+    }
+
+    #[test]
+    fn new_caps_hold_for_new_connections_and_leave_open_ones() {
+        let connections = Arc::new(Connections::new(10, 5, None));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let held: Vec<_> = (0..3)
+            .map(|_| connections.admit(Some(a)).unwrap())
+            .collect();
+        connections.set_caps(4, 2);
+        assert_eq!(connections.admit(Some(a)).err(), Some(Refused::ClientFull));
+        let _other = connections.admit(Some(b)).unwrap();
+        assert_eq!(connections.admit(Some(b)).err(), Some(Refused::Full));
+        assert_eq!(connections.count(), 4, "the open ones stay");
+        drop(held);
+        let _again = connections.admit(Some(a)).unwrap();
+        connections.set_caps(10, 5);
+        let _more: Vec<_> = (0..4)
+            .map(|_| connections.admit(Some(a)).unwrap())
+            .collect();
     }
 
     #[test]

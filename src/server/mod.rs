@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::acme::{AcmeError, Http01Answers, Issuer};
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::fleet::{health, prometheus, Fleet};
 use crate::placement::pins::Pins;
 use crate::placement::shared::SharedPins;
@@ -99,6 +99,8 @@ pub struct Server {
     http01: Arc<Http01Answers>,
     /// The threads that serve HTTPS connections.
     workers: Arc<Workers>,
+    /// The cap on client connections without `limits.max_connections`, by the open-file limit.
+    default_max_connections: usize,
     config: Config,
 }
 
@@ -167,8 +169,9 @@ impl Server {
             None => None,
         };
         let admin = listen(config.server.admin_listen)?;
+        let (max, default_max_connections) = connection_cap(&config.limits);
         let connections = Arc::new(Connections::new(
-            max_connections(&config),
+            max,
             config.limits.max_connections_per_client,
             Some(proxy.metrics().clone()),
         ));
@@ -188,6 +191,7 @@ impl Server {
             issuer,
             http01,
             workers,
+            default_max_connections,
             config,
         })
     }
@@ -236,12 +240,20 @@ impl Server {
             metrics.clone(),
         ));
         let admin_settings = Arc::new(ArcSwap::from_pointee(self.config.admin.clone()));
+        let limits = watch::Sender::new(Arc::new(self.config.limits.clone()));
+        tasks.spawn(apply_limits(
+            limits.subscribe(),
+            self.connections.clone(),
+            self.proxy.clone(),
+            self.default_max_connections,
+        ));
         if let Some(reloader) = crate::reload::Reloader::new(
             self.config.clone(),
             self.proxy.router().clone(),
             self.certs.clone(),
             metrics.clone(),
             admin_settings.clone(),
+            limits,
         ) {
             tasks.spawn(reloader.run());
         }
@@ -344,11 +356,12 @@ impl Server {
     }
 }
 
-/// Raises the open-file limit and settles the cap on client connections, logging both.
-fn max_connections(config: &Config) -> usize {
+/// Raises the open-file limit and settles the cap on client connections, logging both; the
+/// cap and the default it had without `limits.max_connections`.
+fn connection_cap(limits: &Limits) -> (usize, usize) {
     let open_files = caps::raise_open_file_limit();
     let default = open_files.map_or(usize::MAX, caps::default_max_connections);
-    let max = config.limits.max_connections.unwrap_or(default);
+    let max = max_connections(limits, default);
     match open_files {
         Some(open_files) => tracing::info!(
             open_files,
@@ -357,14 +370,37 @@ fn max_connections(config: &Config) -> usize {
         ),
         None => tracing::warn!(max_connections = max, "open-file limit unknown"),
     }
+    (max, default)
+}
+
+/// The cap on client connections by `limits` (at start and at each reload), warning of one
+/// above `default`, what the open-file limit leaves room for.
+fn max_connections(limits: &Limits, default: usize) -> usize {
+    let max = limits.max_connections.unwrap_or(default);
     if max > default {
         tracing::warn!(
             max_connections = max,
-            open_files = open_files.unwrap_or_default(),
             "limits.max_connections leaves less than half the open-file limit for connections to nodes; raise LimitNOFILE"
         );
     }
     max
+}
+
+/// Applies the keys of each reloaded `[limits]` that need no restart: the caps on client
+/// connections, the new-room rate per client and the pin table's size. Runs until dropped.
+async fn apply_limits(
+    mut changes: watch::Receiver<Arc<Limits>>,
+    connections: Arc<Connections>,
+    proxy: Arc<Proxy>,
+    default_max: usize,
+) {
+    while changes.changed().await.is_ok() {
+        let limits = changes.borrow_and_update().clone();
+        let max = max_connections(&limits, default_max);
+        connections.set_caps(max, limits.max_connections_per_client);
+        proxy.set_new_room_rate(limits.new_rooms_per_second, limits.new_room_burst);
+        proxy.router().pins().set_max(limits.max_pins);
+    }
 }
 
 /// What to do about a listener that could not be bound, for the two causes a new install meets.
