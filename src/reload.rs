@@ -204,7 +204,7 @@ impl Reloader {
                 self.admin.store(Arc::new(config.admin.clone()));
                 rounds::set_if_changed(&self.limits, config.limits.clone());
                 if !restart.is_empty() {
-                    tracing::warn!(sections = ?restart, "these changes take effect only after a restart");
+                    tracing::warn!(changes = ?restart, "these changes take effect only after a restart");
                 }
                 tracing::info!(why, nodes = config.nodes.len(), "config reloaded");
                 self.metrics.reloaded(true);
@@ -263,34 +263,44 @@ fn stamps(paths: &[&Path]) -> Vec<Stamp> {
     paths.iter().map(|p| Stamp::of(p)).collect()
 }
 
-/// `old` with the keys of `[limits]` that apply live taken from `new`: equal to `new` when
-/// nothing else changed.
-fn with_live_limits(old: &Limits, new: &Limits) -> Limits {
-    Limits {
-        max_connections: new.max_connections,
-        max_connections_per_client: new.max_connections_per_client,
-        new_rooms_per_second: new.new_rooms_per_second,
-        new_room_burst: new.new_room_burst,
-        max_pins: new.max_pins,
-        ..old.clone()
-    }
+/// The keys of `[limits]` a reload applies; the others are read at start.
+const LIVE_LIMITS: [&str; 5] = [
+    "max_connections",
+    "max_connections_per_client",
+    "new_rooms_per_second",
+    "new_room_burst",
+    "max_pins",
+];
+
+/// The keys of `[limits]` that changed and are read at start only, as `limits.<key>`.
+fn restart_only_limits(old: &Limits, new: &Limits) -> Vec<String> {
+    let table = |limits: &Limits| match toml::Value::try_from(limits) {
+        Ok(toml::Value::Table(table)) => table,
+        _ => toml::Table::new(),
+    };
+    let (old, new) = (table(old), table(new));
+    let keys = old
+        .keys()
+        .chain(new.keys().filter(|key| !old.contains_key(*key)));
+    keys.filter(|key| !LIVE_LIMITS.contains(&key.as_str()) && old.get(*key) != new.get(*key))
+        .map(|key| format!("limits.{key}"))
+        .collect()
 }
 
-/// Config sections that changed but are only read at start.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    [
+/// Config sections (and keys of `[limits]`) that changed but are only read at start.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let sections = [
         ("server", old.server != new.server),
         ("tls.acme", old.tls.acme != new.tls.acme),
         ("routing", old.routing != new.routing),
         ("upstream", old.upstream != new.upstream),
-        (
-            "limits",
-            with_live_limits(&old.limits, &new.limits) != new.limits,
-        ),
         ("pins", old.pins != new.pins),
         ("log", old.log != new.log),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect()
+    ];
+    let changed = sections
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name));
+    (changed.map(str::to_owned))
+        .chain(restart_only_limits(&old.limits, &new.limits))
+        .collect()
 }

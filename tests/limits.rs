@@ -389,5 +389,7 @@ async fn caps_and_rates_lowered_by_reload_hold_for_the_next_connection_and_room(
     let timeouts = format!("{limits}keepalive_timeout = \"30s\"\n");
     std::fs::write(&path, config(&certs, &timeouts, &node_entries(&nodes))).unwrap();
     log_shows(&router, "only after a restart").await;
-    assert!(router.logs().contains("limits"));
+    let logs = router.logs();
+    assert!(logs.contains("limits.keepalive_timeout"), "{logs}");
+    assert!(!logs.contains("limits.new_room"), "{logs}");
 }

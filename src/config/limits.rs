@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::check::Check;
 use super::ConfigError;
@@ -11,7 +11,7 @@ use super::ConfigError;
 /// `[limits]`: what one client may hold or send, and how long each state of a client connection
 /// may last. Defaults follow what nginx and HAProxy ship; the README's "Security and limits"
 /// section says why each is what it is.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest request head (request line and headers), in bytes; larger gets `431`.
