@@ -8,7 +8,9 @@
 //! object (Prosody's `util.json`, cjson), `[]` with later ones. A listed room is live (its count
 //! leaves out jicofo's focus, so 0 is live too) unless `leaked`. Rooms opened under a tenant are
 //! named `[tenant]myroom@...`; both map to the router's room keys (`tenant/myroom`) through the
-//! same normalisation as URLs, and the MUC domain is ignored.
+//! same normalisation as URLs, and the MUC domain is ignored. jitsi's signal-sidecar serves the
+//! same answer at `/signal/census`, and `{"room_census": null}` (status 200) while its own poll
+//! of prosody fails: that is no census, not a node without rooms.
 //!
 //! A room live on more than one node's census at once is split ([`splits`]).
 
@@ -52,7 +54,9 @@ pub enum CensusError {
 
 #[derive(Deserialize)]
 struct Answer {
-    room_census: Rooms,
+    /// `null` from a signal-sidecar whose own poll of prosody's census failed: it answers
+    /// `{"room_census": null}` with status 200 then.
+    room_census: Option<Rooms>,
 }
 
 /// The rooms: a list, or `{}` for none (see the module's docs).
@@ -95,7 +99,11 @@ pub fn room_key(room_name: &str, limits: &RoomLimits) -> Option<String> {
 pub fn parse(body: &[u8], limits: &RoomLimits) -> Result<Vec<LiveRoom>, CensusError> {
     let answer: Answer =
         serde_json::from_slice(body).map_err(|e| CensusError::Malformed(e.to_string()))?;
-    let entries = match answer.room_census {
+    let Some(rooms) = answer.room_census else {
+        let problem = "room_census is null or missing: no census in the answer (a signal-sidecar answers null when it cannot read prosody's census)";
+        return Err(CensusError::Malformed(problem.into()));
+    };
+    let entries = match rooms {
         Rooms::List(entries) => entries,
         Rooms::None(map) if map.is_empty() => Vec::new(),
         Rooms::None(_) => {
@@ -230,10 +238,13 @@ mod tests {
             parse(br#"{"room_census": {"a": 1}}"#, &limits),
             Err(CensusError::Malformed(_))
         ));
-        assert!(matches!(
-            parse(br#"{"room_census": null}"#, &limits),
-            Err(CensusError::Malformed(_))
-        ));
+        for no_census in [&br#"{"room_census": null}"#[..], b"{}"] {
+            let reason = parse(no_census, &limits).unwrap_err().to_string();
+            assert!(
+                reason.contains("room_census is null or missing"),
+                "{reason}"
+            );
+        }
         assert!(matches!(
             parse(b"<html>", &limits),
             Err(CensusError::Malformed(_))
