@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::peer::ClientKey;
 
-/// Buckets kept before full ones are forgotten (a full bucket is the same as none).
+/// Buckets kept before full ones are first forgotten (a full bucket is the same as none).
 const FORGET_FULL_PAST: usize = 64 * 1024;
 
 /// The new-room buckets of every client.
@@ -27,6 +27,10 @@ pub struct NewRooms {
 struct Buckets {
     rate: Rate,
     by_client: HashMap<ClientKey, Bucket>,
+    /// How many buckets make the next sweep of full ones: twice what the last sweep left, so
+    /// that clients enough to keep that many buckets short of full (many addresses creating
+    /// rooms) cost each new room a share of a sweep, not a sweep.
+    sweep_at: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +62,7 @@ impl NewRooms {
                     burst: f64::from(burst),
                 },
                 by_client: HashMap::new(),
+                sweep_at: FORGET_FULL_PAST,
             }),
         }
     }
@@ -80,8 +85,9 @@ impl NewRooms {
         let now = Instant::now();
         let mut buckets = self.lock();
         let rate = buckets.rate;
-        if buckets.by_client.len() >= FORGET_FULL_PAST {
+        if buckets.by_client.len() >= buckets.sweep_at {
             (buckets.by_client).retain(|_, bucket| rate.refilled(*bucket, now) < rate.burst);
+            buckets.sweep_at = (2 * buckets.by_client.len()).max(FORGET_FULL_PAST);
         }
         let tokens = (buckets.by_client.get(&client))
             .map_or(rate.burst, |bucket| rate.refilled(*bucket, now));
@@ -128,6 +134,30 @@ mod tests {
         assert!(rooms.take(a).is_err());
         std::thread::sleep(Duration::from_millis(600));
         rooms.take(a).unwrap();
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten_and_short_ones_do_not_make_every_room_sweep() {
+        let rooms = NewRooms::new(1.0, 1000);
+        let client = |i: u32| ClientKey::of(std::net::Ipv4Addr::from(i).into());
+        let count = u32::try_from(FORGET_FULL_PAST).unwrap();
+        for i in 0..count {
+            rooms.take(client(i)).unwrap();
+        }
+        // Every bucket is short of full: the sweep keeps them all and moves the next one out.
+        rooms.take(client(count)).unwrap();
+        let buckets = rooms.lock();
+        assert_eq!(buckets.by_client.len(), FORGET_FULL_PAST + 1);
+        assert_eq!(buckets.sweep_at, 2 * FORGET_FULL_PAST);
+        drop(buckets);
+        // Full again (a new burst of 1), they are forgotten at the next sweep.
+        rooms.set_rate(1.0, 1);
+        for i in count + 1..=2 * count {
+            rooms.take(client(i)).unwrap();
+        }
+        let buckets = rooms.lock();
+        assert!(buckets.by_client.len() <= FORGET_FULL_PAST);
+        assert!(!buckets.by_client.contains_key(&client(0)));
     }
 
     #[test]
