@@ -263,15 +263,6 @@ fn stamps(paths: &[&Path]) -> Vec<Stamp> {
     paths.iter().map(|p| Stamp::of(p)).collect()
 }
 
-/// The keys of `[limits]` a reload applies; the others are read at start.
-const LIVE_LIMITS: [&str; 5] = [
-    "max_connections",
-    "max_connections_per_client",
-    "new_rooms_per_second",
-    "new_room_burst",
-    "max_pins",
-];
-
 /// The keys of `[limits]` that changed and are read at start only, as `limits.<key>`.
 fn restart_only_limits(old: &Limits, new: &Limits) -> Vec<String> {
     let table = |limits: &Limits| match toml::Value::try_from(limits) {
@@ -282,7 +273,7 @@ fn restart_only_limits(old: &Limits, new: &Limits) -> Vec<String> {
     let keys = old
         .keys()
         .chain(new.keys().filter(|key| !old.contains_key(*key)));
-    keys.filter(|key| !LIVE_LIMITS.contains(&key.as_str()) && old.get(*key) != new.get(*key))
+    keys.filter(|key| !Limits::LIVE.contains(&key.as_str()) && old.get(*key) != new.get(*key))
         .map(|key| format!("limits.{key}"))
         .collect()
 }

@@ -99,6 +99,18 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The keys a reload applies (the server's caps on connections, the new-room rate, the pin
+    /// table's size); the others are read at start.
+    pub const LIVE: [&'static str; 5] = [
+        "max_connections",
+        "max_connections_per_client",
+        "new_rooms_per_second",
+        "new_room_burst",
+        "max_pins",
+    ];
+}
+
 /// The window [`Limits::h2_max_cancelled_streams`] counts in.
 pub const CANCELLED_STREAMS_WINDOW: Duration = Duration::from_secs(10);
 

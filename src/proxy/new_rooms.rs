@@ -40,6 +40,13 @@ struct Rate {
 }
 
 impl Rate {
+    fn of(per_second: f64, burst: u32) -> Rate {
+        Rate {
+            per_second,
+            burst: f64::from(burst),
+        }
+    }
+
     fn refilled(self, bucket: Bucket, now: Instant) -> f64 {
         let earned = now.saturating_duration_since(bucket.at).as_secs_f64() * self.per_second;
         (bucket.tokens + earned).min(self.burst)
@@ -57,10 +64,7 @@ impl NewRooms {
     pub fn new(per_second: f64, burst: u32) -> NewRooms {
         NewRooms {
             buckets: Mutex::new(Buckets {
-                rate: Rate {
-                    per_second,
-                    burst: f64::from(burst),
-                },
+                rate: Rate::of(per_second, burst),
                 by_client: HashMap::new(),
                 sweep_at: FORGET_FULL_PAST,
             }),
@@ -70,10 +74,7 @@ impl NewRooms {
     /// Refills at `per_second` up to `burst` from now on (a reload). A client keeps the tokens
     /// it has, down to the new burst.
     pub fn set_rate(&self, per_second: f64, burst: u32) {
-        self.lock().rate = Rate {
-            per_second,
-            burst: f64::from(burst),
-        };
+        self.lock().rate = Rate::of(per_second, burst);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
