@@ -25,8 +25,15 @@
 //!    every candidate is; then the least busy does (the caller warns and counts it). Without
 //!    CPU data, full nodes likewise take rooms only when all are full. A node within the
 //!    bound but over `max_cpu` yields to one over the bound but under `max_cpu`.
-//! 5. **Order**: lowest estimate first, nodes without a reading after those with one; equal
-//!    estimates by the room's weighted rendezvous score ([`rendezvous::score`]).
+//! 5. **Order**: lowest estimate after taking a large room first ([`LARGE_ROOM`] times
+//!    `room_cost`, ÷ the node's `weight`), nodes without a reading after those with one; equal
+//!    ranks by the room's weighted rendezvous score ([`rendezvous::score`]). A room's size is
+//!    unknown until its people arrive, and a large one costs a node of weight 1 four times what
+//!    it costs a node of weight 4: ranking as if each room might be large keeps the smaller
+//!    nodes a little cooler (3 × `room_cost` for weight 1 beside weight 4, 3 % of CPU by
+//!    default), so that a large room landing on one late in a burst overloads it less
+//!    (`benches/HISTORY.md`, "Headroom for a large room"). Between nodes of one weight the
+//!    term is the same for each and changes nothing.
 //! 6. **No CPU data at all** (no reading, or the last one older than `max_staleness`): weighted
 //!    rendezvous hashing bounded on total rooms, each node holding at most
 //!    ⌈`balance_factor` × (R + 1) × w ÷ W⌉ of the candidates' `R` rooms, `W` their total weight
@@ -50,6 +57,12 @@ use crate::rendezvous;
 
 /// Busy CPU assumed per room until the fleet teaches a better figure.
 pub const DEFAULT_ROOM_COST: f64 = 0.01;
+
+/// The room each candidate is ranked as taking, in rooms of `room_cost`: a room of about 18
+/// people where rooms average 4 or 5. Over 90 simulated fleets of mixed sizes, 4 to 6 gave the
+/// most even fleets and the fewest overloaded small nodes; 3 and 8 did worse
+/// (`benches/HISTORY.md`, "Headroom for a large room").
+pub const LARGE_ROOM: f64 = 4.0;
 
 /// How placement weighs the fleet: the `[placement]` config section, defined with the config.
 pub use crate::config::Placement as Settings;
@@ -237,9 +250,10 @@ pub fn choose(
     let allowed = |c: &Candidate| !any_under || c.under(max_cpu);
     let per_share = settings.balance_factor * (placed + 1) as f64 / shares;
     let bounded = all().filter(|c| allowed(c) && within(c.placed, per_share * c.share));
-    let estimate = |c: &Candidate| c.estimate;
-    let index = best(room_hash, bounded, estimate)
-        .or_else(|| best(room_hash, all().filter(allowed), estimate))?;
+    let large_room = LARGE_ROOM * room_cost(state, settings);
+    let rank = |c: &Candidate| c.estimate + large_room / c.node.weight;
+    let index = best(room_hash, bounded, rank)
+        .or_else(|| best(room_hash, all().filter(allowed), rank))?;
     Some(Chosen {
         index,
         over_max_cpu: !any_under,

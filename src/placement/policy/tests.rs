@@ -313,3 +313,23 @@ fn empty_fleet_has_no_choice() {
         None
     );
 }
+
+#[test]
+fn a_smaller_node_keeps_headroom_for_a_large_room() {
+    let fleet = fleet_of(&[1.0, 4.0]);
+    let settings = Settings {
+        room_cost: Some(0.01),
+        ..Settings::default()
+    };
+    let chosen = |cpu: &[f64]| {
+        read(&fleet, cpu);
+        choose(&fleet.snapshot(), &settings, 7, Instant::now()).unwrap().index
+    };
+    // Ranked as taking a room of 4 × 0.01: 0.28 + 0.04 against 0.30 + 0.01.
+    assert_eq!(chosen(&[0.28, 0.30]), 1, "the small node is not cool enough");
+    assert_eq!(chosen(&[0.26, 0.30]), 0, "the small node is cooler by more");
+    let alike = fleet_of(&[2.0, 2.0]);
+    read(&alike, &[0.299, 0.30]);
+    let chosen = choose(&alike.snapshot(), &settings, 7, Instant::now()).unwrap();
+    assert_eq!(chosen.index, 0, "nodes of one size rank by their estimate");
+}
