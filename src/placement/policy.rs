@@ -252,8 +252,8 @@ pub fn choose(
     let bounded = all().filter(|c| allowed(c) && within(c.placed, per_share * c.share));
     let large_room = LARGE_ROOM * room_cost(state, settings);
     let rank = |c: &Candidate| c.estimate + large_room / c.node.weight;
-    let index = best(room_hash, bounded, rank)
-        .or_else(|| best(room_hash, all().filter(allowed), rank))?;
+    let index =
+        best(room_hash, bounded, rank).or_else(|| best(room_hash, all().filter(allowed), rank))?;
     Some(Chosen {
         index,
         over_max_cpu: !any_under,

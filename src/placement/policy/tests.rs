@@ -323,10 +323,16 @@ fn a_smaller_node_keeps_headroom_for_a_large_room() {
     };
     let chosen = |cpu: &[f64]| {
         read(&fleet, cpu);
-        choose(&fleet.snapshot(), &settings, 7, Instant::now()).unwrap().index
+        choose(&fleet.snapshot(), &settings, 7, Instant::now())
+            .unwrap()
+            .index
     };
     // Ranked as taking a room of 4 × 0.01: 0.28 + 0.04 against 0.30 + 0.01.
-    assert_eq!(chosen(&[0.28, 0.30]), 1, "the small node is not cool enough");
+    assert_eq!(
+        chosen(&[0.28, 0.30]),
+        1,
+        "the small node is not cool enough"
+    );
     assert_eq!(chosen(&[0.26, 0.30]), 0, "the small node is cooler by more");
     let alike = fleet_of(&[2.0, 2.0]);
     read(&alike, &[0.299, 0.30]);
