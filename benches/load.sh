@@ -5,6 +5,8 @@
 # body). wrk drives BOSH-style requests over 10,000 rooms through each in turn; the table gives
 # requests/s and latency with ratios against jitsi-router measured in the same round, and the CPU
 # time each proxy used per request (user + system; steadier than requests/s on a shared machine).
+# A last line gives jitsi-router's routing decision: its mean time by the router's own histogram
+# and its share of the router's CPU per request.
 #
 #   benches/load.sh [seconds per run, default 10] [connections, default 50] [rounds, default 3]
 #   JITSI_ROUTER_BIN=path/to/jitsi-router benches/load.sh   (a build other than this tree's)
@@ -59,8 +61,9 @@ fi
 
 # jitsi-router.
 router_port="$(free_port)"
+admin_port="$(free_port)"
 {
-  printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n' "$router_port" "$(free_port)"
+  printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n' "$router_port" "$admin_port"
   printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$work/cert.pem" "$work/key.pem"
   printf '[log]\nformat = "text"\n'
   # wrk, from one address, stands for thousands of participants: lift the per-client caps.
@@ -221,7 +224,10 @@ for round in $(seq 0 $((rounds - 1))); do
     run "${names[$i]}" "${ports[$i]}" "${proxy_pids[$i]}" >> "$work/rounds.txt"
   done
 done
-python3 - "$work/rounds.txt" "$rounds" "$connection" "${REDIRECT:-0}" "${WEBSOCKET:-0}" "${RESUMED:-0}" <<'PY'
+# The router's own timing of its routing decisions (`jitsi_router_routing_decision_seconds`, every
+# request of every round, warm-ups included), for their share of its CPU per request.
+curl -s "http://127.0.0.1:$admin_port/metrics" > "$work/router.metrics" || true
+python3 - "$work/rounds.txt" "$rounds" "$connection" "${REDIRECT:-0}" "${WEBSOCKET:-0}" "${RESUMED:-0}" "$work/router.metrics" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 rounds = int(sys.argv[2])
@@ -247,4 +253,12 @@ for n in names:
           f"{statistics.median(rps) / statistics.median(base):>15.2f}x "
           f"{min(ratios):>6.2f}-{max(ratios):.2f}x "
           f"{statistics.median(float(r[4]) for r in by[n]):>11.1f}")
+metrics = dict(line.split()[:2] for line in open(sys.argv[7]) if line.startswith("jitsi_router_routing_decision_seconds_"))
+decisions = float(metrics.get("jitsi_router_routing_decision_seconds_count", 0))
+if decisions and sys.argv[5] != "1":
+    mean_us = float(metrics["jitsi_router_routing_decision_seconds_sum"]) / decisions * 1e6
+    cpu_us = statistics.median(float(r[4]) for r in by["jitsi-router"])
+    print(f"jitsi-router's routing decision: {mean_us * 1000:.0f} ns mean over {decisions:.0f} decisions "
+          f"(its own histogram, clock reads included), {100 * mean_us / cpu_us:.1f} % of its CPU per "
+          + ("connection" if sys.argv[6] == "1" else "request"))
 PY
