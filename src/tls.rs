@@ -20,6 +20,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+mod sessions;
+
 /// A certificate or key problem, naming the file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -307,8 +309,9 @@ impl ResolvesServerCert for CertStore {
 /// monitoring probes) would otherwise be refused in the handshake, as rustls ends a handshake
 /// whose offered protocols it has none of. Such a connection is served as HTTP/1.
 ///
-/// Sessions are resumed from a cache of `sessions` entries in memory (`limits.tls_sessions`),
-/// as nginx's `ssl_session_cache` and HAProxy's `tune.ssl.cachesize` keep them; rustls's own
+/// Sessions are resumed from a store of at most `sessions` entries in memory
+/// (`limits.tls_sessions`, kept as [`sessions`] says), as nginx's `ssl_session_cache` and
+/// HAProxy's `tune.ssl.cachesize` keep them; rustls's own
 /// default of 256 holds only the last hundred or so handshakes, so on a busy edge a browser's
 /// second connection, a second after its first, would find its session gone. TLS 1.3 tickets name
 /// an entry of the cache rather than carry the session encrypted (no ticket key to guard or
@@ -326,7 +329,7 @@ pub fn server_config(
         .with_cert_resolver(certs);
     config.session_storage = match sessions {
         0 => Arc::new(rustls::server::NoServerSessionStorage {}),
-        n => rustls::server::ServerSessionMemoryCache::new(n),
+        n => Arc::new(sessions::Sessions::new(n)),
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     if acme_alpn {
