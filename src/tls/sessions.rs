@@ -6,12 +6,11 @@
 //! about 17 % of the router's CPU per connection under `NEW_CONNECTIONS=1 benches/load.sh`,
 //! and every other handshake waiting on the lock meanwhile (rustls issue 1503). Without the
 //! scan a connection there costs 225–237 µs of CPU instead of 296–313 (`benches/HISTORY.md`,
-//! "The TLS session store without a search"). Here new
-//! sessions go into the current generation; when it holds half the cap it becomes the previous
-//! one and the previous one is dropped, after the lock is released. Every operation is a map
-//! lookup or two, the cap holds, and the newest half of the cap is always kept; rustls's queue
-//! kept exactly the newest `cap`, a difference no client can tell from a full handshake now
-//! and then.
+//! "The TLS session store without a search"). Here new sessions go into the current
+//! generation; when it holds half the cap it becomes the previous one and the previous one is
+//! dropped, after the lock is released. Every operation is a map lookup or two, the cap holds,
+//! and the newest half of the cap is always kept; rustls's queue kept exactly the newest
+//! `cap`, a difference no client can tell from a full handshake now and then.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -88,7 +87,7 @@ impl rustls::server::StoresServerSessions for Sessions {
 impl fmt::Debug for Sessions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sessions")
-            .field("cap", &(self.generation * 2))
+            .field("generation", &self.generation)
             .field("held", &self.len())
             .finish()
     }
