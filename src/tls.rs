@@ -311,12 +311,12 @@ impl ResolvesServerCert for CertStore {
 ///
 /// Sessions are resumed from a store of at most `sessions` entries in memory
 /// (`limits.tls_sessions`, kept as [`sessions`] says), as nginx's `ssl_session_cache` and
-/// HAProxy's `tune.ssl.cachesize` keep them; rustls's own
-/// default of 256 holds only the last hundred or so handshakes, so on a busy edge a browser's
-/// second connection, a second after its first, would find its session gone. TLS 1.3 tickets name
-/// an entry of the cache rather than carry the session encrypted (no ticket key to guard or
-/// rotate), and each is taken once; TLS 1.3 resumption here always makes a new key exchange
-/// (`psk_dhe_ke`), so resumed sessions keep forward secrecy.
+/// HAProxy's `tune.ssl.cachesize` keep them; rustls's own default of 256 holds only the last
+/// hundred or so handshakes, so on a busy edge a browser's second connection, a second after
+/// its first, would find its session gone. TLS 1.3 tickets name an entry of the store rather
+/// than carry the session encrypted (no ticket key to guard or rotate), and each is taken
+/// once; TLS 1.3 resumption here always makes a new key exchange (`psk_dhe_ke`), so resumed
+/// sessions keep forward secrecy.
 pub fn server_config(
     certs: Arc<CertStore>,
     acme_alpn: bool,
