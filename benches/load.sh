@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Load comparison on loopback: jitsi-router against HAProxy (stick-by-room consistent hashing with
-# hash-balance-factor 125, as meet.jit.si runs it) and nginx (`hash $arg_room consistent`), all
-# terminating TLS in front of the same three upstream "nodes" (nginx answering a small BOSH-like
-# body). wrk drives BOSH-style requests over 10,000 rooms through each in turn; the table gives
+# Load comparison on loopback: jitsi-router against HAProxy as meet.jit.si runs it (a stick table
+# of rooms in front of consistent hashing bounded by hash-balance-factor 125), the same HAProxy
+# hashing alone without the table (`haproxy-hash`: cheaper, but a room moves whenever the bound
+# moves its hash), and nginx (`hash $arg_room consistent`), all terminating TLS in front of the
+# same three upstream "nodes" (nginx answering a small BOSH-like body). wrk drives BOSH-style requests over 10,000 rooms through each in turn; the table gives
 # requests/s and latency with ratios against jitsi-router measured in the same round, and the CPU
 # time each proxy used per request (user + system; steadier than requests/s on a shared machine).
 # A last line gives jitsi-router's routing decision: its mean time by the router's own histogram
@@ -78,20 +79,31 @@ admin_port="$(free_port)"
 RUST_LOG=warn "$router_bin" serve --config "$work/router.toml" 2>"$work/router.log" & pids+=($!)
 router_pid=$!
 
-# HAProxy: hash on the room parameter, consistent, bounded load.
+# HAProxy: the room's node remembered in a stick table (meet.jit.si's `stick on` the room,
+# lower-cased, `expire 5m`, from jitsi/infra-configuration's haproxy.cfg.j2), new rooms placed by
+# consistent hashing on the room parameter, bounded load. A second frontend (`haproxy-hash`, the
+# same process) hashes without the table. Redirects need no backend, so REDIRECT=1 has no second.
 haproxy_port="$(free_port)"
+haproxy_hash_port="$(free_port)"
 {
   printf 'global\n  maxconn 4096\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n'
   printf 'frontend fe\n  bind 127.0.0.1:%s ssl crt %s alpn h2,http/1.1\n  default_backend nodes\n' "$haproxy_port" "$work/haproxy.pem"
   if [ "${REDIRECT:-}" = 1 ]; then
     printf '  http-request set-var(txn.node) path,djb2,mod(%s)\n' "${#node_ports[@]}"
     printf '  http-request redirect location https://node-%%[var(txn.node)].example%%[capture.req.uri] code 307\n'
+  else
+    printf 'frontend fe_hash\n  bind 127.0.0.1:%s ssl crt %s alpn h2,http/1.1\n  default_backend nodes_hash\n' "$haproxy_hash_port" "$work/haproxy.pem"
   fi
-  printf 'backend nodes\n  balance url_param room\n  hash-type consistent\n  hash-balance-factor 125\n  http-reuse always\n'
-  i=0
-  for port in "${node_ports[@]}"; do
-    printf '  server node-%s 127.0.0.1:%s\n' "$i" "$port"
-    i=$((i + 1))
+  for backend in nodes nodes_hash; do
+    printf 'backend %s\n  balance url_param room\n  hash-type consistent\n  hash-balance-factor 125\n  http-reuse always\n' "$backend"
+    if [ "$backend" = nodes ]; then
+      printf '  stick-table type string len 200 size 200k expire 5m\n  stick on url_param(room),lower\n'
+    fi
+    i=0
+    for port in "${node_ports[@]}"; do
+      printf '  server node-%s 127.0.0.1:%s\n' "$i" "$port"
+      i=$((i + 1))
+    done
   done
 } > "$work/haproxy.cfg"
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
@@ -127,8 +139,17 @@ mkdir -p "$work/proxy"
 nginx -c "$work/proxy.conf" -p "$work/proxy" & pids+=($!)
 nginx_pid=$!
 
-for entry in "jitsi-router:$router_port:router.log" "haproxy:$haproxy_port:haproxy.log" "nginx:$nginx_port:proxy.err"; do
-  IFS=: read -r name port log <<<"$entry"
+# The proxies compared, in the order of the table.
+names=(jitsi-router haproxy nginx)
+ports=("$router_port" "$haproxy_port" "$nginx_port")
+proxy_pids=("$router_pid" "$haproxy_pid" "$nginx_pid")
+logs=(router.log haproxy.log proxy.err)
+if [ "${REDIRECT:-}" != 1 ]; then
+  names+=(haproxy-hash); ports+=("$haproxy_hash_port"); proxy_pids+=("$haproxy_pid"); logs+=(haproxy.log)
+fi
+
+for k in "${!names[@]}"; do
+  name="${names[$k]}" port="${ports[$k]}" log="${logs[$k]}"
   up=""
   for _ in $(seq 100); do
     if curl -sk --http1.1 -m 5 -o /dev/null "https://127.0.0.1:$port/http-bind?room=warmup"; then up=1; break; fi
@@ -212,26 +233,24 @@ run() {
   echo "$name $rps $p50 $p99 $cpu"
 }
 
-# Rounds, each running the three in a rotated order, so that a slow phase of a shared machine
+# Rounds, each running the proxies in a rotated order, so that a slow phase of a shared machine
 # does not always fall on the same proxy; the table gives each proxy's median round and the range
 # of its ratio to jitsi-router's round.
-names=(jitsi-router haproxy nginx)
-ports=("$router_port" "$haproxy_port" "$nginx_port")
-proxy_pids=("$router_pid" "$haproxy_pid" "$nginx_pid")
+count=${#names[@]}
 for round in $(seq 0 $((rounds - 1))); do
-  for k in 0 1 2; do
-    i=$(((k + round) % 3))
+  for k in $(seq 0 $((count - 1))); do
+    i=$(((k + round) % count))
     run "${names[$i]}" "${ports[$i]}" "${proxy_pids[$i]}" >> "$work/rounds.txt"
   done
 done
 # The router's own timing of its routing decisions (`jitsi_router_routing_decision_seconds`, every
 # request of every round, warm-ups included), for their share of its CPU per request.
 curl -s "http://127.0.0.1:$admin_port/metrics" > "$work/router.metrics" || true
-python3 - "$work/rounds.txt" "$rounds" "$connection" "${REDIRECT:-0}" "${WEBSOCKET:-0}" "${RESUMED:-0}" "$work/router.metrics" <<'PY'
+python3 - "$work/rounds.txt" "$rounds" "$connection" "${REDIRECT:-0}" "${WEBSOCKET:-0}" "${RESUMED:-0}" "$work/router.metrics" "${names[*]}" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 rounds = int(sys.argv[2])
-names = ["jitsi-router", "haproxy", "nginx"]
+names = sys.argv[8].split()
 by = {n: [r for r in rows if r[0] == n] for n in names}
 base = [float(r[1]) for r in by["jitsi-router"]]
 def ms(text):
