@@ -4,8 +4,9 @@
 //!
 //! `cargo bench --bench tunnels [-- <tunnels, default 2000>]` starts one simulated node (a
 //! WebSocket echo), then each proxy in turn in front of it, all terminating TLS with the same
-//! certificate: jitsi-router (this tree's release build, or `JITSI_ROUTER_BIN`), HAProxy (`balance url_param room`,
-//! `hash-type consistent`) and nginx (`hash $arg_room consistent`, `proxy_buffering` as shipped),
+//! certificate: jitsi-router (this tree's release build, or `JITSI_ROUTER_BIN`), HAProxy as
+//! meet.jit.si runs it (a stick table of rooms in front of `balance url_param room`, `hash-type
+//! consistent`, as in `benches/load.sh`) and nginx (`hash $arg_room consistent`, `proxy_buffering` as shipped),
 //! each with two threads or workers as in `benches/load.sh`. Through each it opens the tunnels
 //! (`/xmpp-websocket?room=...`, 64 handshakes at a time), sends one message on each and reads its
 //! echo, lets them sit idle for a second, and reports how much the proxy's resident memory grew
@@ -310,6 +311,8 @@ impl Proxy {
                          frontend fe\n  bind {addr} ssl crt {} alpn h2,http/1.1\n  \
                          default_backend nodes\n\
                          backend nodes\n  balance url_param room\n  hash-type consistent\n  \
+                         stick-table type string len 200 size 200k expire 5m\n  \
+                         stick on url_param(room),lower\n  \
                          server jitsi-a {node}\n",
                         certs.both.display()
                     ),
