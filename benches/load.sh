@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load comparison on loopback: jitsi-router against HAProxy as meet.jit.si runs it (a stick table
-# of rooms in front of consistent hashing bounded by hash-balance-factor 125), the same HAProxy
+# of rooms in front of consistent hashing bounded by hash-balance-factor 125, jitsi-router's own
+# balance_factor; meet.jit.si's is 150, and the bound only places new rooms), the same HAProxy
 # hashing alone without the table (`haproxy-hash`: cheaper, but a room moves whenever the bound
 # moves its hash), and nginx (`hash $arg_room consistent`), all terminating TLS in front of the
 # same three upstream "nodes" (nginx answering a small BOSH-like body). wrk drives BOSH-style requests over 10,000 rooms through each in turn; the table gives
