@@ -4,9 +4,10 @@
 # balance_factor; meet.jit.si's is 150, and the bound only places new rooms), the same HAProxy
 # hashing alone without the table (`haproxy-hash`: cheaper, but a room moves whenever the bound
 # moves its hash), and nginx (`hash $arg_room consistent`), all terminating TLS in front of the
-# same three upstream "nodes" (nginx answering a small BOSH-like body). wrk drives BOSH-style requests over 10,000 rooms through each in turn; the table gives
-# requests/s and latency with ratios against jitsi-router measured in the same round, and the CPU
-# time each proxy used per request (user + system; steadier than requests/s on a shared machine).
+# same three upstream "nodes" (nginx answering a small BOSH-like body). wrk drives BOSH-style
+# requests over 10,000 rooms through each in turn; the table gives requests/s and latency with
+# ratios against jitsi-router measured in the same round, and the CPU time each proxy used per
+# request (user + system; steadier than requests/s on a shared machine).
 # A last line gives jitsi-router's routing decision: its mean time by the router's own histogram
 # and its share of the router's CPU per request.
 #
