@@ -96,7 +96,9 @@ haproxy_hash_port="$(free_port)"
   else
     printf 'frontend fe_hash\n  bind 127.0.0.1:%s ssl crt %s alpn h2,http/1.1\n  default_backend nodes_hash\n' "$haproxy_hash_port" "$work/haproxy.pem"
   fi
-  for backend in nodes nodes_hash; do
+  backends="nodes nodes_hash"
+  [ "${REDIRECT:-}" = 1 ] && backends="nodes"
+  for backend in $backends; do
     printf 'backend %s\n  balance url_param room\n  hash-type consistent\n  hash-balance-factor 125\n  http-reuse always\n' "$backend"
     if [ "$backend" = nodes ]; then
       printf '  stick-table type string len 200 size 200k expire 5m\n  stick on url_param(room),lower\n'

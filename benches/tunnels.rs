@@ -6,8 +6,8 @@
 //! WebSocket echo), then each proxy in turn in front of it, all terminating TLS with the same
 //! certificate: jitsi-router (this tree's release build, or `JITSI_ROUTER_BIN`), HAProxy as
 //! meet.jit.si runs it (a stick table of rooms in front of `balance url_param room`, `hash-type
-//! consistent`, as in `benches/load.sh`) and nginx (`hash $arg_room consistent`, `proxy_buffering` as shipped),
-//! each with two threads or workers as in `benches/load.sh`. Through each it opens the tunnels
+//! consistent`, as in `benches/load.sh`) and nginx (`hash $arg_room consistent`,
+//! `proxy_buffering` as shipped), each with two threads or workers as in `benches/load.sh`. Through each it opens the tunnels
 //! (`/xmpp-websocket?room=...`, 64 handshakes at a time), sends one message on each and reads its
 //! echo, lets them sit idle for a second, and reports how much the proxy's resident memory grew
 //! per open tunnel (kernel socket buffers are not in it, and are alike for all three). A peer that
