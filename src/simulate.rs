@@ -22,6 +22,8 @@
 //!   Envoy ring hash), no pins;
 //! - `bounded-load hashing`: the same, walking the room's hash order to the first node with fewer
 //!   than ⌈1.25 × mean⌉ rooms (HAProxy `hash-balance-factor 125`), recomputed without a stick table;
+//! - `bounded-load + stick table`: bounded-load hashing behind a table of each room's node, as
+//!   meet.jit.si's HAProxy keeps one: a room stays where it was placed while its node is there;
 //! - `jitsi-router`: this crate's [`Router`] with its pin table, fed the same readings. A room's
 //!   people arrive with it, and the router sees each one join as it would through the proxy (a
 //!   signalling WebSocket opened to the room's node); the other policies have no use for that.
@@ -263,14 +265,36 @@ struct BoundedHashing {
     rooms: HashMap<usize, usize>,
     total: usize,
     weights: Vec<f64>,
+    /// A stick table of rooms in front of the hash, as meet.jit.si's HAProxy keeps one: a room
+    /// stays on its node while the node is present, and `rooms` counts the rooms in the table.
+    /// `None`: every request is hashed again.
+    stick: Option<HashMap<usize, usize>>,
+}
+
+impl BoundedHashing {
+    fn new(weights: &[f64], stick: bool) -> BoundedHashing {
+        BoundedHashing {
+            rooms: HashMap::new(),
+            total: 0,
+            weights: weights.to_vec(),
+            stick: stick.then(HashMap::new),
+        }
+    }
 }
 
 impl Policy for BoundedHashing {
     fn name(&self) -> &'static str {
-        "bounded-load hashing (1.25)"
+        match self.stick {
+            None => "bounded-load hashing (1.25)",
+            Some(_) => "bounded-load + stick table",
+        }
     }
     fn reading(&mut self, _: &HashMap<usize, f64>) {}
     fn route(&mut self, room: usize, present: &[usize]) -> usize {
+        let stuck = self.stick.as_ref().and_then(|stick| stick.get(&room));
+        if let Some(&node) = stuck.filter(|node| present.contains(node)) {
+            return node;
+        }
         let weight = |n: usize| self.weights.get(n).copied().unwrap_or(1.0);
         let total_weight: f64 = present.iter().map(|&n| weight(n)).sum();
         let cap = |n: usize| 1.25 * (self.total + 1) as f64 * weight(n) / total_weight;
@@ -280,11 +304,18 @@ impl Policy for BoundedHashing {
             .unwrap_or(order[0]);
         *self.rooms.entry(node).or_default() += 1;
         self.total += 1;
+        // A room moved off a lost node leaves that node's count.
+        if let Some(gone) = (self.stick.as_mut()).and_then(|stick| stick.insert(room, node)) {
+            *self.rooms.entry(gone).or_default() -= 1;
+            self.total -= 1;
+        }
         node
     }
     fn reset_counts(&mut self) {
-        self.rooms.clear();
-        self.total = 0;
+        if self.stick.is_none() {
+            self.rooms.clear();
+            self.total = 0;
+        }
     }
 }
 
@@ -361,11 +392,8 @@ pub fn run(p: &Params) -> Vec<Outcome> {
         Box::new(Hashing {
             weights: workload.weights.clone(),
         }),
-        Box::new(BoundedHashing {
-            rooms: HashMap::new(),
-            total: 0,
-            weights: workload.weights.clone(),
-        }),
+        Box::new(BoundedHashing::new(&workload.weights, false)),
+        Box::new(BoundedHashing::new(&workload.weights, true)),
         Box::new(Ours::new(p.nodes, &workload)),
     ];
     policies
@@ -588,6 +616,30 @@ mod tests {
             naive.moves_on_join > 0,
             "a stateless least-CPU rule moves rooms to the new node"
         );
+    }
+
+    #[test]
+    fn a_stick_table_keeps_rooms_that_hashing_alone_moves() {
+        let p = Params {
+            nodes: 20,
+            rooms: 2_000,
+            windows: 1,
+            seed: 7,
+            capacity_spread: 1,
+        };
+        let outcomes = run(&p);
+        let named = |name: &str| outcomes.iter().find(|o| o.policy == name).unwrap();
+        let (alone, stuck) = (
+            named("bounded-load hashing (1.25)"),
+            named("bounded-load + stick table"),
+        );
+        assert!(
+            alone.needless_moves_on_loss > 0 && alone.moves_on_join > 0,
+            "{alone:?}"
+        );
+        assert_eq!((stuck.needless_moves_on_loss, stuck.moves_on_join), (0, 0));
+        // New rooms are placed alike: the table only remembers them.
+        assert_eq!(stuck.max_over_mean_cpu, alone.max_over_mean_cpu);
     }
 
     #[test]
