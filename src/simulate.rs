@@ -312,6 +312,7 @@ impl Policy for BoundedHashing {
         node
     }
     fn reset_counts(&mut self) {
+        // With a table the counts are its rooms, which stay where they are.
         if self.stick.is_none() {
             self.rooms.clear();
             self.total = 0;
