@@ -325,18 +325,24 @@ impl Fleet {
     /// Records a CPU reading: busy fraction by Prometheus label value. Rooms placed before it
     /// count as included in it from now on.
     pub fn set_cpu(&self, cpu_by_instance: HashMap<String, f64>, read_at: Instant) {
+        self.update(|inputs| record_cpu(inputs, cpu_by_instance, read_at));
+    }
+
+    /// Records a reading that the poll loop of `source` (a value of
+    /// [`prometheus_changes`](Self::prometheus_changes)) took, unless a reload has replaced
+    /// `source` since: a query still in flight when `[prometheus]` was removed must not bring
+    /// back the readings the removal forgot, which then would never go stale.
+    pub fn set_cpu_from(
+        &self,
+        source: &Arc<Option<Prometheus>>,
+        cpu_by_instance: HashMap<String, f64>,
+        read_at: Instant,
+    ) {
         self.update(|inputs| {
-            inputs.learned_room_cost = learn::room_cost(inputs, &cpu_by_instance);
-            inputs.learned_joins_per_room = learn::joins_per_room(inputs);
-            inputs.rooms_at_reading = inputs
-                .lives
-                .iter()
-                .map(|(id, live)| (id.clone(), live.rooms()))
-                .collect();
-            inputs.cpu_by_instance = cpu_by_instance;
-            inputs.cpu_read_at = Some(read_at);
-            for live in inputs.lives.values() {
-                live.reading_taken();
+            // Under the inputs' lock, which `set_prometheus` takes only after replacing the
+            // source: a replaced source is seen here, or its readings are forgotten after.
+            if Arc::ptr_eq(source, &self.prometheus.borrow()) {
+                record_cpu(inputs, cpu_by_instance, read_at);
             }
         });
     }
@@ -375,14 +381,16 @@ impl Fleet {
     /// after its `max_staleness`; `None` forgets the readings, and rooms go by hashing.
     pub fn set_prometheus(&self, prometheus: Option<Prometheus>) {
         let staleness = (prometheus.as_ref()).map_or(Duration::MAX, Prometheus::max_staleness);
+        let removed = prometheus.is_none();
+        // The source first, then the readings (see `set_cpu_from`).
+        rounds::set_if_changed(&self.prometheus, prometheus);
         self.update(|inputs| {
             inputs.max_staleness = staleness;
-            if prometheus.is_none() {
+            if removed {
                 inputs.cpu_by_instance.clear();
                 inputs.cpu_read_at = None;
             }
         });
-        rounds::set_if_changed(&self.prometheus, prometheus);
     }
 
     /// Tells of each change of where CPU readings come from.
@@ -400,6 +408,20 @@ impl Fleet {
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         change(&mut inputs);
         self.state.store(Arc::new(build(&inputs)));
+    }
+}
+
+/// A CPU reading into the inputs, and what it teaches.
+fn record_cpu(inputs: &mut Inputs, cpu_by_instance: HashMap<String, f64>, read_at: Instant) {
+    inputs.learned_room_cost = learn::room_cost(inputs, &cpu_by_instance);
+    inputs.learned_joins_per_room = learn::joins_per_room(inputs);
+    inputs.rooms_at_reading = (inputs.lives.iter())
+        .map(|(id, live)| (id.clone(), live.rooms()))
+        .collect();
+    inputs.cpu_by_instance = cpu_by_instance;
+    inputs.cpu_read_at = Some(read_at);
+    for live in inputs.lives.values() {
+        live.reading_taken();
     }
 }
 
@@ -590,6 +612,25 @@ mod tests {
             grown.cpu(now),
             &[Some(0.4), None, None],
             "the reading still applies"
+        );
+    }
+
+    #[test]
+    fn a_reading_of_a_removed_prometheus_is_dropped() {
+        let fleet = fleet();
+        let config = "url = \"http://127.0.0.1:9090\"\nquery = \"up\"";
+        fleet.set_prometheus(Some(toml::from_str(config).unwrap()));
+        let source = fleet.prometheus_changes().borrow().clone();
+        let reading = || HashMap::from([("10.0.0.1:80".to_owned(), 0.4)]);
+        let now = Instant::now();
+        fleet.set_cpu_from(&source, reading(), now);
+        assert_eq!(fleet.load().cpu(now), &[Some(0.4), None]);
+        // The poll loop's query was in flight while `[prometheus]` was removed.
+        fleet.set_prometheus(None);
+        fleet.set_cpu_from(&source, reading(), now);
+        assert!(
+            fleet.load().cpu(now).is_empty(),
+            "a removed source's reading"
         );
     }
 

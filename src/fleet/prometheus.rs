@@ -212,7 +212,7 @@ pub async fn run(fleet: Arc<Fleet>, metrics: Arc<Metrics>) {
         }
         let polling = async {
             match cfg.as_ref() {
-                Some(cfg) => poll(&fleet, cfg, &metrics).await,
+                Some(settings) => poll(&fleet, &cfg, settings, &metrics).await,
                 None => std::future::pending().await,
             }
         };
@@ -223,9 +223,15 @@ pub async fn run(fleet: Arc<Fleet>, metrics: Arc<Metrics>) {
     }
 }
 
-/// Polls forever, publishing each good reading into the fleet; returns only when it cannot
-/// build its client. Failed or rejected refreshes are counted in `metrics`.
-async fn poll(fleet: &Fleet, cfg: &Prometheus, metrics: &Metrics) {
+/// Polls forever by `cfg`, the settings `source` holds, publishing each good reading into the
+/// fleet; returns only when it cannot build its client. Failed or rejected refreshes are
+/// counted in `metrics`.
+async fn poll(
+    fleet: &Fleet,
+    source: &Arc<Option<Prometheus>>,
+    cfg: &Prometheus,
+    metrics: &Metrics,
+) {
     let client = match reqwest::Client::builder().no_proxy().build() {
         Ok(client) => client,
         Err(e) => {
@@ -247,7 +253,7 @@ async fn poll(fleet: &Fleet, cfg: &Prometheus, metrics: &Metrics) {
             .map(|cpu| (cpu, unix_now())),
         other => other.map(|cpu| (cpu, boundary)),
     };
-    publish(fleet, cfg, first, &mut watch, metrics);
+    publish(fleet, source, cfg, first, &mut watch, metrics);
     loop {
         let (boundary, wait) = next_boundary(SystemTime::now(), cfg.interval);
         // A moment past the boundary, so scrapes up to it are stored everywhere.
@@ -255,7 +261,7 @@ async fn poll(fleet: &Fleet, cfg: &Prometheus, metrics: &Metrics) {
         let result = query(&client, cfg, boundary)
             .await
             .map(|cpu| (cpu, boundary));
-        publish(fleet, cfg, result, &mut watch, metrics);
+        publish(fleet, source, cfg, result, &mut watch, metrics);
     }
 }
 
@@ -273,6 +279,7 @@ struct Watch {
 
 fn publish(
     fleet: &Fleet,
+    source: &Arc<Option<Prometheus>>,
     cfg: &Prometheus,
     result: Result<(Reading, f64), QueryError>,
     watch: &mut Watch,
@@ -300,7 +307,7 @@ fn publish(
             }
             warn_unmatched(fleet, cfg, &cpu, watch);
             tracing::debug!(series = cpu.busy.len(), at, "cpu snapshot");
-            fleet.set_cpu(cpu.busy, Instant::now());
+            fleet.set_cpu_from(source, cpu.busy, Instant::now());
         }
         Err(e) => {
             watch.failing = true;
