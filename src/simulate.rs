@@ -583,16 +583,18 @@ pub fn table(p: &Params, outcomes: &[Outcome]) -> String {
 mod tests {
     use super::*;
 
+    /// A fleet small enough for a test to simulate in a fraction of a second.
+    const SMALL: Params = Params {
+        nodes: 20,
+        rooms: 2_000,
+        windows: 1,
+        seed: 7,
+        capacity_spread: 1,
+    };
+
     #[test]
     fn ours_balances_and_never_moves_a_pinned_room() {
-        let p = Params {
-            nodes: 20,
-            rooms: 2_000,
-            windows: 1,
-            seed: 7,
-            capacity_spread: 1,
-        };
-        let outcomes = run(&p);
+        let outcomes = run(&SMALL);
         let ours = outcomes
             .iter()
             .find(|o| o.policy == "jitsi-router")
@@ -621,14 +623,7 @@ mod tests {
 
     #[test]
     fn a_stick_table_keeps_rooms_that_hashing_alone_moves() {
-        let p = Params {
-            nodes: 20,
-            rooms: 2_000,
-            windows: 1,
-            seed: 7,
-            capacity_spread: 1,
-        };
-        let outcomes = run(&p);
+        let outcomes = run(&SMALL);
         let named = |name: &str| outcomes.iter().find(|o| o.policy == name).unwrap();
         let (alone, stuck) = (
             named("bounded-load hashing (1.25)"),
