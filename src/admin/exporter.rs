@@ -12,6 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::fleet::FleetState;
 use crate::local_fault::LocalFault;
 use crate::metrics::{Metrics, DECISIONS, LIMITS, PROXY_REFUSALS, TIMEOUTS};
 use crate::placement::{policy, Router};
@@ -92,8 +93,21 @@ fn labelled<'a>(
 impl Collector for Exporter {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = self.router.fleet().snapshot();
+        self.encode_traffic(&mut encoder, &state)?;
+        self.encode_nodes(&mut encoder, &state)?;
+        self.encode_sources(&mut encoder)?;
+        self.encode_edge(&mut encoder)
+    }
+}
+
+impl Exporter {
+    /// Requests, routing decisions, answer times, tunnels and pins.
+    fn encode_traffic(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        state: &FleetState,
+    ) -> Result<(), std::fmt::Error> {
         let nodes = state.nodes();
-        let now = Instant::now();
         let m = &self.metrics;
 
         let mut family = encoder.encode_descriptor(
@@ -148,18 +162,28 @@ impl Collector for Exporter {
         }
 
         single(
-            &mut encoder,
+            encoder,
             "jitsi_router_websocket_tunnels",
             "Open WebSocket tunnels.",
             self.tunnels.count() as u64,
         )?;
         single(
-            &mut encoder,
+            encoder,
             "jitsi_router_pinned_rooms",
             "Rooms pinned to a node.",
             self.router.pins().len() as u64,
         )?;
+        Ok(())
+    }
 
+    /// Each node's rooms, CPU, health, drain and census, and the rooms split over nodes.
+    fn encode_nodes(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        state: &FleetState,
+    ) -> Result<(), std::fmt::Error> {
+        let nodes = state.nodes();
+        let now = Instant::now();
         let cpu = state.cpu(now);
         let settings = self.router.settings();
         type Read<'a> = &'a dyn Fn(usize) -> Option<f64>;
@@ -175,7 +199,7 @@ impl Collector for Exporter {
             (
                 "jitsi_router_node_cpu_estimate_ratio",
                 "Snapshot CPU plus room_cost for each room placed, or room's worth of participants joined, since it was read.",
-                &|i| policy::estimate(&state, &settings, i, now),
+                &|i| policy::estimate(state, &settings, i, now),
             ),
             ("jitsi_router_node_healthy", "1 while the node passes health checks.", &|i| {
                 Some(f64::from(u8::from(nodes[i].live.healthy())))
@@ -219,21 +243,27 @@ impl Collector for Exporter {
         }
 
         single(
-            &mut encoder,
+            encoder,
             "jitsi_router_split_rooms",
             "Rooms the nodes' census finds live on more than one node.",
             self.router.splits().len() as i64,
         )?;
+        Ok(())
+    }
 
+    /// What the router reads from outside: Prometheus, its certificate and ACME, the shared pin
+    /// store.
+    fn encode_sources(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let m = &self.metrics;
         counter(
-            &mut encoder,
+            encoder,
             "jitsi_router_prometheus_refresh_failures",
             "CPU refreshes from Prometheus that failed or were rejected (the last good snapshot stays).",
             m.prometheus_failures.load(Ordering::Relaxed),
         )?;
         if let Some(age) = self.router.fleet().snapshot_age() {
             single(
-                &mut encoder,
+                encoder,
                 "jitsi_router_prometheus_snapshot_age_seconds",
                 "Age of the CPU snapshot placement uses.",
                 age.as_secs_f64(),
@@ -242,53 +272,60 @@ impl Collector for Exporter {
         if let Some(validity) = self.certs.validity() {
             let expiry = validity.not_after.duration_since(std::time::UNIX_EPOCH);
             single(
-                &mut encoder,
+                encoder,
                 "jitsi_router_certificate_expiry_timestamp_seconds",
                 "When the served certificate expires (Unix seconds).",
                 expiry.map_or(0, |d| d.as_secs()) as i64,
             )?;
         }
         counter(
-            &mut encoder,
+            encoder,
             "jitsi_router_acme_failures",
             "ACME issuances and renewals that failed (the served certificate stays).",
             m.acme_failures.load(Ordering::Relaxed),
         )?;
+        if let Some(shared) = self.router.shared_pins() {
+            counter(
+                encoder,
+                "jitsi_router_shared_pin_store_failures",
+                "Questions to the shared pin store (Redis) that got no answer in time.",
+                shared.errors(),
+            )?;
+            single(
+                encoder,
+                "jitsi_router_shared_pin_store_connected",
+                "1 while the shared pin store answers (its last question got an answer).",
+                f64::from(u8::from(shared.connected())),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The public edge: TLS handshakes, client connections, the caps and time limits that
+    /// stopped clients, the router's own faults, and config reloads.
+    fn encode_edge(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let m = &self.metrics;
         labelled(
-            &mut encoder,
+            encoder,
             "jitsi_router_tls_handshakes",
             "Client TLS handshakes that completed: full, or resuming a session (limits.tls_sessions).",
             "kind",
             ["full", "resumed"].into_iter().zip(&m.tls_handshakes),
         )?;
         counter(
-            &mut encoder,
+            encoder,
             "jitsi_router_tls_handshake_failures",
             "Client TLS handshakes that failed or timed out.",
             m.tls_handshake_failures.load(Ordering::Relaxed),
         )?;
-        if let Some(shared) = self.router.shared_pins() {
-            counter(
-                &mut encoder,
-                "jitsi_router_shared_pin_store_failures",
-                "Questions to the shared pin store (Redis) that got no answer in time.",
-                shared.errors(),
-            )?;
-            single(
-                &mut encoder,
-                "jitsi_router_shared_pin_store_connected",
-                "1 while the shared pin store answers (its last question got an answer).",
-                f64::from(u8::from(shared.connected())),
-            )?;
-        }
         single(
-            &mut encoder,
+            encoder,
             "jitsi_router_client_connections",
             "Open client connections (HTTPS and plain-HTTP listeners).",
             m.client_connections.load(Ordering::Relaxed),
         )?;
         labelled(
-            &mut encoder,
+            encoder,
             "jitsi_router_timeouts",
             "Time limits of [limits] that ran out, by the connection state they limit.",
             "state",
@@ -297,7 +334,7 @@ impl Collector for Exporter {
                 .map(|&(t, name)| (name, &m.timeouts[t as usize])),
         )?;
         labelled(
-            &mut encoder,
+            encoder,
             "jitsi_router_limited",
             "Clients stopped by a cap of [limits], by the cap.",
             "limit",
@@ -306,7 +343,7 @@ impl Collector for Exporter {
                 .map(|&(l, name)| (name, &m.limited[l as usize])),
         )?;
         labelled(
-            &mut encoder,
+            encoder,
             "jitsi_router_proxy_header_refusals",
             "Connections closed at their PROXY protocol header, by why.",
             "reason",
@@ -315,7 +352,7 @@ impl Collector for Exporter {
                 .map(|&(r, name)| (name, &m.proxy_refusals[r as usize])),
         )?;
         labelled(
-            &mut encoder,
+            encoder,
             "jitsi_router_local_faults",
             "Operations that failed for a shortage of the router's own (never counted against a node).",
             "kind",
