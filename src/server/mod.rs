@@ -21,6 +21,7 @@ use to_https::Challenges;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,11 +36,12 @@ use hyper_util::server::conn::auto;
 use std::pin::Pin;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::acme::{AcmeError, Http01Answers, Issuer};
-use crate::config::{Config, Limits};
+use crate::config::{self, Config, Limits};
 use crate::fleet::{health, prometheus, Fleet};
 use crate::placement::pins::Pins;
 use crate::placement::shared::SharedPins;
@@ -228,18 +230,33 @@ impl Server {
     /// requests in flight and WebSocket tunnels get up to `shutdown_grace` to finish. A second
     /// Ctrl-C or SIGTERM during that time ends it at once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut accepting = tokio::task::JoinSet::new();
+        let admin_settings = Arc::new(ArcSwap::from_pointee(self.config.admin.clone()));
+        let mut tasks = self.start_background(&admin_settings);
+        let ending = Ending {
+            grace: self.config.server.shutdown_grace,
+            proxy: self.proxy.clone(),
+            connections: self.connections.clone(),
+            admin_connections: self.admin_connections.clone(),
+            snapshot_path: self.config.pins.snapshot_path.clone(),
+        };
+        let (stop, stopping) = watch::channel(false);
+        let accepting = self.accept(stopping, admin_settings, &mut tasks);
+        shutdown.await;
+        ending.finish(accepting, stop, tasks).await;
+    }
+
+    /// Starts the work that runs beside the listeners: CPU readings, health checks, limits
+    /// and config reloads, the census, the shared pin store, and the sweeps.
+    fn start_background(&self, admin_settings: &Arc<ArcSwap<config::Admin>>) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
         let metrics = self.proxy.metrics().clone();
-        let fleet = self.proxy.router().fleet().clone();
-        tasks.spawn(prometheus::run(fleet, metrics.clone()));
-        let fleet = self.proxy.router().fleet().clone();
+        let router = self.proxy.router();
+        tasks.spawn(prometheus::run(router.fleet().clone(), metrics.clone()));
         tasks.spawn(health::run(
-            fleet,
+            router.fleet().clone(),
             self.health_client.clone(),
             metrics.clone(),
         ));
-        let admin_settings = Arc::new(ArcSwap::from_pointee(self.config.admin.clone()));
         let limits = watch::Sender::new(Arc::new(self.config.limits.clone()));
         tasks.spawn(apply_limits(
             limits.subscribe(),
@@ -249,38 +266,48 @@ impl Server {
         ));
         if let Some(reloader) = crate::reload::Reloader::new(
             self.config.clone(),
-            self.proxy.router().clone(),
+            router.clone(),
             self.certs.clone(),
-            metrics.clone(),
+            metrics,
             admin_settings.clone(),
             limits,
         ) {
             tasks.spawn(reloader.run());
         }
+        let room_limits = self.proxy.room_limits();
         tasks.spawn(
-            self.proxy
-                .router()
+            router
                 .clone()
-                .run_census(self.census_client.clone(), self.proxy.room_limits()),
+                .run_census(self.census_client.clone(), room_limits),
         );
-        if self.proxy.router().shared_pins().is_some() {
-            tasks.spawn(self.proxy.router().clone().run_shared());
+        if router.shared_pins().is_some() {
+            tasks.spawn(router.clone().run_shared());
         }
         tasks.spawn(sweep_pins(
-            self.proxy.router().clone(),
+            router.clone(),
             self.config.routing.pin_idle_timeout,
         ));
         tasks.spawn(close_idle_connections(
             self.proxy.clone(),
             self.config.upstream.pool_idle_timeout,
         ));
+        tasks
+    }
+
+    /// Starts the accept loops of every listener (and ACME's issuer, into `tasks`).
+    fn accept(
+        self,
+        stopping: watch::Receiver<bool>,
+        admin_settings: Arc<ArcSwap<config::Admin>>,
+        tasks: &mut JoinSet<()>,
+    ) -> JoinSet<()> {
+        let mut accepting = JoinSet::new();
         // With `listen = "...:0"` the configured port says nothing; use the bound one.
         let https_port = self.https_addrs().first().map_or(443, |a| a.port());
-        let (stop, stopping) = watch::channel(false);
         let listener = Listener {
             limits: ConnLimits::of(&self.config.limits),
             connections: self.connections.clone(),
-            metrics: metrics.clone(),
+            metrics: self.proxy.metrics().clone(),
             stopping,
             edge: Arc::new(Edge::of(&self.config)),
         };
@@ -317,23 +344,43 @@ impl Server {
         log_listening("admin", &self.admin);
         let acme = self.config.tls.acme.is_some();
         let admin = crate::admin::Admin::new(&self.proxy, admin_settings, self.certs.clone(), acme);
-        let admin = Arc::new(admin);
         let admin_listener = Listener {
             connections: self.admin_connections.clone(),
             edge: Arc::new(Edge {
                 proxy_protocol: false,
                 ..Edge::of(&self.config)
             }),
-            ..listener.clone()
+            ..listener
         };
-        accepting.spawn(accept_admin(self.admin, admin, admin_listener));
-        shutdown.await;
-        let grace = self.config.server.shutdown_grace;
+        accepting.spawn(accept_admin(self.admin, Arc::new(admin), admin_listener));
+        accepting
+    }
+}
+
+/// What a shutdown needs once the listeners have their parts of the server.
+struct Ending {
+    grace: Duration,
+    proxy: Arc<Proxy>,
+    connections: Arc<Connections>,
+    admin_connections: Arc<Connections>,
+    snapshot_path: Option<PathBuf>,
+}
+
+impl Ending {
+    /// Closes the listeners, gives open connections and tunnels up to the grace period (or
+    /// until a second signal), stops the background work and saves the pins.
+    async fn finish(
+        self,
+        mut accepting: JoinSet<()>,
+        stop: watch::Sender<bool>,
+        mut tasks: JoinSet<()>,
+    ) {
+        let grace = self.grace;
         tracing::info!(grace = ?grace, "shutting down: no new connections, waiting for open ones");
         accepting.shutdown().await;
         let _ = stop.send(true);
         let tunnels = self.proxy.tunnels().clone();
-        let (connections, admin_connections) = (self.connections, self.admin_connections);
+        let (connections, admin_connections) = (&self.connections, &self.admin_connections);
         let drained = async move {
             connections.all_closed().await;
             admin_connections.all_closed().await;
@@ -347,7 +394,7 @@ impl Server {
             () = crate::server_shutdown_signal() => tracing::warn!("second signal: stopping now"),
         }
         tasks.shutdown().await;
-        if let Some(path) = &self.config.pins.snapshot_path {
+        if let Some(path) = &self.snapshot_path {
             match snapshot::save(self.proxy.router(), path) {
                 Ok(count) => tracing::info!(count, file = %path.display(), "pins saved"),
                 Err(e) => tracing::error!(error = %e, "pins not saved"),
