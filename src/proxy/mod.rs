@@ -29,7 +29,7 @@ use crate::metrics::{Limit, Metrics};
 use crate::peer::{Client, ClientKey};
 use crate::placement::{Decision, Router};
 use crate::rendezvous;
-use crate::room::{self, RoomLimits, Target};
+use crate::room::{self, RoomKey, RoomLimits, Target};
 use crate::throttle::Throttle;
 use crate::tls::TlsError;
 use forward::ForwardSettings;
@@ -165,7 +165,7 @@ impl Proxy {
             }
         }
         let started = std::time::Instant::now();
-        let choice = match self.choose(&req, client.addr, websocket).await {
+        let mut choice = match self.choose(&req, client.addr, websocket).await {
             Ok(choice) => choice,
             Err(refusal) => {
                 match refusal {
@@ -190,7 +190,7 @@ impl Proxy {
             Mode::Proxy => {
                 let upgrade = forward::Upgrade {
                     websocket,
-                    keepalive: choice.keepalive,
+                    keepalive: choice.keepalive.take(),
                 };
                 forward::forward(
                     &self.client,
@@ -205,30 +205,7 @@ impl Proxy {
         };
         match answered {
             forward::Answered::Node => {
-                headers::mark_shard(response.headers_mut(), choice.node.id.as_str());
-                // A room page is the HTML a GET of `/<room>` answers: not a WebSocket's `101`
-                // on its path, not a redirect or an error page.
-                let page = choice.page
-                    && method == Method::GET
-                    && response.status().is_success()
-                    && headers::is_html(response.headers());
-                if page && self.mode == Mode::Proxy {
-                    if let Some(cookie) =
-                        headers::affinity_cookie(&self.affinity_cookie, choice.node.id.as_str())
-                    {
-                        response.headers_mut().append(header::SET_COOKIE, cookie);
-                    }
-                }
-                choice.node.live.report.requests.count(response.status());
-                // A WebSocket the node took: `101`, or `200` to an HTTP/2 `CONNECT`.
-                let opened = match response.status() {
-                    StatusCode::SWITCHING_PROTOCOLS => true,
-                    StatusCode::OK => websocket && method == Method::CONNECT,
-                    _ => false,
-                };
-                if choice.joins && opened {
-                    choice.node.live.participant_joined();
-                }
+                self.node_answered(&mut response, &choice, &method, websocket)
             }
             // The client's fault or the router's own: not the node's answer.
             forward::Answered::Router => self.metrics.no_node_requests.count(response.status()),
@@ -239,6 +216,42 @@ impl Proxy {
             tracing::debug!(%client, %method, %path, node = %choice.node.id, status, "request");
         }
         response
+    }
+
+    /// Marks and counts an answer that came from the node: the shard header, the affinity
+    /// cookie on a room page, and a participant joined when the node took a room's signalling
+    /// WebSocket.
+    fn node_answered(
+        &self,
+        response: &mut Response<Body>,
+        choice: &Choice,
+        method: &Method,
+        websocket: bool,
+    ) {
+        headers::mark_shard(response.headers_mut(), choice.node.id.as_str());
+        // A room page is the HTML a GET of `/<room>` answers: not a WebSocket's `101`
+        // on its path, not a redirect or an error page.
+        let page = choice.page
+            && method == Method::GET
+            && response.status().is_success()
+            && headers::is_html(response.headers());
+        if page && self.mode == Mode::Proxy {
+            if let Some(cookie) =
+                headers::affinity_cookie(&self.affinity_cookie, choice.node.id.as_str())
+            {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+        }
+        choice.node.live.report.requests.count(response.status());
+        // A WebSocket the node took: `101`, or `200` to an HTTP/2 `CONNECT`.
+        let opened = match response.status() {
+            StatusCode::SWITCHING_PROTOCOLS => true,
+            StatusCode::OK => websocket && method == Method::CONNECT,
+            _ => false,
+        };
+        if choice.joins && opened {
+            choice.node.live.participant_joined();
+        }
     }
 
     /// An answer of the router's own, counted under `node="none"`; a `405` names the methods
@@ -263,43 +276,8 @@ impl Proxy {
         let fetch = headers::fetch(req.headers());
         match room::classify(uri.path(), uri.query(), fetch, &self.room_limits)? {
             Target::Room { key, page } => {
-                // A room to place costs its client a token of the new-room rate; one that
-                // turns out placed already (by a concurrent request or another replica), or
-                // routed without a pin, gives it back.
-                let client = ClientKey::of(peer.ip());
-                let mut took = false;
-                let admit = || {
-                    self.new_rooms.take(client)?;
-                    took = true;
-                    Ok(())
-                };
-                let routed =
-                    (self.router.route(&key, admit).await).map_err(Refusal::TooManyNewRooms)?;
-                if took
-                    && !routed
-                        .as_ref()
-                        .is_some_and(|r| r.decision == Decision::Placed)
-                {
-                    self.new_rooms.give_back(client);
-                }
-                let routed = routed.ok_or(Refusal::NoNodeForRoom)?;
-                // A participant's signalling. Another room WebSocket (a whiteboard's
-                // `/socket.io/`, pinned by its board) says nothing of where the client's
-                // conference is, and is nobody joining.
-                let xmpp = websocket && uri.path().ends_with("/xmpp-websocket");
-                let keepalive = websocket.then(|| tunnel::Keepalive {
-                    room: key.to_string(),
-                    pins: self.router.pins().clone(),
-                    every: self.keepalive_every,
-                    signalling: xmpp.then(|| self.signalling.open(client, routed.node.id.clone())),
-                });
-                Ok(Choice {
-                    node: routed.node,
-                    page,
-                    keepalive,
-                    joins: xmpp,
-                    decision: routed.decision,
-                })
+                self.choose_room(&key, page, uri.path(), peer, websocket)
+                    .await
             }
             Target::Bridge { server_id } => {
                 let node = match self.router.route_bridge(server_id) {
@@ -314,29 +292,83 @@ impl Proxy {
                     decision: Decision::Bridge,
                 })
             }
-            Target::Unrouted => {
-                // The node of the room whose page loaded this asset, else the affinity cookie's
-                // (the last room page this browser opened, and only where cookies are sent).
-                let referred = headers::referring_page(req).and_then(|page| self.pinned(&page));
-                let preferred = (referred.as_ref().map(NodeId::as_str))
-                    .or_else(|| headers::cookie(req.headers(), &self.affinity_cookie));
-                let spread = match peer.ip() {
-                    std::net::IpAddr::V4(ip) => rendezvous::seed(&ip.octets()),
-                    std::net::IpAddr::V6(ip) => rendezvous::seed(&ip.octets()),
-                };
-                let node = self
-                    .router
-                    .route_unrouted(preferred, spread)
-                    .ok_or(Refusal::NoNode)?;
-                Ok(Choice {
-                    node,
-                    page: false,
-                    keepalive: None,
-                    joins: false,
-                    decision: Decision::Unrouted,
-                })
-            }
+            Target::Unrouted => self.choose_unrouted(req, peer),
         }
+    }
+
+    /// A room's node, its new-room token taken or given back, and what its WebSocket keeps.
+    async fn choose_room(
+        &self,
+        key: &RoomKey<'_>,
+        page: bool,
+        path: &str,
+        peer: SocketAddr,
+        websocket: bool,
+    ) -> Result<Choice, Refusal> {
+        // A room to place costs its client a token of the new-room rate; one that turns out
+        // placed already (by a concurrent request or another replica), or routed without a
+        // pin, gives it back.
+        let client = ClientKey::of(peer.ip());
+        let mut took = false;
+        let admit = || {
+            self.new_rooms.take(client)?;
+            took = true;
+            Ok(())
+        };
+        let routed = (self.router.route(key, admit).await).map_err(Refusal::TooManyNewRooms)?;
+        if took
+            && !routed
+                .as_ref()
+                .is_some_and(|r| r.decision == Decision::Placed)
+        {
+            self.new_rooms.give_back(client);
+        }
+        let routed = routed.ok_or(Refusal::NoNodeForRoom)?;
+        // A participant's signalling. Another room WebSocket (a whiteboard's `/socket.io/`,
+        // pinned by its board) says nothing of where the client's conference is, and is nobody
+        // joining.
+        let xmpp = websocket && path.ends_with("/xmpp-websocket");
+        let keepalive = websocket.then(|| tunnel::Keepalive {
+            room: key.to_string(),
+            pins: self.router.pins().clone(),
+            every: self.keepalive_every,
+            signalling: xmpp.then(|| self.signalling.open(client, routed.node.id.clone())),
+        });
+        Ok(Choice {
+            node: routed.node,
+            page,
+            keepalive,
+            joins: xmpp,
+            decision: routed.decision,
+        })
+    }
+
+    /// A request of no room: the node of the room whose page loaded it, else the affinity
+    /// cookie's (the last room page this browser opened, and only where cookies are sent), else
+    /// the least-loaded node, ties spread by client address.
+    fn choose_unrouted(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Choice, Refusal> {
+        let referred = headers::referring_page(req).and_then(|page| self.pinned(&page));
+        let preferred = (referred.as_ref().map(NodeId::as_str))
+            .or_else(|| headers::cookie(req.headers(), &self.affinity_cookie));
+        let spread = match peer.ip() {
+            std::net::IpAddr::V4(ip) => rendezvous::seed(&ip.octets()),
+            std::net::IpAddr::V6(ip) => rendezvous::seed(&ip.octets()),
+        };
+        let node = self
+            .router
+            .route_unrouted(preferred, spread)
+            .ok_or(Refusal::NoNode)?;
+        Ok(Choice {
+            node,
+            page: false,
+            keepalive: None,
+            joins: false,
+            decision: Decision::Unrouted,
+        })
     }
 
     /// The node for a bridge channel whose server id no node declared: the node the browser's
