@@ -16,6 +16,20 @@ impl Config {
             return Err(check.invalid("server.listen", "[]", "needs at least one address"));
         }
         self.server.check_listeners(&check)?;
+        self.files(&check)?;
+        self.public_edge(&check)?;
+        self.durations(&check)?;
+        self.limits.check(&check)?;
+        self.placement(&check)?;
+        self.health(&check)?;
+        self.admin(&check)?;
+        self.sources(&check)?;
+        self.check_nodes(&check)
+    }
+
+    /// The certificate and key, or `[tls.acme]`, and the other files named, resolved against
+    /// the config file's folder.
+    fn files(&mut self, check: &Check) -> Result<(), ConfigError> {
         match &mut self.tls.acme {
             None => {
                 for (key, path) in [
@@ -37,7 +51,7 @@ impl Config {
                         return Err(check.invalid(key, path, problem));
                     }
                 }
-                super::acme::check(&check, acme, self.server.http_listen.is_some())?;
+                super::acme::check(check, acme, self.server.http_listen.is_some())?;
             }
         }
         let optional = [
@@ -50,6 +64,12 @@ impl Config {
                 .map(|path| check.resolve(key, path))
                 .transpose()?;
         }
+        Ok(())
+    }
+
+    /// What the router says to and accepts from the public: the affinity cookie's name, the
+    /// PROXY protocol's senders, HSTS.
+    fn public_edge(&self, check: &Check) -> Result<(), ConfigError> {
         let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         let cookie = &self.routing.affinity_cookie;
         if cookie.is_empty() || !cookie.bytes().all(token_char) {
@@ -71,13 +91,13 @@ impl Config {
                 return Err(check.invalid("server.hsts", hsts, problem));
             }
         }
-        self.durations(&check)?;
-        self.limits.check(&check)?;
-        self.placement(&check)?;
-        self.health(&check)?;
-        self.admin(&check)?;
+        Ok(())
+    }
+
+    /// The shared pin store and Prometheus.
+    fn sources(&mut self, check: &Check) -> Result<(), ConfigError> {
         if let Some(redis) = &mut self.pins.redis {
-            redis_url(&check, redis)?;
+            redis_url(check, redis)?;
         }
         if let Some(p) = &mut self.prometheus {
             check.http_url("prometheus.url", &p.url, true)?;
@@ -91,9 +111,14 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Each node, and names and bridge ids that two nodes claim.
+    fn check_nodes(&mut self, check: &Check) -> Result<(), ConfigError> {
         let mut nodes = std::mem::take(&mut self.nodes);
         for (i, node) in nodes.iter_mut().enumerate() {
-            node.validate(&check, &format!("nodes[{i}]"), self.routing.mode)?;
+            node.validate(check, &format!("nodes[{i}]"), self.routing.mode)?;
         }
         for (i, node) in nodes.iter().enumerate() {
             let earlier = &nodes[..i];
