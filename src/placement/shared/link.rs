@@ -142,32 +142,7 @@ impl Link {
         if held_at.is_some() && !ask_sentinels && !renewing {
             return Ok(());
         }
-        let patience = self.timeout.max(Duration::from_secs(1));
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(patience))
-            .set_response_timeout(Some(patience))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let connecting = async {
-            let client = match &*primary {
-                Primary::Fixed(client) => client.clone(),
-                Primary::Sentinel(sentinels) => sentinels.lock().await.async_get_client().await?,
-                Primary::Cluster(cluster) => {
-                    let connection = Store::Cluster(cluster.get_async_connection().await?);
-                    return Ok(Some((connection, format!("cluster of {}", self.seed()))));
-                }
-            };
-            let at = client.get_connection_info().addr().to_string();
-            if held_at.as_ref() == Some(&at) && !renewing {
-                return Ok(None);
-            }
-            let connection = ConnectionManager::new_with_config(client, config).await?;
-            Ok::<_, SharedError>(Some((Store::Server(connection), at)))
-        };
-        let connected = match tokio::time::timeout(patience * 2, connecting).await {
-            Ok(connected) => connected,
-            Err(_) => Err(SharedError::Timeout(patience * 2)),
-        };
+        let connected = self.open(&primary, held_at.as_deref(), renewing).await;
         let connected = match (connected, &held_at) {
             (Ok(connected), _) => connected,
             // Files the store refuses (not yet renewed on its side, say): keep what works.
@@ -212,6 +187,42 @@ impl Link {
             renewals,
         });
         Ok(())
+    }
+
+    /// A connection to the store's primary, or `None` when the one held (at `held_at`) is there
+    /// already and needs no renewal.
+    async fn open(
+        &self,
+        primary: &Primary,
+        held_at: Option<&str>,
+        renewing: bool,
+    ) -> Result<Option<(Store, String)>, SharedError> {
+        let patience = self.timeout.max(Duration::from_secs(1));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(patience))
+            .set_response_timeout(Some(patience))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let connecting = async {
+            let client = match primary {
+                Primary::Fixed(client) => client.clone(),
+                Primary::Sentinel(sentinels) => sentinels.lock().await.async_get_client().await?,
+                Primary::Cluster(cluster) => {
+                    let connection = Store::Cluster(cluster.get_async_connection().await?);
+                    return Ok(Some((connection, format!("cluster of {}", self.seed()))));
+                }
+            };
+            let at = client.get_connection_info().addr().to_string();
+            if held_at == Some(at.as_str()) && !renewing {
+                return Ok(None);
+            }
+            let connection = ConnectionManager::new_with_config(client, config).await?;
+            Ok::<_, SharedError>(Some((Store::Server(connection), at)))
+        };
+        match tokio::time::timeout(patience * 2, connecting).await {
+            Ok(connected) => connected,
+            Err(_) => Err(SharedError::Timeout(patience * 2)),
+        }
     }
 
     /// The address of the node `url` names.
