@@ -292,14 +292,32 @@ pub async fn run(
         let section = crate::config::Prometheus::built_in(server.url(), CPU_QUERY, READ_EVERY);
         config.prometheus = Some(section);
     }
-    // The admin listener's usual port, so the dashboard is where the README says; any free one
-    // when something else holds it (another demo may take it between a check and the bind, so
-    // the bind itself is the check).
+    let server = bind(config).await?;
+    let port = server.https_addrs().first().map_or(8443, |a| a.port());
+    print_welcome(&list, port, &cert, with_prosody);
+    println!("{}\n", cpu.describe());
+    if let Some(admin) = server.admin_addr() {
+        println!("Fleet dashboard: http://{admin}/   (metrics: http://{admin}/metrics)");
+        println!("Admin API: curl http://{admin}/api/nodes   curl http://{admin}/api/rooms\n");
+    }
+    println!("Rooms and their nodes (Ctrl-C to stop):");
+    print_pin_events(&server);
+    server.run(stop).await;
+    drop(cpu);
+    drop(nodes);
+    drop(dir);
+    Ok(())
+}
+
+/// The demo's router on the admin listener's usual port, so that the dashboard is where the
+/// README says; on any free one when something else holds it (another demo may take it between
+/// a check and the bind, so the bind itself is the check).
+async fn bind(mut config: Config) -> Result<Server, DemoError> {
     let any_port = config.server.admin_listen;
     let https = config.server.listen.clone();
     config.server.admin_listen = ([127, 0, 0, 1], 9480).into();
-    let server = match Server::bind(config.clone()).await {
-        Ok(server) => server,
+    match Server::bind(config.clone()).await {
+        Ok(server) => Ok(server),
         Err(_) => {
             config.server.admin_listen = any_port;
             Server::bind(config).await.map_err(|e| match e {
@@ -309,17 +327,13 @@ pub async fn run(
                     DemoError::PortTaken(e)
                 }
                 e => DemoError::Start(e),
-            })?
+            })
         }
-    };
-    let port = server.https_addrs().first().map_or(8443, |a| a.port());
-    print_welcome(&list, port, &cert, with_prosody);
-    println!("{}\n", cpu.describe());
-    if let Some(admin) = server.admin_addr() {
-        println!("Fleet dashboard: http://{admin}/   (metrics: http://{admin}/metrics)");
-        println!("Admin API: curl http://{admin}/api/nodes   curl http://{admin}/api/rooms\n");
     }
-    println!("Rooms and their nodes (Ctrl-C to stop):");
+}
+
+/// Prints a line for each room pinned or moved, as it happens.
+fn print_pin_events(server: &Server) {
     let mut events = server.router().subscribe();
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
@@ -332,11 +346,6 @@ pub async fn run(
             }
         }
     });
-    server.run(stop).await;
-    drop(cpu);
-    drop(nodes);
-    drop(dir);
-    Ok(())
 }
 
 /// What stops the demo: Ctrl-C, SIGTERM, or SIGHUP. A closed terminal sends SIGHUP to the demo
