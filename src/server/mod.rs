@@ -116,31 +116,7 @@ impl Server {
             Some(_) => CertStore::empty(),
             None => CertStore::new(tls::load_certified_key(&config.tls.cert, &config.tls.key)?),
         });
-        let fleet = Arc::new(Fleet::new(config.nodes.clone(), Duration::MAX));
-        fleet.set_health(config.health.clone());
-        fleet.set_prometheus(config.prometheus.clone());
-        let pins = Pins::new(config.routing.pin_idle_timeout, config.limits.max_pins);
-        let pins = Arc::new(pins);
-        let router = Arc::new(Router::new(fleet, pins, config.placement));
-        router.set_census(config.census.clone());
-        if let Some(shared) = &config.pins.redis {
-            let shared = SharedPins::new(shared, config.routing.pin_idle_timeout)
-                .map_err(|e| StartError::SharedPins(e.to_string()))?;
-            // Serving before Redis answers would place the first rooms alone; try once first.
-            if let Err(e) = shared.connect(false).await {
-                tracing::warn!(error = %e, "shared pin store not reachable at start; placing rooms alone until it is");
-            }
-            router.share_pins(Arc::new(shared));
-        }
-        if let Some(path) = &config.pins.snapshot_path {
-            match snapshot::load(&router, path) {
-                Ok(count) => tracing::info!(count, file = %path.display(), "pins restored"),
-                // Starting with no pins is better than not starting; say so loudly.
-                Err(e) => {
-                    tracing::error!(error = %e, "pin snapshot not restored; starting with no pins")
-                }
-            }
-        }
+        let router = routing_core(&config).await?;
         let proxy = Arc::new(Proxy::new(router, &config)?);
         let http01 = Arc::new(Http01Answers::default());
         let issuer = match &config.tls.acme {
@@ -401,6 +377,37 @@ impl Ending {
             }
         }
     }
+}
+
+/// The fleet, the pin table (restored from its snapshot) and the router over them, sharing
+/// pins through Redis with `[pins.redis]`.
+async fn routing_core(config: &Config) -> Result<Arc<Router>, StartError> {
+    let fleet = Arc::new(Fleet::new(config.nodes.clone(), Duration::MAX));
+    fleet.set_health(config.health.clone());
+    fleet.set_prometheus(config.prometheus.clone());
+    let pins = Pins::new(config.routing.pin_idle_timeout, config.limits.max_pins);
+    let pins = Arc::new(pins);
+    let router = Arc::new(Router::new(fleet, pins, config.placement));
+    router.set_census(config.census.clone());
+    if let Some(shared) = &config.pins.redis {
+        let shared = SharedPins::new(shared, config.routing.pin_idle_timeout)
+            .map_err(|e| StartError::SharedPins(e.to_string()))?;
+        // Serving before Redis answers would place the first rooms alone; try once first.
+        if let Err(e) = shared.connect(false).await {
+            tracing::warn!(error = %e, "shared pin store not reachable at start; placing rooms alone until it is");
+        }
+        router.share_pins(Arc::new(shared));
+    }
+    if let Some(path) = &config.pins.snapshot_path {
+        match snapshot::load(&router, path) {
+            Ok(count) => tracing::info!(count, file = %path.display(), "pins restored"),
+            // Starting with no pins is better than not starting; say so loudly.
+            Err(e) => {
+                tracing::error!(error = %e, "pin snapshot not restored; starting with no pins")
+            }
+        }
+    }
+    Ok(router)
 }
 
 /// Raises the open-file limit and settles the cap on client connections, logging both; the
