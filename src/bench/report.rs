@@ -291,6 +291,14 @@ impl Report {
             "XMPP domain {} ({}), MUC domain {} ({})",
             xmpp.name, xmpp.from, muc.name, muc.from
         );
+        self.write_phases(&mut out, direct);
+        self.write_errors(&mut out);
+        self.write_rooms(&mut out);
+        out
+    }
+
+    /// Each phase's times, and what the router added to them when measured against `direct`.
+    fn write_phases(&self, out: &mut String, direct: Option<&Report>) {
         let _ = writeln!(
             out,
             "\n{:<9} {:>7} {:>9} {:>9} {:>9} {:>9}",
@@ -319,6 +327,10 @@ impl Report {
                 );
             }
         }
+    }
+
+    /// The errors by phase and kind, with an example of each.
+    fn write_errors(&self, out: &mut String) {
         if !self.errors_by_kind.is_empty() {
             let _ = writeln!(out, "\nerrors:");
             for (phase, kind, count, example) in &self.errors_by_kind {
@@ -335,6 +347,10 @@ impl Report {
                 );
             }
         }
+    }
+
+    /// Rooms per node, and every room found split.
+    fn write_rooms(&self, out: &mut String) {
         let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
         for node in self.rooms.iter().flat_map(|r| &r.nodes) {
             *per_node.entry(node).or_default() += 1;
@@ -361,6 +377,5 @@ impl Report {
                 }
             );
         }
-        out
     }
 }
