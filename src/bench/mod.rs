@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error_chain::error_chain;
+use domains::Domain;
 use report::{Phase, Report, RoomOutcome, Stats};
 use xmpp::{Endpoint, Participant, Transport};
 
@@ -223,20 +224,7 @@ struct Seen {
 
 /// Runs the benchmark against `targets` (the settings' own, or one node for `--direct`).
 pub async fn run(settings: &Settings, targets: &[String]) -> Result<Report, String> {
-    let mut endpoints = endpoints(settings, targets)?;
-    let given = [
-        settings.xmpp_domain.as_deref(),
-        settings.muc_domain.as_deref(),
-    ];
-    let config_js = match (given, endpoints.first()) {
-        ([Some(_), Some(_)], _) | (_, None) => None,
-        (_, Some(first)) => (get(first, &format!("{}/config.js", first.base)).await).ok(),
-    };
-    let domains = domains::resolve(given, config_js.as_deref());
-    for endpoint in &mut endpoints {
-        endpoint.domain.clone_from(&domains[0].name);
-        endpoint.muc.clone_from(&domains[1].name);
-    }
+    let (endpoints, domains) = endpoints_with_domains(settings, targets).await?;
     let total = settings.rooms * settings.participants;
     let stats = Arc::new(Stats::default());
     let progress = progress_bar(settings, total as u64);
@@ -303,6 +291,29 @@ pub async fn run(settings: &Settings, targets: &[String]) -> Result<Report, Stri
         started.elapsed(),
         domains,
     ))
+}
+
+/// The endpoints to join through, each told the XMPP and MUC domains: those given, else
+/// those the first endpoint's `config.js` names, else docker-jitsi-meet's defaults.
+async fn endpoints_with_domains(
+    settings: &Settings,
+    targets: &[String],
+) -> Result<(Vec<Endpoint>, [Domain; 2]), String> {
+    let mut endpoints = endpoints(settings, targets)?;
+    let given = [
+        settings.xmpp_domain.as_deref(),
+        settings.muc_domain.as_deref(),
+    ];
+    let config_js = match (given, endpoints.first()) {
+        ([Some(_), Some(_)], _) | (_, None) => None,
+        (_, Some(first)) => (get(first, &format!("{}/config.js", first.base)).await).ok(),
+    };
+    let domains = domains::resolve(given, config_js.as_deref());
+    for endpoint in &mut endpoints {
+        endpoint.domain.clone_from(&domains[0].name);
+        endpoint.muc.clone_from(&domains[1].name);
+    }
+    Ok((endpoints, domains))
 }
 
 /// Groups what participants saw by room, and tells which rooms split.
