@@ -214,6 +214,7 @@ impl Server {
             connections: self.connections.clone(),
             admin_connections: self.admin_connections.clone(),
             snapshot_path: self.config.pins.snapshot_path.clone(),
+            workers: self.workers.clone(),
         };
         let (stop, stopping) = watch::channel(false);
         let accepting = self.accept(stopping, admin_settings, &mut tasks);
@@ -340,6 +341,9 @@ struct Ending {
     connections: Arc<Connections>,
     admin_connections: Arc<Connections>,
     snapshot_path: Option<PathBuf>,
+    /// The threads whose runtimes serve the open connections: dropped earlier, they would end
+    /// those connections at once instead of after the grace period.
+    workers: Arc<Workers>,
 }
 
 impl Ending {
@@ -376,6 +380,8 @@ impl Ending {
                 Err(e) => tracing::error!(error = %e, "pins not saved"),
             }
         }
+        // Only now may the worker threads go, with what the grace period left open.
+        drop(self.workers);
     }
 }
 
