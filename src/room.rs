@@ -238,29 +238,8 @@ pub fn classify<'a>(
     fetch: Fetch,
     limits: &RoomLimits,
 ) -> Result<Target<'a>, RoomError> {
-    let mut segments = path.split('/').filter(|s| !s.is_empty());
-    let Some(first) = segments.next() else {
+    let Some((tenant, head, next)) = path_parts(path) else {
         return Ok(Target::Unrouted);
-    };
-    let second = segments.next();
-    let (first, second) = match first {
-        LOAD_TEST => match second {
-            Some(second) => (second, segments.next()),
-            None => return Ok(Target::Unrouted),
-        },
-        _ => (first, second),
-    };
-    // jitsi-meet's nginx strips one leading tenant segment: `/<tenant>/<anything>` is `/<anything>`.
-    let (tenant, head, next) = match second {
-        Some(second) if !is_reserved(first) => (Some(first), second, segments.next()),
-        _ => (None, first, second),
-    };
-    let (head, next) = match (tenant, head) {
-        (Some(_), LOAD_TEST) => match next {
-            Some(next) => (next, segments.next()),
-            None => return Ok(Target::Unrouted),
-        },
-        _ => (head, next),
     };
     if tenant == Some(ETHERPAD) {
         if let Some(pad) = etherpad_pad(head, next, query) {
@@ -295,6 +274,29 @@ pub fn classify<'a>(
         Some(key) => Target::Room { key, page: true },
         None => Target::Unrouted,
     })
+}
+
+/// A path's tenant (when it has one), the segment after it and the one after that, with
+/// jitsi-meet's load-test folder looked through; `None` for `/`, and for the load-test folder
+/// itself.
+fn path_parts(path: &str) -> Option<(Option<&str>, &str, Option<&str>)> {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let first = segments.next()?;
+    let second = segments.next();
+    let (first, second) = match first {
+        LOAD_TEST => (second?, segments.next()),
+        _ => (first, second),
+    };
+    // jitsi-meet's nginx strips one leading tenant segment: `/<tenant>/<anything>` is `/<anything>`.
+    let (tenant, head, next) = match second {
+        Some(second) if !is_reserved(first) => (Some(first), second, segments.next()),
+        _ => (None, first, second),
+    };
+    let (head, next) = match (tenant, head) {
+        (Some(_), LOAD_TEST) => (next?, segments.next()),
+        _ => (head, next),
+    };
+    Some((tenant, head, next))
 }
 
 /// The folder of jitsi-meet's load-test client: `/_load-test/<room>` (and
