@@ -116,7 +116,7 @@ impl Router {
     /// (when a reload changes it, a round starts at once), and applies each answer. Runs until
     /// dropped.
     pub async fn run_census(self: Arc<Self>, client: reqwest::Client, limits: RoomLimits) {
-        let mut last_good: HashMap<String, (Instant, Vec<LiveRoom>)> = HashMap::new();
+        let mut last_good: LastGood = HashMap::new();
         // Nodes whose census fails: when that was last logged, and failures since.
         let mut failing: HashMap<String, Throttle> = HashMap::new();
         let mut rounds = Rounds::new(self.census.subscribe(), |cfg| cfg.interval);
@@ -129,29 +129,7 @@ impl Router {
                 Some(async move { (node, census::fetch(client, url, timeout, limits).await) })
             });
             for (node, answer) in join_all(polls).await {
-                match answer {
-                    Ok(rooms) => {
-                        if failing.remove(node.id.as_str()).is_some() {
-                            tracing::info!(node = %node.id, "census answers again");
-                        }
-                        last_good.insert(node.id.as_str().to_owned(), (Instant::now(), rooms));
-                    }
-                    Err(CensusError::Local(fault)) => {
-                        tracing::warn!(node = %node.id, reason = %fault, "census not asked; its last answer still counts");
-                    }
-                    Err(e) => {
-                        node.live
-                            .report
-                            .census_failures
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        // Logged when a node starts failing, then at most once a minute.
-                        let warned = (failing.entry(node.id.as_str().to_owned()))
-                            .or_insert_with(|| Throttle::new(CENSUS_LOG_EVERY));
-                        if let Some(failures) = warned.due() {
-                            tracing::warn!(node = %node.id, url = node.spec.census_url.as_deref().unwrap_or_default(), error = %e, failures, "census failed; its last good answer counts for three intervals");
-                        }
-                    }
-                }
+                record(node, answer, &mut last_good, &mut failing);
             }
             last_good.retain(|_, (at, _)| at.elapsed() <= cfg.kept_for());
             let counting: Vec<(&Node, &[LiveRoom])> = (state.nodes().iter())
@@ -179,6 +157,43 @@ impl Router {
                     self.apply_census(node.id.as_str(), rooms);
                 }
                 judge_drained(node, rooms.map(Vec::as_slice));
+            }
+        }
+    }
+}
+
+/// Each node's last good census answer and when it came, by node name.
+type LastGood = HashMap<String, (Instant, Vec<LiveRoom>)>;
+
+/// Keeps a node's census answer as its last good one, or counts and logs its failure (a
+/// failure of the router's own is neither: the last good answer still counts). `failing`
+/// holds the nodes whose census fails, each with when that was last logged.
+fn record(
+    node: &Node,
+    answer: Result<Vec<LiveRoom>, CensusError>,
+    last_good: &mut LastGood,
+    failing: &mut HashMap<String, Throttle>,
+) {
+    match answer {
+        Ok(rooms) => {
+            if failing.remove(node.id.as_str()).is_some() {
+                tracing::info!(node = %node.id, "census answers again");
+            }
+            last_good.insert(node.id.as_str().to_owned(), (Instant::now(), rooms));
+        }
+        Err(CensusError::Local(fault)) => {
+            tracing::warn!(node = %node.id, reason = %fault, "census not asked; its last answer still counts");
+        }
+        Err(e) => {
+            node.live
+                .report
+                .census_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Logged when a node starts failing, then at most once a minute.
+            let warned = (failing.entry(node.id.as_str().to_owned()))
+                .or_insert_with(|| Throttle::new(CENSUS_LOG_EVERY));
+            if let Some(failures) = warned.due() {
+                tracing::warn!(node = %node.id, url = node.spec.census_url.as_deref().unwrap_or_default(), error = %e, failures, "census failed; its last good answer counts for three intervals");
             }
         }
     }
